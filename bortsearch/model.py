@@ -1,0 +1,231 @@
+"""One BERT-family masked-LM encoder for teacher, maximum point and candidates.
+
+Post-LayerNorm BERT blocks with exact (erf) GELU, a padding attention mask and a
+masked-LM head whose decoder is tied to the word embeddings (or not, as the
+checkpoint says). The encoder layers run under `nn.scan`, so their parameters
+are stacked along a leading axis of length D and XLA compiles one layer body
+whatever the depth: compile time stays flat as D grows.
+
+Parameter tree (leading `D` on everything under `layers`):
+
+    embeddings/{word, position, token_type}/embedding, embeddings/ln/{scale, bias}
+    layers/attention/{query, key, value, out}/{kernel, bias}, layers/attention_ln
+    layers/ffn/{inner, outer}/{kernel, bias}, layers/ffn_ln
+    head/transform/{kernel, bias}, head/ln, head/bias, [head/decoder/kernel if untied]
+
+`bortsearch.hf` maps this one-to-one onto Hugging Face BERT/RoBERTa names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bortsearch.arch import Arch
+
+Params = Any  # a pytree of arrays: {"params": {...}}
+
+_INIT = nn.initializers.normal(stddev=0.02)  # BERT's initialiser, also the Bort student's
+
+
+def _layer_norm(arch: Arch, name: str) -> nn.LayerNorm:
+    # Exact two-pass variance: matches PyTorch's LayerNorm to float32 precision.
+    return nn.LayerNorm(epsilon=arch.layer_norm_eps, use_fast_variance=False, name=name)
+
+
+def _dense(features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, kernel_init=_INIT, name=name)
+
+
+class Attention(nn.Module):
+    arch: Arch
+
+    @nn.compact
+    def __call__(self, x_BxLxH, bias_Bx1x1xL):
+        a, dh = self.arch.heads, self.arch.head_dim
+        b, l, h = x_BxLxH.shape
+
+        def split(t):  # BxLxH -> BxLxAxDh
+            return t.reshape(b, l, a, dh)
+
+        q_BxLxAxDh = split(_dense(h, "query")(x_BxLxH))
+        k_BxLxAxDh = split(_dense(h, "key")(x_BxLxH))
+        v_BxLxAxDh = split(_dense(h, "value")(x_BxLxH))
+        scores_BxAxLxL = jnp.einsum("bqad,bkad->baqk", q_BxLxAxDh, k_BxLxAxDh) / np.sqrt(dh)
+        probs_BxAxLxL = jax.nn.softmax(scores_BxAxLxL + bias_Bx1x1xL, axis=-1)
+        ctx_BxLxAxDh = jnp.einsum("baqk,bkad->bqad", probs_BxAxLxL, v_BxLxAxDh)
+        return _dense(h, "out")(ctx_BxLxAxDh.reshape(b, l, h))
+
+
+class Embeddings(nn.Module):
+    arch: Arch
+
+    @nn.compact
+    def __call__(self, input_ids_BxL, token_type_ids_BxL):
+        arch = self.arch
+        h = arch.hidden
+        x = nn.Embed(arch.vocab_size, h, embedding_init=_INIT, name="word")(input_ids_BxL)
+        x = x + nn.Embed(arch.max_positions, h, embedding_init=_INIT, name="position")(
+            position_ids(arch, input_ids_BxL)
+        )
+        if arch.type_vocab_size:
+            x = x + nn.Embed(arch.type_vocab_size, h, embedding_init=_INIT, name="token_type")(
+                token_type_ids_BxL
+            )
+        return _layer_norm(arch, "ln")(x)
+
+
+def position_ids(arch: Arch, input_ids_BxL):
+    """BERT: 0..L-1. RoBERTa: counted from pad_token_id + 1 over non-padding tokens."""
+    b, l = input_ids_BxL.shape
+    if arch.model_type == "roberta":
+        not_pad = (input_ids_BxL != arch.pad_token_id).astype(jnp.int32)
+        return jnp.cumsum(not_pad, axis=1) * not_pad + arch.pad_token_id
+    return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+
+
+class Encoder(nn.Module):
+    """The masked-LM encoder. Built from an `Arch`; nothing else sets its size.
+
+    Attributes:
+      arch: the architecture.
+      unroll: layers per scan iteration (1 keeps compile time flat in D; D
+        unrolls fully, which some cost analyses need).
+    """
+
+    arch: Arch
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None,
+                 positions_BxP=None):
+        """Masked-LM logits.
+
+        Args:
+          input_ids_BxL: int token ids.
+          attention_mask_BxL: 1 for real tokens, 0 for padding.
+          token_type_ids_BxL: segment ids (zeros when None).
+          positions_BxP: if given, the head runs only at these positions (the
+            masked ones), returning BxPxV; otherwise at every position, BxLxV.
+        """
+        arch = self.arch
+        if token_type_ids_BxL is None:
+            token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
+        x_BxLxH = Embeddings(arch, name="embeddings")(input_ids_BxL, token_type_ids_BxL)
+        # Additive mask as in Hugging Face: the most negative float where padded.
+        neg = jnp.finfo(x_BxLxH.dtype).min
+        bias_Bx1x1xL = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, neg)
+        layers = nn.scan(
+            Layer, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=nn.broadcast, length=arch.layers, unroll=self.unroll,
+        )
+        x_BxLxH, _ = layers(arch, name="layers")(x_BxLxH, bias_Bx1x1xL)
+        if positions_BxP is not None:
+            x_BxLxH = jnp.take_along_axis(x_BxLxH, positions_BxP[:, :, None], axis=1)
+        return MLMHead(arch, name="head")(x_BxLxH, self.variables["params"]["embeddings"]["word"])
+
+
+class Layer(nn.Module):
+    """One post-LayerNorm BERT block; the carry of the layer scan."""
+
+    arch: Arch
+
+    @nn.compact
+    def __call__(self, x_BxLxH, bias_Bx1x1xL):
+        arch = self.arch
+        x_BxLxH = _layer_norm(arch, "attention_ln")(
+            x_BxLxH + Attention(arch, name="attention")(x_BxLxH, bias_Bx1x1xL)
+        )
+        x_BxLxH = _layer_norm(arch, "ffn_ln")(x_BxLxH + FFN(arch, name="ffn")(x_BxLxH))
+        return x_BxLxH, None
+
+
+class FFN(nn.Module):
+    arch: Arch
+
+    @nn.compact
+    def __call__(self, x_BxLxH):
+        inner_BxLxI = jax.nn.gelu(_dense(self.arch.intermediate, "inner")(x_BxLxH),
+                                  approximate=False)
+        return _dense(self.arch.hidden, "outer")(inner_BxLxI)
+
+
+class MLMHead(nn.Module):
+    arch: Arch
+
+    @nn.compact
+    def __call__(self, x_BxPxH, word_embeddings):
+        arch = self.arch
+        x = jax.nn.gelu(_dense(arch.hidden, "transform")(x_BxPxH), approximate=False)
+        x = _layer_norm(arch, "ln")(x)
+        if arch.tie_decoder:
+            logits = x @ word_embeddings["embedding"].T
+        else:
+            logits = nn.Dense(arch.vocab_size, use_bias=False, kernel_init=_INIT,
+                              name="decoder")(x)
+        bias = self.param("bias", nn.initializers.zeros, (arch.vocab_size,))
+        return logits + bias
+
+
+def init_params(arch: Arch, seed: int = 0) -> Params:
+    """Parameters drawn from Normal(0, 0.02) (biases 0, LayerNorm 1/0) for a seed."""
+    return _init(arch, jax.random.key(seed))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(arch: Arch, key):
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return Encoder(arch).init(key, ids, jnp.ones_like(ids))
+
+
+def param_shapes(arch: Arch) -> Params:
+    """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating it."""
+    return jax.eval_shape(_init, arch, jax.random.key(0))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(arch: Arch, params, input_ids, attention_mask, token_type_ids):
+    return Encoder(arch).apply(params, input_ids, attention_mask, token_type_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """An architecture with its parameters (and, once loaded, its tokenizer).
+
+    Example:
+      >>> model = Model.init(Arch(2, 2, 64, 128, vocab_size=100), seed=0)
+      >>> model.logits(np.array([[5, 6, 7]]), np.array([[1, 1, 1]])).shape
+      (1, 3, 100)
+    """
+
+    arch: Arch
+    params: Params
+    tokenizer: Any = None
+
+    @classmethod
+    def init(cls, arch: Arch, seed: int = 0) -> Model:
+        return cls(arch, init_params(arch, seed))
+
+    def logits(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        """Masked-LM logits (batch x length x vocabulary) as NumPy float32."""
+        input_ids = np.asarray(input_ids, dtype=np.int32)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if attention_mask is None:
+            attention_mask = np.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = np.zeros_like(input_ids)
+        out = _logits(self.arch, self.params, input_ids,
+                      np.asarray(attention_mask, np.int32).reshape(input_ids.shape),
+                      np.asarray(token_type_ids, np.int32).reshape(input_ids.shape))
+        return np.asarray(out)
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))

@@ -1,0 +1,137 @@
+"""The size and speed proxies p̂ and î of ALGORITHM.md.
+
+p̂ is the number of trainable parameters, counted as Hugging Face's
+`BertForMaskedLM(config).num_parameters()` counts them: embeddings (word,
+position, token type, LayerNorm), D encoder layers, the masked-LM transform and
+LayerNorm, and the output bias; no pooler; a tied decoder counted once.
+
+î is either `analytic` (forward FLOPs at a reference input: exact, cheap and the
+same on every machine) or `measured` (median wall-clock of the compiled forward
+on this machine's default device).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from bortsearch.arch import Arch
+
+DEFAULT_BATCH = 1
+DEFAULT_SEQ_LEN = 128
+
+
+def layer_params(arch: Arch) -> int:
+    """Parameters of one encoder layer."""
+    h, i = arch.hidden, arch.intermediate
+    attention = 4 * (h * h + h)  # query, key, value, out
+    ffn = (h * i + i) + (i * h + h)
+    layer_norms = 2 * 2 * h
+    return attention + ffn + layer_norms
+
+
+def embedding_table_params(arch: Arch) -> int:
+    """Word, position and token-type tables: the vocabulary- and length-sized part."""
+    return (arch.vocab_size + arch.max_positions + arch.type_vocab_size) * arch.hidden
+
+
+def param_count(arch: Arch) -> int:
+    """p̂: trainable parameters, in Hugging Face `BertForMaskedLM` convention."""
+    h, v = arch.hidden, arch.vocab_size
+    embeddings = embedding_table_params(arch) + 2 * h
+    head = (h * h + h) + 2 * h + v + (0 if arch.tie_decoder else h * v)
+    return embeddings + arch.layers * layer_params(arch) + head
+
+
+def effective_param_count(arch: Arch) -> int:
+    """Non-embedding parameters: p̂ less the embedding tables and the output
+    vocabulary projection (bias, and the decoder when untied). [ours]
+
+    The FPTAS assumes intermediate layers dominate; with a large vocabulary and a
+    small H the embeddings can break that, which this count makes visible.
+    """
+    output = arch.vocab_size * (1 if arch.tie_decoder else 1 + arch.hidden)
+    return param_count(arch) - embedding_table_params(arch) - output
+
+
+def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN) -> int:
+    """î analytic: FLOPs of one forward pass with logits at every position.
+
+    Counts matrix products, 2 FLOPs per multiply-add: per layer the four
+    attention projections (8·B·L·H²), scores and the softmax-weighted sum
+    (4·B·L²·H) and the feed-forward block (4·B·L·H·I); then the head's transform
+    (2·B·L·H²) and decoder (2·B·L·H·V). Element-wise work (GELU, softmax,
+    LayerNorm) is left out: it is a few percent at realistic sizes.
+    """
+    b, l, h, i, v = batch, seq_len, arch.hidden, arch.intermediate, arch.vocab_size
+    per_layer = 8 * b * l * h * h + 4 * b * l * l * h + 4 * b * l * h * i
+    head = 2 * b * l * h * h + 2 * b * l * h * v
+    return arch.layers * per_layer + head
+
+
+def hardware_fingerprint() -> dict:
+    """What a measured latency depends on: device, CPU, cores, jax version."""
+    device = jax.devices()[0]
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
+                    repeats: int = 20, warmup: int = 2, seed: int = 0) -> dict:
+    """î measured: wall-clock of the compiled forward on the default device.
+
+    Compiles ahead of time (outside the timing), runs `warmup` calls, then times
+    `repeats` calls each ended by `block_until_ready` (JAX dispatch is
+    asynchronous). Returns the median and the inter-quartile range in seconds,
+    the compile time, and the hardware fingerprint.
+    """
+    from bortsearch.model import _logits, init_params
+
+    params = init_params(arch, seed)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, arch.vocab_size, (batch, seq_len), dtype=np.int32)
+    ids = jax.device_put(ids)
+    mask = jax.device_put(np.ones((batch, seq_len), np.int32))
+    types = jax.device_put(np.zeros((batch, seq_len), np.int32))
+    t0 = time.perf_counter()
+    forward = _logits.lower(arch, params, ids, mask, types).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        forward(params, ids, mask, types).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward(params, ids, mask, types).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return {
+        "median_s": statistics.median(times),
+        "iqr_s": q3 - q1,
+        "repeats": repeats,
+        "compile_s": compile_s,
+        "batch": batch,
+        "seq_len": seq_len,
+        "hardware": hardware_fingerprint(),
+    }

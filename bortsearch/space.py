@@ -1,0 +1,166 @@
+"""Search spaces: TOML files that map one-to-one onto `SearchSpace`.
+
+A space file lists the four axes and, optionally, the model family every
+architecture shares:
+
+    name = "demo"
+    description = "..."
+    model_type = "bert"          # or "roberta"; sets the family defaults below
+    vocab_size = 30522           # used until a tokenizer or teacher says otherwise
+    max_positions = 512
+    type_vocab_size = 2
+    layers = [1, 2]
+    heads = [2, 4]
+    hidden = [64, 128]
+    intermediate = [128, 256]
+
+Ξ is every combination with hidden mod heads = 0, enumerated in a fixed order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+from pathlib import Path
+
+from bortsearch.arch import MODEL_TYPES, Arch
+from bortsearch.errors import UserError
+from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, forward_flops, param_count
+
+AXES = ("layers", "heads", "hidden", "intermediate")
+
+# What a BERT or RoBERTa checkpoint of each family has unless told otherwise.
+FAMILY_DEFAULTS = {
+    "bert": dict(vocab_size=30522, max_positions=512, type_vocab_size=2,
+                 layer_norm_eps=1e-12, pad_token_id=0),
+    "roberta": dict(vocab_size=50265, max_positions=514, type_vocab_size=1,
+                    layer_norm_eps=1e-5, pad_token_id=1),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The axes of Ξ and the family settings every architecture in it shares."""
+
+    name: str
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    hidden: tuple[int, ...]
+    intermediate: tuple[int, ...]
+    description: str = ""
+    model_type: str = "bert"
+    vocab_size: int | None = None
+    max_positions: int | None = None
+    type_vocab_size: int | None = None
+
+    def base_arch(self, **overrides) -> Arch:
+        """An `Arch` of this space's family; `overrides` (e.g. a tokenizer's
+        vocab_size) win over the file, which wins over the family defaults."""
+        settings = dict(FAMILY_DEFAULTS[self.model_type])
+        for key in ("vocab_size", "max_positions", "type_vocab_size"):
+            if getattr(self, key) is not None:
+                settings[key] = getattr(self, key)
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return Arch(self.layers[0], self.heads[0], self.hidden[0], self.intermediate[0],
+                    model_type=self.model_type, **settings)
+
+    def architectures(self, **overrides) -> list[Arch]:
+        """Ξ: every valid combination, in (D, A, H, I) order."""
+        base = self.base_arch(**overrides)
+        return [base.with_size(d, a, h, i)
+                for d, a, h, i in itertools.product(self.layers, self.heads, self.hidden,
+                                                    self.intermediate)
+                if h % a == 0]
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def size_order(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN):
+    """Sort key of Algorithm 1 step 3: p̂, then î (FLOPs), then (D, A, H, I)."""
+    return (param_count(arch), forward_flops(arch, batch, seq_len), arch.size)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file. Every problem is a `UserError` that names
+    the file, the key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such space file; pass a TOML file such as "
+                        f"search_spaces/demo.toml")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a valid TOML file ({e}); fix the syntax") from None
+    return space_from_dict(data, source=str(path))
+
+
+def space_from_dict(data: dict, source: str = "<space>") -> SearchSpace:
+    fields = {f.name for f in dataclasses.fields(SearchSpace)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise UserError(f"{source}: unknown key {unknown[0]!r}; the keys a space file "
+                        f"may have are: {', '.join(sorted(fields))}")
+    missing = [a for a in AXES if a not in data]
+    if missing:
+        raise UserError(f"{source}: missing axis {missing[0]!r}; add it as a list of "
+                        f"positive integers, e.g. {missing[0]} = [2, 4]")
+    values = {a: _axis(source, a, data[a]) for a in AXES}
+    model_type = data.get("model_type", "bert")
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"{source}: model_type = {model_type!r} is not supported; "
+                        f"use one of {', '.join(MODEL_TYPES)}")
+    family = {}
+    for key in ("vocab_size", "max_positions", "type_vocab_size"):
+        if key in data:
+            value = data[key]
+            low = 0 if key == "type_vocab_size" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"{source}: {key} must be an integer >= {low}, "
+                                f"got {key} = {value!r}")
+            family[key] = value
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise UserError(f"{source}: {key} must be a string, got {data[key]!r}")
+    space = SearchSpace(name=data.get("name", Path(source).stem), model_type=model_type,
+                        description=data.get("description", ""), **values, **family)
+    if not any(h % a == 0 for h in space.hidden for a in space.heads):
+        raise UserError(f"{source}: no valid architecture: no hidden value "
+                        f"{list(space.hidden)} is a multiple of any heads value "
+                        f"{list(space.heads)}; add heads that divide a hidden size")
+    return space
+
+
+def _axis(source: str, name: str, value) -> tuple[int, ...]:
+    example = f"e.g. {name} = [2, 4]"
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{source}: {name} must be a non-empty list of integers, "
+                        f"{example}; got {name} = {value!r}")
+    for v in value:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise UserError(f"{source}: {name} must hold integers only, {example}; "
+                            f"got {v!r}")
+        if v < 1:
+            raise UserError(f"{source}: {name} values must be >= 1; got {v}")
+    dupes = sorted({v for v in value if value.count(v) > 1})
+    if dupes:
+        raise UserError(f"{source}: {name} lists {dupes[0]} more than once; "
+                        f"list each value once")
+    return tuple(sorted(value))
+
+
+def space_table(space: SearchSpace, vocab_size: int | None = None,
+                batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN):
+    """Ξ as a table sorted by size (Algorithm 1's order), one row per architecture."""
+    import pandas as pd
+
+    from bortsearch.proxies import effective_param_count
+
+    archs = sorted(space.architectures(vocab_size=vocab_size),
+                   key=lambda a: size_order(a, batch, seq_len))
+    return pd.DataFrame(
+        [dict(layers=a.layers, heads=a.heads, hidden=a.hidden, intermediate=a.intermediate,
+              params=param_count(a), effective_params=effective_param_count(a),
+              flops=forward_flops(a, batch, seq_len)) for a in archs])

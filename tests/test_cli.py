@@ -1,0 +1,40 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bortsearch import load_space, param_count
+from bortsearch.cli import main
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def test_space_csv_is_exactly_the_table(capsys):
+    assert main(["space", str(SPACES / "bort.toml"), "--csv"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "layers,heads,hidden,intermediate,params,effective_params,flops"
+    assert len(lines) == 301
+    from io import StringIO
+
+    table = pd.read_csv(StringIO(out))
+    assert table["params"].is_monotonic_increasing
+    arch = load_space(SPACES / "bort.toml").base_arch().with_size(*table.iloc[0, :4])
+    assert table["params"].iloc[0] == param_count(arch)
+
+
+def test_space_vocab_and_seq_len_flags(capsys):
+    main(["space", str(SPACES / "demo.toml"), "--csv", "--vocab-size", "1000", "--seq-len", "32"])
+    small = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    main(["space", str(SPACES / "demo.toml"), "--csv", "--vocab-size", "2000", "--seq-len", "64"])
+    big = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert (big["params"] > small["params"]).all() and (big["flops"] > small["flops"]).all()
+
+
+def test_console_script_reports_bad_input_on_one_line():
+    exe = Path(sys.executable).parent / "bortsearch"
+    r = subprocess.run([str(exe), "space", "nope.toml"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == ("bortsearch: error: nope.toml: no such space file; "
+                                "pass a TOML file such as search_spaces/demo.toml")

@@ -1,0 +1,114 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bortsearch import Arch, effective_param_count, forward_flops, measure_latency, param_count
+from bortsearch.model import Encoder, init_params, param_shapes
+
+
+def _random_archs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        heads = int(rng.choice([1, 2, 4, 8]))
+        yield Arch(layers=int(rng.integers(1, 7)), heads=heads,
+                   hidden=heads * int(rng.integers(1, 17)),
+                   intermediate=int(rng.integers(1, 300)),
+                   vocab_size=int(rng.integers(5, 5000)),
+                   max_positions=int(rng.integers(8, 600)),
+                   type_vocab_size=int(rng.integers(0, 3)),
+                   tie_decoder=bool(rng.integers(0, 2)))
+
+
+@pytest.mark.parametrize("arch", list(_random_archs(40)), ids=lambda a: a.label())
+def test_param_count_equals_parameter_tree(arch):
+    leaves = jax.tree.leaves(param_shapes(arch))
+    assert param_count(arch) == sum(int(np.prod(x.shape)) for x in leaves)
+
+
+def test_param_count_matches_hugging_face_convention():
+    # transformers 5.23: BertForMaskedLM(BertConfig()).num_parameters() == 109514298
+    # (vocabulary 30,522, 512 positions, 2 token types, tied decoder, no pooler), and
+    # RobertaForMaskedLM of roberta-large's config gives 355412057. Computed once with
+    # transformers; tests/golden/make_golden.py re-checks them.
+    assert param_count(Arch(12, 12, 768, 3072)) == 109_514_298
+    roberta = dict(vocab_size=50265, max_positions=514, type_vocab_size=1,
+                   model_type="roberta", pad_token_id=1, layer_norm_eps=1e-5)
+    assert param_count(Arch(24, 16, 1024, 4096, **roberta)) == 355_412_057
+
+
+def test_effective_params_are_the_non_embedding_part():
+    arch = Arch(3, 4, 64, 100, vocab_size=1000, max_positions=50, type_vocab_size=2)
+    shapes = param_shapes(arch)["params"]
+    layers = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["layers"]))
+    head = shapes["head"]
+    transform = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+        {"t": head["transform"], "ln": head["ln"]}))
+    embedding_ln = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["embeddings"]["ln"]))
+    assert effective_param_count(arch) == layers + transform + embedding_ln
+
+
+def _dot_flops(jaxpr) -> int:
+    """Independent FLOP count: 2·(output size)·(contracted size) per dot_general,
+    recursing into sub-jaxprs; a scan body counts `length` times."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            contracted = int(np.prod([lhs[d] for d in lhs_contract]))
+            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+        for name, sub in eqn.params.items():
+            subs = sub if isinstance(sub, (list, tuple)) else [sub]
+            for s in subs:
+                inner = getattr(s, "jaxpr", None)
+                if inner is not None and hasattr(inner, "eqns"):
+                    times = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+                    total += times * _dot_flops(inner)
+                elif hasattr(s, "eqns"):
+                    total += _dot_flops(s)
+    return total
+
+
+def _jaxpr(arch, batch, seq_len, unroll=1):
+    params = param_shapes(arch)
+    ids = jnp.zeros((batch, seq_len), jnp.int32)
+    return jax.make_jaxpr(lambda p, i: Encoder(arch, unroll=unroll).apply(p, i, jnp.ones_like(i)))(
+        params, ids)
+
+
+@pytest.mark.parametrize("arch,batch,seq_len", [
+    (Arch(3, 4, 64, 96, vocab_size=500), 2, 16),
+    (Arch(1, 1, 8, 8, vocab_size=7, max_positions=4), 1, 4),
+    (Arch(4, 8, 1024, 768, vocab_size=50265, max_positions=514, type_vocab_size=1,
+          model_type="roberta", pad_token_id=1), 1, 128),
+])
+def test_flops_equal_independent_dot_count(arch, batch, seq_len):
+    assert forward_flops(arch, batch, seq_len) == _dot_flops(_jaxpr(arch, batch, seq_len).jaxpr)
+
+
+def test_flops_against_xla_cost_analysis():
+    # XLA also counts element-wise work (GELU, softmax, LayerNorm), which the
+    # analytic count leaves out; at this size it is under 5% more. Fully unrolled,
+    # because XLA counts a while-loop body once.
+    arch = Arch(2, 4, 256, 1024, vocab_size=4000, max_positions=128)
+    batch, seq_len = 2, 64
+    params = param_shapes(arch)
+    ids = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
+    f = jax.jit(lambda p, i: Encoder(arch, unroll=arch.layers).apply(p, i, jnp.ones_like(i)))
+    cost = f.lower(params, ids).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    analytic = forward_flops(arch, batch, seq_len)
+    assert analytic <= cost["flops"] <= 1.05 * analytic, (analytic, cost["flops"])
+
+
+def test_measured_latency_is_a_sane_median():
+    arch = Arch(1, 2, 32, 64, vocab_size=100, max_positions=32)
+    result = measure_latency(arch, batch=1, seq_len=16, repeats=7)
+    assert 0 < result["median_s"] < 1.0 and result["iqr_s"] >= 0
+    assert result["repeats"] == 7 and result["compile_s"] > 0
+    hw = result["hardware"]
+    assert hw["platform"] == jax.devices()[0].platform and hw["cores"] >= 1 and hw["jax"]
+    # a model with ~30x the FLOPs takes measurably longer
+    big = measure_latency(arch.with_size(4, 2, 128, 512), batch=4, seq_len=32, repeats=7)
+    assert big["median_s"] > result["median_s"]
