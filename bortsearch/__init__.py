@@ -4,7 +4,10 @@ The public API; see README.md for examples.
 """
 
 from bortsearch.arch import Arch
+from bortsearch.corpus import Corpus, resolve_corpus
+from bortsearch.data import BatchSpec, MLMData, load_data
 from bortsearch.errors import UserError
+from bortsearch.hf import load, load_checkpoint, save_checkpoint
 from bortsearch.model import Encoder, Model, init_params
 from bortsearch.proxies import (
     effective_param_count,
@@ -14,9 +17,13 @@ from bortsearch.proxies import (
     param_count,
 )
 from bortsearch.space import SearchSpace, load_space, space_table
+from bortsearch.teacher import TeacherConfig, train_teacher
+from bortsearch.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 __all__ = [
-    "Arch", "Encoder", "Model", "SearchSpace", "UserError", "effective_param_count",
-    "forward_flops", "hardware_fingerprint", "init_params", "load_space",
-    "measure_latency", "param_count", "space_table",
+    "Arch", "BatchSpec", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
+    "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
+    "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
+    "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",
+    "save_checkpoint", "space_table", "train_teacher", "train_tokenizer",
 ]

@@ -34,6 +34,61 @@ def cmd_space(args) -> None:
         print(table.to_string(index=False))
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _add_data_flags(p, batch_size: int, seq_len: int) -> None:
+    p.add_argument("--corpus", action="append", metavar="PATH",
+                   help="a text file, folder, glob or .jsonl file; repeat for more "
+                        "(default: the embedded Python-documentation corpus)")
+    p.add_argument("--text-field", default="text", help="the text field of .jsonl corpora")
+    p.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="vocabulary of the WordPiece tokenizer trained on the corpus when "
+                        "there is no teacher (default 4096)")
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size,
+                   help=f"sequences per batch (default {batch_size})")
+    p.add_argument("--seq-len", type=_positive_int, default=seq_len,
+                   help=f"tokens per sequence (default {seq_len})")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order, masking and "
+                   "initialisation (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _corpus_and_tokenizer(args):
+    from bortsearch.corpus import resolve_corpus
+    from bortsearch.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+
+    corpus = resolve_corpus(args.corpus, args.text_field)
+    return corpus, train_tokenizer(corpus, args.vocab_size or DEFAULT_VOCAB_SIZE)
+
+
+def cmd_teacher(args) -> None:
+    from bortsearch.arch import parse_size
+    from bortsearch.data import BatchSpec
+    from bortsearch.space import load_space
+    from bortsearch.teacher import TeacherConfig, fit_arch, maximum_point, train_teacher
+
+    space = load_space(args.space)
+    size = parse_size(args.arch) if args.arch else None
+    corpus, tokenizer = _corpus_and_tokenizer(args)
+    arch = (fit_arch(space, tokenizer, size) if size
+            else maximum_point(space, tokenizer, args.seq_len))
+    cfg = TeacherConfig(steps=args.steps, lr=args.lr,
+                        batch=BatchSpec(args.batch_size, args.seq_len, seed=args.seed))
+    print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}")
+    summary = train_teacher(args.out, arch, corpus, tokenizer, cfg, progress=not args.quiet)
+    print(f"held-out masked-LM accuracy {summary['heldout_accuracy']:.3f} "
+          f"(frequency baseline {summary['frequency_baseline_accuracy']:.3f}); "
+          f"checkpoint: {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
 
@@ -54,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_SEQ_LEN})")
     p.add_argument("--csv", action="store_true", help="print CSV and nothing else")
     p.set_defaults(func=cmd_space)
+
+    from bortsearch.teacher import TeacherConfig
+
+    t = TeacherConfig()
+    p = sub.add_parser("teacher", help="train the maximum point of a space as a teacher")
+    p.add_argument("--space", required=True, help="a search-space TOML file")
+    p.add_argument("--out", required=True, help="the checkpoint folder to write (must not "
+                   "exist, or hold an unfinished run of the same settings)")
+    p.add_argument("--arch", help="train D,A,H,I instead of the space's maximum point")
+    p.add_argument("--steps", type=_positive_int, default=t.steps,
+                   help=f"training steps (default {t.steps})")
+    p.add_argument("--lr", type=_positive_float, default=t.lr,
+                   help=f"peak learning rate (default {t.lr})")
+    _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
+    p.set_defaults(func=cmd_teacher)
     return parser
 
 

@@ -1,0 +1,146 @@
+"""The training loop shared by maximum-point training and pretraining.
+
+Data parallel over every local device: a one-axis mesh ("data") shards each
+batch along its rows and replicates the state; XLA inserts the gradient
+all-reduce. The same code runs on one CPU, several forced host devices, a GPU
+or a TPU host. (Multi-host: call `jax.distributed.initialize()` first; the mesh
+then spans `jax.devices()` of every host.)
+
+Resumable: Orbax checkpoints of the training state every `checkpoint_every`
+steps; batches are a pure function of the step, so the step is the data
+position and a resumed run continues exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bortsearch.arch import Arch
+from bortsearch.errors import UserError
+from bortsearch.train import (LossConfig, OptimConfig, evaluate, init_state, teacher_logits,
+                              train_flops_per_token, train_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    params: object
+    heldout: dict  # the final held-out evaluation
+    train_seconds: float  # wall-clock of this process's steps
+    steps_run: int  # steps this process ran (fewer after a resume)
+
+
+def data_mesh(batch_size: int) -> tuple[NamedSharding, NamedSharding]:
+    """(batch sharding, replicated sharding) over all local devices."""
+    devices = jax.devices()
+    if batch_size % len(devices):
+        raise UserError(f"--batch-size {batch_size} must be a multiple of the "
+                        f"{len(devices)} devices the batch is split across")
+    mesh = Mesh(np.array(devices), ("data",))
+    return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar: live on a terminal, a line every 30 s in a log file."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(mininterval=0.5 if sys.stderr.isatty() else 30, dynamic_ncols=True, **kwargs)
+
+
+def _checkpointer(directory: Path):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        directory.resolve(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Drop journal lines a killed run wrote after its last checkpoint."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= last_step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, *,
+        teacher=None, loss_cfg: LossConfig | None = None, eval_every: int = 100,
+        checkpoint_every: int = 100, progress: bool = True, desc: str = "training") -> FitResult:
+    """Train `params` for `optim.steps` steps; resume from `workdir` if it holds a checkpoint.
+
+    Args:
+      arch, params: the model to train and its starting parameters.
+      data: an `MLMData`; batch `k` is step `k`'s.
+      optim, lr: the optimiser and its peak learning rate.
+      workdir: checkpoints and `metrics.jsonl` (one JSON line per logged step).
+      teacher: a `Model` to distil from (with `loss_cfg`), or None for plain masked LM.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    batch_sharding, replicated = data_mesh(data.spec.batch_size)
+    state = jax.device_put(init_state(params, lr, optim), replicated)
+    manager = _checkpointer(workdir / "checkpoints")
+    start = manager.latest_step() or 0
+    if start:
+        import orbax.checkpoint as ocp
+
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    metrics_path = workdir / "metrics.jsonl"
+    _trim_metrics(metrics_path, start)
+
+    t_params = jax.device_put(teacher.params, replicated) if teacher is not None else None
+    heldout = [jax.device_put(b, batch_sharding) for b in data.heldout_batches()]
+    heldout_teacher = ([teacher_logits(teacher.arch, t_params, b) for b in heldout]
+                       if teacher is not None else None)
+    flops_per_step = train_flops_per_token(arch, data.spec.seq_len, data.spec.predictions) \
+        * data.tokens_per_batch()
+    last_eval: dict = {}
+    bar = progress_bar(total=optim.steps, initial=start, desc=desc, unit="step",
+                       disable=not progress)
+    t0, metrics, in_flight = time.perf_counter(), {}, None
+    with open(metrics_path, "a") as log:
+        for step in range(start, optim.steps):
+            batch = jax.device_put(data.train_batch(step), batch_sharding)
+            t_out = teacher_logits(teacher.arch, t_params, batch) if teacher is not None else None
+            state, metrics = train_step(state, batch, t_out, arch=arch, cfg=optim,
+                                        loss_cfg=loss_cfg if teacher is not None else None)
+            # One step in flight: the host prepares batch k+1 while step k runs, and
+            # the bar reports finished steps rather than queued ones.
+            jax.block_until_ready(in_flight)
+            in_flight = metrics["loss"]
+            done = step + 1
+            if done % eval_every == 0 or done == optim.steps:
+                last_eval = evaluate(arch, state.params, heldout, heldout_teacher)
+                record = {"step": done, **{k: float(v) for k, v in metrics.items()},
+                          **{f"heldout_{k}": v for k, v in last_eval.items()}}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                acc=f"{last_eval['accuracy']:.3f}", refresh=False)
+            if done % checkpoint_every == 0 or done == optim.steps:
+                manager.save(done, args=_save_args(state))
+            bar.update(1)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    manager.close()
+    if not last_eval:  # resumed after the last step: evaluate what was restored
+        last_eval = evaluate(arch, state.params, heldout, heldout_teacher)
+    ran = optim.steps - start
+    last_eval = {**last_eval, "tokens_per_s": ran * data.tokens_per_batch() / max(seconds, 1e-9),
+                 "model_flops_per_s": ran * flops_per_step / max(seconds, 1e-9)}
+    return FitResult(jax.device_get(state.params), last_eval, seconds, ran)
+
+
+def _save_args(state):
+    import orbax.checkpoint as ocp
+
+    return ocp.args.StandardSave(state)

@@ -1,0 +1,364 @@
+"""Hugging Face BERT / RoBERTa masked-LM checkpoints, read and written.
+
+Reading accepts a directory with `config.json` and `model.safetensors` or
+`pytorch_model.bin`. A `.bin` is a pickle; it is read by a restricted unpickler
+that builds tensors and nothing else (as torch's `weights_only` loading does),
+so a planted pickle cannot run code. Writing produces `config.json`,
+`model.safetensors` (Hugging Face names) and the tokenizer files, which
+`transformers.AutoModelForMaskedLM.from_pretrained` reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from bortsearch.arch import MODEL_TYPES, Arch
+from bortsearch.errors import UserError
+from bortsearch.model import Model, param_shapes
+
+SUPPORTED_ACTIVATIONS = ("gelu",)
+
+# Tensors a checkpoint may hold that the masked-LM model does not use.
+UNUSED_SUFFIXES = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids",
+                   "cls.seq_relationship.weight", "cls.seq_relationship.bias")
+
+
+def _head_names(arch: Arch) -> dict[str, str]:
+    if arch.model_type == "bert":
+        return {"transform.dense": "cls.predictions.transform.dense",
+                "ln": "cls.predictions.transform.LayerNorm",
+                "bias": "cls.predictions.bias", "decoder": "cls.predictions.decoder"}
+    return {"transform.dense": "lm_head.dense", "ln": "lm_head.layer_norm",
+            "bias": "lm_head.bias", "decoder": "lm_head.decoder"}
+
+
+# ---------------------------------------------------------------- names
+
+
+def hf_names(arch: Arch) -> dict[str, tuple[tuple[str, ...], int | None, bool]]:
+    """Hugging Face tensor name -> (our parameter path, layer index or None,
+    transpose?). Dense kernels are stored (in, out) here and (out, in) there."""
+    base = "bert" if arch.model_type == "bert" else "roberta"
+    names: dict[str, tuple[tuple[str, ...], int | None, bool]] = {}
+    emb = f"{base}.embeddings"
+    names[f"{emb}.word_embeddings.weight"] = (("embeddings", "word", "embedding"), None, False)
+    names[f"{emb}.position_embeddings.weight"] = (("embeddings", "position", "embedding"), None, False)
+    if arch.type_vocab_size:
+        names[f"{emb}.token_type_embeddings.weight"] = (
+            ("embeddings", "token_type", "embedding"), None, False)
+    names[f"{emb}.LayerNorm.weight"] = (("embeddings", "ln", "scale"), None, False)
+    names[f"{emb}.LayerNorm.bias"] = (("embeddings", "ln", "bias"), None, False)
+    dense = {
+        "attention.self.query": ("attention", "query"),
+        "attention.self.key": ("attention", "key"),
+        "attention.self.value": ("attention", "value"),
+        "attention.output.dense": ("attention", "out"),
+        "intermediate.dense": ("ffn", "inner"),
+        "output.dense": ("ffn", "outer"),
+    }
+    norms = {"attention.output.LayerNorm": ("attention_ln",), "output.LayerNorm": ("ffn_ln",)}
+    for i in range(arch.layers):
+        prefix = f"{base}.encoder.layer.{i}"
+        for hf, ours in dense.items():
+            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
+            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+        for hf, ours in norms.items():
+            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
+            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+    head = _head_names(arch)
+    names[f"{head['transform.dense']}.weight"] = (("head", "transform", "kernel"), None, True)
+    names[f"{head['transform.dense']}.bias"] = (("head", "transform", "bias"), None, False)
+    names[f"{head['ln']}.weight"] = (("head", "ln", "scale"), None, False)
+    names[f"{head['ln']}.bias"] = (("head", "ln", "bias"), None, False)
+    names[head["bias"]] = (("head", "bias"), None, False)
+    if not arch.tie_decoder:
+        names[f"{head['decoder']}.weight"] = (("head", "decoder", "kernel"), None, True)
+    return names
+
+
+def _legacy_rename(name: str) -> str:
+    """Old TF-converted checkpoints say LayerNorm.gamma/beta."""
+    return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
+                                                                       "LayerNorm.bias")
+
+
+# ---------------------------------------------------------------- config
+
+
+def arch_from_config(config: dict, source: str) -> Arch:
+    """An `Arch` from a Hugging Face `config.json`, refusing what the model cannot run."""
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"{source}: model_type {model_type!r} is not supported; "
+                        f"supported: {', '.join(MODEL_TYPES)}")
+    act = config.get("hidden_act", "gelu")
+    if act not in SUPPORTED_ACTIVATIONS:
+        raise UserError(f"{source}: hidden_act {act!r} is not supported; supported: "
+                        f"{', '.join(SUPPORTED_ACTIVATIONS)}")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"{source}: position_embedding_type "
+                        f"{config['position_embedding_type']!r} is not supported; "
+                        f"only 'absolute'")
+    try:
+        return Arch(
+            layers=int(config["num_hidden_layers"]), heads=int(config["num_attention_heads"]),
+            hidden=int(config["hidden_size"]), intermediate=int(config["intermediate_size"]),
+            vocab_size=int(config["vocab_size"]),
+            max_positions=int(config["max_position_embeddings"]),
+            type_vocab_size=int(config.get("type_vocab_size", 2)),
+            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            pad_token_id=int(config.get("pad_token_id") or 0),
+            tie_decoder=bool(config.get("tie_word_embeddings", True)),
+            model_type=model_type)
+    except KeyError as e:
+        raise UserError(f"{source}: config.json lacks {e.args[0]!r}; it must be a Hugging "
+                        f"Face BERT or RoBERTa config") from None
+    except ValueError as e:
+        raise UserError(f"{source}: config.json is inconsistent ({e})") from None
+
+
+def config_from_arch(arch: Arch, tokenizer=None) -> dict:
+    """A Hugging Face config for `arch` (BertConfig or RobertaConfig fields)."""
+    config = {
+        "architectures": ["BertForMaskedLM" if arch.model_type == "bert" else "RobertaForMaskedLM"],
+        "model_type": arch.model_type,
+        "num_hidden_layers": arch.layers, "num_attention_heads": arch.heads,
+        "hidden_size": arch.hidden, "intermediate_size": arch.intermediate,
+        "vocab_size": arch.vocab_size, "max_position_embeddings": arch.max_positions,
+        "type_vocab_size": arch.type_vocab_size, "layer_norm_eps": arch.layer_norm_eps,
+        "pad_token_id": arch.pad_token_id, "tie_word_embeddings": arch.tie_decoder,
+        "hidden_act": "gelu", "position_embedding_type": "absolute",
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "initializer_range": 0.02, "torch_dtype": "float32",
+    }
+    if tokenizer is not None:
+        config.update(bos_token_id=tokenizer.cls_id, eos_token_id=tokenizer.sep_id)
+    return config
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_tensors(directory: Path) -> dict[str, np.ndarray]:
+    """The tensors of `model.safetensors`, else of `pytorch_model.bin`."""
+    st, binary = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(st))
+        except Exception as e:
+            raise UserError(f"{st}: the weights file is truncated or corrupt ({e}); "
+                            f"download or copy it again") from None
+    if binary.is_file():
+        return read_torch_bin(binary)
+    raise UserError(f"{directory}: no weights (model.safetensors or pytorch_model.bin); "
+                    f"put the checkpoint's weights file in the folder")
+
+
+_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _Storage:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    data, dtype = storage
+    if not size:
+        return data[offset:offset + 1].reshape(())
+    itemsize = np.dtype(dtype).itemsize
+    return np.lib.stride_tricks.as_strided(
+        data[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)).copy()
+
+
+def _rebuild_parameter(tensor, *_):
+    return tensor
+
+
+class _TensorOnlyUnpickler(pickle.Unpickler):
+    """Builds tensors, and refuses every other global the pickle names."""
+
+    ALLOWED = {
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, source: Path):
+        super().__init__(file)
+        self.archive, self.prefix, self.source = archive, prefix, source
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        if module == "torch" and name in _DTYPES:
+            return _Storage(_DTYPES[name])
+        raise UserError(f"{self.source}: the pickle asks for {module}.{name}, which is not "
+                        f"tensor data, so it was not loaded (it could run code); convert "
+                        f"the checkpoint to model.safetensors with a tool you trust")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, _numel = pid
+        if kind != "storage" or not isinstance(storage_type, _Storage):
+            raise UserError(f"{self.source}: unexpected storage record {kind!r}; convert "
+                            f"the checkpoint to model.safetensors")
+        raw = self.archive.read(f"{self.prefix}/data/{key}")
+        return np.frombuffer(raw, dtype=storage_type.dtype), storage_type.dtype
+
+
+def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    """A PyTorch zip checkpoint's tensors, without torch and without running code."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise UserError(f"{path}: not a PyTorch zip checkpoint (truncated, corrupt, or the "
+                        f"legacy pre-1.6 format); convert it to model.safetensors") from None
+    with archive:
+        pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        if not pkl:
+            raise UserError(f"{path}: no data.pkl inside; convert it to model.safetensors")
+        prefix = pkl[0][: -len("/data.pkl")]
+        try:
+            with archive.open(pkl[0]) as f:
+                state = _TensorOnlyUnpickler(f, archive, prefix, path).load()
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"{path}: the weights file is truncated or corrupt ({e}); "
+                            f"download or copy it again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
+        raise UserError(f"{path}: not a state dict of tensors; convert it to model.safetensors")
+    return state
+
+
+def load_checkpoint(directory: str | Path, with_tokenizer: bool = True) -> Model:
+    """A Hugging Face BERT/RoBERTa masked-LM checkpoint as a `Model`.
+
+    Every tensor is mapped by name; unknown or missing tensors, wrong shapes, and a
+    tokenizer whose vocabulary differs from the checkpoint's are errors that name them.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise UserError(f"{d}: no such checkpoint folder")
+    if not (d / "config.json").is_file():
+        raise UserError(f"{d}: no config.json; a Hugging Face checkpoint folder needs its "
+                        f"config.json beside the weights")
+    try:
+        config = json.loads((d / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{d / 'config.json'}: not valid JSON ({e})") from None
+    arch = arch_from_config(config, str(d / "config.json"))
+    tensors = {_legacy_rename(k): v for k, v in read_tensors(d).items()}
+    params = _params_from_tensors(arch, tensors, d)
+    tokenizer = None
+    if with_tokenizer:
+        from bortsearch.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(d, arch.model_type)
+        if tokenizer.vocab_size != arch.vocab_size:
+            raise UserError(
+                f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but the checkpoint's "
+                f"vocabulary is {arch.vocab_size}; use the tokenizer files that came with "
+                f"this checkpoint")
+    return Model(arch, params, tokenizer)
+
+
+def _params_from_tensors(arch: Arch, tensors: dict, source: Path):
+    names = hf_names(arch)
+    head = _head_names(arch)
+    # The decoder's own bias is what the forward pass adds (transformers 5 keeps it
+    # as a separate tensor, equal to the head bias in released checkpoints).
+    decoder_bias = tensors.pop(f"{head['decoder']}.bias", None)
+    if decoder_bias is not None:
+        tensors[head["bias"]] = decoder_bias
+    if arch.tie_decoder:
+        tensors.pop(f"{head['decoder']}.weight", None)  # a saved copy of the word table
+    missing = [n for n in names if n not in tensors]
+    unknown = [n for n in tensors if n not in names and not n.endswith(UNUSED_SUFFIXES)]
+    if missing:
+        raise UserError(f"{source}: missing tensors: {', '.join(missing[:5])}"
+                        f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all); "
+                        f"the weights do not match config.json")
+    if unknown:
+        raise UserError(f"{source}: unknown tensors: {', '.join(unknown[:5])}"
+                        f"{' ...' if len(unknown) > 5 else ''} ({len(unknown)} in all); "
+                        f"the weights do not match config.json")
+    shapes = param_shapes(arch)["params"]
+    params = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
+    for name, (path, layer, transpose) in names.items():
+        value = np.asarray(tensors[name], np.float32)
+        if transpose:
+            value = value.T
+        node = params
+        for key in path[:-1]:
+            node = node[key]
+        target = node[path[-1]] if layer is None else node[path[-1]][layer]
+        if target.shape != value.shape:
+            raise UserError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, "
+                            f"but config.json implies {target.shape[::-1] if transpose else target.shape}")
+        if layer is None:
+            node[path[-1]] = value
+        else:
+            node[path[-1]][layer] = value
+    return {"params": params}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def export_tensors(model: Model) -> dict[str, np.ndarray]:
+    """The model's parameters under Hugging Face names (float32, contiguous)."""
+    p = jax.tree.map(np.asarray, model.params["params"])
+    out = {}
+    for name, (path, layer, transpose) in hf_names(model.arch).items():
+        node = p
+        for key in path:
+            node = node[key]
+        value = node if layer is None else node[layer]
+        out[name] = np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
+    head = _head_names(model.arch)
+    out[f"{head['decoder']}.bias"] = out[head["bias"]].copy()  # read by transformers 5
+    return out
+
+
+def save_checkpoint(model: Model, directory: str | Path, tokenizer=None,
+                    extra_files: dict[str, str] | None = None) -> None:
+    """Write a Hugging Face checkpoint folder (config, safetensors, tokenizer files).
+
+    Written into a sibling temporary folder and renamed into place, so a crash
+    never leaves a half-written checkpoint under `directory`.
+    """
+    from bortsearch.runio import atomic_dir
+    from safetensors.numpy import save_file
+
+    tokenizer = tokenizer or model.tokenizer
+    with atomic_dir(directory) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_from_arch(model.arch, tokenizer),
+                                                    indent=2))
+        save_file(export_tensors(model), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(tmp, model_max_length=model.arch.max_seq_len)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+
+
+def load(directory: str | Path) -> Model:
+    """`bortsearch.load(DIR)`: a Hugging Face checkpoint or an exported student,
+    with its tokenizer, ready for `model.logits(input_ids, attention_mask)`."""
+    return load_checkpoint(directory)

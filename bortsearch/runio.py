@@ -1,0 +1,73 @@
+"""Crash-safe file writing: whole files and whole folders appear at once or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a file through a temporary sibling, fsync it, and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path):
+    """Yield a temporary folder beside `target`; on success it replaces `target`.
+
+    On an exception the temporary folder is removed and `target` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old", dir=target.parent))
+        os.replace(target, old / "x")
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def check_settings(path: str | Path, settings: dict, what: str, fix: str) -> None:
+    """Record `settings` at `path`, or refuse if a different record is there.
+
+    The error names every differing setting with both values.
+    """
+    from bortsearch.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        write_json(path, settings)
+        return
+    old = json.loads(path.read_text())
+    differing = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if differing:
+        detail = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now"
+                           for k in differing)
+        raise UserError(f"{what} was made with other settings ({detail}); {fix}")

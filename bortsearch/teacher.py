@@ -1,0 +1,104 @@
+"""Maximum-point training: the reference model T when no teacher is given.
+
+Trains T (the architecture of Ξ with the largest p̂, then î; or one given) with
+the masked-LM objective on the corpus, and writes a Hugging Face checkpoint
+folder that `bortsearch.load` and `transformers` read. Work in progress lives in
+a hidden sibling folder `.NAME.partial/` (Orbax checkpoints, metrics), so a
+killed run resumes; the output folder appears only when training is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from bortsearch.arch import Arch
+from bortsearch.corpus import Corpus
+from bortsearch.data import BatchSpec, load_data
+from bortsearch.errors import UserError
+from bortsearch.fit import fit
+from bortsearch.hf import save_checkpoint
+from bortsearch.model import Model, init_params
+from bortsearch.runio import check_settings
+from bortsearch.space import SearchSpace, size_order
+from bortsearch.tokenizer import Tokenizer
+from bortsearch.train import OptimConfig, frequency_baseline
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """How the maximum point is trained (defaults sized for the demo on 2 cores)."""
+
+    steps: int = 600
+    lr: float = 1e-3
+    warmup: float = 0.05
+    batch: BatchSpec = BatchSpec()
+    eval_every: int = 100
+    checkpoint_every: int = 100
+
+
+def maximum_point(space: SearchSpace, tokenizer: Tokenizer, seq_len: int) -> Arch:
+    """T: the architecture of Ξ with the largest (p̂, î), for this tokenizer."""
+    archs = space.architectures(vocab_size=tokenizer.vocab_size)
+    return max(archs, key=lambda a: size_order(a, seq_len=seq_len))
+
+
+def fit_arch(space: SearchSpace, tokenizer: Tokenizer, size: tuple[int, int, int, int]) -> Arch:
+    return space.base_arch(vocab_size=tokenizer.vocab_size).with_size(*size)
+
+
+def check_seq_len(arch: Arch, seq_len: int) -> None:
+    if seq_len > arch.max_seq_len:
+        raise UserError(f"--seq-len {seq_len} is longer than the {arch.max_seq_len} positions "
+                        f"the model has (max_positions {arch.max_positions}); lower --seq-len "
+                        f"or raise max_positions in the space file")
+
+
+def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokenizer,
+                  cfg: TeacherConfig, progress: bool = True) -> dict:
+    """Train `arch` with the masked-LM objective and write it to `out`.
+
+    Returns the summary also written to `out/bortsearch.json`: settings, held-out
+    masked-LM accuracy and the frequency baseline. If `out` already holds a
+    finished teacher with the same settings, nothing is trained.
+    """
+    out = Path(out)
+    check_seq_len(arch, cfg.batch.seq_len)
+    settings = {
+        "arch": arch.to_dict(), "corpus": corpus.fingerprint(),
+        "tokenizer": hashlib.sha256(tokenizer.hf.to_str().encode()).hexdigest()[:16],
+        "steps": cfg.steps, "lr": cfg.lr, "warmup": cfg.warmup,
+        "batch": dataclasses.asdict(cfg.batch),
+    }
+    summary_path = out / "bortsearch.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("settings") == settings:
+            return summary
+        raise UserError(f"{out} holds a teacher trained with other settings; choose another "
+                        f"--out or remove it")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose another --out or remove it")
+    work = out.parent / f".{out.name}.partial"
+    check_settings(work / "settings.json", settings, f"the unfinished teacher in {work}",
+                   f"re-run with the same settings, or remove {work} to start over")
+    data = load_data(corpus, tokenizer, cfg.batch, progress=progress)
+    optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup)
+    result = fit(arch, data, optim, cfg.lr, init_params(arch, cfg.batch.seed), work,
+                 eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+                 progress=progress, desc=f"teacher {arch.label()}")
+    summary = {
+        "settings": settings,
+        "corpus_name": corpus.name,
+        "heldout_accuracy": result.heldout["accuracy"],
+        "heldout_mlm_ce": result.heldout["mlm_ce"],
+        "frequency_baseline_accuracy": frequency_baseline(data),
+        "tokens_per_s": result.heldout["tokens_per_s"],
+    }
+    save_checkpoint(Model(arch, result.params, tokenizer), out,
+                    extra_files={"bortsearch.json": json.dumps(summary, indent=2) + "\n"})
+    shutil.rmtree(work, ignore_errors=True)
+    return summary

@@ -1,0 +1,185 @@
+"""Tokenizers, through Hugging Face `tokenizers`.
+
+A teacher's tokenizer loads from its `tokenizer.json`, or its `vocab.txt`
+(WordPiece, BERT) or `vocab.json` + `merges.txt` (byte-level BPE, RoBERTa). With
+no teacher, a WordPiece tokenizer is trained on the corpus once and cached under
+a key of corpus and vocabulary size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from bortsearch.corpus import Corpus, cache_dir
+from bortsearch.errors import UserError
+
+SPECIAL = {
+    "bert": dict(cls="[CLS]", sep="[SEP]", pad="[PAD]", mask="[MASK]", unk="[UNK]"),
+    "roberta": dict(cls="<s>", sep="</s>", pad="<pad>", mask="<mask>", unk="<unk>"),
+}
+DEFAULT_VOCAB_SIZE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    """A `tokenizers.Tokenizer` with the ids of its family's special tokens."""
+
+    hf: tokenizers.Tokenizer
+    family: str  # "bert" or "roberta"
+    lowercase: bool = True
+
+    def _id(self, role: str) -> int:
+        token = SPECIAL[self.family][role]
+        i = self.hf.token_to_id(token)
+        if i is None:
+            raise UserError(f"the tokenizer has no {token} token, which a {self.family} "
+                            f"tokenizer needs; use the teacher's own tokenizer files")
+        return i
+
+    @property
+    def cls_id(self) -> int:
+        return self._id("cls")
+
+    @property
+    def sep_id(self) -> int:
+        return self._id("sep")
+
+    @property
+    def pad_id(self) -> int:
+        return self._id("pad")
+
+    @property
+    def mask_id(self) -> int:
+        return self._id("mask")
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self._id(r) for r in SPECIAL[self.family]))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids without special tokens."""
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def save(self, directory: str | Path, model_max_length: int = 512) -> None:
+        """Write `tokenizer.json`, the model's own vocabulary files and the
+        configuration `transformers.AutoTokenizer` reads."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.hf.save(str(directory / "tokenizer.json"))
+        self.hf.model.save(str(directory))
+        special = {f"{role}_token": tok for role, tok in SPECIAL[self.family].items()}
+        if self.family == "roberta":
+            special["bos_token"], special["eos_token"] = special["cls_token"], special["sep_token"]
+        config = {
+            "tokenizer_class": "BertTokenizerFast" if self.family == "bert"
+            else "RobertaTokenizerFast",
+            "model_max_length": model_max_length,
+            **special,
+        }
+        if self.family == "bert":
+            config["do_lower_case"] = self.lowercase
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
+    """A checkpoint directory's tokenizer: tokenizer.json, else vocab.txt, else
+    vocab.json + merges.txt."""
+    d = Path(directory)
+    lowercase = _lowercase(d)
+    try:
+        if (d / "tokenizer.json").is_file():
+            hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+        elif (d / "vocab.txt").is_file():
+            hf = _wordpiece(models.WordPiece.from_file(str(d / "vocab.txt"), unk_token="[UNK]"),
+                            lowercase)
+        elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+            hf = _byte_level_bpe(models.BPE.from_file(str(d / "vocab.json"),
+                                                      str(d / "merges.txt")))
+        else:
+            raise UserError(f"{d}: no tokenizer files (tokenizer.json, vocab.txt, or "
+                            f"vocab.json + merges.txt); copy the teacher's tokenizer files "
+                            f"into the folder")
+    except Exception as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{d}: the tokenizer files cannot be read ({e}); replace them with "
+                        f"the teacher's originals") from None
+    tok = Tokenizer(hf, family, lowercase)
+    tok.special_ids  # every special token must be there
+    if hf.post_processor is None:
+        _post_process(hf, family)
+    return tok
+
+
+def _lowercase(d: Path) -> bool:
+    try:
+        return bool(json.loads((d / "tokenizer_config.json").read_text()).get("do_lower_case", True))
+    except (OSError, ValueError):
+        return True
+
+
+def _wordpiece(model, lowercase: bool) -> tokenizers.Tokenizer:
+    hf = tokenizers.Tokenizer(model)
+    hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece()
+    return hf
+
+
+def _byte_level_bpe(model) -> tokenizers.Tokenizer:
+    hf = tokenizers.Tokenizer(model)
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def _post_process(hf: tokenizers.Tokenizer, family: str) -> None:
+    s = SPECIAL[family]
+    cls, sep = (s["cls"], hf.token_to_id(s["cls"])), (s["sep"], hf.token_to_id(s["sep"]))
+    hf.post_processor = processors.TemplateProcessing(
+        single=f"{cls[0]} $A {sep[0]}", pair=f"{cls[0]} $A {sep[0]} $B:1 {sep[0]}:1",
+        special_tokens=[cls, sep])
+
+
+def train_tokenizer(corpus: Corpus, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
+    """A lowercase WordPiece (BERT family) tokenizer trained on the corpus; cached,
+    so each corpus and size is trained once."""
+    if vocab_size < 100:
+        raise UserError(f"--vocab-size {vocab_size} is too small for WordPiece; use >= 100")
+    key = f"{corpus.fingerprint()[:16]}-wp{vocab_size}"
+    path = cache_dir() / "tokenizers" / key
+    if not (path / "tokenizer.json").is_file():
+        hf = _wordpiece(models.WordPiece(unk_token="[UNK]"), lowercase=True)
+        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
+                                            show_progress=False)
+        hf.train_from_iterator(corpus.documents(), trainer=trainer)
+        if hf.get_vocab_size() <= len(special):
+            raise UserError(f"corpus {corpus.name or corpus.files[0]}: no text to train a "
+                            f"tokenizer on; pass a corpus with some text")
+        _post_process(hf, "bert")
+        tmp = Path(tempfile.mkdtemp(dir=_mkdir(path.parent)))
+        Tokenizer(hf, "bert").save(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_tokenizer(path, "bert")
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,199 @@
+"""Training: the masked-LM / distillation loss, AdamW, and a pure jitted step.
+
+One step function serves maximum-point training (masked-LM cross-entropy alone),
+the search's brief candidate training and pretraining (the Bort loss, with the
+teacher's logits as an input): distillation is a term in the loss, not a second
+trainer. The learning rate lives in the state, so several settings θ ∈ Θ of one
+architecture can share one compiled step under `jax.vmap`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bortsearch.arch import Arch
+from bortsearch.model import Encoder
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, then linear decay to 0, and global-norm clipping.
+
+    Defaults are the Bort pretraining recipe (ALGORITHM.md): lr 1e-4, Adam ε 1e-6,
+    weight decay 0.01 (not on LayerNorm parameters or biases), 1% warm-up, clip 1.0.
+    """
+
+    steps: int
+    warmup: float = 0.01  # fraction of the steps
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    b1: float = 0.9
+    b2: float = 0.999
+    clip: float = 1.0
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(self.warmup * self.steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """L = ce_weight · CE(student, tokens) + kd_weight · τ² · KL(p_T^τ ‖ p_S^τ)
+    on masked positions (the Bort code's loss, with the KL it intended)."""
+
+    ce_weight: float = 0.1
+    kd_weight: float = 0.5
+    temperature: float = 2.0
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    lr: jax.Array  # the peak learning rate θ
+
+
+def _decay_mask(params):
+    """Weight decay on kernels and embedding tables only."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) in ("kernel", "embedding"), params)
+
+
+def optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """AdamW with a unit-peak schedule; `train_step` scales by −lr."""
+    w = cfg.warmup_steps
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, 1.0, w), optax.linear_schedule(1.0, 0.0, max(1, cfg.steps - w))],
+        [w])
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip),
+        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps),
+        optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
+        optax.scale_by_schedule(schedule),
+    )
+
+
+def init_state(params, lr: float, cfg: OptimConfig) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer(cfg).init(params),
+                      jnp.asarray(lr, jnp.float32))
+
+
+def student_logits(arch: Arch, params, batch):
+    """Logits at the masked positions: B x P x V."""
+    return Encoder(arch).apply(params, batch["input_ids"], batch["attention_mask"], None,
+                               batch["positions"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def teacher_logits(arch: Arch, params, batch):
+    """The frozen teacher's logits at the masked positions, computed once per batch."""
+    return student_logits(arch, params, batch)
+
+
+def _weighted_mean(x_BxP, w_BxP):
+    return (x_BxP * w_BxP).sum() / jnp.maximum(w_BxP.sum(), 1.0)
+
+
+def loss_and_metrics(params, arch: Arch, batch, teacher_BxPxV, loss_cfg: LossConfig | None):
+    """Masked-LM cross-entropy alone when there is no teacher; else the Bort loss."""
+    logits_BxPxV = student_logits(arch, params, batch)
+    logp_BxPxV = jax.nn.log_softmax(logits_BxPxV)
+    w_BxP = batch["weights"]
+    nll_BxP = -jnp.take_along_axis(logp_BxPxV, batch["labels"][..., None], -1)[..., 0]
+    ce = _weighted_mean(nll_BxP, w_BxP)
+    accuracy = _weighted_mean((logits_BxPxV.argmax(-1) == batch["labels"]).astype(jnp.float32),
+                              w_BxP)
+    metrics = {"ce": ce, "accuracy": accuracy}
+    if teacher_BxPxV is None:
+        return ce, metrics
+    tau = loss_cfg.temperature
+    t_logp = jax.nn.log_softmax(teacher_BxPxV / tau)
+    s_logp = jax.nn.log_softmax(logits_BxPxV / tau)
+    kl_BxP = (jnp.exp(t_logp) * (t_logp - s_logp)).sum(-1)
+    kl = _weighted_mean(kl_BxP, w_BxP) * tau**2
+    metrics["kl"] = kl
+    return loss_cfg.ce_weight * ce + loss_cfg.kd_weight * kl, metrics
+
+
+def _step(state: TrainState, batch, teacher_BxPxV, arch: Arch, cfg: OptimConfig,
+          loss_cfg: LossConfig | None):
+    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, arch, batch, teacher_BxPxV, loss_cfg)
+    updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: -state.lr * u, updates)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    return TrainState(state.step + 1, params, opt_state, state.lr), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)
+def train_step(state: TrainState, batch, teacher_BxPxV=None, *, arch: Arch, cfg: OptimConfig,
+               loss_cfg: LossConfig | None = None):
+    """One optimiser step: `(state, batch, teacher logits) -> (state, metrics)`."""
+    return _step(state, batch, teacher_BxPxV, arch, cfg, loss_cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)
+def train_step_many(states: TrainState, batch, teacher_BxPxV=None, *, arch: Arch,
+                    cfg: OptimConfig, loss_cfg: LossConfig | None = None):
+    """`train_step` over a leading axis of states (one per θ), one shared batch."""
+    return jax.vmap(_step, in_axes=(0, None, None, None, None, None))(
+        states, batch, teacher_BxPxV, arch, cfg, loss_cfg)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):
+    """Sums over the masked positions of one batch: predictions, correct, NLL
+    and, with a teacher, the KD cross-entropy at τ = 1 (the error proxy ê)."""
+    logits_BxPxV = student_logits(arch, params, batch)
+    logp = jax.nn.log_softmax(logits_BxPxV)
+    w = batch["weights"]
+    nll = -jnp.take_along_axis(logp, batch["labels"][..., None], -1)[..., 0]
+    sums = {"n": w.sum(), "correct": ((logits_BxPxV.argmax(-1) == batch["labels"]) * w).sum(),
+            "nll": (nll * w).sum()}
+    if teacher_BxPxV is not None:
+        kd = -(jax.nn.softmax(teacher_BxPxV) * logp).sum(-1)
+        sums["kd_ce"] = (kd * w).sum()
+    return sums
+
+
+def evaluate(arch: Arch, params, batches, teacher_outputs=None) -> dict[str, float]:
+    """Held-out masked-LM accuracy and cross-entropy, and the KD cross-entropy
+    against the teacher's outputs when given (one array per batch)."""
+    total: dict[str, float] = {}
+    for j, batch in enumerate(batches):
+        t = None if teacher_outputs is None else teacher_outputs[j]
+        for k, v in eval_sums(arch, params, batch, t).items():
+            total[k] = total.get(k, 0.0) + float(v)
+    n = max(total["n"], 1.0)
+    out = {"accuracy": total["correct"] / n, "mlm_ce": total["nll"] / n}
+    if "kd_ce" in total:
+        out["kd_ce"] = total["kd_ce"] / n
+    return out
+
+
+def frequency_baseline(data) -> float:
+    """Held-out accuracy of always predicting the most frequent training token."""
+    batches = [data.train_batch(i)
+               for i in range(min(20, max(1, data.train_sequences // data.spec.batch_size)))]
+    sample = np.concatenate([b["labels"][b["weights"] > 0] for b in batches])
+    top = np.bincount(sample).argmax()
+    held = data.heldout_batches()
+    hits = sum(float(((b["labels"] == top) * b["weights"]).sum()) for b in held)
+    return hits / max(sum(float(b["weights"].sum()) for b in held), 1.0)
+
+
+def train_flops_per_token(arch: Arch, seq_len: int, predictions: int) -> float:
+    """Model FLOPs of one training step per input token: 3 × the forward
+    (forward + backward), with the head only at the masked positions."""
+    h, i, v, l = arch.hidden, arch.intermediate, arch.vocab_size, seq_len
+    per_layer = 8 * h * h + 4 * l * h + 4 * h * i
+    head = (2 * h * h + 2 * h * v) * predictions / seq_len
+    return 3.0 * (arch.layers * per_layer + head)
