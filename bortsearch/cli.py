@@ -80,7 +80,7 @@ def cmd_teacher(args) -> None:
     corpus, tokenizer = _corpus_and_tokenizer(args)
     arch = (fit_arch(space, tokenizer, size) if size
             else maximum_point(space, tokenizer, args.seq_len))
-    cfg = TeacherConfig(steps=args.steps, lr=args.lr,
+    cfg = TeacherConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
                         batch=BatchSpec(args.batch_size, args.seq_len, seed=args.seed))
     print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}")
     summary = train_teacher(args.out, arch, corpus, tokenizer, cfg, progress=not args.quiet)
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"training steps (default {t.steps})")
     p.add_argument("--lr", type=_positive_float, default=t.lr,
                    help=f"peak learning rate (default {t.lr})")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=t.checkpoint_every,
+                   help=f"steps between resumable checkpoints (default {t.checkpoint_every})")
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
     p.set_defaults(func=cmd_teacher)
     return parser

@@ -119,7 +119,8 @@ class MLMData:
         if len(tokens) == 0:
             raise UserError(f"{source} is empty: it holds no text; pass a corpus with text")
         if len(self.train_idx) < spec.batch_size or len(held) < need_held:
-            need = (spec.batch_size + need_held) * HELDOUT_EVERY // (HELDOUT_EVERY - 1)
+            need = max(need_held * HELDOUT_EVERY,  # every 20th sequence is held out
+                       -(-spec.batch_size * HELDOUT_EVERY // (HELDOUT_EVERY - 1)))
             raise UserError(
                 f"{source} is too short: {len(tokens):,} tokens make {n} sequences of "
                 f"{spec.seq_len}, but one training batch of {spec.batch_size} and "

@@ -129,7 +129,7 @@ def _step(state: TrainState, batch, teacher_BxPxV, arch: Arch, cfg: OptimConfig,
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: -state.lr * u, updates)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state, state.lr), metrics
 
 

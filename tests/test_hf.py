@@ -1,0 +1,162 @@
+"""Hugging Face checkpoints: parity with transformers (golden files made by
+tests/golden/make_golden.py with torch), export round trips, and bad input."""
+
+import io
+import json
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from bortsearch import Model, UserError, load, load_checkpoint, save_checkpoint
+from bortsearch.hf import export_tensors
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+LOGITS = np.load(GOLDEN / "logits.npz")
+
+
+@pytest.mark.parametrize("folder,key", [("bert_tiny", "bert"), ("bert_tiny_bin", "bert"),
+                                        ("roberta_tiny", "roberta")])
+def test_logits_match_transformers(folder, key):
+    model = load(GOLDEN / folder)
+    ids, mask = LOGITS[f"{key}_ids"], LOGITS[f"{key}_mask"]
+    assert (mask == 0).any()  # the inputs carry padding
+    np.testing.assert_allclose(model.logits(ids, mask), LOGITS[f"{key}_logits"], atol=1e-4, rtol=0)
+
+
+def test_golden_checkpoints_cover_both_families_and_decoders():
+    bert, roberta = load(GOLDEN / "bert_tiny"), load(GOLDEN / "roberta_tiny")
+    assert (bert.arch.model_type, bert.arch.tie_decoder, bert.arch.type_vocab_size) == ("bert", True, 2)
+    assert (roberta.arch.model_type, roberta.arch.tie_decoder) == ("roberta", False)
+    assert roberta.arch.pad_token_id == 1 and roberta.tokenizer.family == "roberta"
+
+
+@pytest.mark.parametrize("folder", ["bert_tiny", "roberta_tiny"])
+def test_export_reproduces_the_transformers_tensors(folder, tmp_path):
+    original = load_file(str(GOLDEN / folder / "model.safetensors"))
+    save_checkpoint(load(GOLDEN / folder), tmp_path / "out")
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(original) <= set(exported)
+    # The golden RoBERTa's lm_head.bias differs on purpose from lm_head.decoder.bias,
+    # the one transformers' forward adds (the logits test proves which is read);
+    # the export writes the used one under both names, as released checkpoints have it.
+    original.pop("lm_head.bias", None)
+    for name, value in original.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    again = load(tmp_path / "out")
+    ids, mask = LOGITS["bert_ids"] % 100, LOGITS["bert_mask"]
+    np.testing.assert_array_equal(again.logits(ids, mask), load(GOLDEN / folder).logits(ids, mask))
+
+
+def test_transformers_reads_the_exported_config_and_tokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = load(GOLDEN / "roberta_tiny")
+    save_checkpoint(model, tmp_path / "out")
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
+    assert type(config).__name__ == "RobertaConfig"
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (3, 32, 300)
+    assert config.tie_word_embeddings is False
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    text = "a transformer encoder"
+    assert tok(text)["input_ids"] == model.tokenizer.hf.encode(text).ids
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _copy(name, tmp_path):
+    dst = tmp_path / name
+    shutil.copytree(GOLDEN / name, dst)
+    return dst
+
+
+def test_no_config(tmp_path):
+    d = _copy("bert_tiny", tmp_path)
+    (d / "config.json").unlink()
+    with pytest.raises(UserError, match="no config.json"):
+        load(d)
+
+
+def test_no_weights(tmp_path):
+    d = _copy("bert_tiny", tmp_path)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"no weights \(model.safetensors or pytorch_model.bin\)"):
+        load(d)
+
+
+@pytest.mark.parametrize("folder,file", [("bert_tiny", "model.safetensors"),
+                                         ("bert_tiny_bin", "pytorch_model.bin")])
+def test_truncated_weights(tmp_path, folder, file):
+    d = _copy(folder, tmp_path)
+    data = (d / file).read_bytes()
+    (d / file).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt|not a PyTorch zip checkpoint"):
+        load(d)
+
+
+def test_unsupported_model_type_names_the_supported_ones(tmp_path):
+    d = _copy("bert_tiny", tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="model_type 'gpt2' is not supported; supported: bert, roberta"):
+        load(d)
+
+
+def test_tokenizer_vocabulary_must_match(tmp_path):
+    d = _copy("bert_tiny", tmp_path)
+    words = (d / "vocab.txt").read_text().splitlines()
+    (d / "vocab.txt").write_text("\n".join(words[:-3]) + "\n")
+    with pytest.raises(UserError, match="tokenizer has 117 tokens but the checkpoint's vocabulary is 120"):
+        load(d)
+
+
+def test_missing_and_unknown_tensors_are_named(tmp_path):
+    d = _copy("bert_tiny", tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    tensors.pop("bert.encoder.layer.1.output.dense.bias")
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match="missing tensors: bert.encoder.layer.1.output.dense.bias"):
+        load(d)
+    tensors["bert.encoder.layer.1.output.dense.bias"] = np.zeros(32, np.float32)
+    tensors["bert.encoder.layer.2.extra.weight"] = np.zeros(3, np.float32)
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match="unknown tensors: bert.encoder.layer.2.extra.weight"):
+        load(d)
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    d = _copy("bert_tiny_bin", tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (eval, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    payload = pickle.dumps({"bert.embeddings.word_embeddings.weight": Exploit()}, protocol=2)
+    with zipfile.ZipFile(d / "pytorch_model.bin", "w") as z:
+        z.writestr("archive/data.pkl", payload)
+    # the payload is live: plain pickle would run it
+    pickle.loads(payload)
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(UserError, match="asks for __builtin__.eval, which is not tensor data.*safetensors"):
+        load(d)
+    assert not marker.exists()
+
+
+def test_roundtrip_of_a_fresh_model(tmp_path):
+    from bortsearch import Arch
+
+    arch = Arch(2, 2, 16, 24, vocab_size=40, max_positions=20, type_vocab_size=0,
+                tie_decoder=False, model_type="roberta", pad_token_id=1, layer_norm_eps=1e-5)
+    model = Model.init(arch, seed=5)
+    save_checkpoint(model, tmp_path / "m")
+    back = load_checkpoint(tmp_path / "m", with_tokenizer=False)
+    assert back.arch == arch
+    for name, value in export_tensors(model).items():
+        np.testing.assert_array_equal(export_tensors(back)[name], value)

@@ -1,0 +1,93 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from bortsearch import load
+from bortsearch.cli import main
+
+SPACE = str(Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml")
+TINY = ["--space", SPACE, "--arch", "1,2,32,64", "--vocab-size", "300", "--batch-size", "8",
+        "--seq-len", "32", "--quiet"]
+
+
+def _run(args, **kw):
+    exe = Path(sys.executable).parent / "bortsearch"
+    return subprocess.Popen([str(exe), "teacher", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_teacher_learns_above_the_frequency_baseline(tmp_path, capsys):
+    out = tmp_path / "teacher"
+    args = ["--space", SPACE, "--arch", "2,2,64,128", "--vocab-size", "1000", "--batch-size",
+            "32", "--seq-len", "64", "--steps", "300", "--lr", "2e-3", "--quiet", "--out", str(out)]
+    assert main(["teacher", *args]) == 0
+    summary = json.loads((out / "bortsearch.json").read_text())
+    assert summary["heldout_accuracy"] > 2 * summary["frequency_baseline_accuracy"]
+    assert "held-out masked-LM accuracy" in capsys.readouterr().out
+    model = load(out)
+    assert model.arch.size == (2, 2, 64, 128) and model.tokenizer.vocab_size == 1000
+    assert not (tmp_path / ".teacher.partial").exists()
+    # the same command again trains nothing and reports the same result
+    t0 = time.perf_counter()
+    assert main(["teacher", *args]) == 0
+    assert time.perf_counter() - t0 < 10
+    assert json.loads((out / "bortsearch.json").read_text()) == summary
+
+
+def test_changed_settings_are_refused(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["teacher", *TINY, "--steps", "3", "--out", str(out)]) == 0
+    assert main(["teacher", *TINY, "--steps", "4", "--out", str(out)]) == 2
+    assert "holds a teacher trained with other settings" in capsys.readouterr().err
+    # an unfinished run with other settings names them
+    work = tmp_path / ".u.partial"
+    work.mkdir()
+    (work / "settings.json").write_text(json.dumps({"steps": 99}))
+    assert main(["teacher", *TINY, "--steps", "4", "--out", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err
+    assert "steps: 99 then, 4 now" in err and not (tmp_path / "u").exists()
+
+
+def test_bad_teacher_input(tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    assert main(["teacher", *TINY, "--steps", "2", "--out", str(busy)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["teacher", *TINY[:-3], "--seq-len", "500", "--quiet", "--steps", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--seq-len 500 is longer than the 128 positions" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    common = [*TINY, "--steps", "600", "--checkpoint-every", "50"]
+    whole = _run([*common, "--out", str(tmp_path / "whole")])
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+
+    out = tmp_path / "killed"
+    proc = _run([*common, "--out", str(out)])
+    checkpoints = tmp_path / ".killed.partial" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+            p.name.isdigit() for p in (checkpoints.iterdir() if checkpoints.is_dir() else [])):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not out.exists()  # nothing half-written where the result goes
+    resumed = _run([*common, "--out", str(out)])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
