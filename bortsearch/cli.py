@@ -89,6 +89,38 @@ def cmd_teacher(args) -> None:
           f"checkpoint: {args.out}")
 
 
+def cmd_search(args) -> None:
+    from bortsearch.run import SearchConfig, run_search
+    from bortsearch.show import show
+
+    cfg = SearchConfig(
+        space=args.space, teacher=args.teacher, corpus=tuple(args.corpus) if args.corpus else None,
+        text_field=args.text_field, vocab_size=args.vocab_size or SearchConfig.vocab_size,
+        epsilon=args.epsilon, steps=args.steps, lrs=tuple(args.lr or SearchConfig.lrs),
+        batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
+        inference=args.inference, max_params=args.max_params, max_inference=args.max_inference,
+        teacher_steps=args.teacher_steps, group_size=args.group_size)
+    result = run_search(args.run, cfg, progress=not args.quiet)
+    table, plot = show(args.run)
+    print(table)
+    if result.best is None:
+        print("no architecture is smaller and faster than the maximum point within the "
+              "constraints; see the notes above")
+    else:
+        b = result.best
+        print(f"chosen: {b.arch.label()}  params {b.proxies.params:,}  error {b.error:.4f}  "
+              f"W {b.w:.4g}")
+    print(f"results: {args.run}/results.csv  plot: {plot}")
+
+
+def cmd_show(args) -> None:
+    from bortsearch.show import show
+
+    table, plot = show(args.run)
+    print(table)
+    print(f"plot: {plot}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
 
@@ -126,6 +158,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"steps between resumable checkpoints (default {t.checkpoint_every})")
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
     p.set_defaults(func=cmd_teacher)
+
+    from bortsearch.run import SearchConfig
+
+    c = SearchConfig(space="")
+    p = sub.add_parser("search", help="run Algorithm 1 (the FPTAS) over a space")
+    p.add_argument("--space", required=True, help="a search-space TOML file")
+    p.add_argument("--run", required=True, help="the run folder (created; re-run to resume)")
+    p.add_argument("--teacher", help="a Hugging Face BERT/RoBERTa checkpoint folder; default: "
+                   "train the space's maximum point (cached)")
+    p.add_argument("--epsilon", type=_positive_int, default=None,
+                   help="interval size ε (default ⌈|Ξ|/12⌉: about 12 candidates trained)")
+    p.add_argument("--steps", type=_positive_int, default=c.steps,
+                   help=f"training steps s per candidate (default {c.steps})")
+    p.add_argument("--lr", type=_positive_float, action="append",
+                   help=f"a peak learning rate of Θ; repeat for more (default {c.lrs[0]:g})")
+    p.add_argument("--inference", choices=["analytic", "measured"], default=c.inference,
+                   help="inference proxy: FLOPs (default) or measured latency on this machine")
+    p.add_argument("--max-params", type=_positive_int, help="only architectures with at most "
+                   "this many parameters can be chosen")
+    p.add_argument("--max-inference", type=_positive_float, help="only architectures with at "
+                   "most this inference proxy (FLOPs, or seconds when measured) can be chosen")
+    p.add_argument("--teacher-steps", type=_positive_int, default=c.teacher_steps,
+                   help=f"steps of maximum-point training when there is no --teacher "
+                        f"(default {c.teacher_steps})")
+    p.add_argument("--group-size", type=_positive_int, default=None,
+                   help="candidates trained in lockstep on each teacher output (default: "
+                        "as many as fit 2 GiB of training state)")
+    _add_data_flags(p, c.batch_size, c.seq_len)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("show", help="print a run's ranked results and write pareto.png")
+    p.add_argument("run", help="a search run folder")
+    p.set_defaults(func=cmd_show)
     return parser
 
 

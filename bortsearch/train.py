@@ -81,8 +81,12 @@ def optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 
 
 def init_state(params, lr: float, cfg: OptimConfig) -> TrainState:
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer(cfg).init(params),
-                      jnp.asarray(lr, jnp.float32))
+    """The state before step 1. The optimiser's initial state (Adam's moments and
+    every counter) is all zeros, so it is built from its shapes without running
+    `init` op by op; `tests/test_train.py` checks it equals `optimizer(cfg).init`."""
+    abstract = jax.eval_shape(optimizer(cfg).init, params)
+    opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+    return TrainState(np.zeros((), np.int32), params, opt_state, np.asarray(lr, np.float32))
 
 
 def student_logits(arch: Arch, params, batch):

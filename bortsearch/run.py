@@ -1,0 +1,342 @@
+"""A search run: its directory, journal, teacher, proxies and results.
+
+The run directory is self-describing and crash-safe:
+
+    config.json      the resolved settings (a re-run with other settings is refused)
+    journal.jsonl    append-only events: latency, start, done, failed (one JSON a line)
+    results.csv      one row per architecture of Ξ (written atomically at the end)
+    best.json        the W-optimum and its proxies, and the maximum point's
+    teacher/         the teacher checkpoint (a copy, so the run stands alone)
+    pareto.png       written by `bortsearch show` (and at the end of a search)
+
+Resuming is replaying the journal: candidates with a `done` or `failed` event are
+not trained again, and the final table is the one an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bortsearch.arch import Arch
+from bortsearch.candidates import CandidateSettings, CandidateTrainer, Timing
+from bortsearch.corpus import cache_dir, resolve_corpus
+from bortsearch.data import BatchSpec, load_data
+from bortsearch.errors import UserError
+from bortsearch.hf import load_checkpoint
+from bortsearch.proxies import effective_param_count, forward_flops, measure_latency, param_count
+from bortsearch.runio import check_settings, write_atomic, write_json
+from bortsearch.search import DONE, FAILED, Evaluation, Proxies, Result, algorithm1
+from bortsearch.space import load_space
+from bortsearch.teacher import TeacherConfig, check_seq_len, maximum_point, train_teacher
+from bortsearch.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from bortsearch.train import LossConfig
+
+RESULT_COLUMNS = ["layers", "heads", "hidden", "intermediate", "params", "effective_params",
+                  "inference", "error", "w_coefficient", "trained", "pareto", "status",
+                  "best_lr", "interval", "note"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search depends on; `config.json` is this, resolved."""
+
+    space: str
+    teacher: str | None = None
+    corpus: tuple[str, ...] | None = None
+    text_field: str = "text"
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    epsilon: int | None = None  # None: ⌈|Ξ| / 12⌉, so about 12 candidates are trained
+    steps: int = 200
+    lrs: tuple[float, ...] = (1e-3,)
+    batch_size: int = 32
+    seq_len: int = 64
+    seed: int = 0
+    inference: str = "analytic"
+    max_params: int | None = None
+    max_inference: float | None = None
+    teacher_steps: int = TeacherConfig.steps
+    group_size: int | None = None
+
+
+def enable_compilation_cache() -> None:
+    """XLA's persistent cache: a repeated shape compiles once per machine."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+
+
+class Journal:
+    """The append-only event log of a run; each line is flushed and fsynced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def events(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: everything after it is lost anyway
+        return out
+
+    def append(self, event: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def repair(self) -> None:
+        """Drop a partial last line left by a kill, so appends stay parseable."""
+        if self.path.is_file():
+            good = self.events()
+            write_atomic(self.path, "".join(json.dumps(e) + "\n" for e in good))
+
+
+def _key(arch: Arch) -> list[int]:
+    return list(arch.size)
+
+
+def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
+    """T and its tokenizer: the given checkpoint, or the space's maximum point
+    trained once per (space, corpus, settings) and cached."""
+    if cfg.teacher:
+        teacher = load_checkpoint(cfg.teacher)
+        return teacher, Path(cfg.teacher)
+    tokenizer = train_tokenizer(corpus, cfg.vocab_size)
+    arch = maximum_point(space, tokenizer, cfg.seq_len)
+    tcfg = TeacherConfig(steps=cfg.teacher_steps,
+                         batch=BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed))
+    key = hashlib.sha256(json.dumps([arch.to_dict(), corpus.fingerprint(), cfg.vocab_size,
+                                     dataclasses.asdict(tcfg)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / "teachers" / key
+    if (path / "bortsearch.json").is_file():
+        log(f"maximum point {arch.label()}: reusing the cached teacher {path}")
+    else:
+        log(f"maximum point {arch.label()}: training it as the teacher "
+            f"({cfg.teacher_steps} steps)")
+    summary = train_teacher(path, arch, corpus, tokenizer, tcfg, progress=progress)
+    log(f"teacher held-out masked-LM accuracy {summary['heldout_accuracy']:.3f} "
+        f"(frequency baseline {summary['frequency_baseline_accuracy']:.3f})")
+    return load_checkpoint(path), path
+
+
+def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
+               log=print) -> Result:
+    """Algorithm 1 end to end in `run_dir`, resuming whatever an earlier run finished."""
+    from bortsearch.fit import progress_bar
+
+    enable_compilation_cache()
+    run = Path(run_dir)
+    space = load_space(cfg.space)
+    corpus = resolve_corpus(list(cfg.corpus) if cfg.corpus else None, cfg.text_field)
+    if cfg.inference not in ("analytic", "measured"):
+        raise UserError(f"--inference {cfg.inference!r}: use 'analytic' or 'measured'")
+    if cfg.teacher and not Path(cfg.teacher).is_dir():
+        raise UserError(f"--teacher {cfg.teacher}: no such checkpoint folder")
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--run {run}: exists and is not a folder")
+    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").is_file():
+        raise UserError(f"--run {run}: the folder is not empty and is not a bortsearch run; "
+                        f"choose a new folder")
+    teacher, teacher_path = prepare_teacher(cfg, space, corpus, log, progress)
+    T = teacher.arch
+    check_seq_len(T, cfg.seq_len)
+    xi = [T.with_size(*a.size) for a in space.architectures()]
+    epsilon = cfg.epsilon or math.ceil(len(xi) / 12)
+    if not 1 <= epsilon <= len(xi):
+        raise UserError(f"--epsilon {epsilon}: must be between 1 and |Ξ| = {len(xi)}")
+
+    settings = {
+        "space": space.to_dict(), "teacher_arch": T.to_dict(),
+        "teacher_weights": _file_hash(teacher_path),
+        "corpus": corpus.fingerprint(), "epsilon": epsilon, "steps": cfg.steps,
+        "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
+        "seed": cfg.seed, "inference": cfg.inference,
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    check_settings(run / "config.json", settings, f"the run in {run}",
+                   "use the same flags to resume it, or another --run folder")
+    write_json(run / "search.json", {**dataclasses.asdict(cfg), "epsilon": epsilon,
+                                     "teacher_path": str(teacher_path),
+                                     "corpus_name": corpus.name})
+    if not (run / "teacher" / "config.json").is_file():
+        shutil.rmtree(run / "teacher", ignore_errors=True)
+        shutil.copytree(teacher_path, run / "teacher.tmp", dirs_exist_ok=True)
+        os.replace(run / "teacher.tmp", run / "teacher")
+
+    journal = Journal(run / "journal.jsonl")
+    journal.repair()
+    events = journal.events()
+    proxies = _proxies(xi + [T], cfg, journal, events, progress)
+    finished = {tuple(e["arch"]): e for e in events if e["event"] in (DONE, FAILED)}
+
+    data = load_data(corpus, teacher.tokenizer,
+                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
+    t_proxies = proxies[T]
+    bar = None
+
+    def on_start(arch):
+        journal.append({"event": "start", "arch": _key(arch)})
+
+    def on_done(arch, ev: Evaluation, timing: Timing | None):
+        journal.append({"event": ev.status, "arch": _key(arch), "error": _num(ev.error),
+                        "best_lr": ev.best_lr, "reason": ev.reason,
+                        **({"timing": dataclasses.asdict(timing)} if timing else {})})
+        p = proxies[arch]
+        from bortsearch.search import w_coefficient
+
+        line = (f"{arch.label():<32} params {p.params / 1e6:7.2f}M  "
+                f"{_inference_text(p.inference, cfg.inference)}  ")
+        line += (f"error {ev.error:.4f}  W {w_coefficient(p, t_proxies, ev.error):.4g}  "
+                 f"lr {ev.best_lr:g}" if ev.status == DONE else f"FAILED: {ev.reason}")
+        (bar.write if bar else log)(line)
+
+    def on_step(n):
+        if bar is not None:
+            bar.update(n / settings["steps"])
+
+    settings_c = CandidateSettings(steps=cfg.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
+                                   seed=cfg.seed, group_size=cfg.group_size)
+
+    def evaluate(archs):
+        out = {}
+        todo = []
+        for a in archs:
+            e = finished.get(a.size)
+            if e is None:
+                todo.append(a)
+            else:
+                out[a] = Evaluation(e["event"], _denum(e.get("error")), e.get("best_lr"),
+                                    e.get("reason", ""))
+        nonlocal bar
+        log(f"{len(archs)} candidates of |Ξ| = {len(xi)} (ε = {epsilon}, s = {cfg.steps}, "
+            f"Θ = {list(cfg.lrs)}); {len(archs) - len(todo)} already done")
+        if todo:
+            bar = progress_bar(total=len(archs), initial=len(archs) - len(todo),
+                               desc="candidates", unit="cand", disable=not progress)
+            trainer = CandidateTrainer(teacher, data, settings_c, on_start, on_done, on_step)
+            out.update(trainer(todo))
+            bar.close()
+            bar = None
+        return out
+
+    result = algorithm1(xi, proxies, t_proxies, epsilon, evaluate, cfg.max_params,
+                        cfg.max_inference)
+    write_results(run, result, cfg, epsilon, T)
+    return result
+
+
+def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> dict:
+    """p̂ and î for Ξ and T. Measured latencies are journalled, so a resumed run
+    does not measure again."""
+    if cfg.inference == "analytic":
+        return {a: Proxies(param_count(a), float(forward_flops(a, 1, cfg.seq_len))) for a in archs}
+    from bortsearch.fit import progress_bar
+
+    known = {tuple(e["arch"]): e["median_s"] for e in events if e["event"] == "latency"}
+    out = {}
+    for a in progress_bar(archs, desc="measuring latency", unit="arch", disable=not progress):
+        if a.size not in known:
+            m = measure_latency(a, batch=1, seq_len=cfg.seq_len, repeats=10)
+            known[a.size] = m["median_s"]
+            journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
+                            "iqr_s": m["iqr_s"], "hardware": m["hardware"]})
+        out[a] = Proxies(param_count(a), known[a.size])
+    return out
+
+
+def _inference_text(value: float, kind: str) -> str:
+    return f"{value / 1e9:7.3f} GFLOPs" if kind == "analytic" else f"{value * 1e3:7.2f} ms"
+
+
+def _num(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def _denum(x):
+    return math.nan if x is None else float(x)
+
+
+def _file_hash(folder: Path) -> str:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        p = Path(folder) / name
+        if p.is_file():
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            return h.hexdigest()[:16]
+    return ""
+
+
+def results_table(result: Result) -> pd.DataFrame:
+    rows = [{
+        "layers": r.arch.layers, "heads": r.arch.heads, "hidden": r.arch.hidden,
+        "intermediate": r.arch.intermediate, "params": r.proxies.params,
+        "effective_params": effective_param_count(r.arch), "inference": r.proxies.inference,
+        "error": r.error, "w_coefficient": r.w, "trained": r.status != "skipped",
+        "pareto": r.pareto, "status": r.status, "best_lr": r.best_lr, "interval": r.interval,
+        "note": r.note,
+    } for r in result.rows]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T: Arch) -> None:
+    """results.csv and best.json, each written atomically."""
+    table = results_table(result)
+    write_atomic(run / "results.csv", table.to_csv(index=False, float_format="%.10g"))
+    best = result.best
+    write_json(run / "best.json", {
+        "arch": None if best is None else best.arch.to_dict(),
+        "size": None if best is None else list(best.arch.size),
+        "params": None if best is None else best.proxies.params,
+        "effective_params": None if best is None else effective_param_count(best.arch),
+        "inference": None if best is None else best.proxies.inference,
+        "inference_kind": cfg.inference,
+        "error": None if best is None else best.error,
+        "w_coefficient": None if best is None else best.w,
+        "best_lr": None if best is None else best.best_lr,
+        "maximum_point": {"arch": T.to_dict(), "params": result.maximum_point.params,
+                          "inference": result.maximum_point.inference},
+        "epsilon": epsilon, "steps": cfg.steps, "lrs": list(cfg.lrs),
+        "constraints": {"max_params": cfg.max_params, "max_inference": cfg.max_inference},
+        "reason": "" if best is not None else
+        "no trained candidate is smaller and faster than the maximum point within the constraints",
+    })
+
+
+def read_results(run: str | Path) -> tuple[pd.DataFrame, dict]:
+    """A finished run's results table and best.json."""
+    run = Path(run)
+    if not (run / "results.csv").is_file():
+        hint = ("the search has not finished; re-run `bortsearch search` with the same flags "
+                "to resume it") if (run / "config.json").is_file() else \
+            "it is not a bortsearch run folder"
+        raise UserError(f"{run}: no results.csv; {hint}")
+    table = pd.read_csv(run / "results.csv")
+    best = json.loads((run / "best.json").read_text())
+    return table, best
+
+
+def timings(run: str | Path) -> pd.DataFrame:
+    """Per-candidate timing of a run, from its journal (the benchmark reads this)."""
+    rows = []
+    for e in Journal(Path(run) / "journal.jsonl").events():
+        if e["event"] == DONE and "timing" in e:
+            rows.append({"arch": tuple(e["arch"]), **e["timing"]})
+    return pd.DataFrame(rows)
+
