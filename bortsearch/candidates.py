@@ -62,8 +62,8 @@ def groups(archs: list[Arch], n_lrs: int, group_size: int | None) -> list[list[A
     used = 0
     for a in archs:
         need = 4 * param_count(a) * 4 * n_lrs  # params, two moments, gradients
-        full = (len(out[-1]) >= group_size) if group_size else (used + need > GROUP_MEMORY_BYTES)
-        if not out or full:
+        if not out or (len(out[-1]) >= group_size if group_size
+                       else used + need > GROUP_MEMORY_BYTES):
             out.append([])
             used = 0
         out[-1].append(a)

@@ -249,7 +249,7 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> di
 
     known = {tuple(e["arch"]): e["median_s"] for e in events if e["event"] == "latency"}
     out = {}
-    for a in progress_bar(archs, desc="measuring latency", unit="arch", disable=not progress):
+    for a in progress_bar(iterable=archs, desc="measuring latency", unit="arch", disable=not progress):
         if a.size not in known:
             m = measure_latency(a, batch=1, seq_len=cfg.seq_len, repeats=10)
             known[a.size] = m["median_s"]
@@ -298,7 +298,7 @@ def results_table(result: Result) -> pd.DataFrame:
 def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T: Arch) -> None:
     """results.csv and best.json, each written atomically."""
     table = results_table(result)
-    write_atomic(run / "results.csv", table.to_csv(index=False, float_format="%.10g"))
+    write_atomic(run / "results.csv", table.to_csv(index=False))
     best = result.best
     write_json(run / "best.json", {
         "arch": None if best is None else best.arch.to_dict(),

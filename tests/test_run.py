@@ -1,0 +1,199 @@
+"""End-to-end searches with real training on tiny models."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bortsearch import Arch, BatchSpec, TeacherConfig, resolve_corpus, train_teacher, train_tokenizer
+from bortsearch.cli import main
+from bortsearch.proxies import effective_param_count, forward_flops, param_count
+from bortsearch.run import RESULT_COLUMNS, SearchConfig, run_search
+from bortsearch.search import pareto_front
+
+SPACE = """name = "tiny"
+layers = [1, 2]
+heads = [2]
+hidden = [16, 32]
+intermediate = [32, 64]
+"""
+FLAGS = ["--steps", "8", "--batch-size", "8", "--seq-len", "32", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "t"
+    corpus = resolve_corpus(None)
+    tok = train_tokenizer(corpus, 300)
+    arch = Arch(2, 2, 32, 64, vocab_size=tok.vocab_size, max_positions=64)
+    train_teacher(out, arch, corpus, tok, TeacherConfig(steps=40, lr=2e-3,
+                  batch=BatchSpec(8, 32)), progress=False)
+    return out
+
+
+@pytest.fixture
+def space(tmp_path):
+    f = tmp_path / "tiny.toml"
+    f.write_text(SPACE)
+    return f
+
+
+def _search(space, run, teacher, *extra):
+    return main(["search", "--space", str(space), "--run", str(run), "--teacher", str(teacher),
+                 *FLAGS, *extra])
+
+
+def test_end_to_end_search_and_show(space, teacher, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _search(space, run, teacher, "--epsilon", "2", "--lr", "1e-3", "--lr", "3e-3") == 0
+    out = capsys.readouterr().out
+    assert "chosen: ⟨D=" in out and "pareto.png" in out
+    table = pd.read_csv(run / "results.csv")
+    assert list(table.columns) == RESULT_COLUMNS and len(table) == 8
+    assert (table["status"] == "done").sum() == 4 and (table["status"] == "skipped").sum() == 4
+    assert table.loc[~table["trained"], "error"].isna().all()
+    assert table.loc[~table["trained"], "w_coefficient"].isna().all()
+    assert set(table.loc[table["trained"], "best_lr"]) <= {1e-3, 3e-3}
+    # every number is recomputed independently
+    t = json.loads((run / "best.json").read_text())["maximum_point"]
+    for r in table.itertuples():
+        arch = Arch(r.layers, r.heads, r.hidden, r.intermediate, vocab_size=300, max_positions=64)
+        assert r.params == param_count(arch) and r.effective_params == effective_param_count(arch)
+        assert r.inference == forward_flops(arch, 1, 32)
+        if r.status == "done":
+            w = ((t["params"] - r.params) / t["params"]) * \
+                ((t["inference"] - r.inference) / t["inference"]) / r.error
+            assert r.w_coefficient == pytest.approx(w, rel=1e-9)
+    done = table[table["status"] == "done"]
+    assert list(done["pareto"]) == pareto_front(list(zip(done["params"], done["inference"], done["error"])))
+    best = json.loads((run / "best.json").read_text())
+    top = done.loc[done["w_coefficient"].idxmax()]
+    assert best["size"] == [int(top.layers), int(top.heads), int(top.hidden), int(top.intermediate)]
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "teacher" / "model.safetensors").is_file()
+    # show prints the ranked table with the W-optimum first
+    assert main(["show", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[1].startswith(">") and "{:>3}".format(best["size"][0]) in shown[1][:6]
+
+
+def test_same_seed_same_table(space, teacher, tmp_path):
+    for name in ("a", "b"):
+        assert _search(space, tmp_path / name, teacher, "--epsilon", "3") == 0
+    assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
+
+
+def test_epsilon_all_trains_one(space, teacher, tmp_path):
+    assert _search(space, tmp_path / "r", teacher, "--epsilon", "8") == 0
+    table = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert table["trained"].sum() == 1
+
+
+def test_changed_setting_is_refused_by_name(space, teacher, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "8") == 0
+    before = (run / "results.csv").read_text()
+    assert main(["search", "--space", str(space), "--run", str(run), "--teacher", str(teacher),
+                 "--steps", "9", "--batch-size", "8", "--seq-len", "32", "--quiet",
+                 "--epsilon", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (steps: 8 then, 9 now)" in err and "another --run folder" in err
+    assert (run / "results.csv").read_text() == before
+
+
+def test_a_failing_candidate_is_recorded_and_the_search_completes(space, teacher, tmp_path,
+                                                                   monkeypatch):
+    import bortsearch.candidates as candidates
+
+    real = candidates.init_params
+
+    def poisoned(arch, seed=0):
+        params = real(arch, seed)
+        if arch.size == (2, 2, 32, 32):
+            params["params"]["embeddings"]["word"]["embedding"][:] = np.nan
+        return params
+
+    monkeypatch.setattr(candidates, "init_params", poisoned)
+    cfg = SearchConfig(space=str(space), teacher=str(teacher), epsilon=1, steps=4,
+                       batch_size=8, seq_len=32)
+    result = run_search(tmp_path / "r", cfg, progress=False, log=lambda *a: None)
+    table = pd.read_csv(tmp_path / "r" / "results.csv")
+    failed = table[table["status"] == "failed"]
+    assert len(failed) == 1 and tuple(failed.iloc[0, :4]) == (2, 2, 32, 32)
+    assert "loss became NaN at step 1" in failed.iloc[0]["note"]
+    assert (table["status"] == "done").sum() == 7 and result.best is not None
+    journal = (tmp_path / "r" / "journal.jsonl").read_text()
+    assert '"event": "failed"' in journal
+
+
+def test_show_needs_a_finished_run(tmp_path, capsys):
+    assert main(["show", str(tmp_path)]) == 2
+    assert "no results.csv; it is not a bortsearch run folder" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["show", str(tmp_path)]) == 2
+    assert "the search has not finished; re-run `bortsearch search`" in capsys.readouterr().err
+
+
+def test_bad_search_input(space, teacher, tmp_path, capsys):
+    assert _search(space, tmp_path / "r", teacher, "--epsilon", "9") == 2
+    assert "--epsilon 9: must be between 1 and |Ξ| = 8" in capsys.readouterr().err
+    assert _search(space, tmp_path / "r2", tmp_path / "nope") == 2
+    assert "no such checkpoint folder" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "f").write_text("x")
+    assert _search(space, busy, teacher) == 2
+    assert "not a bortsearch run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_measured_inference_is_journalled_and_not_measured_again(space, teacher, tmp_path):
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "8", "--inference", "measured") == 0
+    events = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
+    latency = [e for e in events if e["event"] == "latency"]
+    assert len(latency) == 8  # Ξ ∪ {T}: the teacher ⟨2, 2, 32, 64⟩ is in this Ξ
+    assert all(e["median_s"] > 0 and e["hardware"]["cores"] for e in latency)
+    table = pd.read_csv(run / "results.csv")
+    by_size = {tuple(e["arch"]): e["median_s"] for e in latency}
+    assert all(r.inference == by_size[(r.layers, r.heads, r.hidden, r.intermediate)]
+               for r in table.itertuples())
+    assert _search(space, run, teacher, "--epsilon", "8", "--inference", "measured") == 0
+    again = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "latency" for e in again) == 8
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_results(space, teacher, tmp_path):
+    exe = Path(sys.executable).parent / "bortsearch"
+    args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "1",
+            "--group-size", "1", "--steps", "40", "--batch-size", "8", "--seq-len", "32", "--quiet"]
+    subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    journal = run / "journal.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if journal.is_file() and journal.read_text().count('"event": "done"') >= 2:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = journal.read_text().count('"event": "done"')
+    assert 2 <= done_before < 8, "the kill must land mid-search"
+    assert not (run / "results.csv").exists()
+    subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
+    events = [json.loads(l) for l in journal.read_text().splitlines()]
+    done = [tuple(e["arch"]) for e in events if e["event"] == "done"]
+    assert len(done) == len(set(done)) == 8  # nothing finished was trained again
+    assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()

@@ -1,0 +1,114 @@
+import jax
+import numpy as np
+import pytest
+
+from bortsearch import Arch
+from bortsearch.candidates import groups
+from bortsearch.model import init_params
+from bortsearch.proxies import param_count
+from bortsearch.train import (LossConfig, OptimConfig, _decay_mask, init_state, loss_and_metrics,
+                              optimizer, train_step, train_step_many)
+
+ARCH = Arch(2, 2, 16, 32, vocab_size=50, max_positions=16)
+
+
+def _batch(seed=0, b=4, length=12, p=3):
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(5, 50, (b, length)).astype(np.int32),
+            "attention_mask": np.ones((b, length), np.int32),
+            "positions": rng.integers(1, length - 1, (b, p)).astype(np.int32),
+            "labels": rng.integers(5, 50, (b, p)).astype(np.int32),
+            "weights": np.array([[1, 1, 0]] * b, np.float32)}
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_bort_loss_against_numpy():
+    from bortsearch.train import student_logits
+
+    params, batch = init_params(ARCH, 0), _batch()
+    teacher = np.random.default_rng(1).normal(size=(4, 3, 50)).astype(np.float32)
+    cfg = LossConfig()
+    loss, m = loss_and_metrics(params, ARCH, batch, teacher, cfg)
+    s = np.asarray(student_logits(ARCH, params, batch), np.float64)
+    w = batch["weights"]
+    ce = -(np.take_along_axis(_np_log_softmax(s), batch["labels"][..., None], -1)[..., 0] * w).sum() / w.sum()
+    tau = cfg.temperature
+    pt, lt, ls = np.exp(_np_log_softmax(teacher / tau)), _np_log_softmax(teacher / tau), _np_log_softmax(s / tau)
+    kl = ((pt * (lt - ls)).sum(-1) * w).sum() / w.sum() * tau**2
+    assert float(m["ce"]) == pytest.approx(ce, rel=1e-5)
+    assert float(m["kl"]) == pytest.approx(kl, rel=1e-4)
+    assert float(loss) == pytest.approx(0.1 * ce + 0.5 * kl, rel=1e-5)
+    # the KL is zero when the student is its own teacher
+    _, same = loss_and_metrics(params, ARCH, batch, np.asarray(s, np.float32), cfg)
+    assert abs(float(same["kl"])) < 1e-5
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    cfg = OptimConfig(steps=100, warmup=0.1)
+    params = {"w": np.ones(3, np.float32)}
+    tx = optimizer(cfg.__class__(steps=100, warmup=0.1, weight_decay=0.0, clip=1e9))
+    state = tx.init(params)
+    scales = []
+    for _ in range(100):
+        updates, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
+        scales.append(float(updates["w"][0]))
+    assert scales[0] == 0.0 and scales[10] == pytest.approx(max(scales), rel=1e-3)
+    assert scales[99] == pytest.approx(1 / 90, abs=0.02) and scales[-1] < scales[50]
+
+
+def test_weight_decay_skips_layer_norms_and_biases():
+    mask = _decay_mask(init_params(ARCH, 0))["params"]
+    assert mask["layers"]["ffn"]["inner"]["kernel"] and mask["embeddings"]["word"]["embedding"]
+    assert not mask["layers"]["ffn"]["inner"]["bias"] and not mask["layers"]["ffn_ln"]["scale"]
+    assert not mask["head"]["bias"]
+
+
+def test_init_state_equals_optax_init():
+    params, cfg = init_params(ARCH, 0), OptimConfig(steps=10)
+    ours, real = init_state(params, 1e-3, cfg).opt_state, optimizer(cfg).init(params)
+    assert jax.tree.structure(ours) == jax.tree.structure(real)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(real)):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+
+
+def test_training_reduces_the_loss():
+    cfg = OptimConfig(steps=40, warmup=0.1)
+    state, batch = init_state(init_params(ARCH, 0), 1e-2, cfg), _batch()
+    losses = []
+    for _ in range(40):
+        state, m = train_step(state, batch, arch=ARCH, cfg=cfg)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_vmapped_learning_rates_equal_separate_runs():
+    cfg, loss = OptimConfig(steps=5), LossConfig()
+    teacher = np.random.default_rng(2).normal(size=(4, 3, 50)).astype(np.float32)
+    lrs = [1e-3, 5e-3]
+    singles = []
+    for lr in lrs:
+        s = init_state(init_params(ARCH, 0), lr, cfg)
+        for k in range(5):
+            s, _ = train_step(s, _batch(k), teacher, arch=ARCH, cfg=cfg, loss_cfg=loss)
+        singles.append(s)
+    one = init_state(init_params(ARCH, 0), 0.0, cfg)
+    many = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), one)._replace(lr=np.array(lrs, np.float32))
+    for k in range(5):
+        many, _ = train_step_many(many, _batch(k), teacher, arch=ARCH, cfg=cfg, loss_cfg=loss)
+    for j, single in enumerate(singles):
+        for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(many.params)):
+            np.testing.assert_allclose(np.asarray(b)[j], a, atol=1e-6)
+
+
+def test_groups_by_count_and_by_memory():
+    archs = [ARCH.with_size(d, 2, 16, 32) for d in range(1, 8)]
+    assert [len(g) for g in groups(archs, 2, 3)] == [3, 3, 1]
+    assert [a for g in groups(archs, 2, None) for a in g] == archs
+    big = [Arch(24, 16, 1024, 4096, vocab_size=50265)] * 3  # ~355M params: 5.7 GB each
+    assert [len(g) for g in groups(big, 1, None)] == [1, 1, 1]
+    assert 4 * param_count(big[0]) * 4 > 2 << 30
