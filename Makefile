@@ -14,8 +14,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The real search on the embedded default: trains the demo space's maximum point as
+# the teacher (cached), then Algorithm 1 with the default ε, s and Θ. Re-running
+# resumes (and finishes at once when the run is complete).
 demo: $(STAMP)
-	$(BIN)/bortsearch space search_spaces/demo.toml
+	$(BIN)/bortsearch search --space search_spaces/demo.toml --run runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -27,9 +30,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
 # Regenerates the committed transformers golden files (needs torch; not used by CI).
-golden:
+# make_golden.py runs twice: the teachers first, then the logits of the students
+# that bortsearch exports from them.
+golden: $(STAMP)
 	$(PYTHON) -m venv .golden-venv
-	.golden-venv/bin/python -m pip install --quiet -e '.[golden]'
+	.golden-venv/bin/python -m pip install --quiet torch 'transformers>=4.45,<6' tokenizers numpy
+	.golden-venv/bin/python tests/golden/make_golden.py
+	$(BIN)/python tests/golden/make_student.py
 	.golden-venv/bin/python tests/golden/make_golden.py
 
 clean:

@@ -16,7 +16,10 @@ from bortsearch.proxies import (
     measure_latency,
     param_count,
 )
+from bortsearch.run import SearchConfig, read_results, run_search
+from bortsearch.show import show
 from bortsearch.space import SearchSpace, load_space, space_table
+from bortsearch.student import PretrainConfig, export, pretrain
 from bortsearch.teacher import TeacherConfig, train_teacher
 from bortsearch.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
@@ -25,5 +28,6 @@ __all__ = [
     "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
     "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
     "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",
-    "save_checkpoint", "space_table", "train_teacher", "train_tokenizer",
+    "PretrainConfig", "SearchConfig", "export", "pretrain", "read_results", "run_search", "save_checkpoint", "show", "space_table",
+    "train_teacher", "train_tokenizer",
 ]

@@ -37,7 +37,7 @@ class CandidateSettings:
     """s, Θ and the loss of the brief training (Algorithm 1 step 5)."""
 
     steps: int = 200
-    lrs: tuple[float, ...] = (1e-3,)
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
     warmup: float = 0.05
     loss: LossConfig = LossConfig()
     seed: int = 0
@@ -181,10 +181,12 @@ class CandidateTrainer:
             kd = sum(float(x["kd_ce"]) for x in sums) / max(sum(float(x["n"]) for x in sums), 1.0)
             errors[lr] = (kd, "" if math.isfinite(kd) else f"held-out error is NaN with lr {lr:g}")
         finite = {lr: e for lr, (e, _) in errors.items() if math.isfinite(e)}
+        by_lr = tuple((lr, e) for lr, (e, _) in errors.items())
         if not finite:
-            return Evaluation(FAILED, reason="; ".join(r for _, r in errors.values()))
+            return Evaluation(FAILED, reason="; ".join(r for _, r in errors.values()),
+                              error_by_lr=by_lr)
         best = min(finite, key=lambda lr: (finite[lr], self.settings.lrs.index(lr)))
-        return Evaluation(DONE, finite[best], best)
+        return Evaluation(DONE, finite[best], best, error_by_lr=by_lr)
 
     def _fail(self, arch: Arch, reason: str) -> Evaluation:
         ev = Evaluation(FAILED, reason=reason)

@@ -121,6 +121,33 @@ def cmd_show(args) -> None:
     print(f"plot: {plot}")
 
 
+def cmd_export(args) -> None:
+    from bortsearch.arch import parse_size
+    from bortsearch.student import export
+
+    size = parse_size(args.arch) if args.arch else None
+    out = export(args.run, args.out, size)
+    weights = (out / "model.safetensors").is_file()
+    print(f"exported to {out} ({'with' if weights else 'no'} weights; config, tokenizer, "
+          f"README.md model card)")
+
+
+def cmd_pretrain(args) -> None:
+    from bortsearch.arch import parse_size
+    from bortsearch.student import PretrainConfig, pretrain
+
+    size = parse_size(args.arch) if args.arch else None
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                         lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                         seed=args.seed)
+    s = pretrain(args.run, args.out, size, cfg, corpus=args.corpus, progress=not args.quiet)
+    print(f"held-out masked-LM accuracy {s['heldout_accuracy']:.4f} (teacher "
+          f"{s['teacher_heldout_accuracy']:.4f}), KD cross-entropy {s['heldout_kd_ce']:.4f}; "
+          f"{s['tokens_per_s']:.0f} tokens/s, {s['model_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"exported with weights to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
 
@@ -172,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=c.steps,
                    help=f"training steps s per candidate (default {c.steps})")
     p.add_argument("--lr", type=_positive_float, action="append",
-                   help=f"a peak learning rate of Θ; repeat for more (default {c.lrs[0]:g})")
+                   help="a peak learning rate of Θ; repeat for more (default: "
+                        + " and ".join(f"{x:g}" for x in c.lrs) + ")")
     p.add_argument("--inference", choices=["analytic", "measured"], default=c.inference,
                    help="inference proxy: FLOPs (default) or measured latency on this machine")
     p.add_argument("--max-params", type=_positive_int, help="only architectures with at most "
@@ -191,6 +219,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a run's ranked results and write pareto.png")
     p.add_argument("run", help="a search run folder")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="write the chosen student as a Hugging Face folder")
+    p.add_argument("run", help="a finished search run folder")
+    p.add_argument("--out", required=True, help="the folder to write (must not hold files)")
+    p.add_argument("--arch", help="export D,A,H,I instead of the run's W-optimum")
+    p.set_defaults(func=cmd_export)
+
+    from bortsearch.student import PretrainConfig
+
+    c = PretrainConfig()
+    p = sub.add_parser("pretrain", help="distil the chosen student from the run's teacher")
+    p.add_argument("run", help="a finished search run folder")
+    p.add_argument("--out", required=True, help="the export folder to write at the end")
+    p.add_argument("--arch", help="pretrain D,A,H,I instead of the run's W-optimum")
+    p.add_argument("--steps", type=_positive_int, default=c.steps,
+                   help=f"training steps (default {c.steps})")
+    p.add_argument("--batch-size", type=_positive_int, default=c.batch_size,
+                   help=f"sequences per batch, split across all local devices "
+                        f"(default {c.batch_size})")
+    p.add_argument("--seq-len", type=_positive_int, default=c.seq_len,
+                   help=f"tokens per sequence (default {c.seq_len})")
+    p.add_argument("--lr", type=_positive_float, default=c.lr,
+                   help=f"peak learning rate (default {c.lr:g})")
+    p.add_argument("--warmup", type=float, default=c.warmup,
+                   help=f"warm-up as a fraction of the steps (default {c.warmup:g})")
+    p.add_argument("--weight-decay", type=float, default=c.weight_decay,
+                   help=f"AdamW weight decay, not on LayerNorm or biases (default {c.weight_decay:g})")
+    p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,
+                   help=f"steps between held-out evaluations (default {c.eval_every})")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=c.checkpoint_every,
+                   help=f"steps between resumable checkpoints (default {c.checkpoint_every})")
+    p.add_argument("--corpus", action="append", metavar="PATH",
+                   help="corpus to pretrain on (default: the search's)")
+    p.add_argument("--seed", type=int, default=c.seed, help="data and initialisation seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 

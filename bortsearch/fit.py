@@ -119,7 +119,8 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
             done = step + 1
             if done % eval_every == 0 or done == optim.steps:
                 last_eval = evaluate(arch, state.params, heldout, heldout_teacher)
-                record = {"step": done, **{k: float(v) for k, v in metrics.items()},
+                record = {"step": done, "devices": jax.device_count(),
+                          **{k: float(v) for k, v in metrics.items()},
                           **{f"heldout_{k}": v for k, v in last_eval.items()}}
                 log.write(json.dumps(record) + "\n")
                 log.flush()

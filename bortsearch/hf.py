@@ -264,7 +264,7 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True) -> Model
         raise UserError(f"{d / 'config.json'}: not valid JSON ({e})") from None
     arch = arch_from_config(config, str(d / "config.json"))
     tensors = {_legacy_rename(k): v for k, v in read_tensors(d).items()}
-    params = _params_from_tensors(arch, tensors, d)
+    params = params_from_tensors(arch, tensors, d)
     tokenizer = None
     if with_tokenizer:
         from bortsearch.tokenizer import load_tokenizer
@@ -278,7 +278,7 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True) -> Model
     return Model(arch, params, tokenizer)
 
 
-def _params_from_tensors(arch: Arch, tensors: dict, source: Path):
+def params_from_tensors(arch: Arch, tensors: dict, source: Path):
     names = hf_names(arch)
     head = _head_names(arch)
     # The decoder's own bias is what the forward pass adds (transformers 5 keeps it
@@ -336,26 +336,34 @@ def export_tensors(model: Model) -> dict[str, np.ndarray]:
     return out
 
 
+def write_hf_folder(folder: Path, arch: Arch, tokenizer=None, params=None,
+                    extra_files: dict[str, str | bytes] | None = None) -> None:
+    """Fill `folder` with `config.json`, the tokenizer files and, given params,
+    `model.safetensors` (Hugging Face names)."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    (folder / "config.json").write_text(json.dumps(config_from_arch(arch, tokenizer), indent=2))
+    if params is not None:
+        save_file(export_tensors(Model(arch, params)), str(folder / "model.safetensors"),
+                  metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(folder, model_max_length=arch.max_seq_len)
+    for name, data in (extra_files or {}).items():
+        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+
+
 def save_checkpoint(model: Model, directory: str | Path, tokenizer=None,
-                    extra_files: dict[str, str] | None = None) -> None:
+                    extra_files: dict[str, str | bytes] | None = None) -> None:
     """Write a Hugging Face checkpoint folder (config, safetensors, tokenizer files).
 
     Written into a sibling temporary folder and renamed into place, so a crash
     never leaves a half-written checkpoint under `directory`.
     """
     from bortsearch.runio import atomic_dir
-    from safetensors.numpy import save_file
 
-    tokenizer = tokenizer or model.tokenizer
     with atomic_dir(directory) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_from_arch(model.arch, tokenizer),
-                                                    indent=2))
-        save_file(export_tensors(model), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save(tmp, model_max_length=model.arch.max_seq_len)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        write_hf_folder(tmp, model.arch, tokenizer or model.tokenizer, model.params, extra_files)
 
 
 def load(directory: str | Path) -> Model:

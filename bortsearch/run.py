@@ -56,7 +56,7 @@ class SearchConfig:
     vocab_size: int = DEFAULT_VOCAB_SIZE
     epsilon: int | None = None  # None: ⌈|Ξ| / 12⌉, so about 12 candidates are trained
     steps: int = 200
-    lrs: tuple[float, ...] = (1e-3,)
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
     batch_size: int = 32
     seq_len: int = 64
     seed: int = 0
@@ -195,6 +195,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     def on_done(arch, ev: Evaluation, timing: Timing | None):
         journal.append({"event": ev.status, "arch": _key(arch), "error": _num(ev.error),
                         "best_lr": ev.best_lr, "reason": ev.reason,
+                        "error_by_lr": {f"{lr:g}": _num(e) for lr, e in ev.error_by_lr},
                         **({"timing": dataclasses.asdict(timing)} if timing else {})})
         p = proxies[arch]
         from bortsearch.search import w_coefficient
@@ -206,8 +207,8 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         (bar.write if bar else log)(line)
 
     def on_step(n):
-        if bar is not None:
-            bar.update(n / settings["steps"])
+        if bar is not None:  # fractions of a candidate; never past the total
+            bar.update(min(n / settings["steps"], bar.total - bar.n))
 
     settings_c = CandidateSettings(steps=cfg.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
                                    seed=cfg.seed, group_size=cfg.group_size)
@@ -227,7 +228,9 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
             f"Θ = {list(cfg.lrs)}); {len(archs) - len(todo)} already done")
         if todo:
             bar = progress_bar(total=len(archs), initial=len(archs) - len(todo),
-                               desc="candidates", unit="cand", disable=not progress)
+                               desc="candidates", unit="cand", disable=not progress,
+                               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "
+                                          "[{elapsed}<{remaining}, {rate_fmt}]")
             trainer = CandidateTrainer(teacher, data, settings_c, on_start, on_done, on_step)
             out.update(trainer(todo))
             bar.close()

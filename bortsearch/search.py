@@ -35,6 +35,7 @@ class Evaluation:
     error: float = math.nan
     best_lr: float | None = None
     reason: str = ""
+    error_by_lr: tuple[tuple[float, float], ...] = ()  # ê for every θ, for the record
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,3 +15,33 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not beside the checkout")
     return SHARED_DATA
+
+
+TINY_SPACE = """name = "tiny"
+layers = [1, 2]
+heads = [2]
+hidden = [16, 32]
+intermediate = [32, 64]
+"""
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory):
+    """A tiny BERT-family teacher trained briefly on the embedded corpus."""
+    from bortsearch import Arch, BatchSpec, TeacherConfig, resolve_corpus, train_teacher
+    from bortsearch import train_tokenizer
+
+    out = tmp_path_factory.mktemp("teacher") / "t"
+    corpus = resolve_corpus(None)
+    tok = train_tokenizer(corpus, 300)
+    arch = Arch(2, 2, 32, 64, vocab_size=tok.vocab_size, max_positions=64)
+    train_teacher(out, arch, corpus, tok, TeacherConfig(steps=40, lr=2e-3,
+                  batch=BatchSpec(8, 32)), progress=False)
+    return out
+
+
+@pytest.fixture
+def space(tmp_path):
+    f = tmp_path / "tiny.toml"
+    f.write_text(TINY_SPACE)
+    return f

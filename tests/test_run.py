@@ -13,37 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bortsearch import Arch, BatchSpec, TeacherConfig, resolve_corpus, train_teacher, train_tokenizer
+from bortsearch import Arch
 from bortsearch.cli import main
 from bortsearch.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.run import RESULT_COLUMNS, SearchConfig, run_search
 from bortsearch.search import pareto_front
 
-SPACE = """name = "tiny"
-layers = [1, 2]
-heads = [2]
-hidden = [16, 32]
-intermediate = [32, 64]
-"""
 FLAGS = ["--steps", "8", "--batch-size", "8", "--seq-len", "32", "--quiet"]
-
-
-@pytest.fixture(scope="session")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "t"
-    corpus = resolve_corpus(None)
-    tok = train_tokenizer(corpus, 300)
-    arch = Arch(2, 2, 32, 64, vocab_size=tok.vocab_size, max_positions=64)
-    train_teacher(out, arch, corpus, tok, TeacherConfig(steps=40, lr=2e-3,
-                  batch=BatchSpec(8, 32)), progress=False)
-    return out
-
-
-@pytest.fixture
-def space(tmp_path):
-    f = tmp_path / "tiny.toml"
-    f.write_text(SPACE)
-    return f
 
 
 def _search(space, run, teacher, *extra):

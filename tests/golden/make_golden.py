@@ -9,7 +9,12 @@ does not). Writes, next to this script:
 - roberta_tiny/: a random RobertaForMaskedLM with an untied decoder, with a
   byte-level BPE vocab.json + merges.txt;
 - logits.npz: padded inputs and the logits transformers computes for each;
-- counts.json: num_parameters() of BERT-base and RoBERTa-large (configs only).
+- counts.json: num_parameters() of BERT-base and RoBERTa-large (configs only);
+- in logits.npz also transformers' logits for student_bert/ and student_roberta/,
+  the students bortsearch exported (tests/golden/make_student.py, run first).
+
+The WordPiece trainer may order equal-frequency tokens differently from one run to
+the next, so regenerate the whole set together (`make golden` does).
 """
 
 import json
@@ -20,7 +25,8 @@ import numpy as np
 import torch
 import transformers
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
+from transformers import (AutoModelForMaskedLM, BertConfig, BertForMaskedLM, RobertaConfig,
+                          RobertaForMaskedLM)
 
 HERE = Path(__file__).resolve().parent
 TEXT = [
@@ -108,6 +114,13 @@ def main():
     roberta.save_pretrained(HERE / "roberta_tiny")
     out["roberta_ids"], out["roberta_mask"] = inputs(vocab, 1, rng)
     out["roberta_logits"] = logits(roberta, out["roberta_ids"], out["roberta_mask"])
+    for family, pad in (("bert", 0), ("roberta", 1)):
+        folder = HERE / f"student_{family}"
+        if folder.is_dir():  # made by make_student.py with bortsearch's export
+            student = AutoModelForMaskedLM.from_pretrained(folder)
+            ids, mask = inputs(student.config.vocab_size, pad, rng)
+            out[f"student_{family}_ids"], out[f"student_{family}_mask"] = ids, mask
+            out[f"student_{family}_logits"] = logits(student, ids, mask)
     np.savez_compressed(HERE / "logits.npz", **out)
 
     counts = {

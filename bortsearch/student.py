@@ -1,0 +1,215 @@
+"""Leaving the tool: export the chosen student, and pretrain it by distillation.
+
+`export` writes a Hugging Face folder for a run's W-optimum (or any --arch): the
+config of the teacher's family, the teacher's tokenizer, a model card with the
+search's provenance and the Pareto plot, and, once the student is pretrained,
+its weights. `pretrain` trains the student against the run's teacher with the
+Bort recipe (ALGORITHM.md), resumably, data parallel over all local devices, and
+ends with such an export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from bortsearch.arch import Arch
+from bortsearch.corpus import resolve_corpus
+from bortsearch.data import BatchSpec, load_data
+from bortsearch.errors import UserError
+from bortsearch.fit import fit
+from bortsearch.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
+from bortsearch.model import Model, init_params
+from bortsearch.proxies import effective_param_count, forward_flops, param_count
+from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
+from bortsearch.teacher import check_seq_len
+from bortsearch.tokenizer import load_tokenizer
+from bortsearch.train import LossConfig, OptimConfig, evaluate
+
+STUDENT_WEIGHTS = "student.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Distillation pretraining; defaults are the Bort recipe (ALGORITHM.md)."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 64
+    lr: float = 1e-4
+    warmup: float = 0.01
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    clip: float = 1.0
+    ce_weight: float = 0.1
+    kd_weight: float = 0.5
+    temperature: float = 2.0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+def _run_files(run: Path) -> tuple[dict, dict]:
+    if not (run / "best.json").is_file() or not (run / "teacher" / "config.json").is_file():
+        raise UserError(f"{run}: not a finished search run (no best.json or teacher/); run "
+                        f"`bortsearch search --run {run}` to the end first")
+    best = json.loads((run / "best.json").read_text())
+    search = json.loads((run / "search.json").read_text()) if (run / "search.json").is_file() else {}
+    return best, search
+
+
+def student_arch(run: str | Path, size: tuple[int, int, int, int] | None = None) -> Arch:
+    """The run's W-optimum, or `size` in the teacher's family."""
+    run = Path(run)
+    best, _ = _run_files(run)
+    family = Arch.from_dict(best["maximum_point"]["arch"])
+    if size is not None:
+        return family.with_size(*size)
+    if not best.get("size"):
+        raise UserError(f"{run}: the search chose no architecture ({best.get('reason', '')}); "
+                        f"pick one with --arch D,A,H,I")
+    return Arch.from_dict(best["arch"])
+
+
+def weights_dir(run: Path, arch: Arch) -> Path:
+    return run / "pretrain" / "-".join(map(str, arch.size))
+
+
+def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
+    """README.md of an export: what the student is and where it came from."""
+    best, search = _run_files(run)
+    t = best["maximum_point"]
+    row = {}
+    if (run / "results.csv").is_file():
+        import pandas as pd
+
+        table = pd.read_csv(run / "results.csv")
+        match = table[(table.layers == arch.layers) & (table.heads == arch.heads)
+                      & (table.hidden == arch.hidden) & (table.intermediate == arch.intermediate)]
+        row = match.iloc[0].to_dict() if len(match) else {}
+    chosen = best.get("size") == list(arch.size)
+    kind = best.get("inference_kind", "analytic")
+
+    def fmt(x, spec=".4g"):
+        return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    lines = [
+        f"# bortsearch student {arch.label()}", "",
+        f"A {arch.model_type.upper()}-family masked-LM encoder found by bortsearch's "
+        f"implementation of the Bort FPTAS (de Wynter & Perry 2020), "
+        + ("the W-optimum of its search." if chosen else "chosen by hand (--arch) from its search."),
+        "", "## Architecture", "",
+        f"| layers D | heads A | hidden H | intermediate I | vocabulary | positions |",
+        f"|---|---|---|---|---|---|",
+        f"| {arch.layers} | {arch.heads} | {arch.hidden} | {arch.intermediate} | "
+        f"{arch.vocab_size} | {arch.max_positions} |", "",
+        "## Search provenance", "",
+        f"- space: `{search.get('space', '?')}`; ε = {best.get('epsilon')}, "
+        f"s = {best.get('steps')}, Θ = {best.get('lrs')}",
+        f"- teacher (maximum point T): {Arch.from_dict(t['arch']).label()}, "
+        f"from `{search.get('teacher_path') or search.get('teacher') or '?'}`; "
+        f"p̂(T) = {t['params']:,}, î(T) = {fmt(t['inference'])}",
+        f"- corpus: {search.get('corpus_name', '?')}",
+        f"- this student: p̂ = {param_count(arch):,} parameters "
+        f"({effective_param_count(arch):,} non-embedding), "
+        f"î = {fmt(row.get('inference', float(forward_flops(arch, 1, search.get('seq_len', 128)))))} "
+        f"({'FLOPs per forward pass at batch 1' if kind == 'analytic' else 'seconds, measured'}), "
+        f"ê = {fmt(row.get('error'))}, W = {fmt(row.get('w_coefficient'))}",
+        "- the Pareto plot of the search: `pareto.png`", "",
+    ]
+    if summary:
+        lines += ["## Pretraining", "",
+                  f"Distillation against the teacher for {summary['steps']} steps "
+                  f"(0.1 · CE + 0.5 · τ² · KL, τ = 2; AdamW lr {summary['lr']:g}).",
+                  f"Held-out masked-LM accuracy {summary['heldout_accuracy']:.4f} "
+                  f"(teacher {summary['teacher_heldout_accuracy']:.4f}); KD cross-entropy "
+                  f"{summary['heldout_kd_ce']:.4f}.", ""]
+    else:
+        lines += ["No weights: this export holds the configuration and tokenizer only; "
+                  "`bortsearch pretrain` trains and exports the weights.", ""]
+    lines += ["Load it with `transformers.AutoModelForMaskedLM.from_pretrained(folder)` or "
+              "`bortsearch.load(folder)`.", ""]
+    return "\n".join(lines)
+
+
+def export(run: str | Path, out: str | Path, size=None, params=None,
+           summary: dict | None = None) -> Path:
+    """Write the student's Hugging Face folder to `out` (which must not hold files).
+
+    Weights come from `params`, else from an earlier `pretrain` of this student in
+    the run, else there are none (configuration and tokenizer only).
+    """
+    run, out = Path(run), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
+    arch = student_arch(run, size)
+    tokenizer = load_tokenizer(run / "teacher", arch.model_type)
+    wdir = weights_dir(run, arch)
+    if params is None and (wdir / STUDENT_WEIGHTS).is_file():
+        params = params_from_tensors(arch, read_tensors_file(wdir / STUDENT_WEIGHTS), wdir)
+        summary = json.loads((wdir / "summary.json").read_text())
+    extra = {"README.md": model_card(run, arch, summary)}
+    if (run / "pareto.png").is_file():
+        extra["pareto.png"] = (run / "pareto.png").read_bytes()
+    with atomic_dir(out) as tmp:
+        write_hf_folder(tmp, arch, tokenizer, params, extra)
+    return out
+
+
+def read_tensors_file(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = PretrainConfig(),
+             corpus: list[str] | None = None, progress: bool = True) -> dict:
+    """Distil the student from the run's teacher, then export it with weights.
+
+    Work lives in `RUN/pretrain/D-A-H-I/` (Orbax checkpoints every
+    `checkpoint_every` steps, `metrics.jsonl`); the same command after a kill
+    resumes there. Returns the summary written into the model card.
+    """
+    run, out = Path(run), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
+    arch = student_arch(run, size)
+    _, search = _run_files(run)
+    teacher = load_checkpoint(run / "teacher")
+    check_seq_len(arch, cfg.seq_len)
+    specs = corpus if corpus is not None else search.get("corpus")
+    corpus_obj = resolve_corpus(list(specs) if specs else None, search.get("text_field", "text"))
+    work = weights_dir(run, arch)
+    check_settings(work / "settings.json",
+                   {"arch": arch.to_dict(), "corpus": corpus_obj.fingerprint(),
+                    **dataclasses.asdict(cfg)},
+                   f"the pretraining in {work}",
+                   f"re-run with the same flags, or remove {work} to start over")
+    data = load_data(corpus_obj, teacher.tokenizer,
+                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
+    optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
+                        adam_eps=cfg.adam_eps, clip=cfg.clip)
+    loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature)
+    result = fit(arch, data, optim, cfg.lr, init_params(arch, cfg.seed), work, teacher=teacher,
+                 loss_cfg=loss, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+                 progress=progress, desc=f"pretrain {arch.label()}")
+    heldout = data.heldout_batches()
+    teacher_eval = evaluate(teacher.arch, teacher.params, heldout)
+    summary = {
+        "steps": cfg.steps, "lr": cfg.lr,
+        "heldout_accuracy": result.heldout["accuracy"],
+        "heldout_mlm_ce": result.heldout["mlm_ce"],
+        "heldout_kd_ce": result.heldout["kd_ce"],
+        "teacher_heldout_accuracy": teacher_eval["accuracy"],
+        "tokens_per_s": result.heldout["tokens_per_s"],
+        "model_flops_per_s": result.heldout["model_flops_per_s"],
+        "steps_run": result.steps_run,
+    }
+    from safetensors.numpy import save
+
+    write_atomic(work / STUDENT_WEIGHTS, save(export_tensors(Model(arch, result.params))))
+    write_json(work / "summary.json", summary)
+    export(run, out, arch.size, result.params, summary)
+    return summary
