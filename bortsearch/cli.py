@@ -44,16 +44,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_data_flags(p, batch_size: int, seq_len: int) -> None:
+def _add_data_flags(p, batch_size: int, seq_len: int, corpus_help: str | None = None) -> None:
+    """The corpus, tokenizer and batch flags; `corpus_help` set means the
+    tokenizer comes from a teacher (no --text-field / --vocab-size)."""
     p.add_argument("--corpus", action="append", metavar="PATH",
-                   help="a text file, folder, glob or .jsonl file; repeat for more "
-                        "(default: the embedded Python-documentation corpus)")
-    p.add_argument("--text-field", default="text", help="the text field of .jsonl corpora")
-    p.add_argument("--vocab-size", type=_positive_int, default=None,
-                   help="vocabulary of the WordPiece tokenizer trained on the corpus when "
-                        "there is no teacher (default 4096)")
+                   help=corpus_help or "a text file, folder, glob or .jsonl file; repeat for "
+                                       "more (default: the embedded Python-documentation corpus)")
+    if corpus_help is None:
+        p.add_argument("--text-field", default="text", help="the text field of .jsonl corpora")
+        p.add_argument("--vocab-size", type=_positive_int, default=None,
+                       help="vocabulary of the WordPiece tokenizer trained on the corpus when "
+                            "there is no teacher (default 4096)")
     p.add_argument("--batch-size", type=_positive_int, default=batch_size,
-                   help=f"sequences per batch (default {batch_size})")
+                   help=f"sequences per batch, split across all local devices "
+                        f"(default {batch_size})")
     p.add_argument("--seq-len", type=_positive_int, default=seq_len,
                    help=f"tokens per sequence (default {seq_len})")
     p.add_argument("--seed", type=int, default=0, help="seed of data order, masking and "
@@ -235,11 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="pretrain D,A,H,I instead of the run's W-optimum")
     p.add_argument("--steps", type=_positive_int, default=c.steps,
                    help=f"training steps (default {c.steps})")
-    p.add_argument("--batch-size", type=_positive_int, default=c.batch_size,
-                   help=f"sequences per batch, split across all local devices "
-                        f"(default {c.batch_size})")
-    p.add_argument("--seq-len", type=_positive_int, default=c.seq_len,
-                   help=f"tokens per sequence (default {c.seq_len})")
     p.add_argument("--lr", type=_positive_float, default=c.lr,
                    help=f"peak learning rate (default {c.lr:g})")
     p.add_argument("--warmup", type=float, default=c.warmup,
@@ -250,10 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"steps between held-out evaluations (default {c.eval_every})")
     p.add_argument("--checkpoint-every", type=_positive_int, default=c.checkpoint_every,
                    help=f"steps between resumable checkpoints (default {c.checkpoint_every})")
-    p.add_argument("--corpus", action="append", metavar="PATH",
-                   help="corpus to pretrain on (default: the search's)")
-    p.add_argument("--seed", type=int, default=c.seed, help="data and initialisation seed")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_flags(p, c.batch_size, c.seq_len,
+                    corpus_help="corpus to pretrain on (default: the search's)")
     p.set_defaults(func=cmd_pretrain)
     return parser
 

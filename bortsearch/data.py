@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 

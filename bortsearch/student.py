@@ -101,8 +101,8 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         f"implementation of the Bort FPTAS (de Wynter & Perry 2020), "
         + ("the W-optimum of its search." if chosen else "chosen by hand (--arch) from its search."),
         "", "## Architecture", "",
-        f"| layers D | heads A | hidden H | intermediate I | vocabulary | positions |",
-        f"|---|---|---|---|---|---|",
+        "| layers D | heads A | hidden H | intermediate I | vocabulary | positions |",
+        "|---|---|---|---|---|---|",
         f"| {arch.layers} | {arch.heads} | {arch.hidden} | {arch.intermediate} | "
         f"{arch.vocab_size} | {arch.max_positions} |", "",
         "## Search provenance", "",

@@ -1,4 +1,6 @@
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,16 @@ def space(tmp_path):
     f = tmp_path / "tiny.toml"
     f.write_text(TINY_SPACE)
     return f
+
+
+def kill_when(proc, ready, timeout=180.0):
+    """SIGKILL `proc` as soon as `ready()` holds (polled every 20 ms)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready():
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the process ended before it could be killed"
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())

@@ -1,7 +1,6 @@
 """Hugging Face checkpoints: parity with transformers (golden files made by
 tests/golden/make_golden.py with torch), export round trips, and bad input."""
 
-import io
 import json
 import pickle
 import shutil

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bortsearch import Arch, effective_param_count, forward_flops, measure_latency, param_count
-from bortsearch.model import Encoder, init_params, param_shapes
+from bortsearch.model import Encoder, param_shapes
 
 
 def _random_archs(n, seed=0):

@@ -1,12 +1,8 @@
 """End-to-end searches with real training on tiny models."""
 
 import json
-import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +11,7 @@ import pytest
 
 from bortsearch import Arch
 from bortsearch.cli import main
+from conftest import kill_when
 from bortsearch.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.run import RESULT_COLUMNS, SearchConfig, run_search
 from bortsearch.search import pareto_front
@@ -158,13 +155,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(space, teacher, tm
     proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     journal = run / "journal.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if journal.is_file() and journal.read_text().count('"event": "done"') >= 2:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: journal.is_file() and journal.read_text().count('"event": "done"') >= 2)
     done_before = journal.read_text().count('"event": "done"')
     assert 2 <= done_before < 8, "the kill must land mid-search"
     assert not (run / "results.csv").exists()

@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from safetensors.numpy import load_file
 
 from bortsearch import load
 from bortsearch.cli import main
+from conftest import has_checkpoint, kill_when
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EXE = str(Path(sys.executable).parent / "bortsearch")
@@ -146,13 +145,7 @@ def test_pretrain_resumes_after_sigkill(run, tmp_path):
 
     proc = _pretrain(run, tmp_path / "out", *flags)
     size = json.loads((run / "best.json").read_text())["size"]
-    ckpt = run / "pretrain" / "-".join(map(str, size)) / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(
-            p.name.isdigit() for p in (ckpt.iterdir() if ckpt.is_dir() else [])):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    kill_when(proc, lambda: has_checkpoint(run / "pretrain" / "-".join(map(str, size)) / "checkpoints"))
     assert not (tmp_path / "out").exists()
     resumed = _pretrain(run, tmp_path / "out", *flags)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()

@@ -1,6 +1,4 @@
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ from safetensors.numpy import load_file
 
 from bortsearch import load
 from bortsearch.cli import main
+from conftest import has_checkpoint, kill_when
 
 SPACE = str(Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml")
 TINY = ["--space", SPACE, "--arch", "1,2,32,64", "--vocab-size", "300", "--batch-size", "8",
@@ -76,13 +75,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     out = tmp_path / "killed"
     proc = _run([*common, "--out", str(out)])
-    checkpoints = tmp_path / ".killed.partial" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(
-            p.name.isdigit() for p in (checkpoints.iterdir() if checkpoints.is_dir() else [])):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    kill_when(proc, lambda: has_checkpoint(tmp_path / ".killed.partial" / "checkpoints"))
     assert not out.exists()  # nothing half-written where the result goes
     resumed = _run([*common, "--out", str(out)])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
