@@ -34,7 +34,8 @@ from bortsearch.errors import UserError
 from bortsearch.hf import load_checkpoint
 from bortsearch.proxies import effective_param_count, forward_flops, measure_latency, param_count
 from bortsearch.runio import check_settings, write_atomic, write_json
-from bortsearch.search import DONE, FAILED, Evaluation, Proxies, Result, algorithm1
+from bortsearch.search import (DONE, FAILED, Evaluation, Proxies, Result, algorithm1,
+                               w_coefficient)
 from bortsearch.space import load_space
 from bortsearch.teacher import TeacherConfig, check_seq_len, maximum_point, train_teacher
 from bortsearch.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
@@ -137,8 +138,6 @@ def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
 def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
                log=print) -> Result:
     """Algorithm 1 end to end in `run_dir`, resuming whatever an earlier run finished."""
-    from bortsearch.fit import progress_bar
-
     enable_compilation_cache()
     run = Path(run_dir)
     space = load_space(cfg.space)
@@ -182,65 +181,73 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     journal.repair()
     events = journal.events()
     proxies = _proxies(xi + [T], cfg, journal, events, progress)
-    finished = {tuple(e["arch"]): e for e in events if e["event"] in (DONE, FAILED)}
-
     data = load_data(corpus, teacher.tokenizer,
                      BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
-    t_proxies = proxies[T]
-    bar = None
-
-    def on_start(arch):
-        journal.append({"event": "start", "arch": _key(arch)})
-
-    def on_done(arch, ev: Evaluation, timing: Timing | None):
-        journal.append({"event": ev.status, "arch": _key(arch), "error": _num(ev.error),
-                        "best_lr": ev.best_lr, "reason": ev.reason,
-                        "error_by_lr": {f"{lr:g}": _num(e) for lr, e in ev.error_by_lr},
-                        **({"timing": dataclasses.asdict(timing)} if timing else {})})
-        p = proxies[arch]
-        from bortsearch.search import w_coefficient
-
-        line = (f"{arch.label():<32} params {p.params / 1e6:7.2f}M  "
-                f"{_inference_text(p.inference, cfg.inference)}  ")
-        line += (f"error {ev.error:.4f}  W {w_coefficient(p, t_proxies, ev.error):.4g}  "
-                 f"lr {ev.best_lr:g}" if ev.status == DONE else f"FAILED: {ev.reason}")
-        (bar.write if bar else log)(line)
-
-    def on_step(n):
-        if bar is not None:  # fractions of a candidate; never past the total
-            bar.update(min(n / settings["steps"], bar.total - bar.n))
-
-    settings_c = CandidateSettings(steps=cfg.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
-                                   seed=cfg.seed, group_size=cfg.group_size)
-
-    def evaluate(archs):
-        out = {}
-        todo = []
-        for a in archs:
-            e = finished.get(a.size)
-            if e is None:
-                todo.append(a)
-            else:
-                out[a] = Evaluation(e["event"], _denum(e.get("error")), e.get("best_lr"),
-                                    e.get("reason", ""))
-        nonlocal bar
-        log(f"{len(archs)} candidates of |Ξ| = {len(xi)} (ε = {epsilon}, s = {cfg.steps}, "
-            f"Θ = {list(cfg.lrs)}); {len(archs) - len(todo)} already done")
-        if todo:
-            bar = progress_bar(total=len(archs), initial=len(archs) - len(todo),
-                               desc="candidates", unit="cand", disable=not progress,
-                               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "
-                                          "[{elapsed}<{remaining}, {rate_fmt}]")
-            trainer = CandidateTrainer(teacher, data, settings_c, on_start, on_done, on_step)
-            out.update(trainer(todo))
-            bar.close()
-            bar = None
-        return out
-
-    result = algorithm1(xi, proxies, t_proxies, epsilon, evaluate, cfg.max_params,
+    evaluate = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log)
+    log(f"|Ξ| = {len(xi)}, ε = {epsilon}, s = {cfg.steps}, Θ = {list(cfg.lrs)}")
+    result = algorithm1(xi, proxies, proxies[T], epsilon, evaluate, cfg.max_params,
                         cfg.max_inference)
     write_results(run, result, cfg, epsilon, T)
     return result
+
+
+class JournalledEvaluator:
+    """The evaluator `algorithm1` calls: candidates the journal already holds are
+    read back, the rest are trained by a `CandidateTrainer`, and every start and
+    finish is journalled and shown (bar over candidates, a line per candidate)."""
+
+    def __init__(self, journal: Journal, events: list[dict], teacher, data, proxies: dict,
+                 cfg: SearchConfig, progress: bool, log):
+        self.journal, self.teacher, self.data = journal, teacher, data
+        self.proxies, self.cfg, self.progress, self.log = proxies, cfg, progress, log
+        self.finished = {tuple(e["arch"]): e for e in events if e["event"] in (DONE, FAILED)}
+        self.bar = None
+
+    def __call__(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
+        from bortsearch.fit import progress_bar
+
+        out = {a: self._replay(self.finished[a.size]) for a in archs if a.size in self.finished}
+        todo = [a for a in archs if a not in out]
+        self.log(f"{len(archs)} candidates; {len(out)} already done")
+        if not todo:
+            return out
+        cfg = self.cfg
+        settings = CandidateSettings(steps=cfg.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
+                                     seed=cfg.seed, group_size=cfg.group_size)
+        self.bar = progress_bar(total=len(archs), initial=len(out), desc="candidates",
+                                unit="cand", disable=not self.progress,
+                                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "
+                                           "[{elapsed}<{remaining}, {rate_fmt}]")
+        trainer = CandidateTrainer(self.teacher, self.data, settings, self._on_start,
+                                   self._on_done, self._on_step)
+        out.update(trainer(todo))
+        self.bar.close()
+        self.bar = None
+        return out
+
+    @staticmethod
+    def _replay(event: dict) -> Evaluation:
+        return Evaluation(event["event"], _denum(event.get("error")), event.get("best_lr"),
+                          event.get("reason", ""))
+
+    def _on_start(self, arch: Arch) -> None:
+        self.journal.append({"event": "start", "arch": _key(arch)})
+
+    def _on_done(self, arch: Arch, ev: Evaluation, timing: Timing | None) -> None:
+        self.journal.append({"event": ev.status, "arch": _key(arch), "error": _num(ev.error),
+                             "best_lr": ev.best_lr, "reason": ev.reason,
+                             "error_by_lr": {f"{lr:g}": _num(e) for lr, e in ev.error_by_lr},
+                             **({"timing": dataclasses.asdict(timing)} if timing else {})})
+        p, t = self.proxies[arch], self.proxies[self.teacher.arch]
+        line = (f"{arch.label():<32} params {p.params / 1e6:7.2f}M  "
+                f"{_inference_text(p.inference, self.cfg.inference)}  ")
+        line += (f"error {ev.error:.4f}  W {w_coefficient(p, t, ev.error):.4g}  "
+                 f"lr {ev.best_lr:g}" if ev.status == DONE else f"FAILED: {ev.reason}")
+        (self.bar.write if self.bar is not None and self.progress else self.log)(line)
+
+    def _on_step(self, n: int) -> None:
+        if self.bar is not None:  # fractions of a candidate; never past the total
+            self.bar.update(min(n / self.cfg.steps, self.bar.total - self.bar.n))
 
 
 def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> dict:

@@ -70,6 +70,10 @@ def plot_pareto(table: pd.DataFrame, best: dict, path: str | Path) -> Path:
     if len(failed):
         ax.scatter(failed["params"] / 1e6, failed["inference"] / scale, marker="x", c="black",
                    label="failed")
+    t = best.get("maximum_point")
+    if t:
+        ax.scatter([t["params"] / 1e6], [t["inference"] / scale], marker="^", s=90, c="black",
+                   label="maximum point T (the teacher)")
     if best.get("size"):
         ax.scatter([best["params"] / 1e6], [best["inference"] / scale], marker="*", s=300,
                    c="gold", edgecolors="black", zorder=5,
