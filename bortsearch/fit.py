@@ -124,8 +124,10 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
                           **{f"heldout_{k}": v for k, v in last_eval.items()}}
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{record['loss']:.3f}",
-                                acc=f"{last_eval['accuracy']:.3f}", refresh=False)
+                shown = {"loss": f"{record['loss']:.3f}", "acc": f"{last_eval['accuracy']:.3f}"}
+                if "kd_ce" in last_eval:
+                    shown["kd"] = f"{last_eval['kd_ce']:.3f}"
+                bar.set_postfix(shown, refresh=False)
             if done % checkpoint_every == 0 or done == optim.steps:
                 manager.save(done, args=_save_args(state))
             bar.update(1)

@@ -112,3 +112,19 @@ def test_measured_latency_is_a_sane_median():
     # a model with ~30x the FLOPs takes measurably longer
     big = measure_latency(arch.with_size(4, 2, 128, 512), batch=4, seq_len=32, repeats=7)
     assert big["median_s"] > result["median_s"]
+
+
+def test_training_flops_per_token_against_the_dot_count():
+    """The FLOP/s the benchmark and pretraining report: 3 × the forward's matrix
+    products per token, with the head only at the P masked positions."""
+    from bortsearch.train import train_flops_per_token
+
+    arch = Arch(2, 4, 64, 96, vocab_size=700, max_positions=64)
+    b, length, p = 3, 32, 5
+    params = param_shapes(arch)
+    ids = jnp.zeros((b, length), jnp.int32)
+    pos = jnp.zeros((b, p), jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda q, i, x: Encoder(arch).apply(q, i, jnp.ones_like(i), None, x))(
+        params, ids, pos)
+    forward = _dot_flops(jaxpr.jaxpr)
+    assert train_flops_per_token(arch, length, p) * b * length == pytest.approx(3 * forward, rel=1e-12)
