@@ -8,6 +8,8 @@
    cached, and is not part of the timing.
 3. Per candidate and in total: training tokens/s, model FLOP/s and its fraction
    of the matmul peak, compile share and teacher share of the candidate phase.
+4. The same search once more with the compilation cache now warm (a re-run, a
+   resume): its compile time and share.
 
 Not a test: it asserts nothing and its numbers depend on the machine.
 Run it with `make bench`; the same code runs on a GPU unchanged.
@@ -97,6 +99,16 @@ def main() -> None:
           f"teacher share {100 * phase['teacher_s'] / total:.1f}%  "
           f"held-out eval share {100 * phase['eval_s'] / total:.1f}%  "
           f"(of the candidate phase)")
+
+    # The same search again in a new run folder: XLA's persistent cache is warm now.
+    warm_dir = Path(tempfile.mkdtemp(prefix="bortsearch-bench-run-"))
+    t0 = time.perf_counter()
+    run_search(warm_dir, cfg, progress=False, log=lambda *a: None)
+    warm_wall = time.perf_counter() - t0
+    w = timings(warm_dir)[["compile_s", "train_s", "teacher_s", "eval_s"]].sum()
+    print(f"warm compilation cache (the same search again): search wall {warm_wall:.1f} s, "
+          f"compile {w['compile_s']:.1f} s = {100 * w['compile_s'] / w.sum():.1f}% "
+          f"(cold: {phase['compile_s']:.1f} s)")
 
 
 def _arch(run_dir: Path, size):

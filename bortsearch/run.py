@@ -261,7 +261,7 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> di
     out = {}
     for a in progress_bar(iterable=archs, desc="measuring latency", unit="arch", disable=not progress):
         if a.size not in known:
-            m = measure_latency(a, batch=1, seq_len=cfg.seq_len, repeats=10)
+            m = measure_latency(a, batch=1, seq_len=cfg.seq_len)
             known[a.size] = m["median_s"]
             journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
                             "iqr_s": m["iqr_s"], "hardware": m["hardware"]})
