@@ -26,6 +26,7 @@ from bortsearch.errors import UserError
 from bortsearch.tokenizer import Tokenizer
 
 HELDOUT_EVERY = 20
+MIN_SEQ_LEN = 8
 _CHUNK_DOCS = 512
 
 
@@ -62,7 +63,23 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: bool = False
     tmp = base.with_suffix(f".tmp{os.getpid()}")
     count = 0
     bar = _bar(corpus.size_bytes(), "tokenising", progress)
-    with open(tmp, "wb") as out:
+    try:
+        count = _write_tokens(corpus, tokenizer, tmp, dtype, bar)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a bad file or a Ctrl-C leaves nothing behind
+        raise
+    finally:
+        bar.close()
+    os.replace(tmp, base.with_suffix(".bin"))
+    meta_path.write_text(json.dumps({"dtype": np.dtype(dtype).name, "count": count,
+                                     "corpus": corpus.name}))
+    return tokenize_corpus(corpus, tokenizer)
+
+
+def _write_tokens(corpus: Corpus, tokenizer: Tokenizer, path, dtype, bar) -> int:
+    """Stream the corpus through the tokenizer into a raw token file; its length."""
+    count = 0
+    with open(path, "wb") as out:
         chunk: list[str] = []
         for doc in _chain(corpus.documents(), [None]):
             if doc is not None:
@@ -76,11 +93,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: bool = False
                     count += len(flat)
                 bar.update(sum(len(c.encode()) for c in chunk))
                 chunk = []
-    bar.close()
-    os.replace(tmp, base.with_suffix(".bin"))
-    meta_path.write_text(json.dumps({"dtype": np.dtype(dtype).name, "count": count,
-                                     "corpus": corpus.name}))
-    return tokenize_corpus(corpus, tokenizer)
+    return count
 
 
 def _chain(*iterables):
@@ -108,8 +121,8 @@ class MLMData:
                  source: str = "the corpus"):
         self.tokens, self.tokenizer, self.spec = tokens, tokenizer, spec
         window = spec.seq_len - 2
-        if window < 1:
-            raise UserError(f"--seq-len {spec.seq_len} is too short; use at least 8")
+        if spec.seq_len < MIN_SEQ_LEN:
+            raise UserError(f"--seq-len {spec.seq_len} is too short; use at least {MIN_SEQ_LEN}")
         n = len(tokens) // window
         idx = np.arange(n)
         held = idx[idx % HELDOUT_EVERY == HELDOUT_EVERY - 1]

@@ -306,9 +306,7 @@ def results_table(result: Result) -> pd.DataFrame:
 
 
 def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T: Arch) -> None:
-    """results.csv and best.json, each written atomically."""
-    table = results_table(result)
-    write_atomic(run / "results.csv", table.to_csv(index=False))
+    """best.json, then results.csv (the mark of a finished run), each atomically."""
     best = result.best
     write_json(run / "best.json", {
         "arch": None if best is None else best.arch.to_dict(),
@@ -327,6 +325,7 @@ def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T:
         "reason": "" if best is not None else
         "no trained candidate is smaller and faster than the maximum point within the constraints",
     })
+    write_atomic(run / "results.csv", results_table(result).to_csv(index=False))
 
 
 def read_results(run: str | Path) -> tuple[pd.DataFrame, dict]:

@@ -65,7 +65,11 @@ def check_settings(path: str | Path, settings: dict, what: str, fix: str) -> Non
     if not path.is_file():
         write_json(path, settings)
         return
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON (was it edited?); restore it, or start "
+                        f"over in a new folder") from None
     differing = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
     if differing:
         detail = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now"

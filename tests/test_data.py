@@ -105,3 +105,28 @@ def test_real_corpus_wikitext(shared_data):
     data = load_data(corpus, tok, BatchSpec(batch_size=16, seq_len=64))
     assert len(data.tokens) > 200_000 and tok.vocab_size == 2000
     assert data.train_batch(0)["input_ids"].shape == (16, 64)
+
+
+def test_too_short_sequences_are_refused(corpus_and_tokenizer):
+    corpus, tok = corpus_and_tokenizer
+    with pytest.raises(UserError, match="--seq-len 7 is too short; use at least 8"):
+        load_data(corpus, tok, BatchSpec(batch_size=8, seq_len=7))
+
+
+def test_a_bad_file_leaves_no_partial_token_cache(tmp_path, corpus_and_tokenizer):
+    from bortsearch.corpus import cache_dir
+
+    _, tok = corpus_and_tokenizer
+    f = tmp_path / "bad.txt"
+    f.write_bytes(b"fine\n" * 3000 + b"\xff")
+    before = set((cache_dir() / "tokens").iterdir())
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_data(resolve_corpus([str(f)]), tok, SPEC)
+    assert set((cache_dir() / "tokens").iterdir()) == before
+
+
+def test_training_a_tokenizer_on_a_bad_file_names_it(tmp_path):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(b"fine words\n\xfe")
+    with pytest.raises(UserError, match="bad.txt: not UTF-8"):
+        train_tokenizer(resolve_corpus([str(f)]), 300)

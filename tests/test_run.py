@@ -164,3 +164,11 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(space, teacher, tm
     done = [tuple(e["arch"]) for e in events if e["event"] == "done"]
     assert len(done) == len(set(done)) == 8  # nothing finished was trained again
     assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+
+
+def test_an_edited_config_is_a_clear_error(space, teacher, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "8") == 0
+    (run / "config.json").write_text("{not json")
+    assert _search(space, run, teacher, "--epsilon", "8") == 2
+    assert "config.json is not valid JSON (was it edited?)" in capsys.readouterr().err
