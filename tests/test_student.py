@@ -171,3 +171,27 @@ def test_two_devices_give_the_one_device_loss(run, tmp_path):
     # the gradient all-reduce differs. Tolerance: 1e-4 relative on the final loss.
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
     assert m2["heldout_kd_ce"] == pytest.approx(m1["heldout_kd_ce"], rel=1e-4)
+
+
+def test_roberta_family_search_export_and_pretrain(tmp_path):
+    """The Bort configuration: a RoBERTa teacher (byte-level BPE, positions after
+    the padding offset, one token type, untied decoder) through search, pretrain
+    and export; the student inherits the family."""
+    (tmp_path / "space.toml").write_text(
+        'name = "r"\nmodel_type = "roberta"\nlayers = [1, 2]\nheads = [2]\nhidden = [16]\n'
+        'intermediate = [24]\n')
+    run = tmp_path / "run"
+    assert main(["search", "--space", str(tmp_path / "space.toml"), "--run", str(run),
+                 "--teacher", str(GOLDEN / "roberta_tiny"), "--epsilon", "1", "--steps", "4",
+                 "--batch-size", "8", "--seq-len", "32", "--quiet"]) == 0
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), *PRETRAIN]) == 0
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["model_type"] == "roberta" and config["tie_word_embeddings"] is False
+    assert config["pad_token_id"] == 1 and config["max_position_embeddings"] == 42
+    student = load(tmp_path / "s")
+    assert student.arch.model_type == "roberta" and student.tokenizer.family == "roberta"
+    assert "lm_head.decoder.weight" in load_file(str(tmp_path / "s" / "model.safetensors"))
+    transformers = pytest.importorskip("transformers")
+    assert type(transformers.AutoConfig.from_pretrained(tmp_path / "s")).__name__ == "RobertaConfig"
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "s")
+    assert tok("a transformer")["input_ids"] == student.tokenizer.hf.encode("a transformer").ids
