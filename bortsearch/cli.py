@@ -65,6 +65,15 @@ def _add_data_flags(p, batch_size: int, seq_len: int, corpus_help: str | None = 
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_training_flags(p, steps: int, lr: float, checkpoint_every: int) -> None:
+    p.add_argument("--steps", type=_positive_int, default=steps,
+                   help=f"training steps (default {steps})")
+    p.add_argument("--lr", type=_positive_float, default=lr,
+                   help=f"peak learning rate (default {lr:g})")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=checkpoint_every,
+                   help=f"steps between resumable checkpoints (default {checkpoint_every})")
+
+
 def _corpus_and_tokenizer(args):
     from bortsearch.corpus import resolve_corpus
     from bortsearch.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
@@ -181,12 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the checkpoint folder to write (must not "
                    "exist, or hold an unfinished run of the same settings)")
     p.add_argument("--arch", help="train D,A,H,I instead of the space's maximum point")
-    p.add_argument("--steps", type=_positive_int, default=t.steps,
-                   help=f"training steps (default {t.steps})")
-    p.add_argument("--lr", type=_positive_float, default=t.lr,
-                   help=f"peak learning rate (default {t.lr})")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=t.checkpoint_every,
-                   help=f"steps between resumable checkpoints (default {t.checkpoint_every})")
+    _add_training_flags(p, t.steps, t.lr, t.checkpoint_every)
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
     p.set_defaults(func=cmd_teacher)
 
@@ -237,18 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a finished search run folder")
     p.add_argument("--out", required=True, help="the export folder to write at the end")
     p.add_argument("--arch", help="pretrain D,A,H,I instead of the run's W-optimum")
-    p.add_argument("--steps", type=_positive_int, default=c.steps,
-                   help=f"training steps (default {c.steps})")
-    p.add_argument("--lr", type=_positive_float, default=c.lr,
-                   help=f"peak learning rate (default {c.lr:g})")
+    _add_training_flags(p, c.steps, c.lr, c.checkpoint_every)
     p.add_argument("--warmup", type=float, default=c.warmup,
                    help=f"warm-up as a fraction of the steps (default {c.warmup:g})")
     p.add_argument("--weight-decay", type=float, default=c.weight_decay,
                    help=f"AdamW weight decay, not on LayerNorm or biases (default {c.weight_decay:g})")
     p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,
                    help=f"steps between held-out evaluations (default {c.eval_every})")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=c.checkpoint_every,
-                   help=f"steps between resumable checkpoints (default {c.checkpoint_every})")
     _add_data_flags(p, c.batch_size, c.seq_len,
                     corpus_help="corpus to pretrain on (default: the search's)")
     p.set_defaults(func=cmd_pretrain)
