@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -57,7 +58,15 @@ class Corpus:
                 yield from _text_documents(path)
 
     def fingerprint(self) -> str:
-        """SHA-256 over the file contents (and the text field): the cache key."""
+        """SHA-256 over the file contents (and the text field): the cache key.
+
+        Read once per `Corpus`: a search asks for it several times (tokenizer,
+        token cache, teacher, run settings), and a large corpus is slow to read.
+        """
+        return self._digest
+
+    @functools.cached_property
+    def _digest(self) -> str:
         h = hashlib.sha256(f"text_field={self.text_field}\n".encode())
         for path in self.files:
             h.update(f"{path.name}\0".encode())

@@ -193,8 +193,7 @@ def init_params(arch: Arch, seed: int = 0) -> Params:
     return jax.tree_util.tree_map_with_path(draw, param_shapes(arch))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(arch: Arch, key):
+def _init(arch: Arch, key):  # traced by `param_shapes` only; values come from NumPy
     ids = jnp.zeros((1, 2), jnp.int32)
     return Encoder(arch).init(key, ids, jnp.ones_like(ids))
 
@@ -202,7 +201,7 @@ def _init(arch: Arch, key):
 @functools.lru_cache(maxsize=256)
 def param_shapes(arch: Arch) -> Params:
     """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating it."""
-    return jax.eval_shape(_init, arch, jax.random.key(0))
+    return jax.eval_shape(functools.partial(_init, arch), jax.random.key(0))
 
 
 @functools.partial(jax.jit, static_argnums=0)

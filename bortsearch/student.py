@@ -148,7 +148,9 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
     tokenizer = load_tokenizer(run / "teacher", arch.model_type)
     wdir = weights_dir(run, arch)
     if params is None and (wdir / STUDENT_WEIGHTS).is_file():
-        params = params_from_tensors(arch, read_tensors_file(wdir / STUDENT_WEIGHTS), wdir)
+        from safetensors.numpy import load_file
+
+        params = params_from_tensors(arch, load_file(str(wdir / STUDENT_WEIGHTS)), wdir)
         summary = json.loads((wdir / "summary.json").read_text())
     extra = {"README.md": model_card(run, arch, summary)}
     if (run / "pareto.png").is_file():
@@ -156,12 +158,6 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
     with atomic_dir(out) as tmp:
         write_hf_folder(tmp, arch, tokenizer, params, extra)
     return out
-
-
-def read_tensors_file(path: Path) -> dict:
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
 
 
 def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = PretrainConfig(),
