@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast bench golden clean
+.PHONY: demo test test-fast bench bench-signal golden clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bortsearch needs Python 3.11+, found " + sys.version.split()[0] + "; set PYTHON=python3.11")'
@@ -28,6 +28,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+# Does training decide the answer, above seed noise? (bench/signal_quality.py; about
+# 1.5 hours on 2 CPU cores at these settings; its results are in bench/RESULTS.md.)
+bench-signal: $(STAMP)
+	$(BIN)/python bench/signal_quality.py demo narrow --steps 100 --epsilon 6
 
 # Regenerates the committed transformers golden files (needs torch; not used by CI).
 # make_golden.py runs twice: the teachers first, then the logits of the students

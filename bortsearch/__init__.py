@@ -17,14 +17,14 @@ from bortsearch.proxies import (
     param_count,
 )
 from bortsearch.run import SearchConfig, read_results, run_search
-from bortsearch.show import show
+from bortsearch.show import audit, show
 from bortsearch.space import SearchSpace, load_space, space_table
 from bortsearch.student import PretrainConfig, export, pretrain
 from bortsearch.teacher import TeacherConfig, train_teacher
 from bortsearch.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 __all__ = [
-    "Arch", "BatchSpec", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
+    "Arch", "BatchSpec", "audit", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
     "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
     "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
     "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",

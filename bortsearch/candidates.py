@@ -3,10 +3,12 @@
 Candidates train in lockstep groups: for each batch the teacher's logits are
 computed once and every candidate of the group takes its step on them, so the
 teacher costs one forward pass per batch per group rather than per candidate.
-The settings θ ∈ Θ of one architecture are a leading axis of its training state
-under `jax.vmap`: one compiled step trains all of Θ. Every candidate starts from
-the same seed and sees the same batches in the same order; ê is the KD
-cross-entropy against T at τ = 1 on the fixed held-out batches B.
+The trials of one architecture — N seeds × the settings θ ∈ Θ — are two leading
+axes of its training state under `jax.vmap`: one compiled step trains them all.
+Seed j draws the initialisation, the training order and the masking from
+`seed + j`; every candidate gets the same seeds, so all see the same batches in
+the same order. Each trial is measured on the fixed held-out batches B: ê, the KD
+cross-entropy against T at τ = 1, and KL(T ‖ S) = ê − H_T.
 """
 
 from __future__ import annotations
@@ -22,24 +24,30 @@ import jax
 import numpy as np
 
 from bortsearch.arch import Arch
-from bortsearch.model import Model, init_params
+from bortsearch.model import Model, inherit_params, init_params
 from bortsearch.proxies import param_count
-from bortsearch.search import DONE, FAILED, Evaluation
-from bortsearch.train import (LossConfig, OptimConfig, eval_sums, init_state,
-                              teacher_logits, train_flops_per_token, train_step_many)
+from bortsearch.search import FAILED, Evaluation, summarise
+from bortsearch.train import (LossConfig, OptimConfig, eval_sums_many, init_state,
+                              teacher_entropy_sums, teacher_logits, train_flops_per_token,
+                              train_step_many)
+
+INITS = ("random", "teacher")
 
 GROUP_MEMORY_BYTES = 2 << 30  # parameters + Adam moments + gradients of a group, float32
 
 
 @dataclasses.dataclass(frozen=True)
 class CandidateSettings:
-    """s, Θ and the loss of the brief training (Algorithm 1 step 5)."""
+    """s, Θ, seeds, initialisation and loss of the brief training (Algorithm 1 step 5)."""
 
     steps: int = 200
     lrs: tuple[float, ...] = (1e-3, 3e-3)
     warmup: float = 0.05
     loss: LossConfig = LossConfig()
     seed: int = 0
+    seeds: int = 1  # N: trials per θ, from seeds seed, seed + 1, ...
+    init: str = "random"  # or "teacher": inherit the teacher's weights [ours]
+    error: str = "ce"  # the error W uses: "ce" (ê) or "kl" (ê − H_T)
     group_size: int | None = None  # None: as many as fit GROUP_MEMORY_BYTES
 
 
@@ -55,12 +63,12 @@ class Timing:
     model_flops_per_s: float
 
 
-def groups(archs: list[Arch], n_lrs: int, group_size: int | None) -> list[list[Arch]]:
+def groups(archs: list[Arch], n_trials: int, group_size: int | None) -> list[list[Arch]]:
     """Consecutive groups, bounded by count or by the float32 training-state memory."""
     out: list[list[Arch]] = []
     used = 0
     for a in archs:
-        need = 4 * param_count(a) * 4 * n_lrs  # params, two moments, gradients
+        need = 4 * param_count(a) * 4 * n_trials  # params, two moments, gradients
         if not out or (len(out[-1]) >= group_size if group_size
                        else used + need > GROUP_MEMORY_BYTES):
             out.append([])
@@ -68,6 +76,24 @@ def groups(archs: list[Arch], n_lrs: int, group_size: int | None) -> list[list[A
         out[-1].append(a)
         used += need
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """The held-out batches B, the teacher's logits on them, and what ê is made of
+    there (`error_baselines`): computed once per search."""
+
+    batches: list
+    teacher: list
+    baselines: dict
+
+    @classmethod
+    def of(cls, teacher: Model, data) -> HeldOut:
+        batches = [jax.device_put(b) for b in data.heldout_batches()]
+        logits = jax.block_until_ready(
+            [teacher_logits(teacher.arch, teacher.params, b) for b in batches])
+        return cls(batches, logits, error_baselines(
+            batches, logits, data.unigram_log_probs(teacher.arch.vocab_size)))
 
 
 class CandidateTrainer:
@@ -79,37 +105,58 @@ class CandidateTrainer:
       settings: s, Θ, loss, seed, group size.
       on_start, on_done: called per candidate (the run journal, the progress bar).
       on_step: called once per lockstep step with the group size.
+      reference: the held-out batches with T's outputs, if already computed.
     """
 
     def __init__(self, teacher: Model, data, settings: CandidateSettings,
                  on_start: Callable[[Arch], None] = lambda a: None,
                  on_done: Callable[[Arch, Evaluation, Timing | None], None] = lambda *a: None,
-                 on_step: Callable[[int], None] = lambda n: None):
+                 on_step: Callable[[int], None] = lambda n: None,
+                 reference: HeldOut | None = None):
         self.teacher, self.data, self.settings = teacher, data, settings
         self.on_start, self.on_done, self.on_step = on_start, on_done, on_step
         self.optim = OptimConfig(steps=settings.steps, warmup=settings.warmup)
-        self.heldout = [jax.device_put(b) for b in data.heldout_batches()]
-        t0 = time.perf_counter()
-        self.heldout_teacher = jax.block_until_ready(
-            [teacher_logits(teacher.arch, teacher.params, b) for b in self.heldout])
-        self.teacher_eval_s = time.perf_counter() - t0
+        self.streams = [data] + [data.with_seed(settings.seed + j)
+                                 for j in range(1, settings.seeds)]
+        self.reference = reference or HeldOut.of(teacher, data)
+        self.heldout, self.heldout_teacher = self.reference.batches, self.reference.teacher
+
+    @property
+    def n_trials(self) -> int:
+        return self.settings.seeds * len(self.settings.lrs)
 
     def __call__(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
         results: dict[Arch, Evaluation] = {}
-        for group in groups(list(archs), len(self.settings.lrs), self.settings.group_size):
+        for group in groups(list(archs), self.n_trials, self.settings.group_size):
             results.update(self.train_group(group))
         return results
 
     def _initial_state(self, arch: Arch):
-        s = self.settings
-        one = init_state(init_params(arch, s.seed), 0.0, self.optim)
-        stacked = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], len(s.lrs), 0), one)
-        return jax.device_put(stacked._replace(lr=np.asarray(s.lrs, np.float32)))
+        """Training states with leading axes N seeds × |Θ|."""
+        s, t = self.settings, self.teacher
+        per_seed = []
+        for j in range(s.seeds):
+            params = (inherit_params(arch, t.arch, t.params, s.seed + j) if s.init == "teacher"
+                      else init_params(arch, s.seed + j))
+            per_seed.append(init_state(params, 0.0, self.optim))
+        stacked = jax.tree.map(
+            lambda *xs: np.stack([np.repeat(np.asarray(x)[None], len(s.lrs), 0) for x in xs]),
+            *per_seed)
+        lr = np.broadcast_to(np.asarray(s.lrs, np.float32), (s.seeds, len(s.lrs)))
+        return jax.device_put(stacked._replace(lr=np.ascontiguousarray(lr)))
+
+    def _batches(self, step: int):
+        """Batch `step` of every seed's stream (leading axis N) and T's logits on them."""
+        batches = [d.train_batch(step) for d in self.streams]
+        stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+        merged = jax.device_put({k: v.reshape(-1, *v.shape[2:]) for k, v in stacked.items()})
+        logits = teacher_logits(self.teacher.arch, self.teacher.params, merged)
+        n = len(self.streams)
+        return jax.device_put(stacked), logits.reshape(n, -1, *logits.shape[1:])
 
     def train_group(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
-        s, data = self.settings, self.data
-        batch0 = jax.device_put(data.train_batch(0))
-        t_logits0 = teacher_logits(self.teacher.arch, self.teacher.params, batch0)
+        s = self.settings
+        batch0, t_logits0 = self._batches(0)
         live: dict[Arch, dict] = {}
         results: dict[Arch, Evaluation] = {}
 
@@ -118,8 +165,8 @@ class CandidateTrainer:
             state = self._initial_state(arch)
             step = train_step_many.lower(state, batch0, t_logits0, arch=arch, cfg=self.optim,
                                          loss_cfg=s.loss).compile()
-            evaluate = eval_sums.lower(arch, jax.tree.map(lambda x: x[0], state.params),
-                                       self.heldout[0], self.heldout_teacher[0]).compile()
+            evaluate = eval_sums_many.lower(arch, state.params, self.heldout[0],
+                                            self.heldout_teacher[0]).compile()
             return dict(state=state, step=step, evaluate=evaluate, losses=[],
                         compile_s=time.perf_counter() - t0, train_s=0.0)
 
@@ -142,10 +189,8 @@ class CandidateTrainer:
             c["compile_s"] = wall * c["compile_s"] / max(own, 1e-9)
         teacher_s = 0.0
         for k in range(s.steps):
-            batch = jax.device_put(data.train_batch(k))
             t0 = time.perf_counter()
-            t_logits = jax.block_until_ready(
-                teacher_logits(self.teacher.arch, self.teacher.params, batch))
+            batch, t_logits = jax.block_until_ready(self._batches(k))
             teacher_s += time.perf_counter() - t0
             for arch in list(live):
                 c = live[arch]
@@ -167,25 +212,27 @@ class CandidateTrainer:
         return results
 
     def _finish(self, arch: Arch, c: dict) -> Evaluation:
-        """ê per θ on B; the lowest finite one wins. NaN losses fail a θ."""
-        losses = np.stack([np.asarray(x) for x in c["losses"]])  # steps x |Θ|
-        errors = {}
-        for j, lr in enumerate(self.settings.lrs):
-            if not np.isfinite(losses[:, j]).all():
-                first = int(np.argmin(np.isfinite(losses[:, j]))) + 1
-                errors[lr] = (math.nan, f"loss became NaN at step {first} with lr {lr:g}")
-                continue
-            params = jax.tree.map(lambda x, j=j: x[j], c["state"].params)
-            sums = [c["evaluate"](params, b, t) for b, t in zip(self.heldout, self.heldout_teacher)]
-            kd = sum(float(x["kd_ce"]) for x in sums) / max(sum(float(x["n"]) for x in sums), 1.0)
-            errors[lr] = (kd, "" if math.isfinite(kd) else f"held-out error is NaN with lr {lr:g}")
-        finite = {lr: e for lr, (e, _) in errors.items() if math.isfinite(e)}
-        by_lr = tuple((lr, e) for lr, (e, _) in errors.items())
-        if not finite:
-            return Evaluation(FAILED, reason="; ".join(r for _, r in errors.values()),
-                              error_by_lr=by_lr)
-        best = min(finite, key=lambda lr: (finite[lr], self.settings.lrs.index(lr)))
-        return Evaluation(DONE, finite[best], best, error_by_lr=by_lr)
+        """ê and KL of every trial on B; a trial whose loss became NaN has none."""
+        s = self.settings
+        losses = np.stack([np.asarray(x) for x in c["losses"]])  # steps x N x |Θ|
+        sums = [c["evaluate"](c["state"].params, b, t)
+                for b, t in zip(self.heldout, self.heldout_teacher)]
+        n = np.maximum(sum(np.asarray(x["n"]) for x in sums), 1.0)
+        ce = sum(np.asarray(x["kd_ce"]) for x in sums) / n
+        kl = sum(np.asarray(x["kl"]) for x in sums) / n
+        trials, reasons = [], []
+        for j in range(s.seeds):
+            for i, lr in enumerate(s.lrs):
+                finite = np.isfinite(losses[:, j, i])
+                if not finite.all():
+                    first = int(np.argmin(finite)) + 1
+                    reasons.append(f"loss became NaN at step {first} with lr {lr:g}, seed {j}")
+                    trials.append((lr, j, math.nan, math.nan))
+                    continue
+                if not (np.isfinite(ce[j, i]) and np.isfinite(kl[j, i])):
+                    reasons.append(f"held-out error is NaN with lr {lr:g}, seed {j}")
+                trials.append((lr, j, float(ce[j, i]), float(kl[j, i])))
+        return summarise(trials, s.lrs, s.error, "; ".join(reasons))
 
     def _fail(self, arch: Arch, reason: str) -> Evaluation:
         ev = Evaluation(FAILED, reason=reason)
@@ -194,11 +241,24 @@ class CandidateTrainer:
 
     def _timing(self, arch: Arch, c: dict, teacher_s: float, eval_s: float) -> Timing:
         spec = self.data.spec
-        tokens = self.settings.steps * self.data.tokens_per_batch() * len(self.settings.lrs)
+        tokens = self.settings.steps * self.data.tokens_per_batch() * self.n_trials
         flops = train_flops_per_token(arch, spec.seq_len, spec.predictions) * tokens
         train_s = max(c["train_s"], 1e-9)
         return Timing(c["compile_s"], c["train_s"], teacher_s, eval_s, tokens / train_s,
                       flops / train_s)
+
+
+def error_baselines(heldout, heldout_teacher, log_q_V) -> dict[str, float]:
+    """What ê is made of on B: the teacher's own entropy H_T (no student can go
+    below it) and ê of a context-free student that predicts the corpus's token
+    frequencies (the unigram baseline), as CE and as KL = CE − H_T."""
+    total: dict[str, float] = {}
+    for b, t in zip(heldout, heldout_teacher):
+        for k, v in teacher_entropy_sums(t, b["weights"], log_q_V).items():
+            total[k] = total.get(k, 0.0) + v
+    n = max(total["n"], 1.0)
+    h, u = total["entropy"] / n, total["unigram_ce"] / n
+    return {"teacher_entropy": h, "unigram_ce": u, "unigram_kl": u - h}
 
 
 def _short(e: Exception) -> str:

@@ -25,12 +25,14 @@ def _positive_int(text: str) -> int:
 def cmd_space(args) -> None:
     from bortsearch.space import load_space, space_table
 
-    table = space_table(load_space(args.file), args.vocab_size, args.batch_size, args.seq_len)
+    table = space_table(load_space(args.file), args.vocab_size, args.batch_size, args.seq_len,
+                        args.inference_scope)
     if args.csv:
         sys.stdout.write(table.to_csv(index=False))
     else:
         print(f"{len(table)} architectures, sorted by parameters "
-              f"(flops at batch {args.batch_size}, length {args.seq_len})")
+              f"(flops of the {args.inference_scope} at batch {args.batch_size}, "
+              f"length {args.seq_len})")
         print(table.to_string(index=False))
 
 
@@ -111,7 +113,9 @@ def cmd_search(args) -> None:
         text_field=args.text_field, vocab_size=args.vocab_size or SearchConfig.vocab_size,
         epsilon=args.epsilon, steps=args.steps, lrs=tuple(args.lr or SearchConfig.lrs),
         batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
-        inference=args.inference, max_params=args.max_params, max_inference=args.max_inference,
+        inference=args.inference, inference_scope=args.inference_scope, error=args.error,
+        seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
+        max_params=args.max_params, max_inference=args.max_inference,
         teacher_steps=args.teacher_steps, group_size=args.group_size)
     result = run_search(args.run, cfg, progress=not args.quiet)
     table, plot = show(args.run)
@@ -121,8 +125,9 @@ def cmd_search(args) -> None:
               "constraints; see the notes above")
     else:
         b = result.best
-        print(f"chosen: {b.arch.label()}  params {b.proxies.params:,}  error {b.error:.4f}  "
-              f"W {b.w:.4g}")
+        error, w = ((b.confirmed_error, b.confirmed_w) if result.confirmed else (b.error, b.w))
+        print(f"chosen: {b.arch.label()}  params {b.proxies.params:,}  {cfg.error} {error:.4f}  "
+              f"W {w:.4g}" + ("  (by the confirmed errors)" if result.confirmed else ""))
     print(f"results: {args.run}/results.csv  plot: {plot}")
 
 
@@ -131,6 +136,14 @@ def cmd_show(args) -> None:
 
     table, plot = show(args.run)
     print(table)
+    print(f"plot: {plot}")
+
+
+def cmd_audit(args) -> None:
+    from bortsearch.show import audit
+
+    text, plot = audit(args.run)
+    print(text)
     print(f"plot: {plot}")
 
 
@@ -179,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, default=DEFAULT_SEQ_LEN,
                    help=f"sequence length of the FLOPs reference input "
                         f"(default {DEFAULT_SEQ_LEN})")
+    p.add_argument("--inference-scope", choices=["encoder", "mlm"], default="encoder",
+                   help="FLOPs of the encoder alone (default) or with the masked-LM head")
     p.add_argument("--csv", action="store_true", help="print CSV and nothing else")
     p.set_defaults(func=cmd_space)
 
@@ -211,6 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
                         + " and ".join(f"{x:g}" for x in c.lrs) + ")")
     p.add_argument("--inference", choices=["analytic", "measured"], default=c.inference,
                    help="inference proxy: FLOPs (default) or measured latency on this machine")
+    p.add_argument("--inference-scope", choices=["encoder", "mlm"], default=c.inference_scope,
+                   help="what î counts: the encoder a downstream student runs (default), or "
+                        "the masked-LM model with its vocabulary head")
+    p.add_argument("--error", choices=["kl", "ce"], default=c.error,
+                   help=f"the error W divides by: kl = ê − H_T, what the student controls, or "
+                        f"ce = ê as in the paper (default {c.error})")
+    p.add_argument("--seeds", type=_positive_int, default=c.seeds,
+                   help=f"trials per θ from seeds --seed, --seed + 1, ...: the mean error, its "
+                        f"standard error and W's noise (default {c.seeds})")
+    p.add_argument("--init", choices=["random", "teacher"], default=c.init,
+                   help=f"students start from Normal(0, 0.02) or inherit the teacher's weights "
+                        f"(default {c.init})")
+    p.add_argument("--confirm", type=int, default=c.confirm, metavar="K",
+                   help="train the K best by W again for --confirm-steps and choose by those "
+                        "errors (default 0: no confirmation)")
+    p.add_argument("--confirm-steps", type=_positive_int, default=None, metavar="S2",
+                   help="steps of the confirmation training (default 5 x --steps)")
     p.add_argument("--max-params", type=_positive_int, help="only architectures with at most "
                    "this many parameters can be chosen")
     p.add_argument("--max-inference", type=_positive_float, help="only architectures with at "
@@ -227,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a run's ranked results and write pareto.png")
     p.add_argument("run", help="a search run folder")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("audit", help="how far to trust a run's answer: noise, what decided "
+                       "it, short vs confirmed errors; writes audit.png")
+    p.add_argument("run", help="a search run folder")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("export", help="write the chosen student as a Hugging Face folder")
     p.add_argument("run", help="a finished search run folder")

@@ -145,6 +145,20 @@ class MLMData:
         self._is_special[special] = True
         self._normal_ids = np.flatnonzero(~self._is_special[:tokenizer.vocab_size])
 
+    def with_seed(self, seed: int) -> MLMData:
+        """The same token array and held-out set B, another training order and masking."""
+        return MLMData(self.tokens, self.tokenizer, dataclasses.replace(self.spec, seed=seed))
+
+    def unigram_log_probs(self, vocab_size: int, max_tokens: int = 1 << 22) -> np.ndarray:
+        """log q(v) over a model's `vocab_size` ids: token frequencies of the corpus
+        (its first `max_tokens` tokens), add-one smoothed: the context-free predictor
+        that ê's unigram baseline scores."""
+        counts = np.bincount(np.asarray(self.tokens[:max_tokens]),
+                             minlength=vocab_size).astype(np.float64)
+        counts[self.tokenizer.sep_id] = 0.0  # the document separator is never a label
+        counts = counts[:vocab_size] + 1.0
+        return np.log(counts / counts.sum()).astype(np.float32)
+
     @property
     def train_sequences(self) -> int:
         return len(self.train_idx)

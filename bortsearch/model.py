@@ -98,10 +98,13 @@ class Encoder(nn.Module):
       arch: the architecture.
       unroll: layers per scan iteration (1 keeps compile time flat in D; D
         unrolls fully, which some cost analyses need).
+      head: False returns the last hidden states (B x L x H) and skips the
+        masked-LM head, as a student deployed downstream runs it.
     """
 
     arch: Arch
     unroll: int = 1
+    head: bool = True
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None,
@@ -127,6 +130,8 @@ class Encoder(nn.Module):
             in_axes=nn.broadcast, length=arch.layers, unroll=self.unroll,
         )
         x_BxLxH, _ = layers(arch, name="layers")(x_BxLxH, bias_Bx1x1xL)
+        if not self.head:
+            return x_BxLxH
         if positions_BxP is not None:
             x_BxLxH = jnp.take_along_axis(x_BxLxH, positions_BxP[:, :, None], axis=1)
         return MLMHead(arch, name="head")(x_BxLxH, self.variables["params"]["embeddings"]["word"])
@@ -193,6 +198,40 @@ def init_params(arch: Arch, seed: int = 0) -> Params:
     return jax.tree_util.tree_map_with_path(draw, param_shapes(arch))
 
 
+def teacher_layers(student_layers: int, teacher_layers: int) -> list[int]:
+    """Which teacher layer each student layer inherits: TinyBERT's uniform map,
+    student layer m ← teacher layer ⌊(m+1)·D_T/D_S⌋ − 1 (so the top layer maps to the
+    top layer). A deeper student inherits the teacher's D_T layers, then random."""
+    if student_layers > teacher_layers:
+        return list(range(teacher_layers))
+    return [(m + 1) * teacher_layers // student_layers - 1 for m in range(student_layers)]
+
+
+def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
+                   seed: int = 0) -> Params:
+    """A student initialised from the teacher's weights [ours, after the weight
+    inheritance of DynaBERT and AutoTinyBERT]: layers chosen by `teacher_layers`,
+    and in every tensor the leading block of each axis (the first H hidden units,
+    the first I feed-forward units; heads are contiguous column blocks, so the
+    first H columns are the first heads). Whatever the teacher lacks (a wider or
+    deeper student) keeps its Normal(0, 0.02) draw from `init_params(arch, seed)`."""
+    picks = teacher_layers(arch.layers, teacher_arch.layers)
+
+    def take(path, mine):
+        theirs = teacher_params
+        for k in path:
+            theirs = theirs[getattr(k, "key", k)]
+        theirs = np.asarray(theirs)
+        out = np.array(mine)
+        if getattr(path[1], "key", None) == "layers":  # leading axis: the layer
+            theirs = theirs[picks]
+        block = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, theirs.shape))
+        out[block] = theirs[block]
+        return out
+
+    return jax.tree_util.tree_map_with_path(take, init_params(arch, seed))
+
+
 def _init(arch: Arch, key):  # traced by `param_shapes` only; values come from NumPy
     ids = jnp.zeros((1, 2), jnp.int32)
     return Encoder(arch).init(key, ids, jnp.ones_like(ids))
@@ -207,6 +246,11 @@ def param_shapes(arch: Arch) -> Params:
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(arch: Arch, params, input_ids, attention_mask, token_type_ids):
     return Encoder(arch).apply(params, input_ids, attention_mask, token_type_ids)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _hidden(arch: Arch, params, input_ids, attention_mask, token_type_ids):
+    return Encoder(arch, head=False).apply(params, input_ids, attention_mask, token_type_ids)
 
 
 @dataclasses.dataclass(frozen=True)

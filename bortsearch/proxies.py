@@ -59,18 +59,32 @@ def effective_param_count(arch: Arch) -> int:
     return param_count(arch) - embedding_table_params(arch) - output
 
 
-def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN) -> int:
-    """î analytic: FLOPs of one forward pass with logits at every position.
+SCOPES = ("encoder", "mlm")
+SOFTMAX_FLOPS = 5  # per attention score: max, subtract, exp, sum, divide
+
+
+def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
+                  scope: str = "mlm") -> int:
+    """î analytic: FLOPs of one forward pass.
 
     Counts matrix products, 2 FLOPs per multiply-add: per layer the four
     attention projections (8·B·L·H²), scores and the softmax-weighted sum
-    (4·B·L²·H) and the feed-forward block (4·B·L·H·I); then the head's transform
-    (2·B·L·H²) and decoder (2·B·L·H·V). Element-wise work (GELU, softmax,
-    LayerNorm) is left out: it is a few percent at realistic sizes.
+    (4·B·L²·H) and the feed-forward block (4·B·L·H·I); with `scope="mlm"` also
+    the head's transform (2·B·L·H²) and decoder (2·B·L·H·V) at every position.
+    Of the element-wise work, the attention softmax is counted
+    (`SOFTMAX_FLOPS` per score, B·A·L² scores a layer), because it is the term
+    through which the head count A costs time [ours]; GELU, LayerNorm and the
+    residual adds are left out (a few percent at realistic sizes).
+
+    `scope="encoder"` is what a student deployed downstream runs (the head is
+    dropped for classification); `"mlm"` is the masked-LM model as trained.
     """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")
     b, l, h, i, v = batch, seq_len, arch.hidden, arch.intermediate, arch.vocab_size
-    per_layer = 8 * b * l * h * h + 4 * b * l * l * h + 4 * b * l * h * i
-    head = 2 * b * l * h * h + 2 * b * l * h * v
+    per_layer = (8 * b * l * h * h + 4 * b * l * l * h + 4 * b * l * h * i
+                 + SOFTMAX_FLOPS * b * arch.heads * l * l)
+    head = 2 * b * l * h * h + 2 * b * l * h * v if scope == "mlm" else 0
     return arch.layers * per_layer + head
 
 
@@ -99,15 +113,20 @@ def _cpu_model() -> str:
 
 
 def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
-                    repeats: int = 20, warmup: int = 2, seed: int = 0) -> dict:
-    """î measured: wall-clock of the compiled forward on the default device.
+                    repeats: int = 20, warmup: int = 2, seed: int = 0,
+                    scope: str = "mlm") -> dict:
+    """î measured: wall-clock of the compiled forward on the default device
+    (`scope` as in `forward_flops`: with or without the masked-LM head).
 
     Compiles ahead of time (outside the timing), runs `warmup` calls, then times
     `repeats` calls each ended by `block_until_ready` (JAX dispatch is
     asynchronous). Returns the median and the inter-quartile range in seconds,
     the compile time, and the hardware fingerprint.
     """
-    from bortsearch.model import _logits, init_params
+    from bortsearch.model import _hidden, _logits, init_params
+
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")
 
     params = init_params(arch, seed)
     rng = np.random.default_rng(seed)
@@ -116,7 +135,8 @@ def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAU
     mask = jax.device_put(np.ones((batch, seq_len), np.int32))
     types = jax.device_put(np.zeros((batch, seq_len), np.int32))
     t0 = time.perf_counter()
-    forward = _logits.lower(arch, params, ids, mask, types).compile()
+    program = _logits if scope == "mlm" else _hidden
+    forward = program.lower(arch, params, ids, mask, types).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
         forward(params, ids, mask, types).block_until_ready()
@@ -133,5 +153,6 @@ def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAU
         "compile_s": compile_s,
         "batch": batch,
         "seq_len": seq_len,
+        "scope": scope,
         "hardware": hardware_fingerprint(),
     }

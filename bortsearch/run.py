@@ -27,15 +27,17 @@ from pathlib import Path
 import pandas as pd
 
 from bortsearch.arch import Arch
-from bortsearch.candidates import CandidateSettings, CandidateTrainer, Timing
+from bortsearch.audit import diagnose
+from bortsearch.candidates import INITS, CandidateSettings, CandidateTrainer, HeldOut, Timing
 from bortsearch.corpus import cache_dir, resolve_corpus
 from bortsearch.data import BatchSpec, load_data
 from bortsearch.errors import UserError
 from bortsearch.hf import load_checkpoint
-from bortsearch.proxies import effective_param_count, forward_flops, measure_latency, param_count
+from bortsearch.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
+                                param_count)
 from bortsearch.runio import check_settings, write_atomic, write_json
-from bortsearch.search import (DONE, FAILED, Evaluation, Proxies, Result, algorithm1,
-                               w_coefficient)
+from bortsearch.search import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
+                               confirm, summarise, w_coefficient)
 from bortsearch.space import load_space
 from bortsearch.teacher import TeacherConfig, check_seq_len, maximum_point, train_teacher
 from bortsearch.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
@@ -43,7 +45,8 @@ from bortsearch.train import LossConfig
 
 RESULT_COLUMNS = ["layers", "heads", "hidden", "intermediate", "params", "effective_params",
                   "inference", "error", "w_coefficient", "trained", "pareto", "status",
-                  "best_lr", "interval", "note"]
+                  "best_lr", "interval", "note", "error_se", "w_se", "within_noise", "ce", "kl",
+                  "confirmed_error", "confirmed_error_se", "confirmed_w"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +65,20 @@ class SearchConfig:
     seq_len: int = 64
     seed: int = 0
     inference: str = "analytic"
+    inference_scope: str = "encoder"  # î without the masked-LM head, as deployed [ours]
+    error: str = "kl"  # the error W divides by: "kl" (ê − H_T) or "ce" (ê) [ours: kl]
+    seeds: int = 1  # trials per θ from seeds seed, seed + 1, ...
+    init: str = "random"  # or "teacher": students inherit the teacher's weights [ours]
+    confirm: int = 0  # K: the K best by W are trained again for confirm_steps
+    confirm_steps: int | None = None  # None: 5 · steps
     max_params: int | None = None
     max_inference: float | None = None
     teacher_steps: int = TeacherConfig.steps
     group_size: int | None = None
+
+    @property
+    def long_steps(self) -> int:
+        return self.confirm_steps or 5 * self.steps
 
 
 def enable_compilation_cache() -> None:
@@ -144,6 +157,13 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     corpus = resolve_corpus(list(cfg.corpus) if cfg.corpus else None, cfg.text_field)
     if cfg.inference not in ("analytic", "measured"):
         raise UserError(f"--inference {cfg.inference!r}: use 'analytic' or 'measured'")
+    for flag, value, allowed in (("--inference-scope", cfg.inference_scope, SCOPES),
+                                 ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS)):
+        if value not in allowed:
+            raise UserError(f"{flag} {value!r}: use one of {', '.join(allowed)}")
+    if cfg.seeds < 1 or cfg.confirm < 0:
+        raise UserError(f"--seeds must be >= 1 and --confirm >= 0, got {cfg.seeds} and "
+                        f"{cfg.confirm}")
     if cfg.teacher and not Path(cfg.teacher).is_dir():
         raise UserError(f"--teacher {cfg.teacher}: no such checkpoint folder")
     if run.exists() and not run.is_dir():
@@ -164,7 +184,8 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         "teacher_weights": _file_hash(teacher_path),
         "corpus": corpus.fingerprint(), "epsilon": epsilon, "steps": cfg.steps,
         "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
-        "seed": cfg.seed, "inference": cfg.inference,
+        "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
+        "seeds": cfg.seeds, "init": cfg.init,
     }
     run.mkdir(parents=True, exist_ok=True)
     check_settings(run / "config.json", settings, f"the run in {run}",
@@ -183,11 +204,21 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     proxies = _proxies(xi + [T], cfg, journal, events, progress)
     data = load_data(corpus, teacher.tokenizer,
                      BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
-    evaluate = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log)
-    log(f"|Ξ| = {len(xi)}, ε = {epsilon}, s = {cfg.steps}, Θ = {list(cfg.lrs)}")
+    reference = HeldOut.of(teacher, data)
+    evaluate = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log,
+                                   reference)
+    log(f"|Ξ| = {len(xi)}, ε = {epsilon}, s = {cfg.steps}, Θ = {list(cfg.lrs)}, "
+        f"seeds {cfg.seeds}, init {cfg.init}, error {cfg.error}")
     result = algorithm1(xi, proxies, proxies[T], epsilon, evaluate, cfg.max_params,
                         cfg.max_inference)
-    write_results(run, result, cfg, epsilon, T)
+    if cfg.confirm:
+        log(f"confirming the {cfg.confirm} best by W with {cfg.long_steps} steps")
+        longer = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log,
+                                     reference, steps=cfg.long_steps, phase="confirm")
+        result = confirm(result, cfg.confirm, longer)
+    report = diagnose(result, reference.baselines, cfg.error, cfg.seeds)
+    speedup = _speedup(result, T, cfg, journal, events)
+    write_results(run, result, cfg, epsilon, T, report, speedup)
     return result
 
 
@@ -197,10 +228,15 @@ class JournalledEvaluator:
     finish is journalled and shown (bar over candidates, a line per candidate)."""
 
     def __init__(self, journal: Journal, events: list[dict], teacher, data, proxies: dict,
-                 cfg: SearchConfig, progress: bool, log):
+                 cfg: SearchConfig, progress: bool, log, reference: HeldOut,
+                 steps: int | None = None, phase: str = "search"):
         self.journal, self.teacher, self.data = journal, teacher, data
         self.proxies, self.cfg, self.progress, self.log = proxies, cfg, progress, log
-        self.finished = {tuple(e["arch"]): e for e in events if e["event"] in (DONE, FAILED)}
+        self.reference, self.phase = reference, phase
+        self.steps = steps or cfg.steps
+        self.finished = {tuple(e["arch"]): e for e in events if e["event"] in (DONE, FAILED)
+                         and e.get("phase", "search") == phase
+                         and e.get("steps", cfg.steps) == self.steps}
         self.bar = None
 
     def __call__(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
@@ -212,56 +248,67 @@ class JournalledEvaluator:
         if not todo:
             return out
         cfg = self.cfg
-        settings = CandidateSettings(steps=cfg.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
-                                     seed=cfg.seed, group_size=cfg.group_size)
+        settings = CandidateSettings(steps=self.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
+                                     seed=cfg.seed, seeds=cfg.seeds, init=cfg.init,
+                                     error=cfg.error, group_size=cfg.group_size)
         self.bar = progress_bar(total=len(archs), initial=len(out), desc="candidates",
                                 unit="cand", disable=not self.progress,
                                 bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "
                                            "[{elapsed}<{remaining}, {rate_fmt}]")
         trainer = CandidateTrainer(self.teacher, self.data, settings, self._on_start,
-                                   self._on_done, self._on_step)
+                                   self._on_done, self._on_step, self.reference)
         out.update(trainer(todo))
         self.bar.close()
         self.bar = None
         return out
 
-    @staticmethod
-    def _replay(event: dict) -> Evaluation:
-        return Evaluation(event["event"], _denum(event.get("error")), event.get("best_lr"),
-                          event.get("reason", ""))
+    def _replay(self, event: dict) -> Evaluation:
+        """The journalled trials, scored with this run's error metric."""
+        if event["event"] == FAILED and not event.get("trials"):
+            return Evaluation(FAILED, reason=event.get("reason", ""))
+        trials = [(lr, j, _denum(ce), _denum(kl)) for lr, j, ce, kl in event["trials"]]
+        return summarise(trials, self.cfg.lrs, self.cfg.error, event.get("reason", ""))
+
+    def _tag(self, arch: Arch) -> dict:
+        return {"arch": _key(arch), "phase": self.phase, "steps": self.steps}
 
     def _on_start(self, arch: Arch) -> None:
-        self.journal.append({"event": "start", "arch": _key(arch)})
+        self.journal.append({"event": "start", **self._tag(arch)})
 
     def _on_done(self, arch: Arch, ev: Evaluation, timing: Timing | None) -> None:
-        self.journal.append({"event": ev.status, "arch": _key(arch), "error": _num(ev.error),
+        self.journal.append({"event": ev.status, **self._tag(arch), "error": _num(ev.error),
                              "best_lr": ev.best_lr, "reason": ev.reason,
-                             "error_by_lr": {f"{lr:g}": _num(e) for lr, e in ev.error_by_lr},
+                             "trials": [[lr, j, _num(ce), _num(kl)] for lr, j, ce, kl in ev.trials],
                              **({"timing": dataclasses.asdict(timing)} if timing else {})})
         p, t = self.proxies[arch], self.proxies[self.teacher.arch]
         line = (f"{arch.label():<32} params {p.params / 1e6:7.2f}M  "
                 f"{_inference_text(p.inference, self.cfg.inference)}  ")
-        line += (f"error {ev.error:.4f}  W {w_coefficient(p, t, ev.error):.4g}  "
+        noise = f" ± {ev.error_se:.4f}" if math.isfinite(ev.error_se) else ""
+        line += (f"{self.cfg.error} {ev.error:.4f}{noise}  W {w_coefficient(p, t, ev.error):.4g}  "
                  f"lr {ev.best_lr:g}" if ev.status == DONE else f"FAILED: {ev.reason}")
+        if self.phase == "confirm":
+            line = f"confirmed ({self.steps} steps) " + line
         (self.bar.write if self.bar is not None and self.progress else self.log)(line)
 
     def _on_step(self, n: int) -> None:
         if self.bar is not None:  # fractions of a candidate; never past the total
-            self.bar.update(min(n / self.cfg.steps, self.bar.total - self.bar.n))
+            self.bar.update(min(n / self.steps, self.bar.total - self.bar.n))
 
 
 def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> dict:
     """p̂ and î for Ξ and T. Measured latencies are journalled, so a resumed run
     does not measure again."""
+    scope = cfg.inference_scope
     if cfg.inference == "analytic":
-        return {a: Proxies(param_count(a), float(forward_flops(a, 1, cfg.seq_len))) for a in archs}
+        return {a: Proxies(param_count(a), float(forward_flops(a, 1, cfg.seq_len, scope)))
+                for a in archs}
     from bortsearch.fit import progress_bar
 
     known = {tuple(e["arch"]): e["median_s"] for e in events if e["event"] == "latency"}
     out = {}
     for a in progress_bar(iterable=archs, desc="measuring latency", unit="arch", disable=not progress):
         if a.size not in known:
-            m = measure_latency(a, batch=1, seq_len=cfg.seq_len)
+            m = measure_latency(a, batch=1, seq_len=cfg.seq_len, scope=scope)
             known[a.size] = m["median_s"]
             journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
                             "iqr_s": m["iqr_s"], "hardware": m["hardware"]})
@@ -300,14 +347,45 @@ def results_table(result: Result) -> pd.DataFrame:
         "effective_params": effective_param_count(r.arch), "inference": r.proxies.inference,
         "error": r.error, "w_coefficient": r.w, "trained": r.status != "skipped",
         "pareto": r.pareto, "status": r.status, "best_lr": r.best_lr, "interval": r.interval,
-        "note": r.note,
+        "note": r.note, "error_se": r.error_se, "w_se": r.w_se, "within_noise": r.within_noise,
+        "ce": r.ce, "kl": r.kl, "confirmed_error": r.confirmed_error,
+        "confirmed_error_se": r.confirmed_error_se, "confirmed_w": r.confirmed_w,
     } for r in result.rows]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
-def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T: Arch) -> None:
+def _speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal,
+             events: list[dict]) -> dict | None:
+    """The W-optimum's speed-up over T: predicted by î, and measured on this
+    machine (median latency at batch 1 and length L, the proxy's scope). The
+    measurement is journalled, so a finished run is not measured again."""
+    if result.best is None:
+        return None
+    best = result.best
+    predicted = result.maximum_point.inference / best.proxies.inference
+    key = [_key(best.arch), _key(T), cfg.seq_len, cfg.inference_scope]
+    known = [e for e in events if e["event"] == "speedup" and e["key"] == key]
+    if known:
+        measured = known[-1]["measured"]
+    else:
+        times = [measure_latency(a, 1, cfg.seq_len, repeats=10, scope=cfg.inference_scope)
+                 for a in (best.arch, T)]
+        measured = {"best_s": times[0]["median_s"], "maximum_point_s": times[1]["median_s"],
+                    "iqr_s": [times[0]["iqr_s"], times[1]["iqr_s"]],
+                    "hardware": times[0]["hardware"]}
+        journal.append({"event": "speedup", "key": key, "measured": measured})
+    return {"predicted": predicted, "measured": measured["maximum_point_s"] / measured["best_s"],
+            "scope": cfg.inference_scope, **measured}
+
+
+def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T: Arch,
+                  report: dict | None = None, speedup: dict | None = None) -> None:
     """best.json, then results.csv (the mark of a finished run), each atomically."""
     best = result.best
+
+    def field(name):
+        return None if best is None else _num(getattr(best, name))
+
     write_json(run / "best.json", {
         "arch": None if best is None else best.arch.to_dict(),
         "size": None if best is None else list(best.arch.size),
@@ -315,17 +393,42 @@ def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T:
         "effective_params": None if best is None else effective_param_count(best.arch),
         "inference": None if best is None else best.proxies.inference,
         "inference_kind": cfg.inference,
-        "error": None if best is None else best.error,
-        "w_coefficient": None if best is None else best.w,
+        "inference_scope": cfg.inference_scope,
+        "error_metric": cfg.error,
+        "error": field("error"),
+        "error_se": field("error_se"),
+        "ce": field("ce"),
+        "kl": field("kl"),
+        "w_coefficient": field("w"),
+        "w_se": field("w_se"),
         "best_lr": None if best is None else best.best_lr,
+        "chosen_by": "confirmed" if result.confirmed else "short",
+        "confirmed_error": field("confirmed_error"),
+        "confirmed_w": field("confirmed_w"),
         "maximum_point": {"arch": T.to_dict(), "params": result.maximum_point.params,
                           "inference": result.maximum_point.inference},
-        "epsilon": epsilon, "steps": cfg.steps, "lrs": list(cfg.lrs),
+        "epsilon": epsilon, "steps": cfg.steps, "lrs": list(cfg.lrs), "seeds": cfg.seeds,
+        "init": cfg.init, "confirm": cfg.confirm,
+        "confirm_steps": cfg.long_steps if cfg.confirm else None,
         "constraints": {"max_params": cfg.max_params, "max_inference": cfg.max_inference},
         "reason": "" if best is not None else
         "no trained candidate is smaller and faster than the maximum point within the constraints",
+        "speedup": speedup,
+        "diagnostics": _json_safe(report or {}),
+        "warnings": [w["message"] for w in (report or {}).get("warnings", [])],
     })
     write_atomic(run / "results.csv", results_table(result).to_csv(index=False))
+
+
+def _json_safe(obj):
+    """NaN and infinities as null: best.json stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def read_results(run: str | Path) -> tuple[pd.DataFrame, dict]:

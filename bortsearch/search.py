@@ -27,15 +27,61 @@ class Proxies:
     inference: float
 
 
+NOISE_Z = 2.0  # "within noise": W differs by less than 2 standard errors
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """The outcome of training one candidate: ê (lowest over Θ) and the θ that gave it."""
+    """The outcome of training one candidate: the error W uses (mean over seeds at
+    the best θ), its standard error, and every trial for the record.
+
+    `trials` holds (θ, seed index, ê, KL) per training run; `summarise` derives
+    the rest from them, so a journal of trials can be re-scored with another
+    error metric without training again.
+    """
 
     status: str  # DONE or FAILED
     error: float = math.nan
     best_lr: float | None = None
     reason: str = ""
-    error_by_lr: tuple[tuple[float, float], ...] = ()  # ê for every θ, for the record
+    error_se: float = math.nan  # NaN with one seed: the noise is not measured
+    ce: float = math.nan  # ê = CE(T → S) at τ = 1, mean over seeds at the best θ
+    kl: float = math.nan  # KL(T ‖ S) = ê − H_T on the same positions
+    trials: tuple[tuple[float, int, float, float], ...] = ()
+
+
+ERRORS = ("ce", "kl")
+
+
+def summarise(trials, lrs, metric: str = "ce", reason: str = "") -> Evaluation:
+    """An `Evaluation` from its trials: per θ the mean of `metric` over seeds; the
+    θ with the lowest mean wins (the earlier of `lrs` on ties). A θ with any
+    non-finite trial does not count; with none left the candidate failed."""
+    if metric not in ERRORS:
+        raise ValueError(f"metric must be one of {ERRORS}, got {metric=}")
+    trials = tuple(tuple(t) for t in trials)
+    lrs = list(lrs)
+    finite = {}
+    for lr in lrs:
+        rows = [t for t in trials if t[0] == lr]
+        if rows and all(math.isfinite(t[2]) and math.isfinite(t[3]) for t in rows):
+            finite[lr] = rows
+    if not finite:
+        return Evaluation(FAILED, reason=reason or "no θ gave a finite error", trials=trials)
+    k = 2 if metric == "ce" else 3
+    best = min(finite, key=lambda lr: (_mean([r[k] for r in finite[lr]]), lrs.index(lr)))
+    rows = finite[best]
+    values = [r[k] for r in rows]
+    se = math.nan
+    if len(values) > 1:
+        m = _mean(values)
+        se = math.sqrt(sum((x - m) ** 2 for x in values) / (len(values) - 1) / len(values))
+    return Evaluation(DONE, _mean(values), best, reason, se, _mean([r[2] for r in rows]),
+                      _mean([r[3] for r in rows]), trials)
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +98,15 @@ class Row:
     pareto: bool
     best_lr: float | None
     note: str
+    error_se: float = math.nan
+    w_se: float = math.nan  # W · error_se / error (delta method)
+    within_noise: bool = False  # W not distinguishable from the optimum's
+    ce: float = math.nan
+    kl: float = math.nan
+    confirmed_error: float = math.nan  # after --confirm's longer training
+    confirmed_error_se: float = math.nan
+    confirmed_w: float = math.nan
+    confirmed_w_se: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +114,7 @@ class Result:
     rows: list[Row]  # sorted as Algorithm 1 sorts Ξ
     best: Row | None  # the W-optimum among eligible, constraint-satisfying candidates
     maximum_point: Proxies
+    confirmed: bool = False  # best was chosen by the confirmed errors
 
 
 def w_formula(p: Proxies, t: Proxies, error: float) -> float:
@@ -152,9 +208,68 @@ def score(ordered: Sequence[tuple[Arch, Proxies]], chosen: Sequence[int],
                 note = note or f"over --max-params {max_params}"
             if max_inference is not None and p.inference > max_inference:
                 note = note or f"over --max-inference {max_inference:g}"
-        rows.append(Row(arch, p, k // epsilon, k in chosen_set, status, error,
-                        w_coefficient(p, t, error) if status == DONE else math.nan,
-                        on_front.get(k, False), ev.best_lr if ev else None, note))
-    eligible = [r for r in rows if r.status == DONE and not r.note and math.isfinite(r.w)]
+        w = w_coefficient(p, t, error) if status == DONE else math.nan
+        done_ev = ev if ev and status == DONE else Evaluation(FAILED)
+        rows.append(Row(arch, p, k // epsilon, k in chosen_set, status, error, w,
+                        on_front.get(k, False), ev.best_lr if ev else None, note,
+                        error_se=done_ev.error_se, w_se=w * done_ev.error_se / error,
+                        ce=done_ev.ce, kl=done_ev.kl))
+    eligible = [r for r in rows if _eligible(r)]
     best = max(eligible, key=lambda r: r.w) if eligible else None  # first wins ties
-    return Result(rows, best, t)
+    rows = _mark_noise(rows, best, "w", "w_se")
+    return Result(rows, _same(rows, best), t)
+
+
+def _eligible(r: Row) -> bool:
+    return r.status == DONE and not r.note and math.isfinite(r.w)
+
+
+def _same(rows: list[Row], row: Row | None) -> Row | None:
+    return None if row is None else next(r for r in rows if r.arch == row.arch)
+
+
+def within_noise(w_a: float, se_a: float, w_b: float, se_b: float) -> bool:
+    """Whether two W values differ by less than NOISE_Z standard errors of their
+    difference (False when the noise is not measured)."""
+    spread = math.sqrt(se_a**2 + se_b**2)
+    return math.isfinite(spread) and abs(w_a - w_b) < NOISE_Z * spread
+
+
+def _mark_noise(rows: list[Row], best: Row | None, w: str, se: str) -> list[Row]:
+    """Flag the rows whose W (field `w`) is within noise of the optimum's."""
+    if best is None:
+        return rows
+    wb, sb = getattr(best, w), getattr(best, se)
+    return [dataclasses.replace(r, within_noise=r.arch != best.arch and _eligible(r)
+                                and within_noise(getattr(r, w), getattr(r, se), wb, sb))
+            for r in rows]
+
+
+def confirm(result: Result, k: int,
+            evaluate: Callable[[list[Arch]], Mapping[Arch, Evaluation]]) -> Result:
+    """Train the K best by W again (longer, by the given evaluator) and choose the
+    W-optimum among them by the confirmed errors. [ours]
+
+    The short pick is one of the K, so the confirmed choice is at least as good
+    as Algorithm 1's pick when both are measured after the longer training.
+    """
+    top = sorted((r for r in result.rows if _eligible(r)), key=lambda r: -r.w)[:k]
+    if not top:
+        return result
+    evaluations = evaluate([r.arch for r in top])
+    t = result.maximum_point
+    updated = {}
+    for r in top:
+        ev = evaluations.get(r.arch)
+        if ev is not None and ev.status == DONE:
+            w = w_coefficient(r.proxies, t, ev.error)
+            updated[r.arch] = dataclasses.replace(
+                r, confirmed_error=ev.error, confirmed_error_se=ev.error_se, confirmed_w=w,
+                confirmed_w_se=w * ev.error_se / ev.error)
+    rows = [updated.get(r.arch, r) for r in result.rows]
+    confirmed = [r for r in rows if math.isfinite(r.confirmed_w)]
+    if not confirmed:
+        return dataclasses.replace(result, rows=rows)
+    best = max(confirmed, key=lambda r: r.confirmed_w)
+    rows = _mark_noise(rows, best, "confirmed_w", "confirmed_w_se")
+    return Result(rows, _same(rows, best), t, confirmed=True)

@@ -152,8 +152,10 @@ def _axis(source: str, name: str, value) -> tuple[int, ...]:
 
 
 def space_table(space: SearchSpace, vocab_size: int | None = None,
-                batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN):
-    """Ξ as a table sorted by size (Algorithm 1's order), one row per architecture."""
+                batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
+                scope: str = "encoder"):
+    """Ξ as a table sorted by size (Algorithm 1's order), one row per architecture;
+    `flops` counts the forward of `scope` (see `forward_flops`)."""
     import pandas as pd
 
     from bortsearch.proxies import effective_param_count
@@ -163,4 +165,4 @@ def space_table(space: SearchSpace, vocab_size: int | None = None,
     return pd.DataFrame(
         [dict(layers=a.layers, heads=a.heads, hidden=a.hidden, intermediate=a.intermediate,
               params=param_count(a), effective_params=effective_param_count(a),
-              flops=forward_flops(a, batch, seq_len)) for a in archs])
+              flops=forward_flops(a, batch, seq_len, scope)) for a in archs])

@@ -91,6 +91,8 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         row = match.iloc[0].to_dict() if len(match) else {}
     chosen = best.get("size") == list(arch.size)
     kind = best.get("inference_kind", "analytic")
+    scope = best.get("inference_scope", "mlm")  # runs before the scope existed counted the head
+    metric = best.get("error_metric", "ce")
 
     def fmt(x, spec=".4g"):
         return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
@@ -114,11 +116,16 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         f"- corpus: {search.get('corpus_name', '?')}",
         f"- this student: p̂ = {param_count(arch):,} parameters "
         f"({effective_param_count(arch):,} non-embedding), "
-        f"î = {fmt(row.get('inference', float(forward_flops(arch, 1, search.get('seq_len', 128)))))} "
-        f"({'FLOPs per forward pass at batch 1' if kind == 'analytic' else 'seconds, measured'}), "
-        f"ê = {fmt(row.get('error'))}, W = {fmt(row.get('w_coefficient'))}",
+        f"î = {fmt(row.get('inference', float(forward_flops(arch, 1, search.get('seq_len', 128), scope))))} "
+        f"({'FLOPs per forward pass at batch 1' if kind == 'analytic' else 'seconds, measured'}"
+        f", {scope}), "
+        f"{'ê' if metric == 'ce' else 'KL = ê − H_T'} = {fmt(row.get('error'))}, "
+        f"W = {fmt(row.get('w_coefficient'))}",
         "- the Pareto plot of the search: `pareto.png`", "",
     ]
+    if chosen and best.get("warnings"):
+        lines += ["## Reliability warnings of the search", ""]
+        lines += [f"- {w}" for w in best["warnings"]] + [""]
     if summary:
         lines += ["## Pretraining", "",
                   f"Distillation against the teacher for {summary['steps']} steps "

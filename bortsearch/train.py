@@ -145,17 +145,17 @@ def train_step(state: TrainState, batch, teacher_BxPxV=None, *, arch: Arch, cfg:
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)
-def train_step_many(states: TrainState, batch, teacher_BxPxV=None, *, arch: Arch,
+def train_step_many(states: TrainState, batches, teacher_NxBxPxV=None, *, arch: Arch,
                     cfg: OptimConfig, loss_cfg: LossConfig | None = None):
-    """`train_step` over a leading axis of states (one per θ), one shared batch."""
-    return jax.vmap(_step, in_axes=(0, None, None, None, None, None))(
-        states, batch, teacher_BxPxV, arch, cfg, loss_cfg)
+    """`train_step` over the trials of one architecture: states carry two leading
+    axes, N seeds × |Θ| settings. Each seed has its own batch and teacher logits
+    (leading axis N); the settings of one seed share them."""
+    over_lrs = jax.vmap(_step, in_axes=(0, None, None, None, None, None))
+    return jax.vmap(over_lrs, in_axes=(0, 0, 0, None, None, None))(
+        states, batches, teacher_NxBxPxV, arch, cfg, loss_cfg)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):
-    """Sums over the masked positions of one batch: predictions, correct, NLL
-    and, with a teacher, the KD cross-entropy at τ = 1 (the error proxy ê)."""
+def _eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):
     logits_BxPxV = student_logits(arch, params, batch)
     logp = jax.nn.log_softmax(logits_BxPxV)
     w = batch["weights"]
@@ -163,9 +163,42 @@ def eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):
     sums = {"n": w.sum(), "correct": ((logits_BxPxV.argmax(-1) == batch["labels"]) * w).sum(),
             "nll": (nll * w).sum()}
     if teacher_BxPxV is not None:
-        kd = -(jax.nn.softmax(teacher_BxPxV) * logp).sum(-1)
-        sums["kd_ce"] = (kd * w).sum()
+        t_logp = jax.nn.log_softmax(teacher_BxPxV)
+        t_p = jnp.exp(t_logp)
+        sums["kd_ce"] = (-(t_p * logp).sum(-1) * w).sum()
+        # KL(T ‖ S) per position, not ê − H_T, so that no cancellation eats it [ours]
+        sums["kl"] = ((t_p * (t_logp - logp)).sum(-1) * w).sum()
     return sums
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):
+    """Sums over the masked positions of one batch: predictions, correct, NLL
+    and, with a teacher, the KD cross-entropy at τ = 1 (the error proxy ê) and
+    the KL of the teacher's distribution to the student's (ê less H_T)."""
+    return _eval_sums(arch, params, batch, teacher_BxPxV)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def eval_sums_many(arch: Arch, params, batch, teacher_BxPxV):
+    """`eval_sums` for parameters with leading N seeds × |Θ| axes, one shared batch."""
+    one = functools.partial(_eval_sums, arch)
+    return jax.vmap(jax.vmap(one, in_axes=(0, None, None)), in_axes=(0, None, None))(
+        params, batch, teacher_BxPxV)
+
+
+def teacher_entropy_sums(teacher_BxPxV, weights_BxP, log_q_V=None) -> dict[str, float]:
+    """Over the masked positions of one batch: the count, the teacher's own
+    entropy H_T (the part of ê no student can remove) and, given a context-free
+    log-distribution q, the cross-entropy of the teacher against it (what ê is
+    for a student that predicts token frequencies only)."""
+    t_logp = jax.nn.log_softmax(jnp.asarray(teacher_BxPxV))
+    t_p = jnp.exp(t_logp)
+    w = jnp.asarray(weights_BxP)
+    out = {"n": float(w.sum()), "entropy": float((-(t_p * t_logp).sum(-1) * w).sum())}
+    if log_q_V is not None:
+        out["unigram_ce"] = float((-(t_p * jnp.asarray(log_q_V)).sum(-1) * w).sum())
+    return out
 
 
 def evaluate(arch: Arch, params, batches, teacher_outputs=None) -> dict[str, float]:

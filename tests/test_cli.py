@@ -38,3 +38,18 @@ def test_console_script_reports_bad_input_on_one_line():
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == ("bortsearch: error: nope.toml: no such space file; "
                                 "pass a TOML file such as search_spaces/demo.toml")
+
+
+def test_space_scope_flag_adds_the_head(capsys):
+    from bortsearch.proxies import forward_flops
+
+    main(["space", str(SPACES / "demo.toml"), "--csv", "--vocab-size", "1000"])
+    encoder = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    main(["space", str(SPACES / "demo.toml"), "--csv", "--vocab-size", "1000",
+          "--inference-scope", "mlm"])
+    mlm = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    base = load_space(SPACES / "demo.toml").base_arch(vocab_size=1000)
+    for table, scope in ((encoder, "encoder"), (mlm, "mlm")):
+        assert all(r.flops == forward_flops(base.with_size(r.layers, r.heads, r.hidden,
+                                                           r.intermediate), 1, 128, scope)
+                   for r in table.itertuples())

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from bortsearch import Arch, Model, init_params
+from bortsearch import Arch, Encoder, Model, init_params
 
 TINY = Arch(2, 2, 32, 64, vocab_size=50, max_positions=16)
 TINY_ROBERTA = Arch(2, 4, 32, 48, vocab_size=50, max_positions=18, type_vocab_size=1,
@@ -71,3 +71,51 @@ def test_head_at_positions_equals_full_logits_gathered():
     full = model.logits(ids, mask)
     part = Encoder(TINY).apply(model.params, ids, mask, None, positions)
     np.testing.assert_allclose(part, np.take_along_axis(full, positions[:, :, None], 1), atol=1e-5)
+
+
+def test_teacher_layer_map_is_uniform_and_keeps_the_top_layer():
+    from bortsearch.model import teacher_layers
+
+    assert teacher_layers(1, 3) == [2] and teacher_layers(2, 4) == [1, 3]
+    assert teacher_layers(3, 3) == [0, 1, 2] and teacher_layers(4, 2) == [0, 1]
+
+
+def test_inherited_parameters_are_the_teachers_leading_blocks():
+    from bortsearch.model import inherit_params, init_params
+
+    teacher = Arch(4, 4, 32, 64, vocab_size=60, max_positions=16)
+    t = init_params(teacher, 7)["params"]
+    same = inherit_params(teacher, teacher, {"params": t}, seed=0)["params"]
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(t)):
+        np.testing.assert_array_equal(a, b)
+    small = teacher.with_size(2, 2, 16, 48)
+    s = inherit_params(small, teacher, {"params": t}, seed=0)["params"]
+    np.testing.assert_array_equal(s["embeddings"]["word"]["embedding"],
+                                  t["embeddings"]["word"]["embedding"][:, :16])
+    np.testing.assert_array_equal(s["layers"]["ffn"]["inner"]["kernel"],
+                                  t["layers"]["ffn"]["inner"]["kernel"][[1, 3], :16, :48])
+    np.testing.assert_array_equal(s["layers"]["attention"]["query"]["bias"],
+                                  t["layers"]["attention"]["query"]["bias"][[1, 3], :16])
+    np.testing.assert_array_equal(s["head"]["bias"], t["head"]["bias"])
+    # what the teacher lacks keeps the student's own random draw
+    big = teacher.with_size(5, 4, 32, 80)
+    b = inherit_params(big, teacher, {"params": t}, seed=3)["params"]
+    own = init_params(big, 3)["params"]
+    inner = b["layers"]["ffn"]["inner"]["kernel"]
+    np.testing.assert_array_equal(inner[:4, :, :64], t["layers"]["ffn"]["inner"]["kernel"])
+    np.testing.assert_array_equal(inner[4], own["layers"]["ffn"]["inner"]["kernel"][4])
+    np.testing.assert_array_equal(inner[:4, :, 64:], own["layers"]["ffn"]["inner"]["kernel"][:4, :, 64:])
+
+
+def test_headless_forward_is_the_last_hidden_state():
+    arch = Arch(2, 2, 16, 32, vocab_size=50, max_positions=16)
+    params = init_params(arch, 0)
+    ids = np.array([[3, 4, 5, 0]])
+    mask = np.array([[1, 1, 1, 0]])
+    hidden = Encoder(arch, head=False).apply(params, ids, mask)
+    assert hidden.shape == (1, 4, 16)
+    from bortsearch.model import MLMHead
+
+    logits = MLMHead(arch).apply({"params": params["params"]["head"]}, hidden,
+                                 params["params"]["embeddings"]["word"])
+    np.testing.assert_allclose(logits, Encoder(arch).apply(params, ids, mask), atol=1e-5)

@@ -48,33 +48,49 @@ def test_effective_params_are_the_non_embedding_part():
     assert effective_param_count(arch) == layers + transform + embedding_ln
 
 
-def _dot_flops(jaxpr) -> int:
-    """Independent FLOP count: 2·(output size)·(contracted size) per dot_general,
-    recursing into sub-jaxprs; a scan body counts `length` times."""
+def _count(jaxpr, per_eqn) -> int:
+    """Sum `per_eqn(eqn)` over a jaxpr, recursing into sub-jaxprs; a scan body
+    counts `length` times."""
     total = 0
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            contracted = int(np.prod([lhs[d] for d in lhs_contract]))
-            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+        total += per_eqn(eqn)
         for name, sub in eqn.params.items():
             subs = sub if isinstance(sub, (list, tuple)) else [sub]
             for s in subs:
                 inner = getattr(s, "jaxpr", None)
                 if inner is not None and hasattr(inner, "eqns"):
                     times = eqn.params["length"] if eqn.primitive.name == "scan" else 1
-                    total += times * _dot_flops(inner)
+                    total += times * _count(inner, per_eqn)
                 elif hasattr(s, "eqns"):
-                    total += _dot_flops(s)
+                    total += _count(s, per_eqn)
     return total
 
 
-def _jaxpr(arch, batch, seq_len, unroll=1):
+def _dot(eqn) -> int:
+    if eqn.primitive.name != "dot_general":
+        return 0
+    (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    contracted = int(np.prod([lhs[d] for d in lhs_contract]))
+    return 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+
+
+def _dot_flops(jaxpr) -> int:
+    """Independent FLOP count: 2·(output size)·(contracted size) per dot_general."""
+    return _count(jaxpr, _dot)
+
+
+def _exp_elements(jaxpr) -> int:
+    """Elements that go through `exp`: in the forward, the attention softmax's scores."""
+    return _count(jaxpr, lambda e: int(np.prod(e.outvars[0].aval.shape))
+                  if e.primitive.name == "exp" else 0)
+
+
+def _jaxpr(arch, batch, seq_len, unroll=1, head=True):
     params = param_shapes(arch)
     ids = jnp.zeros((batch, seq_len), jnp.int32)
-    return jax.make_jaxpr(lambda p, i: Encoder(arch, unroll=unroll).apply(p, i, jnp.ones_like(i)))(
-        params, ids)
+    return jax.make_jaxpr(lambda p, i: Encoder(arch, unroll=unroll, head=head).apply(
+        p, i, jnp.ones_like(i)))(params, ids)
 
 
 @pytest.mark.parametrize("arch,batch,seq_len", [
@@ -83,8 +99,25 @@ def _jaxpr(arch, batch, seq_len, unroll=1):
     (Arch(4, 8, 1024, 768, vocab_size=50265, max_positions=514, type_vocab_size=1,
           model_type="roberta", pad_token_id=1), 1, 128),
 ])
-def test_flops_equal_independent_dot_count(arch, batch, seq_len):
-    assert forward_flops(arch, batch, seq_len) == _dot_flops(_jaxpr(arch, batch, seq_len).jaxpr)
+def test_flops_equal_independent_dot_and_softmax_count(arch, batch, seq_len):
+    from bortsearch.proxies import SOFTMAX_FLOPS
+
+    for scope in ("mlm", "encoder"):
+        jaxpr = _jaxpr(arch, batch, seq_len, head=scope == "mlm").jaxpr
+        exps = _exp_elements(jaxpr)
+        assert exps == arch.layers * batch * arch.heads * seq_len**2  # one per score
+        assert forward_flops(arch, batch, seq_len, scope) == \
+            _dot_flops(jaxpr) + SOFTMAX_FLOPS * exps
+
+
+def test_head_count_costs_time_and_the_head_is_scoped():
+    arch = Arch(2, 2, 64, 128, vocab_size=4000, max_positions=128)
+    assert forward_flops(arch.with_size(2, 4, 64, 128), 1, 64, "encoder") > \
+        forward_flops(arch, 1, 64, "encoder")
+    head = 2 * 64 * 64 * 64 + 2 * 64 * 64 * 4000
+    assert forward_flops(arch, 1, 64, "mlm") - forward_flops(arch, 1, 64, "encoder") == head
+    with pytest.raises(ValueError, match="scope"):
+        forward_flops(arch, 1, 64, "decoder")
 
 
 def test_flops_against_xla_cost_analysis():
@@ -100,6 +133,13 @@ def test_flops_against_xla_cost_analysis():
     cost = cost[0] if isinstance(cost, list) else cost
     analytic = forward_flops(arch, batch, seq_len)
     assert analytic <= cost["flops"] <= 1.05 * analytic, (analytic, cost["flops"])
+    # without the head, XLA's count of the encoder alone
+    f = jax.jit(lambda p, i: Encoder(arch, unroll=arch.layers, head=False).apply(
+        p, i, jnp.ones_like(i)))
+    cost = f.lower(params, ids).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    analytic = forward_flops(arch, batch, seq_len, "encoder")
+    assert analytic <= cost["flops"] <= 1.05 * analytic, (analytic, cost["flops"])
 
 
 def test_measured_latency_is_a_sane_median():
@@ -112,6 +152,11 @@ def test_measured_latency_is_a_sane_median():
     # a model with ~30x the FLOPs takes measurably longer
     big = measure_latency(arch.with_size(4, 2, 128, 512), batch=4, seq_len=32, repeats=7)
     assert big["median_s"] > result["median_s"]
+    # the head of a large vocabulary dominates a small model: dropping it is faster
+    wide_vocab = Arch(1, 2, 64, 64, vocab_size=30000, max_positions=64)
+    mlm = measure_latency(wide_vocab, batch=1, seq_len=64, repeats=7, scope="mlm")
+    encoder = measure_latency(wide_vocab, batch=1, seq_len=64, repeats=7, scope="encoder")
+    assert encoder["scope"] == "encoder" and encoder["median_s"] < mlm["median_s"]
 
 
 def test_training_flops_per_token_against_the_dot_count():

@@ -40,7 +40,7 @@ def test_end_to_end_search_and_show(space, teacher, tmp_path, capsys):
     for r in table.itertuples():
         arch = Arch(r.layers, r.heads, r.hidden, r.intermediate, vocab_size=300, max_positions=64)
         assert r.params == param_count(arch) and r.effective_params == effective_param_count(arch)
-        assert r.inference == forward_flops(arch, 1, 32)
+        assert r.inference == forward_flops(arch, 1, 32, "encoder")
         if r.status == "done":
             w = ((t["params"] - r.params) / t["params"]) * \
                 ((t["inference"] - r.inference) / t["inference"]) / r.error
@@ -172,3 +172,57 @@ def test_an_edited_config_is_a_clear_error(space, teacher, tmp_path, capsys):
     (run / "config.json").write_text("{not json")
     assert _search(space, run, teacher, "--epsilon", "8") == 2
     assert "config.json is not valid JSON (was it edited?)" in capsys.readouterr().err
+
+
+def test_seeds_confirmation_and_the_reliability_report(space, teacher, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "2", "--seeds", "2", "--confirm", "2",
+                   "--confirm-steps", "12", "--init", "teacher", "--error", "ce") == 0
+    out = capsys.readouterr().out
+    assert "teacher entropy H_T" in out and "speed-up over the maximum point" in out
+    assert "confirmation: 2 re-trained longer" in out
+    table = pd.read_csv(run / "results.csv")
+    done = table[table["status"] == "done"]
+    assert done["error_se"].notna().all() and (done["error_se"] >= 0).all()
+    # W's noise follows from ê's by the delta method; KL is ê less the teacher's entropy
+    assert np.allclose(done["w_se"], done["w_coefficient"] * done["error_se"] / done["error"])
+    best = json.loads((run / "best.json").read_text())
+    diag = best["diagnostics"]
+    assert np.allclose(done["ce"] - done["kl"], diag["teacher_entropy"], atol=1e-4)
+    assert np.allclose(done["error"], done["ce"])  # --error ce
+    assert diag["unigram_kl"] == pytest.approx(diag["unigram_ce"] - diag["teacher_entropy"])
+    assert table["confirmed_error"].notna().sum() == 2 and best["chosen_by"] == "confirmed"
+    confirmed = table[table["confirmed_error"].notna()]
+    top = confirmed.loc[confirmed["confirmed_w"].idxmax()]
+    assert best["size"] == [int(top.layers), int(top.heads), int(top.hidden), int(top.intermediate)]
+    sp = best["speedup"]
+    assert sp["predicted"] == pytest.approx(best["maximum_point"]["inference"] / best["inference"])
+    assert sp["measured"] == pytest.approx(sp["maximum_point_s"] / sp["best_s"])
+    assert isinstance(best["warnings"], list)
+    events = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
+    confirm_done = [e for e in events if e["event"] == "done" and e["phase"] == "confirm"]
+    assert len(confirm_done) == 2 and all(e["steps"] == 12 for e in confirm_done)
+    assert all(len(e["trials"]) == 4 for e in confirm_done)  # 2 seeds x the 2 θ of Θ
+    # the audit writes its plot and repeats the report
+    assert main(["audit", str(run)]) == 0
+    assert "Spearman(short ê, confirmed ê)" in capsys.readouterr().out
+    assert (run / "audit.png").read_bytes()[:4] == b"\x89PNG"
+    # the error metric re-scores the journal: no candidate is trained twice (only a
+    # new member of the top K, if the other metric reorders it, is confirmed)
+    def starts(evs, phase):
+        return [tuple(e["arch"]) for e in evs if e["event"] == "start" and e["phase"] == phase]
+
+    assert _search(space, run, teacher, "--epsilon", "2", "--seeds", "2", "--confirm", "2",
+                   "--confirm-steps", "12", "--init", "teacher", "--error", "kl") == 0
+    again = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
+    assert starts(again, "search") == starts(events, "search")
+    assert len(set(starts(again, "confirm"))) == len(starts(again, "confirm"))
+    rescored = pd.read_csv(run / "results.csv")
+    assert np.allclose(rescored.loc[rescored["status"] == "done", "error"],
+                       rescored.loc[rescored["status"] == "done", "kl"])
+
+
+def test_bad_reliability_flags(space, teacher, tmp_path, capsys):
+    assert _search(space, tmp_path / "r", teacher, "--confirm", "-1") == 2
+    assert "--confirm >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -16,6 +16,12 @@ def test_bort_space_has_300_architectures():
     assert archs[0].model_type == "roberta" and archs[0].vocab_size == 50265
 
 
+@pytest.mark.parametrize("name,count", [("demo", 36), ("narrow", 36)])
+def test_shipped_small_spaces(name, count):
+    archs = load_space(SPACES / f"{name}.toml").architectures()
+    assert len(set(archs)) == count and all(a.hidden % a.heads == 0 for a in archs)
+
+
 def test_enumeration_is_deterministic_and_sorted_by_size():
     a = load_space(SPACES / "demo.toml").architectures()
     b = load_space(SPACES / "demo.toml").architectures()

@@ -97,12 +97,56 @@ def test_vmapped_learning_rates_equal_separate_runs():
             s, _ = train_step(s, _batch(k), teacher, arch=ARCH, cfg=cfg, loss_cfg=loss)
         singles.append(s)
     one = init_state(init_params(ARCH, 0), 0.0, cfg)
-    many = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), one)._replace(lr=np.array(lrs, np.float32))
+    many = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2)[None], one)._replace(
+        lr=np.array([lrs], np.float32))  # 1 seed x 2 settings
     for k in range(5):
-        many, _ = train_step_many(many, _batch(k), teacher, arch=ARCH, cfg=cfg, loss_cfg=loss)
+        batches = jax.tree.map(lambda x: x[None], _batch(k))
+        many, _ = train_step_many(many, batches, teacher[None], arch=ARCH, cfg=cfg, loss_cfg=loss)
     for j, single in enumerate(singles):
         for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(many.params)):
-            np.testing.assert_allclose(np.asarray(b)[j], a, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(b)[0, j], a, atol=1e-6)
+
+
+def test_seed_axis_trains_each_seed_on_its_own_batches():
+    cfg, loss = OptimConfig(steps=3), LossConfig()
+    rng = np.random.default_rng(3)
+    teachers = rng.normal(size=(2, 4, 3, 50)).astype(np.float32)
+    singles = []
+    for j in range(2):
+        s = init_state(init_params(ARCH, j), 2e-3, cfg)
+        for k in range(3):
+            s, _ = train_step(s, _batch(10 * j + k), teachers[j], arch=ARCH, cfg=cfg,
+                              loss_cfg=loss)
+        singles.append(s)
+    states = [init_state(init_params(ARCH, j), 2e-3, cfg) for j in range(2)]
+    many = jax.tree.map(lambda *xs: np.stack([np.asarray(x)[None] for x in xs]), *states)
+    for k in range(3):
+        batches = jax.tree.map(lambda *xs: np.stack(xs), _batch(k), _batch(10 + k))
+        many, _ = train_step_many(many, batches, teachers, arch=ARCH, cfg=cfg, loss_cfg=loss)
+    for j, single in enumerate(singles):
+        for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(many.params)):
+            np.testing.assert_allclose(np.asarray(b)[j, 0], a, atol=1e-6)
+
+
+def test_kl_is_ce_less_the_teacher_entropy_against_numpy():
+    from bortsearch.train import eval_sums, student_logits, teacher_entropy_sums
+
+    rng = np.random.default_rng(4)
+    params = init_params(ARCH, 1)
+    batch = _batch(0)
+    teacher = 3 * rng.normal(size=(4, 3, 50)).astype(np.float32)
+    sums = eval_sums(ARCH, params, batch, teacher)
+    logq = _np_log_softmax(np.asarray(student_logits(ARCH, params, batch), np.float64))
+    logp = _np_log_softmax(teacher.astype(np.float64))
+    w = batch["weights"]
+    ce = (-(np.exp(logp) * logq).sum(-1) * w).sum()
+    entropy = (-(np.exp(logp) * logp).sum(-1) * w).sum()
+    assert float(sums["kd_ce"]) == pytest.approx(ce, rel=1e-5)
+    assert float(sums["kl"]) == pytest.approx(ce - entropy, rel=1e-4)
+    unigram = np.log(np.full(50, 1 / 50, np.float32))
+    base = teacher_entropy_sums(teacher, w, unigram)
+    assert base["entropy"] == pytest.approx(entropy, rel=1e-5)
+    assert base["unigram_ce"] == pytest.approx(np.log(50) * w.sum(), rel=1e-5)
 
 
 def test_groups_by_count_and_by_memory():
