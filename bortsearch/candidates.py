@@ -146,17 +146,22 @@ class CandidateTrainer:
         return jax.device_put(stacked._replace(lr=np.ascontiguousarray(lr)))
 
     def _batches(self, step: int):
-        """Batch `step` of every seed's stream (leading axis N) and T's logits on them."""
+        """Batch `step` of every seed's stream: with a leading axis N, and merged
+        into one batch of N·B rows for the teacher."""
         batches = [d.train_batch(step) for d in self.streams]
         stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-        merged = jax.device_put({k: v.reshape(-1, *v.shape[2:]) for k, v in stacked.items()})
+        merged = {k: v.reshape(-1, *v.shape[2:]) for k, v in stacked.items()}
+        return jax.device_put(stacked), jax.device_put(merged)
+
+    def _teacher(self, merged):
+        """T's logits on the merged batch, split back into N x B x P x V."""
         logits = teacher_logits(self.teacher.arch, self.teacher.params, merged)
-        n = len(self.streams)
-        return jax.device_put(stacked), logits.reshape(n, -1, *logits.shape[1:])
+        return logits.reshape(self.settings.seeds, -1, *logits.shape[1:])
 
     def train_group(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
         s = self.settings
-        batch0, t_logits0 = self._batches(0)
+        batch0, merged0 = self._batches(0)
+        t_logits0 = self._teacher(merged0)
         live: dict[Arch, dict] = {}
         results: dict[Arch, Evaluation] = {}
 
@@ -189,8 +194,9 @@ class CandidateTrainer:
             c["compile_s"] = wall * c["compile_s"] / max(own, 1e-9)
         teacher_s = 0.0
         for k in range(s.steps):
+            batch, merged = self._batches(k)
             t0 = time.perf_counter()
-            batch, t_logits = jax.block_until_ready(self._batches(k))
+            t_logits = jax.block_until_ready(self._teacher(merged))
             teacher_s += time.perf_counter() - t0
             for arch in list(live):
                 c = live[arch]
