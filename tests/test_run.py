@@ -226,3 +226,18 @@ def test_bad_reliability_flags(space, teacher, tmp_path, capsys):
     assert _search(space, tmp_path / "r", teacher, "--confirm", "-1") == 2
     assert "--confirm >= 0" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_show_reads_a_run_from_before_the_reliability_columns(space, teacher, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "4") == 0
+    table = pd.read_csv(run / "results.csv")
+    table[RESULT_COLUMNS[:15]].to_csv(run / "results.csv", index=False)  # the older layout
+    best = json.loads((run / "best.json").read_text())
+    for key in ("diagnostics", "warnings", "speedup", "error_metric", "inference_scope"):
+        best.pop(key)
+    (run / "best.json").write_text(json.dumps(best))
+    capsys.readouterr()
+    assert main(["show", str(run)]) == 0 and main(["audit", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "made by an older version" in out and (run / "audit.png").is_file()
