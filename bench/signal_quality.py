@@ -38,14 +38,16 @@ WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 GRID = (1e-3, 3e-3, 1e-2)
 
 
-def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out: Path) -> Path:
+def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out: Path,
+        grid=GRID) -> Path:
     from bortsearch.run import SearchConfig, run_search
 
     corpus = (str(WIKI),) if space != "demo" and WIKI.is_file() else None
     cfg = SearchConfig(space=str(ROOT / "search_spaces" / f"{space}.toml"), corpus=corpus,
-                       steps=steps, lrs=GRID, seeds=seeds, init=init, epsilon=epsilon,
+                       steps=steps, lrs=tuple(grid), seeds=seeds, init=init, epsilon=epsilon,
                        teacher_steps=600 if space == "demo" else 800)
-    run_dir = out / f"{space}-{init}-s{steps}-n{seeds}-e{epsilon}"
+    lrs = "" if tuple(grid) == GRID else "-lr" + "_".join(f"{x:g}" for x in grid)
+    run_dir = out / f"{space}-{init}-s{steps}-n{seeds}-e{epsilon}{lrs}"
     t0 = time.perf_counter()
     run_search(run_dir, cfg, progress=False, log=lambda *a: None)
     print(f"  [{run_dir.name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
@@ -115,6 +117,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epsilon", type=int, default=None, help="default: about 12 candidates")
     p.add_argument("--inits", default="random,teacher")
+    p.add_argument("--lrs", default=",".join(f"{x:g}" for x in GRID),
+                   help="the grid of θ to train; every subset is analysed")
     p.add_argument("--out", default=str(ROOT / "runs" / "signal"))
     args = p.parse_args(argv)
     import os
@@ -126,10 +130,11 @@ def main(argv=None) -> None:
               f"{'>noise':>6} {'W~size·speed':>12} {'W s~5s':>7} {'untrained':>9} {'=long':>6}")
     for space in args.spaces:
         for init in args.inits.split(","):
-            run_dir = run(space, init, args.steps, args.seeds, args.epsilon, Path(args.out))
-            long_dir = run(space, init, 5 * args.steps, 1, args.epsilon, Path(args.out))
+            grid = tuple(float(x) for x in args.lrs.split(","))
+            run_dir = run(space, init, args.steps, args.seeds, args.epsilon, Path(args.out), grid)
+            long_dir = run(space, init, 5 * args.steps, 1, args.epsilon, Path(args.out), grid)
             print(header)
-            thetas = [c for n in (1, 2, 3) for c in itertools.combinations(GRID, n)]
+            thetas = [c for n in range(1, len(grid) + 1) for c in itertools.combinations(grid, n)]
             for lrs, metric in itertools.product(thetas, ("ce", "kl")):
                 r = analyse(run_dir, long_dir, lrs, metric)
                 theta = "{" + ",".join(f"{x:g}" for x in lrs) + "}"

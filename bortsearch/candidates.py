@@ -45,9 +45,9 @@ class CandidateSettings:
     warmup: float = 0.05
     loss: LossConfig = LossConfig()
     seed: int = 0
-    seeds: int = 1  # N: trials per θ, from seeds seed, seed + 1, ...
-    init: str = "random"  # or "teacher": inherit the teacher's weights [ours]
-    error: str = "ce"  # the error W uses: "ce" (ê) or "kl" (ê − H_T)
+    seeds: int = 2  # N: trials per θ, from seeds seed, seed + 1, ...
+    init: str = "teacher"  # inherit the teacher's weights [ours], or "random" [paper]
+    error: str = "kl"  # the error W uses: "kl" (ê − H_T) or "ce" (ê) [paper]
     group_size: int | None = None  # None: as many as fit GROUP_MEMORY_BYTES
 
 

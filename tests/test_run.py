@@ -96,7 +96,7 @@ def test_a_failing_candidate_is_recorded_and_the_search_completes(space, teacher
 
     monkeypatch.setattr(candidates, "init_params", poisoned)
     cfg = SearchConfig(space=str(space), teacher=str(teacher), epsilon=1, steps=4,
-                       batch_size=8, seq_len=32)
+                       batch_size=8, seq_len=32, init="random")
     result = run_search(tmp_path / "r", cfg, progress=False, log=lambda *a: None)
     table = pd.read_csv(tmp_path / "r" / "results.csv")
     failed = table[table["status"] == "failed"]
