@@ -56,7 +56,10 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int) -> dict:
                if r.status == DONE and not r.note and math.isfinite(r.w)]
     report: dict = {"error_metric": metric, "seeds": seeds, "candidates": len(trained),
                     **{k: float(v) for k, v in baselines.items()}, "warnings": []}
-    warn = report["warnings"]
+
+    def warn(code: str, message: str) -> None:
+        report["warnings"].append({"code": code, "message": message})
+
     best = result.best
     if best is None or not trained:
         report["decided_by_training"] = None
@@ -76,13 +79,13 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int) -> dict:
     decided = best.arch != untrained_pick.arch
     report["decided_by_training"] = decided if len(trained) > 1 else None
     if len(trained) > 1 and not decided:
-        warn.append({"code": "untrained-part-decides", "message": (
+        warn("untrained-part-decides", (
             f"training did not decide the pick: {best.arch.label()} is also the best by size "
             f"and speed alone (log W's error term spans {np.ptp(terms[:, 2]):.3g}, the size "
             f"and speed terms {np.ptp(terms[:, 0]):.3g} and {np.ptp(terms[:, 1]):.3g}); "
             + ("use --error kl so that W divides by what the student controls, "
                if metric == "ce" else "")
-            + "train longer (--steps), try --init teacher, or --confirm 3")})
+            + "train longer (--steps), try --init teacher, or --confirm 3"))
 
     # Margin over the runner-up, in the W that chose the optimum.
     w_of = (lambda r: r.confirmed_w) if result.confirmed else (lambda r: r.w)
@@ -99,16 +102,16 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int) -> dict:
         ties = [list(r.arch.size) for r in trained if r.within_noise]
         report["within_noise_of_best"] = ties
         if seeds < 2:
-            warn.append({"code": "noise-not-measured", "message": (
+            warn("noise-not-measured", (
                 f"the noise is not measured (one seed): the optimum leads the runner-up "
                 f"{runner.arch.label()} by {100 * report['margin_w']:.2g}% of W, which brief "
-                f"training from another seed can reverse; use --seeds 3")})
+                f"training from another seed can reverse; use --seeds 3"))
         elif ties:
-            warn.append({"code": "within-noise", "message": (
+            warn("within-noise", (
                 f"the pick is within noise: {len(ties)} candidate(s), the runner-up "
                 f"{runner.arch.label()} among them, have a W less than {NOISE_Z:g} standard "
                 f"errors from the optimum's (margin {report['margin_z']:.2g} σ); use more "
-                f"--seeds, more --steps, or --confirm {min(len(ties) + 1, len(trained))}")})
+                f"--seeds, more --steps, or --confirm {min(len(ties) + 1, len(trained))}"))
 
     # How much the students learned beyond token frequencies.
     kl_uni = baselines.get("unigram_kl", math.nan)
@@ -116,18 +119,18 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int) -> dict:
         learned = (kl_uni - best.kl) / kl_uni
         report["learned_beyond_unigram"] = learned
         if learned < LEARNED_MIN:
-            warn.append({"code": "near-unigram", "message": (
+            warn("near-unigram", (
                 f"the students learned little beyond token frequencies: the optimum's KL to the "
                 f"teacher is {best.kl:.3f} nats against {kl_uni:.3f} for a unigram predictor "
                 f"({100 * learned:.0f}% of the way to the teacher); train longer (--steps), "
-                f"raise Θ (--lr), or use --init teacher")})
+                f"raise Θ (--lr), or use --init teacher"))
     h = baselines.get("teacher_entropy", math.nan)
     if metric == "ce" and math.isfinite(h) and best.ce > 0:
         report["teacher_entropy_share"] = h / best.ce
         if h / best.ce > ENTROPY_MAX:
-            warn.append({"code": "entropy-dominates", "message": (
+            warn("entropy-dominates", (
                 f"{100 * h / best.ce:.0f}% of ê is the teacher's own entropy ({h:.3f} nats), "
-                f"which no student can change; use --error kl")})
+                f"which no student can change; use --error kl"))
     if result.confirmed:
         confirmed = [r for r in trained if math.isfinite(r.confirmed_error)]
         report["confirmed"] = len(confirmed)

@@ -212,12 +212,17 @@ def score(ordered: Sequence[tuple[Arch, Proxies]], chosen: Sequence[int],
         done_ev = ev if ev and status == DONE else Evaluation(FAILED)
         rows.append(Row(arch, p, k // epsilon, k in chosen_set, status, error, w,
                         on_front.get(k, False), ev.best_lr if ev else None, note,
-                        error_se=done_ev.error_se, w_se=w * done_ev.error_se / error,
+                        error_se=done_ev.error_se, w_se=w_noise(w, done_ev.error_se, error),
                         ce=done_ev.ce, kl=done_ev.kl))
     eligible = [r for r in rows if _eligible(r)]
     best = max(eligible, key=lambda r: r.w) if eligible else None  # first wins ties
     rows = _mark_noise(rows, best, "w", "w_se")
     return Result(rows, _same(rows, best), t)
+
+
+def w_noise(w: float, error_se: float, error: float) -> float:
+    """W's standard error from the error's, by the delta method: W ∝ 1/error."""
+    return w * error_se / error
 
 
 def _eligible(r: Row) -> bool:
@@ -265,7 +270,7 @@ def confirm(result: Result, k: int,
             w = w_coefficient(r.proxies, t, ev.error)
             updated[r.arch] = dataclasses.replace(
                 r, confirmed_error=ev.error, confirmed_error_se=ev.error_se, confirmed_w=w,
-                confirmed_w_se=w * ev.error_se / ev.error)
+                confirmed_w_se=w_noise(w, ev.error_se, ev.error))
     rows = [updated.get(r.arch, r) for r in result.rows]
     confirmed = [r for r in rows if math.isfinite(r.confirmed_w)]
     if not confirmed:
