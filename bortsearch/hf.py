@@ -42,12 +42,19 @@ def _head_names(arch: Arch) -> dict[str, str]:
 
 # ---------------------------------------------------------------- names
 
+Names = dict[str, tuple[tuple[str, ...], "int | None", bool]]
 
-def hf_names(arch: Arch) -> dict[str, tuple[tuple[str, ...], int | None, bool]]:
+
+def _base(arch: Arch) -> str:
+    return "bert" if arch.model_type == "bert" else "roberta"
+
+
+def encoder_names(arch: Arch) -> Names:
     """Hugging Face tensor name -> (our parameter path, layer index or None,
-    transpose?). Dense kernels are stored (in, out) here and (out, in) there."""
-    base = "bert" if arch.model_type == "bert" else "roberta"
-    names: dict[str, tuple[tuple[str, ...], int | None, bool]] = {}
+    transpose?) for the embeddings and layers. Dense kernels are stored (in, out)
+    here and (out, in) there."""
+    base = _base(arch)
+    names: Names = {}
     emb = f"{base}.embeddings"
     names[f"{emb}.word_embeddings.weight"] = (("embeddings", "word", "embedding"), None, False)
     names[f"{emb}.position_embeddings.weight"] = (("embeddings", "position", "embedding"), None, False)
@@ -73,15 +80,46 @@ def hf_names(arch: Arch) -> dict[str, tuple[tuple[str, ...], int | None, bool]]:
         for hf, ours in norms.items():
             names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
             names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+    return names
+
+
+def mlm_head_names(arch: Arch) -> Names:
     head = _head_names(arch)
-    names[f"{head['transform.dense']}.weight"] = (("head", "transform", "kernel"), None, True)
-    names[f"{head['transform.dense']}.bias"] = (("head", "transform", "bias"), None, False)
-    names[f"{head['ln']}.weight"] = (("head", "ln", "scale"), None, False)
-    names[f"{head['ln']}.bias"] = (("head", "ln", "bias"), None, False)
-    names[head["bias"]] = (("head", "bias"), None, False)
+    names: Names = {
+        f"{head['transform.dense']}.weight": (("head", "transform", "kernel"), None, True),
+        f"{head['transform.dense']}.bias": (("head", "transform", "bias"), None, False),
+        f"{head['ln']}.weight": (("head", "ln", "scale"), None, False),
+        f"{head['ln']}.bias": (("head", "ln", "bias"), None, False),
+        head["bias"]: (("head", "bias"), None, False),
+    }
     if not arch.tie_decoder:
         names[f"{head['decoder']}.weight"] = (("head", "decoder", "kernel"), None, True)
     return names
+
+
+def pooler_names(arch: Arch) -> Names:
+    """BERT's pooler (RoBERTa's sequence classifier has none)."""
+    if arch.model_type != "bert":
+        return {}
+    return {"bert.pooler.dense.weight": (("pooler", "kernel"), None, True),
+            "bert.pooler.dense.bias": (("pooler", "bias"), None, False)}
+
+
+def classifier_names(arch: Arch) -> Names:
+    """`BertForSequenceClassification` / `RobertaForSequenceClassification`'s head."""
+    if arch.model_type == "bert":
+        return {**pooler_names(arch),
+                "classifier.weight": (("classifier", "kernel"), None, True),
+                "classifier.bias": (("classifier", "bias"), None, False)}
+    return {f"classifier.{hf}.{w}": (("classifier", hf, ours), None, ours == "kernel")
+            for hf in ("dense", "out_proj") for w, ours in (("weight", "kernel"), ("bias", "bias"))}
+
+
+def hf_names(arch: Arch, num_labels: int = 0) -> Names:
+    """Every tensor of the masked-LM model (or, with `num_labels`, of the
+    sequence classifier) by its Hugging Face name."""
+    head = classifier_names(arch) if num_labels else mlm_head_names(arch)
+    return {**encoder_names(arch), **head}
 
 
 def _legacy_rename(name: str) -> str:
@@ -141,6 +179,24 @@ def config_from_arch(arch: Arch, tokenizer=None) -> dict:
     }
     if tokenizer is not None:
         config.update(bos_token_id=tokenizer.cls_id, eos_token_id=tokenizer.sep_id)
+    return config
+
+
+def classifier_config(arch: Arch, tokenizer, label_names: tuple[str, ...] | None,
+                      task: str = "") -> dict:
+    """A `…ForSequenceClassification` config: `id2label`/`label2id` for classes,
+    one output and `problem_type` "regression" when `label_names` is None."""
+    config = config_from_arch(arch, tokenizer)
+    family = "Bert" if arch.model_type == "bert" else "Roberta"
+    names = list(label_names) if label_names is not None else ["LABEL_0"]
+    config.update(
+        architectures=[f"{family}ForSequenceClassification"],
+        id2label={str(i): n for i, n in enumerate(names)},
+        label2id={n: i for i, n in enumerate(names)},
+        problem_type="regression" if label_names is None else "single_label_classification",
+        classifier_dropout=None)
+    if task:
+        config["finetuning_task"] = task
     return config
 
 
@@ -246,11 +302,16 @@ def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     return state
 
 
-def load_checkpoint(directory: str | Path, with_tokenizer: bool = True) -> Model:
+def load_checkpoint(directory: str | Path, with_tokenizer: bool = True,
+                    part: str = "mlm") -> Model:
     """A Hugging Face BERT/RoBERTa masked-LM checkpoint as a `Model`.
 
     Every tensor is mapped by name; unknown or missing tensors, wrong shapes, and a
     tokenizer whose vocabulary differs from the checkpoint's are errors that name them.
+    `part="encoder"` takes the encoder (and BERT's pooler) of any BERT/RoBERTa
+    folder, with or without a masked-LM head, as fine-tuning does; `part="auto"`
+    reads a sequence classifier as one (`Model.num_labels`) and anything else as
+    a masked-LM model.
     """
     d = Path(directory)
     if not d.is_dir():
@@ -263,8 +324,13 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True) -> Model
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{d / 'config.json'}: not valid JSON ({e})") from None
     arch = arch_from_config(config, str(d / "config.json"))
-    tensors = {_legacy_rename(k): v for k, v in read_tensors(d).items()}
-    params = params_from_tensors(arch, tensors, d)
+    num_labels = 0
+    if part == "auto":
+        is_classifier = any(a.endswith("ForSequenceClassification")
+                            for a in config.get("architectures") or [])
+        num_labels = len(config.get("id2label") or {0: 0, 1: 1}) if is_classifier else 0
+        part = f"classify:{num_labels}" if num_labels else "mlm"
+    params = params_from_tensors(arch, read_tensors(d), d, part)
     tokenizer = None
     if with_tokenizer:
         from bortsearch.tokenizer import load_tokenizer
@@ -275,11 +341,34 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True) -> Model
                 f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but the checkpoint's "
                 f"vocabulary is {arch.vocab_size}; use the tokenizer files that came with "
                 f"this checkpoint")
-    return Model(arch, params, tokenizer)
+    return Model(arch, params, tokenizer, num_labels)
 
 
-def params_from_tensors(arch: Arch, tensors: dict, source: Path):
-    names = hf_names(arch)
+def _normalise(arch: Arch, tensors: dict) -> dict:
+    """Hugging Face names as the masked-LM classes use them: a bare base-model
+    export (`BertModel.save_pretrained`: `embeddings.…`, `encoder.…`, `pooler.…`)
+    gains the `bert.` / `roberta.` prefix."""
+    base = _base(arch)
+    if any(k.startswith(f"{base}.") for k in tensors):
+        return tensors
+    bare = ("embeddings.", "encoder.", "pooler.")
+    return {(f"{base}.{k}" if k.startswith(bare) else k): v for k, v in tensors.items()}
+
+
+def has_mlm_head(arch: Arch, tensors: dict) -> bool:
+    head = _head_names(arch)
+    return f"{head['transform.dense']}.weight" in tensors
+
+
+def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "mlm"):
+    """Our parameter tree from Hugging Face tensors.
+
+    part: "mlm" — the masked-LM model, every tensor accounted for; "encoder" —
+      the embeddings and layers, plus BERT's pooler when the checkpoint has one,
+      whatever head it carries (an MLM head, a classifier, none); or "classify:N"
+      — the sequence classifier with N outputs.
+    """
+    tensors = _normalise(arch, {_legacy_rename(k): v for k, v in tensors.items()})
     head = _head_names(arch)
     # The decoder's own bias is what the forward pass adds (transformers 5 keeps it
     # as a separate tensor, equal to the head bias in released checkpoints).
@@ -288,32 +377,56 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path):
         tensors[head["bias"]] = decoder_bias
     if arch.tie_decoder:
         tensors.pop(f"{head['decoder']}.weight", None)  # a saved copy of the word table
+    num_labels = int(part.split(":")[1]) if part.startswith("classify:") else 0
+    if part == "encoder":
+        names = encoder_names(arch)
+        pooler = pooler_names(arch)
+        if all(n in tensors for n in pooler):
+            names.update(pooler)
+        base = f"{_base(arch)}."
+        extra = [n for n in tensors if n.startswith(base) and n not in names
+                 and not n.endswith(UNUSED_SUFFIXES)]
+    else:
+        names = hf_names(arch, num_labels)
+        if part == "mlm" and not has_mlm_head(arch, tensors) and \
+                all(n in tensors for n in encoder_names(arch)):
+            raise UserError(
+                f"{source}: the checkpoint has no masked-LM head (it is a bare "
+                f"{'BertModel' if arch.model_type == 'bert' else 'RobertaModel'} export, such "
+                f"as a sentence-embedding model, or a fine-tuned classifier); a teacher must "
+                f"be a {'Bert' if arch.model_type == 'bert' else 'Roberta'}ForMaskedLM "
+                f"checkpoint. Such a model can still be fine-tuned: `bortsearch finetune`")
+        extra = [n for n in tensors if n not in names and not n.endswith(UNUSED_SUFFIXES)]
     missing = [n for n in names if n not in tensors]
-    unknown = [n for n in tensors if n not in names and not n.endswith(UNUSED_SUFFIXES)]
     if missing:
         raise UserError(f"{source}: missing tensors: {', '.join(missing[:5])}"
                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all); "
                         f"the weights do not match config.json")
-    if unknown:
-        raise UserError(f"{source}: unknown tensors: {', '.join(unknown[:5])}"
-                        f"{' ...' if len(unknown) > 5 else ''} ({len(unknown)} in all); "
+    if extra:
+        raise UserError(f"{source}: unknown tensors: {', '.join(extra[:5])}"
+                        f"{' ...' if len(extra) > 5 else ''} ({len(extra)} in all); "
                         f"the weights do not match config.json")
-    shapes = param_shapes(arch)["params"]
-    params = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
+    shapes = param_shapes(arch, num_labels or (2 if part == "encoder" else 0))["params"]
+    params: dict = {}
     for name, (path, layer, transpose) in names.items():
         value = np.asarray(tensors[name], np.float32)
         if transpose:
             value = value.T
+        shape = shapes
+        for key in path:
+            shape = shape[key]
+        shape = shape.shape if layer is None else shape.shape[1:]
+        if shape != value.shape:
+            raise UserError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, "
+                            f"but config.json implies {shape[::-1] if transpose else shape}")
         node = params
         for key in path[:-1]:
-            node = node[key]
-        target = node[path[-1]] if layer is None else node[path[-1]][layer]
-        if target.shape != value.shape:
-            raise UserError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, "
-                            f"but config.json implies {target.shape[::-1] if transpose else target.shape}")
+            node = node.setdefault(key, {})
         if layer is None:
             node[path[-1]] = value
         else:
+            if path[-1] not in node:
+                node[path[-1]] = np.zeros((arch.layers, *shape), np.float32)
             node[path[-1]][layer] = value
     return {"params": params}
 
@@ -321,16 +434,19 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path):
 # ---------------------------------------------------------------- writing
 
 
-def export_tensors(model: Model) -> dict[str, np.ndarray]:
-    """The model's parameters under Hugging Face names (float32, contiguous)."""
+def export_tensors(model: Model, num_labels: int = 0) -> dict[str, np.ndarray]:
+    """The model's parameters under Hugging Face names (float32, contiguous):
+    the masked-LM model, or with `num_labels` the sequence classifier."""
     p = jax.tree.map(np.asarray, model.params["params"])
     out = {}
-    for name, (path, layer, transpose) in hf_names(model.arch).items():
+    for name, (path, layer, transpose) in hf_names(model.arch, num_labels).items():
         node = p
         for key in path:
             node = node[key]
         value = node if layer is None else node[layer]
         out[name] = np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
+    if num_labels:
+        return out
     head = _head_names(model.arch)
     out[f"{head['decoder']}.bias"] = out[head["bias"]].copy()  # read by transformers 5
     return out
@@ -367,6 +483,7 @@ def save_checkpoint(model: Model, directory: str | Path, tokenizer=None,
 
 
 def load(directory: str | Path) -> Model:
-    """`bortsearch.load(DIR)`: a Hugging Face checkpoint or an exported student,
-    with its tokenizer, ready for `model.logits(input_ids, attention_mask)`."""
-    return load_checkpoint(directory)
+    """`bortsearch.load(DIR)`: a Hugging Face checkpoint, an exported student or a
+    fine-tuned classifier (`…ForSequenceClassification`), with its tokenizer, ready
+    for `model.logits(input_ids, attention_mask)`."""
+    return load_checkpoint(directory, part="auto")

@@ -13,6 +13,15 @@ Parameter tree (leading `D` on everything under `layers`):
     layers/ffn/{inner, outer}/{kernel, bias}, layers/ffn_ln
     head/transform/{kernel, bias}, head/ln, head/bias, [head/decoder/kernel if untied]
 
+With `num_labels` set, the same encoder carries a sequence-classification head
+instead of the masked-LM head, laid out as Hugging Face's
+`BertForSequenceClassification` (pooler/{kernel, bias}, classifier/{kernel, bias})
+or `RobertaForSequenceClassification` (classifier/{dense, out_proj}/{kernel, bias}).
+
+Dropout (Hugging Face's places and rate) acts only when called with
+`deterministic=False` and a "dropout" RNG, as fine-tuning does; the default
+`deterministic=True` is the dropout-free model that search and pretraining use.
+
 `bortsearch.hf` maps this one-to-one onto Hugging Face BERT/RoBERTa names.
 """
 
@@ -46,6 +55,8 @@ def _dense(features: int, name: str) -> nn.Dense:
 
 class Attention(nn.Module):
     arch: Arch
+    dropout: float = 0.0
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x_BxLxH, bias_Bx1x1xL):
@@ -60,12 +71,15 @@ class Attention(nn.Module):
         v_BxLxAxDh = split(_dense(h, "value")(x_BxLxH))
         scores_BxAxLxL = jnp.einsum("bqad,bkad->baqk", q_BxLxAxDh, k_BxLxAxDh) / np.sqrt(dh)
         probs_BxAxLxL = jax.nn.softmax(scores_BxAxLxL + bias_Bx1x1xL, axis=-1)
+        probs_BxAxLxL = nn.Dropout(self.dropout, deterministic=self.deterministic)(probs_BxAxLxL)
         ctx_BxLxAxDh = jnp.einsum("baqk,bkad->bqad", probs_BxAxLxL, v_BxLxAxDh)
         return _dense(h, "out")(ctx_BxLxAxDh.reshape(b, l, h))
 
 
 class Embeddings(nn.Module):
     arch: Arch
+    dropout: float = 0.0
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, input_ids_BxL, token_type_ids_BxL):
@@ -79,7 +93,8 @@ class Embeddings(nn.Module):
             x = x + nn.Embed(arch.type_vocab_size, h, embedding_init=_INIT, name="token_type")(
                 token_type_ids_BxL
             )
-        return _layer_norm(arch, "ln")(x)
+        x = _layer_norm(arch, "ln")(x)
+        return nn.Dropout(self.dropout, deterministic=self.deterministic)(x)
 
 
 def position_ids(arch: Arch, input_ids_BxL):
@@ -100,16 +115,22 @@ class Encoder(nn.Module):
         unrolls fully, which some cost analyses need).
       head: False returns the last hidden states (B x L x H) and skips the
         masked-LM head, as a student deployed downstream runs it.
+      num_labels: > 0 replaces the masked-LM head by a sequence-classification
+        head with this many outputs (1: regression), returning B x num_labels.
+      dropout: Hugging Face's hidden and attention dropout rate, applied only
+        when called with `deterministic=False`.
     """
 
     arch: Arch
     unroll: int = 1
     head: bool = True
+    num_labels: int = 0
+    dropout: float = 0.1
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None,
-                 positions_BxP=None):
-        """Masked-LM logits.
+                 positions_BxP=None, deterministic: bool = True):
+        """Masked-LM logits (or classification logits, or hidden states).
 
         Args:
           input_ids_BxL: int token ids.
@@ -117,19 +138,24 @@ class Encoder(nn.Module):
           token_type_ids_BxL: segment ids (zeros when None).
           positions_BxP: if given, the head runs only at these positions (the
             masked ones), returning BxPxV; otherwise at every position, BxLxV.
+          deterministic: False turns dropout on (needs a "dropout" RNG).
         """
         arch = self.arch
+        rate = 0.0 if deterministic else self.dropout
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
-        x_BxLxH = Embeddings(arch, name="embeddings")(input_ids_BxL, token_type_ids_BxL)
+        x_BxLxH = Embeddings(arch, rate, deterministic, name="embeddings")(
+            input_ids_BxL, token_type_ids_BxL)
         # Additive mask as in Hugging Face: the most negative float where padded.
         neg = jnp.finfo(x_BxLxH.dtype).min
         bias_Bx1x1xL = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, neg)
         layers = nn.scan(
-            Layer, variable_axes={"params": 0}, split_rngs={"params": True},
+            Layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=nn.broadcast, length=arch.layers, unroll=self.unroll,
         )
-        x_BxLxH, _ = layers(arch, name="layers")(x_BxLxH, bias_Bx1x1xL)
+        x_BxLxH, _ = layers(arch, rate, deterministic, name="layers")(x_BxLxH, bias_Bx1x1xL)
+        if self.num_labels:
+            return classify(arch, self.num_labels, x_BxLxH, rate, deterministic)
         if not self.head:
             return x_BxLxH
         if positions_BxP is not None:
@@ -141,14 +167,17 @@ class Layer(nn.Module):
     """One post-LayerNorm BERT block; the carry of the layer scan."""
 
     arch: Arch
+    dropout: float = 0.0
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x_BxLxH, bias_Bx1x1xL):
         arch = self.arch
+        drop = nn.Dropout(self.dropout, deterministic=self.deterministic)
+        attention = Attention(arch, self.dropout, self.deterministic, name="attention")
         x_BxLxH = _layer_norm(arch, "attention_ln")(
-            x_BxLxH + Attention(arch, name="attention")(x_BxLxH, bias_Bx1x1xL)
-        )
-        x_BxLxH = _layer_norm(arch, "ffn_ln")(x_BxLxH + FFN(arch, name="ffn")(x_BxLxH))
+            x_BxLxH + drop(attention(x_BxLxH, bias_Bx1x1xL)))
+        x_BxLxH = _layer_norm(arch, "ffn_ln")(x_BxLxH + drop(FFN(arch, name="ffn")(x_BxLxH)))
         return x_BxLxH, None
 
 
@@ -179,7 +208,32 @@ class MLMHead(nn.Module):
         return logits + bias
 
 
-def init_params(arch: Arch, seed: int = 0) -> Params:
+def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: bool):
+    """The sequence-classification head on the first token, as Hugging Face has it.
+
+    BERT: dropout(tanh(pooler(x₀))) → classifier. RoBERTa (no pooler):
+    dropout(x₀) → tanh(classifier.dense) → dropout → classifier.out_proj.
+    (Called inside `Encoder`'s compact scope, so the names are its own.)
+    """
+    drop = nn.Dropout(rate, deterministic=deterministic)
+    x_BxH = x_BxLxH[:, 0]
+    if arch.model_type == "bert":
+        pooled_BxH = jnp.tanh(_dense(arch.hidden, "pooler")(x_BxH))
+        return _dense(num_labels, "classifier")(drop(pooled_BxH))
+    return _RobertaClassifier(num_labels, arch.hidden, name="classifier")(drop(x_BxH), drop)
+
+
+class _RobertaClassifier(nn.Module):
+    num_labels: int
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x_BxH, drop):
+        x_BxH = drop(jnp.tanh(_dense(self.hidden, "dense")(x_BxH)))
+        return _dense(self.num_labels, "out_proj")(x_BxH)
+
+
+def init_params(arch: Arch, seed: int = 0, num_labels: int = 0) -> Params:
     """Parameters drawn from Normal(0, 0.02) (biases 0, LayerNorm 1/0) for a seed.
 
     Drawn with NumPy from the shape tree, each leaf from its own stream keyed by
@@ -195,7 +249,7 @@ def init_params(arch: Arch, seed: int = 0) -> Params:
         fill = 1.0 if names[-1] == "scale" else 0.0
         return np.full(leaf.shape, fill, np.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, param_shapes(arch))
+    return jax.tree_util.tree_map_with_path(draw, param_shapes(arch, num_labels))
 
 
 def teacher_layers(student_layers: int, teacher_layers: int) -> list[int]:
@@ -232,15 +286,17 @@ def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
     return jax.tree_util.tree_map_with_path(take, init_params(arch, seed))
 
 
-def _init(arch: Arch, key):  # traced by `param_shapes` only; values come from NumPy
+def _init(arch: Arch, num_labels: int, key):  # traced by `param_shapes` only
     ids = jnp.zeros((1, 2), jnp.int32)
-    return Encoder(arch).init(key, ids, jnp.ones_like(ids))
+    return Encoder(arch, num_labels=num_labels).init(key, ids, jnp.ones_like(ids))
 
 
 @functools.lru_cache(maxsize=256)
-def param_shapes(arch: Arch) -> Params:
-    """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating it."""
-    return jax.eval_shape(functools.partial(_init, arch), jax.random.key(0))
+def param_shapes(arch: Arch, num_labels: int = 0) -> Params:
+    """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating it
+    (with a classification head of `num_labels` outputs instead of the masked-LM
+    head when that is > 0)."""
+    return jax.eval_shape(functools.partial(_init, arch, num_labels), jax.random.key(0))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -253,9 +309,16 @@ def _hidden(arch: Arch, params, input_ids, attention_mask, token_type_ids):
     return Encoder(arch, head=False).apply(params, input_ids, attention_mask, token_type_ids)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _classify(arch: Arch, num_labels: int, params, input_ids, attention_mask, token_type_ids):
+    return Encoder(arch, num_labels=num_labels).apply(params, input_ids, attention_mask,
+                                                      token_type_ids)
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """An architecture with its parameters (and, once loaded, its tokenizer).
+    """An architecture with its parameters (and, once loaded, its tokenizer); with
+    `num_labels` > 0, a sequence classifier (its `logits` are B x num_labels).
 
     Example:
       >>> model = Model.init(Arch(2, 2, 64, 128, vocab_size=100), seed=0)
@@ -266,13 +329,15 @@ class Model:
     arch: Arch
     params: Params
     tokenizer: Any = None
+    num_labels: int = 0
 
     @classmethod
     def init(cls, arch: Arch, seed: int = 0) -> Model:
         return cls(arch, init_params(arch, seed))
 
     def logits(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
-        """Masked-LM logits (batch x length x vocabulary) as NumPy float32."""
+        """Masked-LM logits (batch x length x vocabulary), or a classifier's
+        (batch x labels), as NumPy float32."""
         input_ids = np.asarray(input_ids, dtype=np.int32)
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
@@ -280,7 +345,9 @@ class Model:
             attention_mask = np.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = np.zeros_like(input_ids)
-        out = _logits(self.arch, self.params, input_ids,
+        program = (functools.partial(_classify, self.arch, self.num_labels) if self.num_labels
+                   else functools.partial(_logits, self.arch))
+        out = program(self.params, input_ids,
                       np.asarray(attention_mask, np.int32).reshape(input_ids.shape),
                       np.asarray(token_type_ids, np.int32).reshape(input_ids.shape))
         return np.asarray(out)

@@ -147,8 +147,14 @@ def _byte_level_bpe(model) -> tokenizers.Tokenizer:
 
 
 def _post_process(hf: tokenizers.Tokenizer, family: str) -> None:
+    """Special tokens around one text or a pair, as the family's Hugging Face
+    tokenizer adds them: `[CLS] A [SEP] B [SEP]` with segment ids 0/1 (BERT), or
+    `<s> A </s></s> B </s>`, all segment 0 (RoBERTa)."""
     s = SPECIAL[family]
     cls, sep = (s["cls"], hf.token_to_id(s["cls"])), (s["sep"], hf.token_to_id(s["sep"]))
+    if family == "roberta":
+        hf.post_processor = processors.RobertaProcessing(sep, cls, add_prefix_space=False)
+        return
     hf.post_processor = processors.TemplateProcessing(
         single=f"{cls[0]} $A {sep[0]}", pair=f"{cls[0]} $A {sep[0]} $B:1 {sep[0]}:1",
         special_tokens=[cls, sep])

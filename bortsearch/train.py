@@ -126,15 +126,20 @@ def loss_and_metrics(params, arch: Arch, batch, teacher_BxPxV, loss_cfg: LossCon
     return loss_cfg.ce_weight * ce + loss_cfg.kd_weight * kl, metrics
 
 
+def apply_gradients(state: TrainState, grads, cfg: OptimConfig) -> TrainState:
+    """One AdamW update of `state` by `grads` at the state's peak learning rate."""
+    updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: -state.lr * u, updates)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, opt_state, state.lr)
+
+
 def _step(state: TrainState, batch, teacher_BxPxV, arch: Arch, cfg: OptimConfig,
           loss_cfg: LossConfig | None):
     grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, arch, batch, teacher_BxPxV, loss_cfg)
-    updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda u: -state.lr * u, updates)
-    params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(state.step + 1, params, opt_state, state.lr), metrics
+    return apply_gradients(state, grads, cfg), metrics
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)

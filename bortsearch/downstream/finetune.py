@@ -1,0 +1,405 @@
+"""Fine-tuning an encoder on a sentence(-pair) task, as Hugging Face's `run_glue` does.
+
+The model is the one `Encoder` with a sequence-classification head (Hugging
+Face's layout; dropout 0.1 in training only). Training is AdamW with linear
+warm-up and decay (run_glue's defaults: lr 2e-5, batch 32, 3 epochs, length 128,
+10% warm-up, weight decay 0.01, gradient clipping 1.0), evaluated on the dev split
+every epoch (or every N steps), keeping the best evaluation's weights. A grid of
+learning rates × seeds is run trial by trial; the best trial is exported.
+
+Resumable: each trial checkpoints its training state (Orbax) at every
+evaluation; batches, dropout and the head's initialisation are pure functions of
+(seed, step), so a killed run continues where it stopped and ends with the same
+metrics.
+
+OUT holds, once finished, a Hugging Face folder (`config.json` with
+`id2label`, `model.safetensors`, the tokenizer), `metrics.json` (written last:
+the completion mark) and `trials/` (each trial's evaluations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bortsearch.arch import Arch
+from bortsearch.downstream import metrics as M
+from bortsearch.downstream.tasks import Split, Task, load_task
+from bortsearch.errors import UserError
+from bortsearch.hf import classifier_config, export_tensors, load_checkpoint, params_from_tensors
+from bortsearch.model import Encoder, Model, init_params
+from bortsearch.runio import check_settings, write_atomic, write_json
+from bortsearch.train import OptimConfig, TrainState, apply_gradients, init_state
+
+BUCKET = 32  # batches are padded to a multiple of this many tokens, not to --max-length
+EVAL_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings; defaults are Hugging Face run_glue's (warm-up: BERT's 10%).
+
+    Attributes:
+      lrs: the peak learning rates of the grid.
+      seeds: trials per learning rate, seeds `seed`, `seed` + 1, ...
+      epochs: passes over the training split.
+      eval_every: steps between dev evaluations (None: once per epoch).
+      max_train_samples, max_eval_samples: keep the first N rows of each split.
+    """
+
+    lrs: tuple[float, ...] = (2e-5,)
+    epochs: int = 3
+    batch_size: int = 32
+    max_length: int = 128
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    seeds: int = 1
+    seed: int = 0
+    eval_every: int | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    dropout: float = 0.1
+    adam_eps: float = 1e-8
+    clip: float = 1.0
+
+    def __post_init__(self):
+        checks = [
+            (bool(self.lrs) and all(math.isfinite(x) and x > 0 for x in self.lrs),
+             f"--lr must be positive and finite, got {list(self.lrs)}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
+            (0 <= self.warmup < 1, f"--warmup is a fraction of the steps in [0, 1), "
+                                   f"got {self.warmup}"),
+            (0 <= self.weight_decay < 1, f"--weight-decay must be in [0, 1), "
+                                         f"got {self.weight_decay}"),
+            (self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
+            (self.eval_every is None or self.eval_every >= 1,
+             f"--eval-every must be >= 1, got {self.eval_every}"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+        ]
+        for n in ("max_train_samples", "max_eval_samples"):
+            v = getattr(self, n)
+            checks.append((v is None or v >= 1, f"--{n.replace('_', '-')} must be >= 1, got {v}"))
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A split tokenised to at most `max_length` tokens, right-padded to it."""
+
+    ids: np.ndarray  # N x max_length
+    types: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+
+    def batch(self, rows: np.ndarray, size: int, max_length: int) -> dict:
+        """Rows `rows` padded to `size` rows (weight 0) and to a multiple of
+        BUCKET tokens, so few shapes compile whatever the batch's longest text."""
+        n = len(rows)
+        rows = np.concatenate([rows, np.full(size - n, rows[0])]) if n < size else rows
+        width = min(max_length, -(-int(self.lengths[rows].max()) // BUCKET) * BUCKET)
+        positions = np.arange(width)[None, :]
+        return {"input_ids": self.ids[rows, :width],
+                "token_type_ids": self.types[rows, :width],
+                "attention_mask": (positions < self.lengths[rows, None]).astype(np.int32),
+                "labels": self.labels[rows],
+                "weights": (np.arange(size) < n).astype(np.float32)}
+
+
+def encode(tokenizer, split: Split, max_length: int, arch: Arch) -> Encoded:
+    """Tokenise with the model's tokenizer as Hugging Face does (special tokens of
+    its family, pairs truncated longest-first to `max_length`)."""
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_str(tokenizer.hf.to_str())
+    tok.enable_truncation(max_length, strategy="longest_first")
+    tok.no_padding()
+    inputs = list(zip(split.a, split.b)) if split.b is not None else list(split.a)
+    encodings = tok.encode_batch(inputs, add_special_tokens=True)
+    ids = np.full((len(encodings), max_length), tokenizer.pad_id, np.int32)
+    types = np.zeros((len(encodings), max_length), np.int32)
+    lengths = np.zeros(len(encodings), np.int32)
+    for i, e in enumerate(encodings):
+        ids[i, :len(e.ids)] = e.ids
+        if arch.type_vocab_size > 1:
+            types[i, :len(e.ids)] = e.type_ids
+        lengths[i] = len(e.ids)
+    return Encoded(ids, types, lengths, split.y)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _loss(params, arch: Arch, num_labels: int, dropout: float, batch, key):
+    logits = Encoder(arch, num_labels=num_labels, dropout=dropout).apply(
+        params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+        deterministic=False, rngs={"dropout": key})
+    if num_labels == 1:  # regression: mean squared error, as Hugging Face
+        per_row = (logits[:, 0] - batch["labels"]) ** 2
+    else:
+        logp = jax.nn.log_softmax(logits)
+        per_row = -jnp.take_along_axis(logp, batch["labels"][:, None], -1)[:, 0]
+    w = batch["weights"]
+    return (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "num_labels", "dropout", "cfg"),
+                   donate_argnums=0)
+def finetune_step(state: TrainState, batch, key, *, arch: Arch, num_labels: int,
+                  dropout: float, cfg: OptimConfig):
+    """One AdamW step on a classification (or regression) batch, dropout on."""
+    loss, grads = jax.value_and_grad(_loss)(state.params, arch, num_labels, dropout, batch, key)
+    return apply_gradients(state, grads, cfg), loss
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "num_labels"))
+def _predict(params, batch, *, arch: Arch, num_labels: int):
+    return Encoder(arch, num_labels=num_labels).apply(
+        params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+
+def predict(arch: Arch, num_labels: int, params, data: Encoded, max_length: int) -> np.ndarray:
+    """Class ids (or regression values) for every row, batched by length."""
+    order = np.argsort(data.lengths, kind="stable")
+    out = np.zeros(len(order), np.float32 if num_labels == 1 else np.int32)
+    for start in range(0, len(order), EVAL_BATCH):
+        rows = order[start:start + EVAL_BATCH]
+        logits = np.asarray(_predict(params, data.batch(rows, EVAL_BATCH, max_length),
+                                     arch=arch, num_labels=num_labels))[:len(rows)]
+        out[rows] = logits[:, 0] if num_labels == 1 else logits.argmax(-1)
+    return out
+
+
+def evaluate(task: Task, arch: Arch, params, devs: dict[str, Encoded], max_length: int) -> dict:
+    """Each dev split's metrics, and `score`: the first split's GLUE score."""
+    out = {}
+    for name, data in devs.items():
+        out[name] = M.compute(task.spec.metrics,
+                              predict(arch, task.num_labels, params, data, max_length),
+                              data.labels)
+    out["score"] = M.score(next(iter(out.values())), task.spec.metrics)
+    return out
+
+
+# ---------------------------------------------------------------- trials
+
+
+def initial_params(encoder: Model, num_labels: int, seed: int):
+    """The head from Normal(0, 0.02) for `seed`; embeddings, layers (and BERT's
+    pooler, when the checkpoint has a trained one) from the checkpoint."""
+    params = init_params(encoder.arch, seed, num_labels)
+    return {"params": {**params["params"], **encoder.params["params"]}}
+
+
+def _trial_dir(out: Path, lr: float, seed: int) -> Path:
+    return out / "trials" / f"lr{lr:g}-seed{seed}"
+
+
+def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encoded],
+              cfg: FinetuneConfig, lr: float, seed: int, work: Path, bar=None) -> dict:
+    """Fine-tune one (lr, seed); resume from `work` if it holds a checkpoint.
+
+    `work/evals.jsonl` has one line per evaluation, `work/best.safetensors` the
+    best evaluation's weights (Hugging Face names), `work/result.json` marks the
+    trial finished (its checkpoints are then removed).
+    """
+    import orbax.checkpoint as ocp
+
+    from bortsearch.fit import _checkpointer, _trim_metrics
+
+    if (work / "result.json").is_file():
+        result = json.loads((work / "result.json").read_text())
+        if bar is not None:
+            bar.update(result["steps"])
+        return result
+    arch, n_labels = encoder.arch, task.num_labels
+    per_epoch = -(-len(train.labels) // cfg.batch_size)
+    steps = per_epoch * cfg.epochs
+    eval_every = cfg.eval_every or per_epoch
+    optim = OptimConfig(steps=steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
+                        adam_eps=cfg.adam_eps, clip=cfg.clip)
+    state = init_state(initial_params(encoder, n_labels, seed), lr, optim)
+    work.mkdir(parents=True, exist_ok=True)
+    manager = _checkpointer(work / "checkpoints")
+    start = manager.latest_step() or 0
+    if start:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    journal = work / "evals.jsonl"
+    _trim_metrics(journal, start)
+    evals = [json.loads(line) for line in journal.read_text().splitlines()] \
+        if journal.is_file() else []
+    best = max((e["score"] for e in evals), default=-math.inf)
+    key = jax.random.key(seed)
+    if bar is not None:
+        bar.update(start)
+    losses, train_s, t0 = [], 0.0, time.perf_counter()
+    with open(journal, "a") as log:
+        for step in range(start, steps):
+            epoch, i = divmod(step, per_epoch)
+            order = np.random.default_rng([seed, epoch]).permutation(len(train.labels))
+            batch = train.batch(order[i * cfg.batch_size:(i + 1) * cfg.batch_size],
+                                cfg.batch_size, cfg.max_length)
+            state, loss = finetune_step(state, batch, jax.random.fold_in(key, step), arch=arch,
+                                        num_labels=n_labels, dropout=cfg.dropout, cfg=optim)
+            losses.append(loss)
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done % eval_every and done != steps:
+                continue
+            jax.block_until_ready(state)
+            train_s += time.perf_counter() - t0
+            dev = evaluate(task, arch, state.params, devs, cfg.max_length)
+            record = {"step": done, "epoch": round(done / per_epoch, 4),
+                      "train_loss": float(np.mean(jax.device_get(losses))), **dev}
+            losses = []
+            if dev["score"] > best:  # weights first, then the journal, then the checkpoint
+                best = dev["score"]
+                from safetensors.numpy import save
+
+                write_atomic(work / "best.safetensors",
+                             save(export_tensors(Model(arch, jax.device_get(state.params)),
+                                                 n_labels), metadata={"format": "pt"}))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            evals.append(record)
+            manager.save(done, args=ocp.args.StandardSave(state))
+            if bar is not None:
+                bar.set_postfix({"lr": f"{lr:g}", "seed": seed,
+                                 "dev": f"{dev['score']:.3f}", "best": f"{best:.3f}"},
+                                refresh=False)
+            t0 = time.perf_counter()
+    manager.close()
+    chosen = max(evals, key=lambda e: e["score"])  # the first of equals: the earliest
+    ran = steps - start
+    result = {"lr": lr, "seed": seed, "steps": steps, "best_step": chosen["step"],
+              "best_epoch": chosen["epoch"], "score": chosen["score"],
+              "dev": {k: v for k, v in chosen.items() if k in devs},
+              "train_seconds_per_epoch": train_s / max(ran, 1) * per_epoch if ran else None,
+              "train_examples_per_s": ran * cfg.batch_size / train_s if ran and train_s else None}
+    write_json(work / "result.json", result)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return result
+
+
+def fingerprint_model(folder: Path) -> str:
+    """A hash of a checkpoint folder's config and weights."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        path = folder / name
+        if path.is_file():
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
+             cfg: FinetuneConfig = FinetuneConfig(), text_fields: str | None = None,
+             label_field: str | None = None, regression: bool = False,
+             progress: bool = True) -> dict:
+    """Fine-tune `model` (a Hugging Face BERT/RoBERTa folder, with or without a
+    masked-LM head) on `task` and export the best trial to `out`.
+
+    Returns the metrics written to `out/metrics.json`: `dev` (the chosen trial's
+    dev metrics by name), `score`, `grid` (every trial), `median_over_seeds` (per
+    learning rate), the majority-class baseline and timings. Re-running finishes
+    at once when `out` is complete, and resumes when it is not.
+    """
+    model, out = Path(model), Path(out)
+    t_start = time.perf_counter()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the fine-tuned model")
+    if out.is_dir() and any(out.iterdir()) and not (out / "settings.json").is_file():
+        raise UserError(f"--out {out}: exists, holds files and is not a fine-tuning run; "
+                        f"choose a new folder")
+    tsk = load_task(task, data, text_fields, label_field, regression,
+                    cfg.max_train_samples, cfg.max_eval_samples)
+    encoder = load_checkpoint(model, part="encoder")
+    arch = encoder.arch
+    if cfg.max_length > arch.max_seq_len:
+        raise UserError(f"--max-length {cfg.max_length} is longer than {model} allows "
+                        f"({arch.max_seq_len} positions); use --max-length {arch.max_seq_len} "
+                        f"or less")
+    settings = {"model": str(model.resolve()), "model_sha256": fingerprint_model(model),
+                "task": tsk.name, "data_sha256": tsk.fingerprint,
+                **{k: list(v) if isinstance(v, tuple) else v
+                   for k, v in dataclasses.asdict(cfg).items()}}
+    if (out / "metrics.json").is_file():
+        check_settings(out / "settings.json", settings, f"the fine-tuning in {out}",
+                       "choose a new --out folder, or remove it to start over")
+        return json.loads((out / "metrics.json").read_text())
+    check_settings(out / "settings.json", settings, f"the fine-tuning in {out}",
+                   f"re-run with the same flags, or remove {out} to start over")
+    train = encode(encoder.tokenizer, tsk.train, cfg.max_length, arch)
+    devs = {k: encode(encoder.tokenizer, v, cfg.max_length, arch) for k, v in tsk.devs.items()}
+    grid = [(lr, cfg.seed + k) for lr in cfg.lrs for k in range(cfg.seeds)]
+    per_epoch = -(-len(train.labels) // cfg.batch_size)
+    from bortsearch.fit import progress_bar
+
+    bar = progress_bar(total=per_epoch * cfg.epochs * len(grid), unit="step",
+                       desc=f"finetune {tsk.name}", disable=not progress)
+    trials = [run_trial(encoder, tsk, train, devs, cfg, lr, seed,
+                        _trial_dir(out, lr, seed), bar) for lr, seed in grid]
+    bar.close()
+    best = max(trials, key=lambda t: t["score"])  # ties: the earlier in the grid
+    medians = {}
+    for lr in cfg.lrs:
+        mine = [t for t in trials if t["lr"] == lr]
+        split = next(iter(tsk.devs))
+        medians[f"{lr:g}"] = {
+            "score": statistics.median(t["score"] for t in mine),
+            **{m: statistics.median(t["dev"][split][m] for t in mine) for m in tsk.spec.metrics}}
+    split = next(iter(tsk.devs))
+    majority = {k: M.majority(tsk.spec.metrics, tsk.train.y, v.y, tsk.spec.regression)
+                for k, v in tsk.devs.items()}
+    metrics = {
+        "task": tsk.name, "model": str(model), "metrics": list(tsk.spec.metrics),
+        "dev": best["dev"][split], "dev_splits": best["dev"], "score": best["score"],
+        "chosen": {"lr": best["lr"], "seed": best["seed"], "step": best["best_step"],
+                   "epoch": best["best_epoch"]},
+        "median_over_seeds": medians, "grid": trials,
+        "majority": majority[split],
+        "majority_score": M.score(majority[split], tsk.spec.metrics),
+        "train_examples": len(tsk.train), "dev_examples": {k: len(v) for k, v in tsk.devs.items()},
+        "seconds_per_epoch": statistics.median(
+            t["train_seconds_per_epoch"] for t in trials
+            if t["train_seconds_per_epoch"] is not None) if any(
+            t["train_seconds_per_epoch"] is not None for t in trials) else None,
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    export_classifier(out, encoder, tsk, _trial_dir(out, best["lr"], best["seed"]))
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def export_classifier(out: Path, encoder: Model, task: Task, trial: Path) -> None:
+    """The chosen trial's best weights as a Hugging Face sequence classifier."""
+    from safetensors.numpy import load_file
+
+    arch = encoder.arch
+    tensors = load_file(str(trial / "best.safetensors"))
+    params_from_tensors(arch, dict(tensors), trial, f"classify:{task.num_labels}")  # validates
+    config = classifier_config(arch, encoder.tokenizer, task.spec.label_names, task.name)
+    write_atomic(out / "config.json", json.dumps(config, indent=2))
+    write_atomic(out / "model.safetensors", (trial / "best.safetensors").read_bytes())
+    encoder.tokenizer.save(out, model_max_length=arch.max_seq_len)

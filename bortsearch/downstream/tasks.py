@@ -1,0 +1,278 @@
+"""Downstream tasks: the GLUE tasks in the GLUE distribution's layout, and custom
+tasks from CSV, TSV or JSON-lines files.
+
+A GLUE task folder holds `train.tsv` and `dev.tsv` (MNLI: `dev_matched.tsv` and
+`dev_mismatched.tsv`), tab-separated with no quoting; CoLA has no header row and is
+read by column position, every other task by its header's column names. Labels
+keep Hugging Face's `datasets` order (so `id2label` matches `glue` checkpoints).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bortsearch.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """Where a task's columns are and how it is scored.
+
+    Attributes:
+      folder: the task's folder name in the GLUE distribution.
+      text: the text column(s), one or a pair (names; positions when no header).
+      label: the label column.
+      values: the label values as the files write them, in label-id order;
+        None for regression.
+      names: the label names for `id2label` (default: the values).
+      metrics: GLUE's metrics for the task; its score is their mean.
+      devs: the evaluation split file stems; the first decides.
+      header: whether the files start with a header row.
+    """
+
+    folder: str
+    text: tuple
+    label: str | int
+    values: tuple[str, ...] | None
+    names: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] = ("accuracy",)
+    devs: tuple[str, ...] = ("dev",)
+    header: bool = True
+
+    @property
+    def regression(self) -> bool:
+        return self.values is None
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        return self.names or self.values
+
+
+_NLI2 = ("entailment", "not_entailment")
+GLUE: dict[str, TaskSpec] = {
+    "cola": TaskSpec("CoLA", (3,), 1, ("0", "1"), ("unacceptable", "acceptable"),
+                     ("matthews",), header=False),
+    "sst2": TaskSpec("SST-2", ("sentence",), "label", ("0", "1"), ("negative", "positive")),
+    "mrpc": TaskSpec("MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"),
+                     ("not_equivalent", "equivalent"), ("f1", "accuracy")),
+    "stsb": TaskSpec("STS-B", ("sentence1", "sentence2"), "score", None,
+                     metrics=("pearson", "spearman")),
+    "qqp": TaskSpec("QQP", ("question1", "question2"), "is_duplicate", ("0", "1"),
+                    ("not_duplicate", "duplicate"), ("f1", "accuracy")),
+    "mnli": TaskSpec("MNLI", ("sentence1", "sentence2"), "gold_label",
+                     ("entailment", "neutral", "contradiction"),
+                     devs=("dev_matched", "dev_mismatched")),
+    "qnli": TaskSpec("QNLI", ("question", "sentence"), "label", _NLI2),
+    "rte": TaskSpec("RTE", ("sentence1", "sentence2"), "label", _NLI2),
+    "wnli": TaskSpec("WNLI", ("sentence1", "sentence2"), "label", ("0", "1"),
+                     ("not_entailment", "entailment")),
+}
+FORMATS = (".tsv", ".csv", ".jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Texts (one or two per example) and labels (int ids, or floats for regression)."""
+
+    a: list[str]
+    b: list[str] | None
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def head(self, n: int | None) -> Split:
+        if n is None:
+            return self
+        return Split(self.a[:n], None if self.b is None else self.b[:n], self.y[:n])
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A loaded task: its name, scoring and splits."""
+
+    name: str
+    spec: TaskSpec
+    train: Split
+    devs: dict[str, Split]  # the first decides
+    files: tuple[str, ...]  # what was read, for the run's fingerprint
+    fingerprint: str
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.spec.regression else len(self.spec.values)
+
+    @property
+    def dev(self) -> Split:
+        return next(iter(self.devs.values()))
+
+
+def task_folder(data: Path, spec: TaskSpec, stem: str = "train") -> Path:
+    """DIR itself when it holds the task's files, else DIR/<GLUE folder>."""
+    if any((data / f"{stem}{ext}").is_file() for ext in FORMATS):
+        return data
+    return data / spec.folder
+
+
+def _find(folder: Path, stem: str, what: str) -> Path:
+    alternatives = (stem, "validation") if stem == "dev" else (stem,)
+    for s in alternatives:
+        for ext in FORMATS:
+            if (folder / f"{s}{ext}").is_file():
+                return folder / f"{s}{ext}"
+    raise UserError(f"{folder}: no {stem}.tsv, {stem}.csv or {stem}.jsonl ({what}); point "
+                    f"--data at the task's folder (or the GLUE folder that holds it)")
+
+
+def _rows(path: Path, header: bool) -> tuple[list[str] | None, list[list[str] | dict]]:
+    """Header (None for JSON lines and headerless files) and rows of one file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # MRPC's header starts with a BOM
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UserError(f"{path}:{n}: not a JSON object ({e}); each line must be "
+                                f"one JSON object") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: not a JSON object; each line must be one")
+            rows.append(row)
+        return None, rows
+    if path.suffix == ".csv":
+        table = list(csv.reader(lines))
+    else:  # GLUE's TSVs are unquoted: a quote character is text
+        table = [line.split("\t") for line in lines]
+    if not header:
+        return None, table
+    if not table:
+        return [], []
+    return [c.strip() for c in table[0]], table[1:]
+
+
+def _column(path: Path, header, key, n_row: int, row) -> str:
+    """One cell, by name or position, with an error that names file, line and column."""
+    if isinstance(row, dict):
+        if key not in row:
+            raise UserError(f"{path}:{n_row}: no field {key!r} (fields: "
+                            f"{', '.join(map(str, row))}); name the right one with "
+                            f"--text-fields / --label-field")
+        value = row[key]
+        return value if isinstance(value, str) else json.dumps(value)
+    index = key if isinstance(key, int) else header.index(key)
+    if index >= len(row):
+        raise UserError(f"{path}:{n_row}: {len(row)} columns, but column "
+                        f"{key!r} is number {index + 1}; the row is truncated or not "
+                        f"{'tab' if path.suffix == '.tsv' else 'comma'}-separated")
+    return row[index]
+
+
+def read_split(path: Path, spec: TaskSpec, label_ids: dict[str, int] | None) -> Split:
+    """One split file as texts and label ids (floats for regression)."""
+    header, rows = _rows(path, spec.header and path.suffix != ".jsonl")
+    if header is not None:
+        for key in (*spec.text, spec.label):
+            if isinstance(key, str) and key not in header:
+                raise UserError(f"{path}: no column {key!r} in the header "
+                                f"({', '.join(header)}); "
+                                f"{'name the right one with --text-fields / --label-field' if spec.folder == '' else 'is this the right task folder?'}")
+    if not rows:
+        raise UserError(f"{path}: no examples; the split must hold at least one row")
+    first = 2 if header is not None else 1
+    a, b, y = [], [] if len(spec.text) > 1 else None, []
+    for n, row in enumerate(rows, first):
+        a.append(_column(path, header, spec.text[0], n, row))
+        if b is not None:
+            b.append(_column(path, header, spec.text[1], n, row))
+        raw = _column(path, header, spec.label, n, row).strip()
+        if spec.regression:
+            try:
+                y.append(float(raw))
+            except ValueError:
+                raise UserError(f"{path}:{n}: label {raw!r} is not a number, and this "
+                                f"task is a regression") from None
+        elif raw not in label_ids:
+            raise UserError(f"{path}:{n}: unknown label {raw!r}; the labels are "
+                            f"{', '.join(label_ids)}")
+        else:
+            y.append(label_ids[raw])
+    return Split(a, b, np.asarray(y, np.float32 if spec.regression else np.int32))
+
+
+def custom_spec(text_fields: str, label_field: str, regression: bool, train: Path) -> TaskSpec:
+    """A task from `--text-fields A[,B]` and `--label-field`; class labels are the
+    training file's distinct values, sorted."""
+    fields = tuple(f.strip() for f in text_fields.split(",") if f.strip())
+    if not 1 <= len(fields) <= 2:
+        raise UserError(f"--text-fields {text_fields!r}: give one field or two, comma "
+                        f"separated, e.g. --text-fields premise,hypothesis")
+    spec = TaskSpec("", fields, label_field, None, metrics=("pearson", "spearman"))
+    if regression:
+        return spec
+    header, rows = _rows(train, train.suffix != ".jsonl")
+    if header is not None and label_field not in header:
+        raise UserError(f"{train}: no column {label_field!r} in the header "
+                        f"({', '.join(header)}); name the right one with --label-field")
+    first = 2 if header is not None else 1
+    values = sorted({_column(train, header, label_field, n, r).strip()
+                     for n, r in enumerate(rows, first)})
+    if len(values) < 2:
+        raise UserError(f"{train}: the label field {label_field!r} has "
+                        f"{len(values)} distinct value(s); classification needs two or "
+                        f"more (use --regression for a numeric target)")
+    metrics = ("f1", "accuracy") if len(values) == 2 else ("accuracy",)
+    return dataclasses.replace(spec, values=tuple(values), metrics=metrics)
+
+
+def load_task(task: str, data: str | Path, text_fields: str | None = None,
+              label_field: str | None = None, regression: bool = False,
+              max_train: int | None = None, max_eval: int | None = None) -> Task:
+    """A GLUE task by name (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), or,
+    with `text_fields` and `label_field`, a custom task named `task`.
+
+    Args:
+      data: the task's folder (train.* and dev.*), or a GLUE folder holding it.
+      max_train, max_eval: keep the first N rows of each split.
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise UserError(f"--data {data}: {'not a folder' if data.exists() else 'no such folder'}"
+                        f"; point it at the task's folder (train.tsv, dev.tsv) or the GLUE "
+                        f"folder that holds it")
+    name = task.lower().replace("-", "")
+    if text_fields or label_field:
+        if not (text_fields and label_field):
+            raise UserError("a custom task needs both --text-fields and --label-field")
+        train_path = _find(data, "train", "the training split")
+        spec = custom_spec(text_fields, label_field, regression, train_path)
+        folder = data
+    elif name in GLUE:
+        spec = GLUE[name]
+        folder = task_folder(data, spec)
+        train_path = _find(folder, "train", "the training split")
+    else:
+        raise UserError(f"--task {task}: not a GLUE task ({', '.join(GLUE)}); for your own "
+                        f"data give --text-fields A[,B] and --label-field")
+    label_ids = None if spec.regression else {v: i for i, v in enumerate(spec.values)}
+    train = read_split(train_path, spec, label_ids).head(max_train)
+    devs, files = {}, [train_path]
+    for stem in spec.devs:
+        path = _find(folder, stem, "the evaluation split")
+        devs[stem] = read_split(path, spec, label_ids).head(max_eval)
+        files.append(path)
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    digest.update(json.dumps([max_train, max_eval, dataclasses.asdict(spec)]).encode())
+    return Task(name if spec.folder else task, spec, train, devs,
+                tuple(str(f) for f in files), digest.hexdigest())
