@@ -36,13 +36,16 @@ bench-signal: $(STAMP)
 
 # Regenerates the committed transformers golden files (needs torch; not used by CI).
 # make_golden.py runs twice: the teachers first, then the logits of the students
-# that bortsearch exports from them.
+# that bortsearch exports from them; then the classifiers bortsearch fine-tunes
+# from those students, and transformers' sequence-classification logits for them.
 golden: $(STAMP)
 	$(PYTHON) -m venv .golden-venv
 	.golden-venv/bin/python -m pip install --quiet torch 'transformers>=4.45,<6' tokenizers numpy
 	.golden-venv/bin/python tests/golden/make_golden.py
 	$(BIN)/python tests/golden/make_student.py
 	.golden-venv/bin/python tests/golden/make_golden.py
+	$(BIN)/python tests/golden/make_classifier.py
+	.golden-venv/bin/python tests/golden/make_golden_classifier.py
 
 clean:
 	rm -rf $(VENV) .golden-venv build *.egg-info .pytest_cache

@@ -6,6 +6,9 @@ The public API; see README.md for examples.
 from bortsearch.arch import Arch
 from bortsearch.corpus import Corpus, resolve_corpus
 from bortsearch.data import BatchSpec, MLMData, load_data
+from bortsearch.downstream.finetune import FinetuneConfig, finetune
+from bortsearch.downstream.glue import glue
+from bortsearch.downstream.tasks import GLUE, load_task
 from bortsearch.errors import UserError
 from bortsearch.hf import load, load_checkpoint, save_checkpoint
 from bortsearch.model import Encoder, Model, init_params
@@ -24,7 +27,7 @@ from bortsearch.teacher import TeacherConfig, train_teacher
 from bortsearch.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 __all__ = [
-    "Arch", "BatchSpec", "audit", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
+    "Arch", "BatchSpec", "FinetuneConfig", "GLUE", "audit", "finetune", "glue", "load_task", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
     "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
     "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
     "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",

@@ -174,6 +174,88 @@ def cmd_pretrain(args) -> None:
     print(f"exported with weights to {args.out}")
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def _finetune_config(args):
+    from bortsearch.downstream.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        lrs=tuple(args.lr or FinetuneConfig.lrs), epochs=args.epochs, batch_size=args.batch_size,
+        max_length=args.max_length, warmup=args.warmup, weight_decay=args.weight_decay,
+        seeds=args.seeds, seed=args.seed, eval_every=args.eval_every,
+        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
+
+
+def cmd_finetune(args) -> None:
+    from bortsearch.downstream.finetune import finetune
+
+    m = finetune(args.model, args.task, args.data, args.out, _finetune_config(args),
+                 text_fields=args.text_fields, label_field=args.label_field,
+                 regression=args.regression, progress=not args.quiet)
+    dev = ", ".join(f"{k} {v:.4f}" for k, v in m["dev"].items())
+    base = ", ".join(f"{k} {v:.4f}" for k, v in m["majority"].items())
+    c = m["chosen"]
+    print(f"{m['task']} dev: {dev} (lr {c['lr']:g}, seed {c['seed']}, epoch {c['epoch']:g}; "
+          f"majority class: {base})")
+    if len(m["grid"]) > 1:
+        for lr, med in m["median_over_seeds"].items():
+            print(f"  lr {lr}: median score over seeds {med['score']:.4f}")
+    print(f"fine-tuned model: {args.out} (metrics.json; loads with "
+          f"AutoModelForSequenceClassification)")
+
+
+def cmd_glue(args) -> None:
+    from bortsearch.downstream.glue import format_table, glue
+
+    table = glue(args.models, args.data, args.out, args.tasks, _finetune_config(args),
+                 progress=not args.quiet)
+    tasks = [c for c in table.columns if c not in (
+        "model", "path", "layers", "heads", "hidden", "intermediate", "params",
+        "effective_params", "latency_ms", "average")]
+    print(format_table(table, tasks))
+    out = args.out or f"{args.models[0]}/glue"
+    print(f"table: {out}/glue.csv, {out}/glue.md  plot: {out}/glue.png  "
+          f"({table.attrs['wall_seconds']:.0f} s)")
+
+
+def _add_finetune_flags(p) -> None:
+    from bortsearch.downstream.finetune import FinetuneConfig
+
+    c = FinetuneConfig()
+    p.add_argument("--lr", type=_positive_float, action="append",
+                   help=f"peak learning rate; repeat for a grid (default {c.lrs[0]:g})")
+    p.add_argument("--seeds", type=_positive_int, default=c.seeds,
+                   help=f"trials per learning rate, seeds --seed, --seed + 1, ... (default "
+                        f"{c.seeds}); reports the best and the median over seeds")
+    p.add_argument("--epochs", type=_positive_int, default=c.epochs,
+                   help=f"passes over the training split (default {c.epochs})")
+    p.add_argument("--batch-size", type=_positive_int, default=c.batch_size,
+                   help=f"examples per step (default {c.batch_size})")
+    p.add_argument("--max-length", type=_positive_int, default=c.max_length,
+                   help=f"tokens per example, longer ones truncated (default {c.max_length})")
+    p.add_argument("--warmup", type=_fraction, default=c.warmup,
+                   help=f"warm-up as a fraction of the steps (default {c.warmup:g})")
+    p.add_argument("--weight-decay", type=_fraction, default=c.weight_decay,
+                   help=f"AdamW weight decay, not on LayerNorm or biases "
+                        f"(default {c.weight_decay:g})")
+    p.add_argument("--eval-every", type=_positive_int, default=None,
+                   help="steps between dev evaluations (default: every epoch)")
+    p.add_argument("--max-train-samples", type=_positive_int, default=None,
+                   help="use the first N training rows")
+    p.add_argument("--max-eval-samples", type=_positive_int, default=None,
+                   help="use the first N rows of each dev split")
+    p.add_argument("--seed", type=int, default=c.seed, help="the first seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
 
@@ -288,6 +370,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p, c.batch_size, c.seq_len,
                     corpus_help="corpus to pretrain on (default: the search's)")
     p.set_defaults(func=cmd_pretrain)
+
+    from bortsearch.downstream.tasks import GLUE
+
+    p = sub.add_parser("finetune", help="fine-tune a BERT/RoBERTa folder on a GLUE or "
+                       "custom task; writes a Hugging Face classifier and metrics.json")
+    p.add_argument("model", help="a Hugging Face BERT/RoBERTa folder (masked-LM head or none)")
+    p.add_argument("--task", required=True, help=f"a GLUE task ({', '.join(GLUE)}), or a "
+                   "name for your own task (with --text-fields and --label-field)")
+    p.add_argument("--data", required=True, help="the task's folder (train.tsv, dev.tsv) or "
+                   "the GLUE folder holding it; custom tasks: train and dev .csv/.tsv/.jsonl")
+    p.add_argument("--out", required=True, help="the folder to write (re-run to resume)")
+    p.add_argument("--text-fields", metavar="A[,B]", help="custom task: the text field(s)")
+    p.add_argument("--label-field", help="custom task: the label field")
+    p.add_argument("--regression", action="store_true",
+                   help="custom task: the label is a number (mean squared error; Pearson "
+                        "and Spearman)")
+    _add_finetune_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("glue", help="fine-tune models on GLUE tasks and tabulate score "
+                       "against size and CPU latency (student vs teacher)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="Hugging Face folders, or one search run folder (its teacher and "
+                        "pretrained students)")
+    p.add_argument("--data", required=True, help="the GLUE folder (CoLA/, SST-2/, ...)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="GLUE tasks (default: every one with train and dev under --data)")
+    p.add_argument("--out", help="where runs and the table go (default RUN/glue for a run)")
+    _add_finetune_flags(p)
+    p.set_defaults(func=cmd_glue)
     return parser
 
 

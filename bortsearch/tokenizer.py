@@ -119,7 +119,8 @@ def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
                         f"the teacher's originals") from None
     tok = Tokenizer(hf, family, lowercase)
     tok.special_ids  # every special token must be there
-    if hf.post_processor is None:
+    if hf.post_processor is None or family == "roberta":
+        # RobertaTokenizerFast adds `<s> A </s></s> B </s>` whatever tokenizer.json says
         _post_process(hf, family)
     return tok
 

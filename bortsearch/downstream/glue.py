@@ -1,0 +1,187 @@
+"""The downstream proof: several models fine-tuned on several tasks, side by side.
+
+`glue(models, data, out)` fine-tunes every model on every task (each a
+`finetune` run under OUT/<model>/<task>/, so a finished one is re-used and a
+killed one resumes), then writes `glue.csv`, `glue.md` (the table: one row per
+model with p̂, non-embedding parameters, the measured CPU latency at batch 1 and
+length 128, each task's dev score and their average; the majority-class baseline
+as a row) and `glue.png` (average score against latency).
+
+Given a search run folder instead of models, it takes the run's teacher and every
+student the run pretrained (exported to OUT/models/).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bortsearch.downstream.finetune import FinetuneConfig, finetune
+from bortsearch.downstream.tasks import FORMATS, GLUE, task_folder
+from bortsearch.errors import UserError
+
+LATENCY_LENGTH = 128
+
+
+def available_tasks(data: Path) -> list[str]:
+    """The GLUE tasks whose folder under `data` has a training and a dev split."""
+    found = []
+    for name, spec in GLUE.items():
+        folder = task_folder(data, spec)
+        has = [any((folder / f"{stem}{ext}").is_file() for ext in FORMATS)
+               for stem in ("train", spec.devs[0])]
+        if all(has):
+            found.append(name)
+    return found
+
+
+def run_models(run: Path, out: Path) -> list[Path]:
+    """A search run's teacher and its pretrained students (exported once)."""
+    from bortsearch.student import STUDENT_WEIGHTS, export
+
+    models = [run / "teacher"]
+    for weights in sorted((run / "pretrain").glob(f"*/{STUDENT_WEIGHTS}")):
+        size = tuple(int(x) for x in weights.parent.name.split("-"))
+        folder = out / "models" / f"student-{weights.parent.name}"
+        if not (folder / "model.safetensors").is_file():
+            export(run, folder, size)
+        models.append(folder)
+    if len(models) == 1:
+        raise UserError(f"{run}: no pretrained student yet; run `bortsearch pretrain {run} "
+                        f"--out DIR` first (or name the models to compare)")
+    return models
+
+
+def _names(models: list[Path]) -> list[str]:
+    names, seen = [], {}
+    for m in models:
+        base = m.name if m.name != "teacher" else "teacher"
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def cpu_latency(arch) -> dict:
+    """The encoder's measured latency at batch 1, length 128, on the CPU."""
+    import jax
+
+    from bortsearch.proxies import measure_latency
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return measure_latency(arch, batch=1, seq_len=min(LATENCY_LENGTH, arch.max_seq_len),
+                               scope="encoder")
+
+
+def glue(models: list[str | Path], data: str | Path, out: str | Path | None = None,
+         tasks: list[str] | None = None, cfg: FinetuneConfig = FinetuneConfig(),
+         progress: bool = True) -> pd.DataFrame:
+    """Fine-tune each model on each task and write the comparison to `out`.
+
+    Args:
+      models: Hugging Face folders, or a single search run folder (its teacher and
+        pretrained students).
+      data: a GLUE folder (CoLA/, SST-2/, ...).
+      out: where the runs and the table go (default for a run: RUN/glue).
+      tasks: GLUE task names (default: every task with train and dev under `data`).
+    """
+    from bortsearch.hf import arch_from_config
+    from bortsearch.proxies import effective_param_count, param_count
+
+    t0 = time.perf_counter()
+    data = Path(data)
+    models = [Path(m) for m in models]
+    if len(models) == 1 and (models[0] / "best.json").is_file():
+        run = models[0]
+        out = Path(out) if out is not None else run / "glue"
+        models = run_models(run, out)
+    if out is None:
+        raise UserError("--out is required unless the model is a search run folder")
+    out = Path(out)
+    if not data.is_dir():
+        raise UserError(f"--data {data}: no such folder; point it at the GLUE folder "
+                        f"(CoLA/, SST-2/, ...)")
+    tasks = [t.lower().replace("-", "") for t in tasks] if tasks else available_tasks(data)
+    unknown = [t for t in tasks if t not in GLUE]
+    if unknown:
+        raise UserError(f"--tasks: {', '.join(unknown)} not GLUE task(s); choose from "
+                        f"{', '.join(GLUE)}")
+    if not tasks:
+        raise UserError(f"--data {data}: no GLUE task folder with train and dev splits "
+                        f"(e.g. SST-2/train.tsv and SST-2/dev.tsv)")
+    rows, majority = [], {}
+    for name, model in zip(_names(models), models):
+        if not (model / "config.json").is_file():
+            raise UserError(f"{model}: no config.json; each model must be a Hugging Face "
+                            f"checkpoint folder")
+        arch = arch_from_config(json.loads((model / "config.json").read_text()),
+                                str(model / "config.json"))
+        row = {"model": name, "path": str(model), "layers": arch.layers, "heads": arch.heads,
+               "hidden": arch.hidden, "intermediate": arch.intermediate,
+               "params": param_count(arch), "effective_params": effective_param_count(arch),
+               "latency_ms": cpu_latency(arch)["median_s"] * 1e3}
+        for task in tasks:
+            m = finetune(model, task, data, out / name / task, cfg, progress=progress)
+            row[task] = 100 * m["score"]
+            majority[task] = 100 * m["majority_score"]
+        row["average"] = float(np.mean([row[t] for t in tasks]))
+        rows.append(row)
+    rows.append({"model": "majority class", **majority,
+                 "average": float(np.mean([majority[t] for t in tasks]))})
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    from bortsearch.runio import write_atomic
+
+    write_atomic(out / "glue.md", format_table(table, tasks) + "\n")
+    plot_glue(table, out / "glue.png")
+    write_atomic(out / "glue.csv", table.to_csv(index=False))  # last: the completion mark
+    table.attrs["wall_seconds"] = time.perf_counter() - t0
+    return table
+
+
+def format_table(table: pd.DataFrame, tasks: list[str]) -> str:
+    """A Markdown table as the Bort paper lays it out (scores × 100; MRPC and
+    QQP: mean of F1 and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews)."""
+    head = ["model", "D,A,H,I", "params", "non-emb.", "CPU ms (b1, L128)", *tasks, "average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        sized = isinstance(r.get("params"), (int, float)) and not pd.isna(r.get("params"))
+        cells = [r["model"],
+                 f"{int(r.layers)},{int(r.heads)},{int(r.hidden)},{int(r.intermediate)}"
+                 if sized else "",
+                 f"{int(r.params):,}" if sized else "",
+                 f"{int(r.effective_params):,}" if sized else "",
+                 f"{r.latency_ms:.2f}" if sized else "",
+                 *[f"{r[t]:.1f}" for t in tasks], f"{r['average']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_glue(table: pd.DataFrame, path: Path) -> Path:
+    """Average dev score against CPU latency, one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    models = table[table["model"] != "majority class"]
+    ax.scatter(models["latency_ms"], models["average"], color="tab:blue")
+    for _, r in models.iterrows():
+        ax.annotate(r["model"], (r["latency_ms"], r["average"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    base = table[table["model"] == "majority class"]["average"]
+    if len(base):
+        ax.axhline(float(base.iloc[0]), color="grey", linestyle="--", label="majority class")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU latency, batch 1, length 128 (ms, log)")
+    ax.set_ylabel("average dev score")
+    ax.set_title("GLUE dev: quality against speed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
