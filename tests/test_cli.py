@@ -53,3 +53,22 @@ def test_space_scope_flag_adds_the_head(capsys):
         assert all(r.flops == forward_flops(base.with_size(r.layers, r.heads, r.hidden,
                                                            r.intermediate), 1, 128, scope)
                    for r in table.itertuples())
+
+
+def test_finetune_and_glue_commands_report_bad_input_on_one_line(tmp_path, capsys):
+    golden = Path(__file__).resolve().parent / "golden" / "student_bert"
+    cases = [
+        (["finetune", str(golden), "--task", "glue9", "--data", str(tmp_path),
+          "--out", str(tmp_path / "o")], "--task glue9: not a GLUE task"),
+        (["finetune", str(golden), "--task", "sst2", "--data", str(tmp_path / "nope"),
+          "--out", str(tmp_path / "o")], "no such folder"),
+        (["glue", str(golden), "--data", str(tmp_path), "--tasks", "sst2", "squad"],
+         "--out is required"),
+        (["glue", str(golden), "--data", str(tmp_path), "--out", str(tmp_path / "g"),
+          "--tasks", "squad"], "squad not GLUE task"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bortsearch: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists() and not (tmp_path / "g").exists()

@@ -153,6 +153,10 @@ def test_real_sst2_beats_the_majority_class_and_exports_a_classifier(tiny, share
     assert m["dev"]["accuracy"] > m["majority"]["accuracy"] + 0.08, m["dev"]
     assert m["score"] == m["dev"]["accuracy"] and set(m["dev"]) == {"accuracy"}
     assert m["seconds_per_epoch"] > 0 and len(m["grid"]) == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("metrics.json", "model.safetensors", "config.json"):  # not mkstemp's 0600
+        assert (tmp_path / "out" / f).stat().st_mode & 0o777 == 0o666 & ~umask
     model = load(tmp_path / "out")  # the exported classifier reproduces the dev score
     from bortsearch.downstream.finetune import predict
     from bortsearch.downstream.tasks import load_task

@@ -195,3 +195,31 @@ def test_roberta_family_search_export_and_pretrain(tmp_path):
     assert type(transformers.AutoConfig.from_pretrained(tmp_path / "s")).__name__ == "RobertaConfig"
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "s")
     assert tok("a transformer")["input_ids"] == student.tokenizer.hf.encode("a transformer").ids
+
+
+def test_glue_on_a_run_compares_its_teacher_and_pretrained_student(run, tmp_path, capsys):
+    assert main(["glue", str(run), "--data", str(tmp_path / "glue")]) == 2  # no data yet
+    assert "no such folder" in capsys.readouterr().err
+    rte = tmp_path / "glue" / "RTE"
+    rte.mkdir(parents=True)
+    words = "the cat sat on a mat while dogs ran far away".split()
+    rows = ["index\tsentence1\tsentence2\tlabel"] + [
+        f"{i}\t{' '.join(words[i % 5:i % 5 + 6])}\t{' '.join(words[i % 3:i % 3 + 3])}\t"
+        f"{['entailment', 'not_entailment'][i % 2]}" for i in range(40)]
+    for split in ("train", "dev"):
+        (rte / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    assert main(["glue", str(run), "--data", str(tmp_path / "glue")]) == 2  # no student yet
+    assert "no pretrained student" in capsys.readouterr().err
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), *PRETRAIN]) == 0
+    flags = ["--data", str(tmp_path / "glue"), "--max-length", "32", "--epochs", "1",
+             "--batch-size", "8", "--lr", "1e-3", "--quiet"]
+    assert main(["glue", str(run), *flags]) == 0
+    size = "-".join(map(str, json.loads((run / "best.json").read_text())["size"]))
+    import pandas as pd
+
+    table = pd.read_csv(run / "glue" / "glue.csv")
+    assert table["model"].tolist() == ["teacher", f"student-{size}", "majority class"]
+    assert table["rte"].notna().all() and table.loc[2, "rte"] == 50.0
+    assert (run / "glue" / "models" / f"student-{size}" / "model.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "| teacher |" in out and "glue.png" in out

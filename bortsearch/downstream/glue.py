@@ -94,13 +94,10 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
     t0 = time.perf_counter()
     data = Path(data)
     models = [Path(m) for m in models]
-    if len(models) == 1 and (models[0] / "best.json").is_file():
-        run = models[0]
-        out = Path(out) if out is not None else run / "glue"
-        models = run_models(run, out)
-    if out is None:
+    run = models[0] if len(models) == 1 and (models[0] / "best.json").is_file() else None
+    if out is None and run is None:
         raise UserError("--out is required unless the model is a search run folder")
-    out = Path(out)
+    out = Path(out) if out is not None else run / "glue"
     if not data.is_dir():
         raise UserError(f"--data {data}: no such folder; point it at the GLUE folder "
                         f"(CoLA/, SST-2/, ...)")
@@ -112,6 +109,8 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
     if not tasks:
         raise UserError(f"--data {data}: no GLUE task folder with train and dev splits "
                         f"(e.g. SST-2/train.tsv and SST-2/dev.tsv)")
+    if run is not None:
+        models = run_models(run, out)
     rows, majority = [], {}
     for name, model in zip(_names(models), models):
         if not (model / "config.json").is_file():

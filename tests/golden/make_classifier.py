@@ -42,7 +42,7 @@ def main():
                  text_fields=fields, label_field="label", progress=False)
         out.mkdir()
         for f in work.iterdir():
-            if f.is_file() and f.name not in ("settings.json",):
+            if f.is_file() and f.name not in ("settings.json", "metrics.json"):
                 shutil.copy(f, out / f.name)
         print("wrote", out)
 
