@@ -47,6 +47,7 @@ golden: $(STAMP)
 	.golden-venv/bin/python tests/golden/make_golden.py
 	$(BIN)/python tests/golden/make_classifier.py
 	.golden-venv/bin/python tests/golden/make_golden_classifier.py
+	cd tests/golden && ../../.golden-venv/bin/python make_golden_albert.py
 
 clean:
 	rm -rf $(VENV) .golden-venv build *.egg-info .pytest_cache

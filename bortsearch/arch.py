@@ -12,8 +12,9 @@ from typing import Literal
 
 from bortsearch.errors import UserError
 
-ModelType = Literal["bert", "roberta"]
-MODEL_TYPES: tuple[str, ...] = ("bert", "roberta")
+ModelType = Literal["bert", "roberta", "albert"]
+MODEL_TYPES: tuple[str, ...] = ("bert", "roberta", "albert")
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_new")  # exact (erf) GELU; tanh approximation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +33,18 @@ class Arch:
       layer_norm_eps: LayerNorm epsilon (BERT 1e-12, RoBERTa 1e-5).
       pad_token_id: the padding token; RoBERTa positions are counted from it.
       tie_decoder: whether the output projection is the word-embedding table.
-      model_type: "bert" (positions 0..L-1) or "roberta" (positions start after
-        the padding index and skip padding, as in Hugging Face).
+      model_type: "bert" (positions 0..L-1), "roberta" (positions start after
+        the padding index and skip padding, as in Hugging Face) or "albert" (an
+        ALBERT checkpoint: positions as BERT, always an E→H projection).
+      embedding: E, the width of the embedding tables [ALBERT's factorised
+        embedding]: None means E = H and no projection; set, the embeddings are
+        E wide, a dense E→H maps them to the layers, and the masked-LM head maps
+        H→E before the decoder tied to the E-wide word table.
+      groups: G, distinct layer parameter groups [ALBERT's cross-layer sharing]:
+        layer i uses group ⌊i·G/D⌋ (contiguous blocks, Hugging Face's layout);
+        None means G = D, no sharing.
+      activation: "gelu" (exact, BERT's) or "gelu_new" (tanh approximation,
+        ALBERT's default), in the feed-forward layers and the masked-LM head.
     """
 
     layers: int
@@ -47,6 +58,9 @@ class Arch:
     pad_token_id: int = 0
     tie_decoder: bool = True
     model_type: ModelType = "bert"
+    embedding: int | None = None
+    groups: int | None = None
+    activation: str = "gelu"
 
     def __post_init__(self):
         for name in ("layers", "heads", "hidden", "intermediate", "vocab_size", "max_positions"):
@@ -61,11 +75,45 @@ class Arch:
             )
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type=}")
+        for name in ("embedding", "groups"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ValueError(f"Arch.{name} must be a positive integer or None, "
+                                 f"got {name}={value!r}")
+        if self.groups is not None and self.layers % self.groups:
+            raise ValueError(f"groups must divide layers, got layers={self.layers}, "
+                             f"groups={self.groups}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation=}")
+        if self.model_type == "roberta" and (self.embedding or self.groups):
+            raise ValueError("ALBERT's factorised embedding and layer sharing are not "
+                             "available for the roberta family (its positions); use a bert "
+                             "family space")
 
     @property
-    def size(self) -> tuple[int, int, int, int]:
-        """The search axes ⟨D, A, H, I⟩."""
-        return (self.layers, self.heads, self.hidden, self.intermediate)
+    def embedding_size(self) -> int:
+        """E: the embedding width (H unless factorised)."""
+        return self.embedding if self.embedding is not None else self.hidden
+
+    @property
+    def num_groups(self) -> int:
+        """G: distinct layer parameter groups (D unless shared)."""
+        return self.groups if self.groups is not None else self.layers
+
+    @property
+    def albert(self) -> bool:
+        """Whether ALBERT's axes are in use (it then exports as an ALBERT model)."""
+        return self.model_type == "albert" or self.embedding is not None \
+            or self.groups is not None
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """The search axes: ⟨D, A, H, I⟩, or ⟨D, A, H, I, E, G⟩ with ALBERT's axes."""
+        base = (self.layers, self.heads, self.hidden, self.intermediate)
+        if self.embedding is None and self.groups is None:
+            return base
+        return base + (self.embedding_size, self.num_groups)
 
     @property
     def head_dim(self) -> int:
@@ -77,39 +125,74 @@ class Arch:
         offset = self.pad_token_id + 1 if self.model_type == "roberta" else 0
         return self.max_positions - offset
 
-    def with_size(self, layers: int, heads: int, hidden: int, intermediate: int) -> Arch:
-        """The same family settings with other search axes."""
+    def with_size(self, layers: int, heads: int, hidden: int, intermediate: int,
+                  embedding: int | None = None, groups: int | None = None) -> Arch:
+        """The same family settings with other search axes. E = H and G = D are
+        stored as None (no projection, no sharing), so ⟨D, A, H, I, H, D⟩ is
+        ⟨D, A, H, I⟩, except for an ALBERT checkpoint's family, which always
+        has its projection."""
+        if self.model_type != "albert":
+            embedding = None if embedding == hidden else embedding
+            groups = None if groups == layers else groups
         return dataclasses.replace(
-            self, layers=layers, heads=heads, hidden=hidden, intermediate=intermediate
-        )
+            self, layers=layers, heads=heads, hidden=hidden, intermediate=intermediate,
+            embedding=embedding, groups=groups)
 
     def label(self) -> str:
-        return f"⟨D={self.layers}, A={self.heads}, H={self.hidden}, I={self.intermediate}⟩"
+        extra = (f", E={self.embedding_size}, G={self.num_groups}"
+                 if len(self.size) == 6 else "")
+        return (f"⟨D={self.layers}, A={self.heads}, H={self.hidden}, "
+                f"I={self.intermediate}{extra}⟩")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As a dict; ALBERT's fields only where set, so the records of
+        architectures without them are as before."""
+        d = dataclasses.asdict(self)
+        for key, default in (("embedding", None), ("groups", None), ("activation", "gelu")):
+            if d[key] == default:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Arch:
         return cls(**d)
 
 
-def parse_size(text: str) -> tuple[int, int, int, int]:
-    """Parse a `D,A,H,I` flag value, e.g. "4,8,1024,768"."""
+def parse_size(text: str) -> tuple[int, ...]:
+    """Parse a `D,A,H,I` (or `D,A,H,I,E,G`) flag value, e.g. "4,8,1024,768"."""
     parts = text.replace(" ", "").split(",")
     try:
         size = tuple(int(p) for p in parts)
     except ValueError:
         size = ()
-    if len(size) != 4 or min(size) < 1:
+    if len(size) not in (4, 6) or min(size) < 1:
         raise UserError(
             f"--arch must be four positive integers D,A,H,I (layers, heads, hidden, "
-            f"intermediate), e.g. --arch 4,8,1024,768; got {text!r}"
+            f"intermediate), or six with ALBERT's E,G (embedding width, layer groups), "
+            f"e.g. --arch 4,8,1024,768; got {text!r}"
         )
-    d, a, h, i = size
+    d, a, h, i = size[:4]
     if h % a:
         raise UserError(
             f"--arch {text}: hidden ({h}) must be a multiple of heads ({a}); "
             f"pick heads that divide {h}"
         )
-    return size  # type: ignore[return-value]
+    if len(size) == 6:
+        e, g = size[4:]
+        if e > h:
+            raise UserError(f"--arch {text}: embedding E ({e}) must be at most hidden H ({h})")
+        if d % g:
+            raise UserError(f"--arch {text}: groups G ({g}) must divide layers D ({d})")
+    return size
+
+
+def row_size(row) -> tuple[int, ...]:
+    """The search axes of a results-table row (a pandas row or a dict): ⟨D, A, H, I⟩,
+    with ⟨E, G⟩ where the table has ALBERT's columns and the row uses them."""
+    get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))
+    d, a, h, i = (int(get(k)) for k in ("layers", "heads", "hidden", "intermediate"))
+    e, g = get("embedding"), get("groups")
+    if e is None or g is None or e != e or g != g:  # absent, or NaN
+        return (d, a, h, i)
+    e, g = int(e), int(g)
+    return (d, a, h, i) if (e, g) == (h, d) else (d, a, h, i, e, g)

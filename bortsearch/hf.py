@@ -24,7 +24,8 @@ from bortsearch.arch import MODEL_TYPES, Arch
 from bortsearch.errors import UserError
 from bortsearch.model import Model, param_shapes
 
-SUPPORTED_ACTIVATIONS = ("gelu",)
+# Hugging Face `hidden_act` -> ours: exact GELU, or the tanh approximation.
+SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
 
 # Tensors a checkpoint may hold that the masked-LM model does not use.
 UNUSED_SUFFIXES = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids",
@@ -32,6 +33,9 @@ UNUSED_SUFFIXES = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.posit
 
 
 def _head_names(arch: Arch) -> dict[str, str]:
+    if arch.albert:
+        return {"transform.dense": "predictions.dense", "ln": "predictions.LayerNorm",
+                "bias": "predictions.bias", "decoder": "predictions.decoder"}
     if arch.model_type == "bert":
         return {"transform.dense": "cls.predictions.transform.dense",
                 "ln": "cls.predictions.transform.LayerNorm",
@@ -46,13 +50,48 @@ Names = dict[str, tuple[tuple[str, ...], "int | None", bool]]
 
 
 def _base(arch: Arch) -> str:
-    return "bert" if arch.model_type == "bert" else "roberta"
+    """The Hugging Face family an architecture is written as: ALBERT's axes make it
+    an ALBERT model."""
+    return "albert" if arch.albert else arch.model_type
+
+
+ALBERT_MAP = "albert.encoder.embedding_hidden_mapping_in"
+
+
+def _albert_encoder_names(arch: Arch) -> Names:
+    """ALBERT: E-wide embeddings, the E→H mapping, and G layer groups of one layer."""
+    names: Names = {}
+    emb = "albert.embeddings"
+    for table in ("word", "position", "token_type"):
+        if table != "token_type" or arch.type_vocab_size:
+            names[f"{emb}.{table}_embeddings.weight"] = (("embeddings", table, "embedding"),
+                                                        None, False)
+    names[f"{emb}.LayerNorm.weight"] = (("embeddings", "ln", "scale"), None, False)
+    names[f"{emb}.LayerNorm.bias"] = (("embeddings", "ln", "bias"), None, False)
+    if arch.embedding is not None:  # else E = H: written as an identity mapping
+        names[f"{ALBERT_MAP}.weight"] = (("embedding_map", "kernel"), None, True)
+        names[f"{ALBERT_MAP}.bias"] = (("embedding_map", "bias"), None, False)
+    dense = {"attention.query": ("attention", "query"), "attention.key": ("attention", "key"),
+             "attention.value": ("attention", "value"), "attention.dense": ("attention", "out"),
+             "ffn": ("ffn", "inner"), "ffn_output": ("ffn", "outer")}
+    norms = {"attention.LayerNorm": ("attention_ln",), "full_layer_layer_norm": ("ffn_ln",)}
+    for g in range(arch.num_groups):
+        prefix = f"albert.encoder.albert_layer_groups.{g}.albert_layers.0"
+        for hf, ours in dense.items():
+            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "kernel"), g, True)
+            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), g, False)
+        for hf, ours in norms.items():
+            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "scale"), g, False)
+            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), g, False)
+    return names
 
 
 def encoder_names(arch: Arch) -> Names:
     """Hugging Face tensor name -> (our parameter path, layer index or None,
     transpose?) for the embeddings and layers. Dense kernels are stored (in, out)
     here and (out, in) there."""
+    if arch.albert:
+        return _albert_encoder_names(arch)
     base = _base(arch)
     names: Names = {}
     emb = f"{base}.embeddings"
@@ -98,7 +137,10 @@ def mlm_head_names(arch: Arch) -> Names:
 
 
 def pooler_names(arch: Arch) -> Names:
-    """BERT's pooler (RoBERTa's sequence classifier has none)."""
+    """BERT's and ALBERT's pooler (RoBERTa's sequence classifier has none)."""
+    if arch.albert:
+        return {"albert.pooler.weight": (("pooler", "kernel"), None, True),
+                "albert.pooler.bias": (("pooler", "bias"), None, False)}
     if arch.model_type != "bert":
         return {}
     return {"bert.pooler.dense.weight": (("pooler", "kernel"), None, True),
@@ -107,7 +149,7 @@ def pooler_names(arch: Arch) -> Names:
 
 def classifier_names(arch: Arch) -> Names:
     """`BertForSequenceClassification` / `RobertaForSequenceClassification`'s head."""
-    if arch.model_type == "bert":
+    if arch.model_type != "roberta":
         return {**pooler_names(arch),
                 "classifier.weight": (("classifier", "kernel"), None, True),
                 "classifier.bias": (("classifier", "bias"), None, False)}
@@ -137,10 +179,17 @@ def arch_from_config(config: dict, source: str) -> Arch:
     if model_type not in MODEL_TYPES:
         raise UserError(f"{source}: model_type {model_type!r} is not supported; "
                         f"supported: {', '.join(MODEL_TYPES)}")
-    act = config.get("hidden_act", "gelu")
+    act = config.get("hidden_act", "gelu_new" if model_type == "albert" else "gelu")
     if act not in SUPPORTED_ACTIVATIONS:
         raise UserError(f"{source}: hidden_act {act!r} is not supported; supported: "
                         f"{', '.join(SUPPORTED_ACTIVATIONS)}")
+    albert = {}
+    if model_type == "albert":
+        if int(config.get("inner_group_num", 1)) != 1:
+            raise UserError(f"{source}: inner_group_num {config['inner_group_num']} is not "
+                            f"supported; only 1 (every released ALBERT has 1)")
+        albert = dict(embedding=int(config.get("embedding_size", 128)),
+                      groups=int(config.get("num_hidden_groups", 1)))
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(f"{source}: position_embedding_type "
                         f"{config['position_embedding_type']!r} is not supported; "
@@ -155,7 +204,7 @@ def arch_from_config(config: dict, source: str) -> Arch:
             layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
             pad_token_id=int(config.get("pad_token_id") or 0),
             tie_decoder=bool(config.get("tie_word_embeddings", True)),
-            model_type=model_type)
+            model_type=model_type, activation=SUPPORTED_ACTIVATIONS[act], **albert)
     except KeyError as e:
         raise UserError(f"{source}: config.json lacks {e.args[0]!r}; it must be a Hugging "
                         f"Face BERT or RoBERTa config") from None
@@ -163,22 +212,33 @@ def arch_from_config(config: dict, source: str) -> Arch:
         raise UserError(f"{source}: config.json is inconsistent ({e})") from None
 
 
+_CLASS = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert"}
+
+
 def config_from_arch(arch: Arch, tokenizer=None) -> dict:
-    """A Hugging Face config for `arch` (BertConfig or RobertaConfig fields)."""
+    """A Hugging Face config for `arch` (BertConfig or RobertaConfig fields; an
+    AlbertConfig where ALBERT's axes are in use, naming the tokenizer's class so
+    that the teacher's tokenizer is the one loaded)."""
+    family = _base(arch)
     config = {
-        "architectures": ["BertForMaskedLM" if arch.model_type == "bert" else "RobertaForMaskedLM"],
-        "model_type": arch.model_type,
+        "architectures": [f"{_CLASS[family]}ForMaskedLM"],
+        "model_type": family,
         "num_hidden_layers": arch.layers, "num_attention_heads": arch.heads,
         "hidden_size": arch.hidden, "intermediate_size": arch.intermediate,
         "vocab_size": arch.vocab_size, "max_position_embeddings": arch.max_positions,
         "type_vocab_size": arch.type_vocab_size, "layer_norm_eps": arch.layer_norm_eps,
         "pad_token_id": arch.pad_token_id, "tie_word_embeddings": arch.tie_decoder,
-        "hidden_act": "gelu", "position_embedding_type": "absolute",
+        "hidden_act": arch.activation, "position_embedding_type": "absolute",
         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
         "initializer_range": 0.02, "torch_dtype": "float32",
     }
+    if family == "albert":
+        config.update(embedding_size=arch.embedding_size, num_hidden_groups=arch.num_groups,
+                      inner_group_num=1, classifier_dropout_prob=0.1)
     if tokenizer is not None:
         config.update(bos_token_id=tokenizer.cls_id, eos_token_id=tokenizer.sep_id)
+        if family == "albert":
+            config["tokenizer_class"] = tokenizer.class_name
     return config
 
 
@@ -187,7 +247,7 @@ def classifier_config(arch: Arch, tokenizer, label_names: tuple[str, ...] | None
     """A `…ForSequenceClassification` config: `id2label`/`label2id` for classes,
     one output and `problem_type` "regression" when `label_names` is None."""
     config = config_from_arch(arch, tokenizer)
-    family = "Bert" if arch.model_type == "bert" else "Roberta"
+    family = _CLASS[_base(arch)]
     names = list(label_names) if label_names is not None else ["LABEL_0"]
     config.update(
         architectures=[f"{family}ForSequenceClassification"],
@@ -377,6 +437,9 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         tensors[head["bias"]] = decoder_bias
     if arch.tie_decoder:
         tensors.pop(f"{head['decoder']}.weight", None)  # a saved copy of the word table
+    if arch.albert and arch.embedding is None:  # E = H: the identity `export_tensors` wrote
+        for suffix in ("weight", "bias"):
+            tensors.pop(f"{ALBERT_MAP}.{suffix}", None)
     num_labels = int(part.split(":")[1]) if part.startswith("classify:") else 0
     if part == "encoder":
         names = encoder_names(arch)
@@ -426,7 +489,7 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
             node[path[-1]] = value
         else:
             if path[-1] not in node:
-                node[path[-1]] = np.zeros((arch.layers, *shape), np.float32)
+                node[path[-1]] = np.zeros((arch.num_groups, *shape), np.float32)
             node[path[-1]][layer] = value
     return {"params": params}
 
@@ -445,6 +508,10 @@ def export_tensors(model: Model, num_labels: int = 0) -> dict[str, np.ndarray]:
             node = node[key]
         value = node if layer is None else node[layer]
         out[name] = np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
+    arch = model.arch
+    if arch.albert and arch.embedding is None:  # ALBERT always maps E -> H
+        out[f"{ALBERT_MAP}.weight"] = np.eye(arch.hidden, dtype=np.float32)
+        out[f"{ALBERT_MAP}.bias"] = np.zeros(arch.hidden, np.float32)
     if num_labels:
         return out
     head = _head_names(model.arch)

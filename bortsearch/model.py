@@ -13,6 +13,10 @@ Parameter tree (leading `D` on everything under `layers`):
     layers/ffn/{inner, outer}/{kernel, bias}, layers/ffn_ln
     head/transform/{kernel, bias}, head/ln, head/bias, [head/decoder/kernel if untied]
 
+With ALBERT's axes: the embedding tables and their LayerNorm are E wide, then
+embedding_map/{kernel, bias} (E→H); `layers` has a leading G (each group's
+parameters applied D/G times in a row); the head's transform maps H→E.
+
 With `num_labels` set, the same encoder carries a sequence-classification head
 instead of the masked-LM head, laid out as Hugging Face's
 `BertForSequenceClassification` (pooler/{kernel, bias}, classifier/{kernel, bias})
@@ -53,6 +57,11 @@ def _dense(features: int, name: str) -> nn.Dense:
     return nn.Dense(features, kernel_init=_INIT, name=name)
 
 
+def _act(arch: Arch):
+    """The feed-forward and head activation: exact GELU, or its tanh approximation."""
+    return functools.partial(jax.nn.gelu, approximate=arch.activation == "gelu_new")
+
+
 class Attention(nn.Module):
     arch: Arch
     dropout: float = 0.0
@@ -84,7 +93,7 @@ class Embeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids_BxL, token_type_ids_BxL):
         arch = self.arch
-        h = arch.hidden
+        h = arch.embedding_size  # E: H unless factorised
         x = nn.Embed(arch.vocab_size, h, embedding_init=_INIT, name="word")(input_ids_BxL)
         x = x + nn.Embed(arch.max_positions, h, embedding_init=_INIT, name="position")(
             position_ids(arch, input_ids_BxL)
@@ -146,12 +155,21 @@ class Encoder(nn.Module):
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
         x_BxLxH = Embeddings(arch, rate, deterministic, name="embeddings")(
             input_ids_BxL, token_type_ids_BxL)
+        if arch.embedding is not None:  # ALBERT's factorised embedding: E -> H
+            x_BxLxH = _dense(arch.hidden, "embedding_map")(x_BxLxH)
         # Additive mask as in Hugging Face: the most negative float where padded.
         neg = jnp.finfo(x_BxLxH.dtype).min
         bias_Bx1x1xL = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, neg)
+        body = Layer
+        if arch.groups is not None:
+            # ALBERT's sharing: each of the G groups' parameters applied D/G times in a
+            # row, by an inner scan that broadcasts them (compile time stays flat in D).
+            body = nn.scan(
+                Layer, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+                in_axes=nn.broadcast, length=arch.layers // arch.groups)
         layers = nn.scan(
-            Layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast, length=arch.layers, unroll=self.unroll,
+            body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=nn.broadcast, length=arch.num_groups, unroll=self.unroll,
         )
         x_BxLxH, _ = layers(arch, rate, deterministic, name="layers")(x_BxLxH, bias_Bx1x1xL)
         if self.num_labels:
@@ -186,8 +204,7 @@ class FFN(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxH):
-        inner_BxLxI = jax.nn.gelu(_dense(self.arch.intermediate, "inner")(x_BxLxH),
-                                  approximate=False)
+        inner_BxLxI = _act(self.arch)(_dense(self.arch.intermediate, "inner")(x_BxLxH))
         return _dense(self.arch.hidden, "outer")(inner_BxLxI)
 
 
@@ -197,7 +214,7 @@ class MLMHead(nn.Module):
     @nn.compact
     def __call__(self, x_BxPxH, word_embeddings):
         arch = self.arch
-        x = jax.nn.gelu(_dense(arch.hidden, "transform")(x_BxPxH), approximate=False)
+        x = _act(arch)(_dense(arch.embedding_size, "transform")(x_BxPxH))  # H -> E
         x = _layer_norm(arch, "ln")(x)
         if arch.tie_decoder:
             logits = x @ word_embeddings["embedding"].T
@@ -217,7 +234,7 @@ def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: b
     """
     drop = nn.Dropout(rate, deterministic=deterministic)
     x_BxH = x_BxLxH[:, 0]
-    if arch.model_type == "bert":
+    if arch.model_type != "roberta":
         pooled_BxH = jnp.tanh(_dense(arch.hidden, "pooler")(x_BxH))
         return _dense(num_labels, "classifier")(drop(pooled_BxH))
     return _RobertaClassifier(num_labels, arch.hidden, name="classifier")(drop(x_BxH), drop)
@@ -269,12 +286,14 @@ def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
     the first I feed-forward units; heads are contiguous column blocks, so the
     first H columns are the first heads). Whatever the teacher lacks (a wider or
     deeper student) keeps its Normal(0, 0.02) draw from `init_params(arch, seed)`."""
-    picks = teacher_layers(arch.layers, teacher_arch.layers)
+    picks = teacher_layers(arch.num_groups, teacher_arch.num_groups)  # a group per layer slot
 
     def take(path, mine):
         theirs = teacher_params
         for k in path:
-            theirs = theirs[getattr(k, "key", k)]
+            theirs = theirs.get(getattr(k, "key", k)) if isinstance(theirs, dict) else None
+            if theirs is None:  # e.g. a factorised student's E→H map: the teacher has none
+                return np.array(mine)
         theirs = np.asarray(theirs)
         out = np.array(mine)
         if getattr(path[1], "key", None) == "layers":  # leading axis: the layer

@@ -3,7 +3,10 @@
 p̂ is the number of trainable parameters, counted as Hugging Face's
 `BertForMaskedLM(config).num_parameters()` counts them: embeddings (word,
 position, token type, LayerNorm), D encoder layers, the masked-LM transform and
-LayerNorm, and the output bias; no pooler; a tied decoder counted once.
+LayerNorm, and the output bias; no pooler; a tied decoder counted once. With
+ALBERT's axes (as `AlbertForMaskedLM` counts): E-wide embedding tables and
+LayerNorm, the E→H projection, G distinct layers (a shared layer counted once),
+a head transform H→E with its LayerNorm at E.
 
 î is either `analytic` (forward FLOPs at a reference input: exact, cheap and the
 same on every machine) or `measured` (median wall-clock of the compiled forward
@@ -37,15 +40,17 @@ def layer_params(arch: Arch) -> int:
 
 def embedding_table_params(arch: Arch) -> int:
     """Word, position and token-type tables: the vocabulary- and length-sized part."""
-    return (arch.vocab_size + arch.max_positions + arch.type_vocab_size) * arch.hidden
+    return (arch.vocab_size + arch.max_positions + arch.type_vocab_size) * arch.embedding_size
 
 
 def param_count(arch: Arch) -> int:
-    """p̂: trainable parameters, in Hugging Face `BertForMaskedLM` convention."""
-    h, v = arch.hidden, arch.vocab_size
-    embeddings = embedding_table_params(arch) + 2 * h
-    head = (h * h + h) + 2 * h + v + (0 if arch.tie_decoder else h * v)
-    return embeddings + arch.layers * layer_params(arch) + head
+    """p̂: trainable parameters, in Hugging Face `BertForMaskedLM` (or, with
+    ALBERT's axes, `AlbertForMaskedLM`) convention: each distinct parameter once."""
+    h, e, v = arch.hidden, arch.embedding_size, arch.vocab_size
+    embeddings = embedding_table_params(arch) + 2 * e
+    projection = (e * h + h) if arch.embedding is not None else 0
+    head = (h * e + e) + 2 * e + v + (0 if arch.tie_decoder else e * v)
+    return embeddings + projection + arch.num_groups * layer_params(arch) + head
 
 
 def effective_param_count(arch: Arch) -> int:
@@ -53,9 +58,11 @@ def effective_param_count(arch: Arch) -> int:
     vocabulary projection (bias, and the decoder when untied). [ours]
 
     The FPTAS assumes intermediate layers dominate; with a large vocabulary and a
-    small H the embeddings can break that, which this count makes visible.
+    small H the embeddings can break that, which this count makes visible. With
+    shared layers it counts each distinct layer once (what is stored, not what
+    runs: the FLOPs proxy counts every application).
     """
-    output = arch.vocab_size * (1 if arch.tie_decoder else 1 + arch.hidden)
+    output = arch.vocab_size * (1 if arch.tie_decoder else 1 + arch.embedding_size)
     return param_count(arch) - embedding_table_params(arch) - output
 
 
@@ -69,8 +76,10 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
 
     Counts matrix products, 2 FLOPs per multiply-add: per layer the four
     attention projections (8·B·L·H²), scores and the softmax-weighted sum
-    (4·B·L²·H) and the feed-forward block (4·B·L·H·I); with `scope="mlm"` also
-    the head's transform (2·B·L·H²) and decoder (2·B·L·H·V) at every position.
+    (4·B·L²·H) and the feed-forward block (4·B·L·H·I), for each of the D layer
+    applications (shared or not); with a factorised embedding the E→H projection
+    (2·B·L·E·H); with `scope="mlm"` also the head's transform (2·B·L·H·E) and
+    decoder (2·B·L·E·V) at every position.
     Of the element-wise work, the attention softmax is counted
     (`SOFTMAX_FLOPS` per score, B·A·L² scores a layer), because it is the term
     through which the head count A costs time [ours]; GELU, LayerNorm and the
@@ -82,10 +91,12 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")
     b, l, h, i, v = batch, seq_len, arch.hidden, arch.intermediate, arch.vocab_size
+    e = arch.embedding_size
     per_layer = (8 * b * l * h * h + 4 * b * l * l * h + 4 * b * l * h * i
                  + SOFTMAX_FLOPS * b * arch.heads * l * l)
-    head = 2 * b * l * h * h + 2 * b * l * h * v if scope == "mlm" else 0
-    return arch.layers * per_layer + head
+    projection = 2 * b * l * e * h if arch.embedding is not None else 0
+    head = 2 * b * l * h * e + 2 * b * l * e * v if scope == "mlm" else 0
+    return projection + arch.layers * per_layer + head
 
 
 def hardware_fingerprint() -> dict:

@@ -353,7 +353,12 @@ def results_table(result: Result) -> pd.DataFrame:
         "ce": r.ce, "kl": r.kl, "confirmed_error": r.confirmed_error,
         "confirmed_error_se": r.confirmed_error_se, "confirmed_w": r.confirmed_w,
     } for r in result.rows]
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    columns = list(RESULT_COLUMNS)
+    if any(r.arch.albert for r in result.rows):  # ALBERT's axes, after intermediate
+        for row, r in zip(rows, result.rows):
+            row.update(embedding=r.arch.embedding_size, groups=r.arch.num_groups)
+        columns[4:4] = ["embedding", "groups"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bortsearch.arch import row_size
 from bortsearch.run import read_results
 
 
@@ -33,7 +34,9 @@ def format_table(table: pd.DataFrame, best: dict) -> str:
     kind = best.get("inference_kind", "analytic")
     metric = best.get("error_metric", "ce")
     confirmed = _col(rows, "confirmed_error").notna().any()
-    lines = [f"{'':3}{'D':>3} {'A':>3} {'H':>5} {'I':>5} {'params':>10} {'eff.':>9} "
+    albert = "embedding" in rows.columns
+    lines = [f"{'':3}{'D':>3} {'A':>3} {'H':>5} {'I':>5} "
+             + (f"{'E':>5} {'G':>3} " if albert else "") + f"{'params':>10} {'eff.':>9} "
              f"{'GFLOPs' if kind == 'analytic' else 'ms':>9} {metric:>16} {'W':>9} "
              + (f"{'confirmed':>16} {'W conf.':>9} " if confirmed else "")
              + f"{'lr':>8}  status"]
@@ -41,13 +44,14 @@ def format_table(table: pd.DataFrame, best: dict) -> str:
     c_err, c_se, c_w = (_col(rows, n) for n in ("confirmed_error", "confirmed_error_se",
                                                  "confirmed_w"))
     for k, r in enumerate(rows.itertuples()):
-        size = (r.layers, r.heads, r.hidden, r.intermediate)
+        size = row_size(r)
         mark = ((">" if size == best_size else " ") + ("*" if r.pareto else " ")
                 + ("~" if within.iloc[k] is True or within.iloc[k] == 1 else " "))
         inference = r.inference / 1e9 if kind == "analytic" else r.inference * 1e3
         lr = "" if pd.isna(r.best_lr) else f"{r.best_lr:g}"
         note = "" if pd.isna(r.note) or not r.note else f" ({r.note})"
         line = (f"{mark}{r.layers:>3} {r.heads:>3} {r.hidden:>5} {r.intermediate:>5} "
+                + (f"{r.embedding:>5} {r.groups:>3} " if albert else "") +
                 f"{r.params:>10,} {r.effective_params:>9,} {inference:>9.3f} "
                 f"{_pm(r.error, se.iloc[k]):>16} {r.w_coefficient:>9.4g} ")
         if confirmed:
@@ -116,7 +120,12 @@ def plot_pareto(table: pd.DataFrame, best: dict, path: str | Path) -> Path:
     if best.get("size"):
         ax.scatter([best["params"] / 1e6], [best["inference"] / scale], marker="*", s=300,
                    c="gold", edgecolors="black", zorder=5,
-                   label="W-optimum ⟨{}, {}, {}, {}⟩".format(*best["size"]))
+                   label="W-optimum ⟨{}⟩".format(", ".join(map(str, best["size"]))))
+    if "groups" in done.columns:  # ALBERT's axes: which candidates share or factorise
+        for r in done.itertuples():
+            if (r.embedding, r.groups) != (r.hidden, r.layers):
+                ax.annotate(f"E{r.embedding} G{r.groups}", (r.params / 1e6, r.inference / scale),
+                            fontsize=6, xytext=(3, -8), textcoords="offset points")
     ax.set_xlabel("parameters p̂ (millions)")
     ax.set_ylabel(f"inference proxy î ({unit})")
     ax.set_title("bortsearch: candidates, Pareto front and W-optimum")
@@ -166,8 +175,7 @@ def plot_audit(table: pd.DataFrame, best: dict, path: str | Path) -> Path:
         ax.axhline(diag["teacher_entropy"], color="black", ls=":", lw=1,
                    label="teacher entropy H_T (the floor)")
     if best.get("size"):
-        row = done[(done["layers"] == best["size"][0]) & (done["heads"] == best["size"][1])
-                   & (done["hidden"] == best["size"][2]) & (done["intermediate"] == best["size"][3])]
+        row = done[[row_size(r) == tuple(best["size"]) for r in done.itertuples()]]
         ax.scatter(row["params"] / 1e6, row["error"], marker="*", s=250, c="gold",
                    edgecolors="black", zorder=5, label="W-optimum")
     ax.set_xlabel("parameters p̂ (millions)")
@@ -179,7 +187,7 @@ def plot_audit(table: pd.DataFrame, best: dict, path: str | Path) -> Path:
         ax = axes[0][1]
         ax.scatter(confirmed["error"], confirmed["confirmed_error"], c="tab:blue")
         for r in confirmed.itertuples():
-            ax.annotate(f"{r.layers},{r.heads},{r.hidden},{r.intermediate}",
+            ax.annotate(",".join(map(str, row_size(r))),
                         (r.error, r.confirmed_error), fontsize=7)
         rho = diag.get("spearman_short_vs_confirmed")
         ax.set_title("short vs confirmed error" + (f" (Spearman {rho:.2f})" if rho is not None

@@ -13,8 +13,13 @@ architecture shares:
     heads = [2, 4]
     hidden = [64, 128]
     intermediate = [128, 256]
+    embedding = [64, "H"]        # optional: ALBERT's factorised embedding width E
+    groups = [1, "D"]            # optional: ALBERT's distinct layer groups G
 
-Ξ is every combination with hidden mod heads = 0, enumerated in a fixed order.
+Ξ is every combination with hidden mod heads = 0 (and, with ALBERT's axes,
+E ≤ H and G dividing D), enumerated in a fixed order. "H" and "D" stand for
+E = H (no factorisation) and G = D (no sharing); such architectures are exactly
+those of the space without the axes.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import itertools
 import tomllib
 from pathlib import Path
 
-from bortsearch.arch import MODEL_TYPES, Arch
+from bortsearch.arch import Arch
 from bortsearch.errors import UserError
 from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, forward_flops, param_count
 
 AXES = ("layers", "heads", "hidden", "intermediate")
+ALBERT_AXES = {"embedding": "H", "groups": "D"}  # optional axes and their shorthand
 
 # What a BERT or RoBERTa checkpoint of each family has unless told otherwise.
 FAMILY_DEFAULTS = {
@@ -53,6 +59,12 @@ class SearchSpace:
     vocab_size: int | None = None
     max_positions: int | None = None
     type_vocab_size: int | None = None
+    embedding: tuple | None = None  # E values: ints, or "H"
+    groups: tuple | None = None  # G values: ints, or "D"
+
+    @property
+    def albert(self) -> bool:
+        return self.embedding is not None or self.groups is not None
 
     def base_arch(self, **overrides) -> Arch:
         """An `Arch` of this space's family; `overrides` (e.g. a tokenizer's
@@ -68,10 +80,18 @@ class SearchSpace:
     def architectures(self, **overrides) -> list[Arch]:
         """Ξ: every valid combination, in (D, A, H, I) order."""
         base = self.base_arch(**overrides)
-        return [base.with_size(d, a, h, i)
-                for d, a, h, i in itertools.product(self.layers, self.heads, self.hidden,
-                                                    self.intermediate)
-                if h % a == 0]
+        out, seen = [], set()
+        for d, a, h, i, e, g in itertools.product(
+                self.layers, self.heads, self.hidden, self.intermediate,
+                self.embedding or ("H",), self.groups or ("D",)):
+            e, g = (h if e == "H" else e), (d if g == "D" else g)
+            if h % a or e > h or d % g:
+                continue
+            arch = base.with_size(d, a, h, i, e, g)
+            if arch.size not in seen:
+                seen.add(arch.size)
+                out.append(arch)
+        return out
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -108,10 +128,26 @@ def space_from_dict(data: dict, source: str = "<space>") -> SearchSpace:
         raise UserError(f"{source}: missing axis {missing[0]!r}; add it as a list of "
                         f"positive integers, e.g. {missing[0]} = [2, 4]")
     values = {a: _axis(source, a, data[a]) for a in AXES}
+    for axis, shorthand in ALBERT_AXES.items():
+        if axis in data:
+            values[axis] = _axis(source, axis, data[axis], shorthand)
     model_type = data.get("model_type", "bert")
-    if model_type not in MODEL_TYPES:
+    if model_type not in ("bert", "roberta"):
         raise UserError(f"{source}: model_type = {model_type!r} is not supported; "
-                        f"use one of {', '.join(MODEL_TYPES)}")
+                        f"use one of bert, roberta")
+    if model_type == "roberta" and ("embedding" in values or "groups" in values):
+        raise UserError(f"{source}: the embedding and groups axes (ALBERT's) need "
+                        f"model_type = \"bert\"; remove them or the roberta model_type")
+    for value in values.get("embedding", ()):
+        if value != "H" and value > max(values["hidden"]):
+            raise UserError(f"{source}: embedding = {value} is larger than every hidden "
+                            f"value {list(values['hidden'])}; E must be at most H (use "
+                            f"\"H\" for no factorisation)")
+    for value in values.get("groups", ()):
+        if value != "D" and not any(d % value == 0 for d in values["layers"]):
+            raise UserError(f"{source}: groups = {value} divides none of the layers "
+                            f"values {list(values['layers'])}; G must divide D (layer i "
+                            f"uses group ⌊i·G/D⌋; use \"D\" for no sharing)")
     family = {}
     for key in ("vocab_size", "max_positions", "type_vocab_size"):
         if key in data:
@@ -133,22 +169,27 @@ def space_from_dict(data: dict, source: str = "<space>") -> SearchSpace:
     return space
 
 
-def _axis(source: str, name: str, value) -> tuple[int, ...]:
-    example = f"e.g. {name} = [2, 4]"
+def _axis(source: str, name: str, value, shorthand: str | None = None) -> tuple:
+    example = f"e.g. {name} = [2, 4]" if shorthand is None else \
+        f"e.g. {name} = [{'128' if name == 'embedding' else '1'}, \"{shorthand}\"]"
+    kinds = "integers" + (f" or \"{shorthand}\"" if shorthand else "")
     if not isinstance(value, list) or not value:
-        raise UserError(f"{source}: {name} must be a non-empty list of integers, "
+        raise UserError(f"{source}: {name} must be a non-empty list of {kinds}, "
                         f"{example}; got {name} = {value!r}")
     for v in value:
+        if shorthand is not None and v == shorthand:
+            continue
         if not isinstance(v, int) or isinstance(v, bool):
-            raise UserError(f"{source}: {name} must hold integers only, {example}; "
+            raise UserError(f"{source}: {name} must hold {kinds} only, {example}; "
                             f"got {v!r}")
         if v < 1:
             raise UserError(f"{source}: {name} values must be >= 1; got {v}")
-    dupes = sorted({v for v in value if value.count(v) > 1})
+    dupes = [v for v in dict.fromkeys(value) if value.count(v) > 1]
     if dupes:
         raise UserError(f"{source}: {name} lists {dupes[0]} more than once; "
                         f"list each value once")
-    return tuple(sorted(value))
+    return tuple(sorted(v for v in value if v != shorthand)) + \
+        ((shorthand,) if shorthand in value else ())
 
 
 def space_table(space: SearchSpace, vocab_size: int | None = None,
@@ -162,7 +203,9 @@ def space_table(space: SearchSpace, vocab_size: int | None = None,
 
     archs = sorted(space.architectures(vocab_size=vocab_size),
                    key=lambda a: size_order(a, batch, seq_len))
+    albert = ({"embedding": a.embedding_size, "groups": a.num_groups} if space.albert else {}
+              for a in archs)
     return pd.DataFrame(
         [dict(layers=a.layers, heads=a.heads, hidden=a.hidden, intermediate=a.intermediate,
-              params=param_count(a), effective_params=effective_param_count(a),
-              flops=forward_flops(a, batch, seq_len, scope)) for a in archs])
+              **extra, params=param_count(a), effective_params=effective_param_count(a),
+              flops=forward_flops(a, batch, seq_len, scope)) for a, extra in zip(archs, albert)])

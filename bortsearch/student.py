@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from bortsearch.arch import Arch
+from bortsearch.arch import Arch, row_size
 from bortsearch.corpus import resolve_corpus
 from bortsearch.data import BatchSpec, load_data
 from bortsearch.errors import UserError
@@ -86,8 +86,7 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         import pandas as pd
 
         table = pd.read_csv(run / "results.csv")
-        match = table[(table.layers == arch.layers) & (table.heads == arch.heads)
-                      & (table.hidden == arch.hidden) & (table.intermediate == arch.intermediate)]
+        match = table[[row_size(r) == arch.size for r in table.itertuples()]]
         row = match.iloc[0].to_dict() if len(match) else {}
     chosen = best.get("size") == list(arch.size)
     kind = best.get("inference_kind", "analytic")
@@ -99,14 +98,17 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
 
     lines = [
         f"# bortsearch student {arch.label()}", "",
-        f"A {arch.model_type.upper()}-family masked-LM encoder found by bortsearch's "
+        f"A {'ALBERT' if arch.albert else arch.model_type.upper()}-family masked-LM encoder "
+        f"found by bortsearch's "
         f"implementation of the Bort FPTAS (de Wynter & Perry 2020), "
         + ("the W-optimum of its search." if chosen else "chosen by hand (--arch) from its search."),
         "", "## Architecture", "",
-        "| layers D | heads A | hidden H | intermediate I | vocabulary | positions |",
-        "|---|---|---|---|---|---|",
+        "| layers D | heads A | hidden H | intermediate I | embedding E | groups G | "
+        "vocabulary | positions |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {arch.layers} | {arch.heads} | {arch.hidden} | {arch.intermediate} | "
-        f"{arch.vocab_size} | {arch.max_positions} |", "",
+        f"{arch.embedding_size} | {arch.num_groups} | {arch.vocab_size} | "
+        f"{arch.max_positions} |", "",
         "## Search provenance", "",
         f"- space: `{search.get('space', '?')}`; ε = {best.get('epsilon')}, "
         f"s = {best.get('steps')}, Θ = {best.get('lrs')}",

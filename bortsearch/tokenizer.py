@@ -24,7 +24,10 @@ from bortsearch.errors import UserError
 SPECIAL = {
     "bert": dict(cls="[CLS]", sep="[SEP]", pad="[PAD]", mask="[MASK]", unk="[UNK]"),
     "roberta": dict(cls="<s>", sep="</s>", pad="<pad>", mask="<mask>", unk="<unk>"),
+    "albert": dict(cls="[CLS]", sep="[SEP]", pad="<pad>", mask="[MASK]", unk="<unk>"),
 }
+CLASS_NAMES = {"bert": "BertTokenizerFast", "roberta": "RobertaTokenizerFast",
+               "albert": "AlbertTokenizerFast"}
 DEFAULT_VOCAB_SIZE = 4096
 
 
@@ -65,6 +68,11 @@ class Tokenizer:
         return tuple(sorted(self._id(r) for r in SPECIAL[self.family]))
 
     @property
+    def class_name(self) -> str:
+        """The `transformers` tokenizer class that reads these files."""
+        return CLASS_NAMES[self.family]
+
+    @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
@@ -83,12 +91,11 @@ class Tokenizer:
         if self.family == "roberta":
             special["bos_token"], special["eos_token"] = special["cls_token"], special["sep_token"]
         config = {
-            "tokenizer_class": "BertTokenizerFast" if self.family == "bert"
-            else "RobertaTokenizerFast",
+            "tokenizer_class": self.class_name,
             "model_max_length": model_max_length,
             **special,
         }
-        if self.family == "bert":
+        if self.family != "roberta":
             config["do_lower_case"] = self.lowercase
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
@@ -117,6 +124,8 @@ def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
             raise
         raise UserError(f"{d}: the tokenizer files cannot be read ({e}); replace them with "
                         f"the teacher's originals") from None
+    if family == "albert":  # a SentencePiece ALBERT vocabulary, or a BERT one it borrowed
+        family = "albert" if hf.token_to_id("<pad>") is not None else "bert"
     tok = Tokenizer(hf, family, lowercase)
     tok.special_ids  # every special token must be there
     if hf.post_processor is None or family == "roberta":

@@ -235,7 +235,8 @@ def frequency_baseline(data) -> float:
 def train_flops_per_token(arch: Arch, seq_len: int, predictions: int) -> float:
     """Model FLOPs of one training step per input token: 3 × the forward
     (forward + backward), with the head only at the masked positions."""
-    h, i, v, l = arch.hidden, arch.intermediate, arch.vocab_size, seq_len
+    h, i, v, l, e = arch.hidden, arch.intermediate, arch.vocab_size, seq_len, arch.embedding_size
     per_layer = 8 * h * h + 4 * l * h + 4 * h * i
-    head = (2 * h * h + 2 * h * v) * predictions / seq_len
-    return 3.0 * (arch.layers * per_layer + head)
+    projection = 2 * e * h if arch.embedding is not None else 0
+    head = (2 * h * e + 2 * e * v) * predictions / seq_len
+    return 3.0 * (projection + arch.layers * per_layer + head)

@@ -98,6 +98,9 @@ def _jaxpr(arch, batch, seq_len, unroll=1, head=True):
     (Arch(1, 1, 8, 8, vocab_size=7, max_positions=4), 1, 4),
     (Arch(4, 8, 1024, 768, vocab_size=50265, max_positions=514, type_vocab_size=1,
           model_type="roberta", pad_token_id=1), 1, 128),
+    (Arch(6, 2, 64, 96, vocab_size=300, embedding=16, groups=2), 2, 8),  # ALBERT's axes
+    (Arch(4, 2, 32, 64, vocab_size=300, groups=1, activation="gelu_new"), 1, 8),
+    (Arch(3, 4, 64, 64, vocab_size=300, embedding=64, model_type="albert"), 1, 8),
 ])
 def test_flops_equal_independent_dot_and_softmax_count(arch, batch, seq_len):
     from bortsearch.proxies import SOFTMAX_FLOPS

@@ -18,11 +18,17 @@ HERE = Path(__file__).resolve().parent
 SPACE = 'name = "golden"\nlayers = [2]\nheads = [2]\nhidden = [16]\nintermediate = [24]\n'
 
 
+# ALBERT's axes: 4 layers sharing 2 groups, E = 8 < H = 16 (exported as ALBERT).
+ALBERT_SPACE = ('name = "golden-albert"\nlayers = [4]\nheads = [2]\nhidden = [16]\n'
+                'intermediate = [24]\nembedding = [8]\ngroups = [2]\n')
+
+
 def main():
-    for family in ("bert", "roberta"):
+    for family, space in (("bert", SPACE), ("roberta", SPACE), ("albert", ALBERT_SPACE)):
         work = Path(tempfile.mkdtemp())
-        (work / "space.toml").write_text(SPACE)
-        cfg = SearchConfig(space=str(work / "space.toml"), teacher=str(HERE / f"{family}_tiny"),
+        (work / "space.toml").write_text(space)
+        teacher = "bert" if family == "albert" else family
+        cfg = SearchConfig(space=str(work / "space.toml"), teacher=str(HERE / f"{teacher}_tiny"),
                            epsilon=1, steps=5, batch_size=8, seq_len=32)
         run_search(work / "run", cfg, progress=False)
         out = HERE / f"student_{family}"

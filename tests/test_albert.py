@@ -1,0 +1,145 @@
+"""ALBERT's two axes: factorised embeddings (E) and cross-layer sharing (G), from
+space file to Hugging Face export, against transformers' golden files."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from bortsearch import Arch, Model, UserError, load, load_space, param_count, save_checkpoint
+from bortsearch.arch import parse_size
+from bortsearch.model import Encoder, init_params
+from bortsearch.proxies import effective_param_count, forward_flops
+from bortsearch.space import space_from_dict, space_table
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+LOGITS = np.load(GOLDEN / "albert_logits.npz")
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@pytest.mark.parametrize("folder", ["albert_shared", "albert_groups", "student_albert"])
+def test_logits_match_transformers_albert(folder):
+    model = load(GOLDEN / folder)
+    ids, mask = LOGITS[f"{folder}_ids"], LOGITS[f"{folder}_mask"]
+    assert (mask == 0).any()
+    np.testing.assert_allclose(model.logits(ids, mask), LOGITS[f"{folder}_logits"], atol=1e-4,
+                               rtol=0)
+
+
+def test_golden_albert_folders_cover_sharing_factorisation_and_activations():
+    shared, groups = load(GOLDEN / "albert_shared"), load(GOLDEN / "albert_groups")
+    assert shared.arch.size == (3, 4, 32, 48, 16, 1) and shared.arch.activation == "gelu_new"
+    assert groups.arch.size == (4, 4, 32, 48, 24, 2) and groups.arch.activation == "gelu"
+    student = json.loads((GOLDEN / "student_albert" / "config.json").read_text())
+    assert student["model_type"] == "albert" and student["architectures"] == ["AlbertForMaskedLM"]
+    assert (student["embedding_size"], student["num_hidden_groups"], student["inner_group_num"]) \
+        == (8, 2, 1)
+    assert student["hidden_act"] == "gelu" and student["tokenizer_class"] == "BertTokenizerFast"
+
+
+def test_param_count_equals_transformers_albert():
+    for c in json.loads((GOLDEN / "albert_counts.json").read_text()):
+        arch = Arch(c["num_hidden_layers"], c["num_attention_heads"], c["hidden_size"],
+                    c["intermediate_size"], vocab_size=c["vocab_size"],
+                    max_positions=c["max_position_embeddings"],
+                    type_vocab_size=c["type_vocab_size"], model_type="albert",
+                    embedding=c["embedding_size"], groups=c["num_hidden_groups"])
+        assert param_count(arch) == c["num_parameters"], c
+    for folder in ("albert_shared", "albert_groups", "student_albert"):
+        model = load(GOLDEN / folder)
+        n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(model.params))
+        assert param_count(model.arch) == n
+
+
+def test_defaults_are_todays_model_and_sharing_is_repetition():
+    """E = H and G = D store as None (today's model); G = 1 equals D copies of one
+    layer run through the unshared model."""
+    base = Arch(4, 2, 32, 64, vocab_size=90)
+    assert base.with_size(4, 2, 32, 64, 32, 4) == base and base.size == (4, 2, 32, 64)
+    assert not {"embedding", "groups", "activation"} & set(base.to_dict())  # records as before
+    shared = base.with_size(4, 2, 32, 64, 32, 1)
+    assert shared.size == (4, 2, 32, 64, 32, 1) and shared.label().endswith("E=32, G=1⟩")
+    p = init_params(shared, 3)
+    unrolled = jax.tree.map(np.asarray, p)
+    unrolled["params"]["layers"] = jax.tree.map(lambda x: np.repeat(x, 4, axis=0),
+                                                p["params"]["layers"])
+    ids = np.arange(14).reshape(2, 7) % 90
+    mask = np.ones_like(ids)
+    mask[1, 5:] = 0
+    np.testing.assert_allclose(Encoder(shared).apply(p, ids, mask),
+                               Encoder(base).apply(unrolled, ids, mask), atol=1e-5)
+    grouped = base.with_size(4, 2, 32, 64, 32, 2)  # layer i uses group ⌊i·G/D⌋: 0,0,1,1
+    p2 = init_params(grouped, 4)
+    unrolled = jax.tree.map(np.asarray, p2)
+    unrolled["params"]["layers"] = jax.tree.map(lambda x: np.repeat(x, 2, axis=0),
+                                                p2["params"]["layers"])
+    np.testing.assert_allclose(Encoder(grouped).apply(p2, ids, mask),
+                               Encoder(base).apply(unrolled, ids, mask), atol=1e-5)
+
+
+def test_shared_and_factorised_export_round_trip(tmp_path):
+    from bortsearch.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(GOLDEN / "student_bert", "bert")
+    for kw in (dict(embedding=8, groups=1), dict(groups=2), dict(embedding=8)):
+        arch = Arch(4, 2, 16, 24, vocab_size=120, max_positions=40, **kw)
+        model = Model.init(arch, 1)
+        save_checkpoint(model, tmp_path / str(kw), tok)
+        back = load(tmp_path / str(kw))
+        config = json.loads((tmp_path / str(kw) / "config.json").read_text())
+        assert config["model_type"] == "albert" and back.arch.num_groups == arch.num_groups
+        ids = np.arange(14).reshape(2, 7) + 5
+        np.testing.assert_array_equal(model.logits(ids), back.logits(ids))
+
+
+def test_space_axes_enumerate_and_validate(tmp_path):
+    space = load_space(SPACES / "albert.toml")
+    archs = space.architectures()
+    assert len(archs) == 32 and len({a.size for a in archs}) == 32
+    plain = [a for a in archs if len(a.size) == 4]
+    no_axes = space_from_dict({"layers": [2, 4], "heads": [2], "hidden": [64, 128],
+                               "intermediate": [128, 256]})
+    assert [a.size for a in plain] == [a.size for a in no_axes.architectures()]
+    table = space_table(space)
+    assert list(table.columns[:6]) == ["layers", "heads", "hidden", "intermediate",
+                                       "embedding", "groups"]
+    for r in table.itertuples():
+        arch = space.base_arch().with_size(r.layers, r.heads, r.hidden, r.intermediate,
+                                           r.embedding, r.groups)
+        assert r.params == param_count(arch) and r.effective_params == effective_param_count(arch)
+        assert r.flops == forward_flops(arch, 1, 128, "encoder")
+    bort = load_space(SPACES / "bort_albert.toml").architectures()
+    assert len(bort) == 1800
+    assert list(space_table(load_space(SPACES / "demo.toml")).columns[:5]) == \
+        ["layers", "heads", "hidden", "intermediate", "params"]
+    base = {"layers": [2, 4], "heads": [2], "hidden": [64], "intermediate": [64]}
+    for extra, message in [({"groups": [3]}, "groups = 3 divides none of the layers"),
+                           ({"embedding": [128]}, "embedding = 128 is larger than every hidden"),
+                           ({"embedding": [0]}, "embedding values must be >= 1"),
+                           ({"groups": ["H"]}, 'groups must hold integers or "D"'),
+                           ({"embedding": [32], "model_type": "roberta"}, "need model_type"),
+                           ({"embedding": [32, 32]}, "lists 32 more than once")]:
+        with pytest.raises(UserError, match=message):
+            space_from_dict({**base, **extra}, "s.toml")
+    assert parse_size("4,2,64,128,32,2") == (4, 2, 64, 128, 32, 2)
+    for bad, message in [("4,2,64,128,96,2", "at most hidden"), ("4,2,64,128,32,3", "divide"),
+                         ("4,2,64,128,32", "four positive integers")]:
+        with pytest.raises(UserError, match=message):
+            parse_size(bad)
+
+
+def test_compile_time_stays_flat_in_depth_when_shared():
+    """One layer body is compiled whatever D: the HLO of a G = 1, D = 12 forward is
+    no bigger than D = 2's."""
+    arch = Arch(2, 2, 32, 64, vocab_size=100, groups=1)
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+
+    def hlo_size(a):
+        f = jax.jit(lambda p, i: Encoder(a).apply(p, i, np.ones((1, 8), np.int32)))
+        from bortsearch.model import param_shapes
+
+        return len(f.lower(param_shapes(a), ids).as_text())
+
+    assert hlo_size(arch.with_size(12, 2, 32, 64, 32, 1)) <= 1.02 * hlo_size(arch)
