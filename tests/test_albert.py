@@ -143,3 +143,59 @@ def test_compile_time_stays_flat_in_depth_when_shared():
         return len(f.lower(param_shapes(a), ids).as_text())
 
     assert hlo_size(arch.with_size(12, 2, 32, 64, 32, 1)) <= 1.02 * hlo_size(arch)
+
+
+@pytest.mark.slow
+def test_albert_space_search_pretrain_resume_and_export(teacher, tmp_path, capsys):
+    """A search over albert.toml runs to the end with E and G in its table; a
+    shared, factorised student pretrains (killed and resumed: identical weights)
+    and exports as an ALBERT that transformers reads."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from safetensors.numpy import load_file
+
+    from bortsearch.cli import main
+    from conftest import has_checkpoint, kill_when
+
+    run = tmp_path / "run"
+    assert main(["search", "--space", str(SPACES / "albert.toml"), "--run", str(run),
+                 "--teacher", str(teacher), "--epsilon", "8", "--steps", "4", "--seeds", "1",
+                 "--batch-size", "8", "--seq-len", "32", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "    E   G " in out
+    table = pd.read_csv(run / "results.csv")
+    assert list(table.columns[:6]) == ["layers", "heads", "hidden", "intermediate",
+                                       "embedding", "groups"]
+    assert len(table) == 32 and (table["status"] == "done").sum() >= 4
+    assert ((table["groups"] < table["layers"]) & (table["status"] == "done")).any()
+    assert (run / "pareto.png").is_file()
+    exe = str(Path(sys.executable).parent / "bortsearch")
+    flags = ["--arch", "4,2,64,128,32,2", "--steps", "60", "--batch-size", "8", "--seq-len",
+             "32", "--lr", "1e-3", "--eval-every", "20", "--checkpoint-every", "10", "--quiet"]
+    whole = subprocess.run([exe, "pretrain", str(run), "--out", str(tmp_path / "whole"), *flags,
+                            "--seed", "0"], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    work = run / "pretrain" / "4-2-64-128-32-2"
+    (work.parent / "whole").mkdir()
+    os.replace(work, work.parent / "whole" / work.name)
+    proc = subprocess.Popen([exe, "pretrain", str(run), "--out", str(tmp_path / "s"), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: has_checkpoint(work / "checkpoints"))
+    assert subprocess.run([exe, "pretrain", str(run), "--out", str(tmp_path / "s"), *flags],
+                          capture_output=True).returncode == 0
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "s" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert "albert.encoder.albert_layer_groups.1.albert_layers.0.ffn.weight" in b
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (config["model_type"], config["embedding_size"], config["num_hidden_groups"]) == \
+        ("albert", 32, 2)
+    student = load(tmp_path / "s")
+    assert student.arch.size == (4, 2, 64, 128, 32, 2)
+    transformers = pytest.importorskip("transformers")
+    assert type(transformers.AutoConfig.from_pretrained(tmp_path / "s")).__name__ == "AlbertConfig"
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "s")
+    assert tok("a transformer")["input_ids"] == student.tokenizer.hf.encode("a transformer").ids
