@@ -7,6 +7,7 @@ exit status 2; nothing here holds logic that Python users cannot reach.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from bortsearch.errors import UserError
@@ -41,8 +42,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
     return value
 
 
@@ -259,10 +260,11 @@ def _add_finetune_flags(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bortsearch",
         description="Optimal BERT sub-architecture extraction (the Bort FPTAS).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p = sub.add_parser("space", help="list a search space with its size and speed proxies")
     p.add_argument("file", help="a search-space TOML file, e.g. search_spaces/demo.toml")
@@ -361,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the export folder to write at the end")
     p.add_argument("--arch", help="pretrain D,A,H,I instead of the run's W-optimum")
     _add_training_flags(p, c.steps, c.lr, c.checkpoint_every)
-    p.add_argument("--warmup", type=float, default=c.warmup,
+    p.add_argument("--warmup", type=_fraction, default=c.warmup,
                    help=f"warm-up as a fraction of the steps (default {c.warmup:g})")
-    p.add_argument("--weight-decay", type=float, default=c.weight_decay,
+    p.add_argument("--weight-decay", type=_fraction, default=c.weight_decay,
                    help=f"AdamW weight decay, not on LayerNorm or biases (default {c.weight_decay:g})")
     p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,
                    help=f"steps between held-out evaluations (default {c.eval_every})")
@@ -403,12 +405,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one `bortsearch: error:` line, as every other
+    error (argparse's default prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"bortsearch: error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as e:
         print(f"bortsearch: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `bortsearch space S | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # the environment: full disk, read-only location, ...
+        from bortsearch.errors import describe_os_error
+
+        print(f"bortsearch: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bortsearch: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -185,11 +185,11 @@ def arch_from_config(config: dict, source: str) -> Arch:
                         f"{', '.join(SUPPORTED_ACTIVATIONS)}")
     albert = {}
     if model_type == "albert":
-        if int(config.get("inner_group_num", 1)) != 1:
-            raise UserError(f"{source}: inner_group_num {config['inner_group_num']} is not "
+        if config.get("inner_group_num", 1) != 1:
+            raise UserError(f"{source}: inner_group_num {config['inner_group_num']!r} is not "
                             f"supported; only 1 (every released ALBERT has 1)")
-        albert = dict(embedding=int(config.get("embedding_size", 128)),
-                      groups=int(config.get("num_hidden_groups", 1)))
+        albert = dict(embedding=config.get("embedding_size", 128),
+                      groups=config.get("num_hidden_groups", 1))
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(f"{source}: position_embedding_type "
                         f"{config['position_embedding_type']!r} is not supported; "
@@ -207,9 +207,10 @@ def arch_from_config(config: dict, source: str) -> Arch:
             model_type=model_type, activation=SUPPORTED_ACTIVATIONS[act], **albert)
     except KeyError as e:
         raise UserError(f"{source}: config.json lacks {e.args[0]!r}; it must be a Hugging "
-                        f"Face BERT or RoBERTa config") from None
-    except ValueError as e:
-        raise UserError(f"{source}: config.json is inconsistent ({e})") from None
+                        f"Face BERT, RoBERTa or ALBERT config") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{source}: config.json is inconsistent or has a value of the wrong "
+                        f"type ({e}); restore the checkpoint's original config.json") from None
 
 
 _CLASS = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert"}
@@ -375,7 +376,8 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True,
     """
     d = Path(directory)
     if not d.is_dir():
-        raise UserError(f"{d}: no such checkpoint folder")
+        what = "is a file, not a checkpoint folder" if d.exists() else "no such checkpoint folder"
+        raise UserError(f"{d}: {what}; give a Hugging Face folder (config.json and weights)")
     if not (d / "config.json").is_file():
         raise UserError(f"{d}: no config.json; a Hugging Face checkpoint folder needs its "
                         f"config.json beside the weights")

@@ -35,7 +35,7 @@ from bortsearch.errors import UserError
 from bortsearch.hf import load_checkpoint
 from bortsearch.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
                                 param_count)
-from bortsearch.runio import check_settings, write_atomic, write_json
+from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.search import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
                                confirm, summarise, w_coefficient)
 from bortsearch.space import load_space
@@ -77,6 +77,25 @@ class SearchConfig:
     max_inference: float | None = None
     teacher_steps: int = TeacherConfig.steps
     group_size: int | None = None
+
+    def __post_init__(self):
+        # Ranges are checked where values enter, so the Python API gets them too.
+        if not self.lrs or not all(math.isfinite(x) and x > 0 for x in self.lrs):
+            raise UserError(f"--lr must be positive and finite, got {list(self.lrs)}")
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
+                            ("--seq-len", self.seq_len), ("--seeds", self.seeds),
+                            ("--teacher-steps", self.teacher_steps),
+                            ("--vocab-size", self.vocab_size),
+                            ("--epsilon", self.epsilon or 1), ("--group-size", self.group_size or 1),
+                            ("--confirm-steps", self.confirm_steps or 1)):
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        if self.confirm < 0:
+            raise UserError(f"--confirm must be >= 0, got {self.confirm}")
+        for flag, value in (("--max-params", self.max_params),
+                            ("--max-inference", self.max_inference)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise UserError(f"{flag} must be positive, got {value}")
 
     @property
     def long_steps(self) -> int:
@@ -163,11 +182,11 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
                                  ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS)):
         if value not in allowed:
             raise UserError(f"{flag} {value!r}: use one of {', '.join(allowed)}")
-    if cfg.seeds < 1 or cfg.confirm < 0:
-        raise UserError(f"--seeds must be >= 1 and --confirm >= 0, got {cfg.seeds} and "
-                        f"{cfg.confirm}")
     if cfg.teacher and not Path(cfg.teacher).is_dir():
-        raise UserError(f"--teacher {cfg.teacher}: no such checkpoint folder")
+        raise UserError(f"--teacher {cfg.teacher}: "
+                        f"{'is a file, not' if Path(cfg.teacher).exists() else 'no such'} "
+                        f"checkpoint folder; give the Hugging Face folder (config.json and "
+                        f"weights)")
     if run.exists() and not run.is_dir():
         raise UserError(f"--run {run}: exists and is not a folder")
     if run.is_dir() and any(run.iterdir()) and not (run / "config.json").is_file():
@@ -189,23 +208,26 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
         "seeds": cfg.seeds, "init": cfg.init,
     }
+    # Everything that can fail on the user's input is checked before the run folder
+    # is written: a corpus too short for one batch, say.
+    data = load_data(corpus, teacher.tokenizer,
+                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
     run.mkdir(parents=True, exist_ok=True)
+    started = any(e.get("event") in ("done", "failed")
+                  for e in Journal(run / "journal.jsonl").events())
     check_settings(run / "config.json", settings, f"the run in {run}",
-                   "use the same flags to resume it, or another --run folder")
+                   "use the same flags to resume it, or another --run folder", started)
     write_json(run / "search.json", {**dataclasses.asdict(cfg), "epsilon": epsilon,
                                      "teacher_path": str(teacher_path),
                                      "corpus_name": corpus.name})
     if not (run / "teacher" / "config.json").is_file():
-        shutil.rmtree(run / "teacher", ignore_errors=True)
-        shutil.copytree(teacher_path, run / "teacher.tmp", dirs_exist_ok=True)
-        os.replace(run / "teacher.tmp", run / "teacher")
+        with atomic_dir(run / "teacher") as tmp:  # a failed copy leaves nothing behind
+            shutil.copytree(teacher_path, tmp, dirs_exist_ok=True)
 
     journal = Journal(run / "journal.jsonl")
     journal.repair()
     events = journal.events()
     proxies = _proxies(xi + [T], cfg, journal, events, progress)
-    data = load_data(corpus, teacher.tokenizer,
-                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
     reference = HeldOut.of(teacher, data)
     evaluate = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log,
                                    reference)

@@ -62,15 +62,19 @@ def atomic_dir(target: str | Path):
         os.replace(tmp, target)
 
 
-def check_settings(path: str | Path, settings: dict, what: str, fix: str) -> None:
+def check_settings(path: str | Path, settings: dict, what: str, fix: str,
+                   started: bool = True) -> None:
     """Record `settings` at `path`, or refuse if a different record is there.
 
-    The error names every differing setting with both values.
+    The error names every differing setting with both values. `started=False`
+    says that no work was finished under the old record (a first attempt that
+    failed before doing any): the new settings then simply replace it, so a
+    corrected command is never blocked by the mistake it corrects.
     """
     from bortsearch.errors import UserError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or not started:
         write_json(path, settings)
         return
     try:

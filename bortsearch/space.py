@@ -108,8 +108,8 @@ def load_space(path: str | Path) -> SearchSpace:
     the file, the key and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such space file; pass a TOML file such as "
-                        f"search_spaces/demo.toml")
+        what = "is a folder, not a space file" if path.is_dir() else "no such space file"
+        raise UserError(f"{path}: {what}; pass a TOML file such as search_spaces/demo.toml")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

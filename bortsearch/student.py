@@ -50,6 +50,18 @@ class PretrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
 
+    def __post_init__(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be positive and finite, got {self.lr}")
+        for flag, value in (("--warmup", self.warmup), ("--weight-decay", self.weight_decay)):
+            if not 0 <= value < 1:
+                raise UserError(f"{flag} must be in [0, 1), got {value}")
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
+                            ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
+                            ("--checkpoint-every", self.checkpoint_every)):
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+
 
 def _run_files(run: Path) -> tuple[dict, dict]:
     if not (run / "best.json").is_file() or not (run / "teacher" / "config.json").is_file():
@@ -135,11 +147,13 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
                   f"Held-out masked-LM accuracy {summary['heldout_accuracy']:.4f} "
                   f"(teacher {summary['teacher_heldout_accuracy']:.4f}); KD cross-entropy "
                   f"{summary['heldout_kd_ce']:.4f}.", ""]
+        lines += ["Load it with `transformers.AutoModelForMaskedLM.from_pretrained(folder)` or "
+                  "`bortsearch.load(folder)`.", ""]
     else:
-        lines += ["No weights: this export holds the configuration and tokenizer only; "
-                  "`bortsearch pretrain` trains and exports the weights.", ""]
-    lines += ["Load it with `transformers.AutoModelForMaskedLM.from_pretrained(folder)` or "
-              "`bortsearch.load(folder)`.", ""]
+        lines += ["No weights: this export holds the configuration and tokenizer only "
+                  "(`transformers.AutoConfig.from_pretrained(folder)` and `AutoTokenizer` read "
+                  "them); `bortsearch pretrain` trains the student and exports it with weights.",
+                  ""]
     return "\n".join(lines)
 
 
@@ -169,6 +183,23 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
     return out
 
 
+def _finished_export(work: Path, out: Path) -> dict | None:
+    """The summary, if `out` holds exactly the weights this pretraining finished with."""
+    from safetensors.numpy import load_file
+
+    if not (work / "summary.json").is_file() or not (out / "model.safetensors").is_file():
+        return None
+    try:
+        mine, theirs = load_file(str(work / STUDENT_WEIGHTS)), load_file(str(out / "model.safetensors"))
+    except Exception:
+        return None
+    import numpy as np
+
+    if mine.keys() != theirs.keys() or not all(np.array_equal(mine[k], theirs[k]) for k in mine):
+        return None
+    return json.loads((work / "summary.json").read_text())
+
+
 def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = PretrainConfig(),
              corpus: list[str] | None = None, progress: bool = True) -> dict:
     """Distil the student from the run's teacher, then export it with weights.
@@ -178,9 +209,12 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
     resumes there. Returns the summary written into the model card.
     """
     run, out = Path(run), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
     arch = student_arch(run, size)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        finished = _finished_export(weights_dir(run, arch), out)
+        if finished is not None:  # the same command again: this run's export is there
+            return finished
+        raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
     _, search = _run_files(run)
     teacher = load_checkpoint(run / "teacher")
     check_seq_len(arch, cfg.seq_len)

@@ -80,12 +80,15 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
             return summary
         raise UserError(f"{out} holds a teacher trained with other settings; choose another "
                         f"--out or remove it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the checkpoint")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose another --out or remove it")
+    data = load_data(corpus, tokenizer, cfg.batch, progress=progress)  # before writing
     work = out.parent / f".{out.name}.partial"
+    started = (work / "checkpoints").is_dir() and any((work / "checkpoints").iterdir())
     check_settings(work / "settings.json", settings, f"the unfinished teacher in {work}",
-                   f"re-run with the same settings, or remove {work} to start over")
-    data = load_data(corpus, tokenizer, cfg.batch, progress=progress)
+                   f"re-run with the same settings, or remove {work} to start over", started)
     optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup)
     result = fit(arch, data, optim, cfg.lr, init_params(arch, cfg.batch.seed), work,
                  eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,

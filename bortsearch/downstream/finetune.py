@@ -32,7 +32,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from bortsearch.arch import Arch
 from bortsearch.downstream import metrics as M
