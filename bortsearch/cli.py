@@ -171,7 +171,10 @@ def cmd_pretrain(args) -> None:
     s = pretrain(args.run, args.out, size, cfg, corpus=args.corpus, progress=not args.quiet)
     print(f"held-out masked-LM accuracy {s['heldout_accuracy']:.4f} (teacher "
           f"{s['teacher_heldout_accuracy']:.4f}), KD cross-entropy {s['heldout_kd_ce']:.4f}; "
-          f"{s['tokens_per_s']:.0f} tokens/s, {s['model_flops_per_s'] / 1e9:.1f} GFLOP/s")
+          f"{s['tokens_per_s']:.0f} tokens/s; GFLOP/s: student {s['model_flops_per_s'] / 1e9:.1f}"
+          f", teacher's forward {s['teacher_flops_per_s'] / 1e9:.1f} "
+          f"({100 * s['teacher_flops_share']:.0f}% of the FLOPs), "
+          f"total {s['total_flops_per_s'] / 1e9:.1f}")
     print(f"exported with weights to {args.out}")
 
 

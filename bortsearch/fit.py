@@ -24,8 +24,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bortsearch.arch import Arch
 from bortsearch.errors import UserError
-from bortsearch.train import (LossConfig, OptimConfig, evaluate, init_state, teacher_logits,
-                              train_flops_per_token, train_step)
+from bortsearch.train import (LossConfig, OptimConfig, evaluate, forward_flops_per_token,
+                              init_state, teacher_logits, train_flops_per_token, train_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +102,8 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
                        if teacher is not None else None)
     flops_per_step = train_flops_per_token(arch, data.spec.seq_len, data.spec.predictions) \
         * data.tokens_per_batch()
+    teacher_flops_per_step = 0.0 if teacher is None else forward_flops_per_token(
+        teacher.arch, data.spec.seq_len, data.spec.predictions) * data.tokens_per_batch()
     last_eval: dict = {}
     bar = progress_bar(total=optim.steps, initial=start, desc=desc, unit="step",
                        disable=not progress)
@@ -138,8 +140,14 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
     if not last_eval:  # resumed after the last step: evaluate what was restored
         last_eval = evaluate(arch, state.params, heldout, heldout_teacher)
     ran = optim.steps - start
-    last_eval = {**last_eval, "tokens_per_s": ran * data.tokens_per_batch() / max(seconds, 1e-9),
-                 "model_flops_per_s": ran * flops_per_step / max(seconds, 1e-9)}
+    per_s = ran / max(seconds, 1e-9)
+    last_eval = {**last_eval, "tokens_per_s": per_s * data.tokens_per_batch(),
+                 # the student's training FLOPs; the teacher's forward apart, then both
+                 "model_flops_per_s": per_s * flops_per_step,
+                 "teacher_flops_per_s": per_s * teacher_flops_per_step,
+                 "total_flops_per_s": per_s * (flops_per_step + teacher_flops_per_step),
+                 "teacher_flops_share": teacher_flops_per_step
+                 / (flops_per_step + teacher_flops_per_step)}
     return FitResult(jax.device_get(state.params), last_eval, seconds, ran)
 
 

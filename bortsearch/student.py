@@ -244,6 +244,9 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
         "teacher_heldout_accuracy": teacher_eval["accuracy"],
         "tokens_per_s": result.heldout["tokens_per_s"],
         "model_flops_per_s": result.heldout["model_flops_per_s"],
+        "teacher_flops_per_s": result.heldout["teacher_flops_per_s"],
+        "total_flops_per_s": result.heldout["total_flops_per_s"],
+        "teacher_flops_share": result.heldout["teacher_flops_share"],
         "steps_run": result.steps_run,
     }
     from safetensors.numpy import save

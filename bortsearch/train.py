@@ -232,6 +232,12 @@ def frequency_baseline(data) -> float:
     return hits / max(sum(float(b["weights"].sum()) for b in held), 1.0)
 
 
+def forward_flops_per_token(arch: Arch, seq_len: int, predictions: int) -> float:
+    """Model FLOPs of one forward pass per input token, with the head only at the
+    masked positions (as the teacher runs in distillation)."""
+    return train_flops_per_token(arch, seq_len, predictions) / 3.0
+
+
 def train_flops_per_token(arch: Arch, seq_len: int, predictions: int) -> float:
     """Model FLOPs of one training step per input token: 3 × the forward
     (forward + backward), with the head only at the masked positions."""

@@ -200,6 +200,10 @@ CASES = {
         lambda e: ["teacher", "--space", str(e / "space.toml"), "--out", str(e / "file"),
                    "--corpus", str(e / "corpus.txt"), "--steps", "1", "--vocab-size", "100",
                    "--batch-size", "4", "--seq-len", "16", "--quiet"], "is a file"),
+    "teacher: corpus too short": (
+        lambda e: ["teacher", "--space", str(e / "space.toml"), "--out", str(e / "t"),
+                   "--corpus", str(e / "short.txt"), "--steps", "1", "--vocab-size", "100",
+                   "--batch-size", "4", "--seq-len", "16", "--quiet"], "short.txt"),
     "finetune --out: a file": (
         lambda e: ["finetune", str(TEACHER), "--task", "sst2", "--data", str(e),
                    "--out", str(e / "file")], "is a file"),

@@ -98,6 +98,15 @@ def test_pretrain_logs_heldout_metrics_and_exports(run, tmp_path):
     assert metrics[-1]["loss"] < metrics[0]["loss"] * 1.5
     model = load(tmp_path / "s")
     assert list(model.arch.size) == size
+    # FLOP/s: the student's training, the teacher's forward apart, and both
+    from bortsearch.train import forward_flops_per_token, train_flops_per_token
+
+    summary = json.loads((run / "pretrain" / "-".join(map(str, size)) / "summary.json").read_text())
+    teacher = load(run / "teacher").arch
+    t, st = forward_flops_per_token(teacher, 32, 5), train_flops_per_token(model.arch, 32, 5)
+    assert summary["teacher_flops_share"] == pytest.approx(t / (t + st))
+    assert summary["total_flops_per_s"] == pytest.approx(
+        summary["model_flops_per_s"] + summary["teacher_flops_per_s"])
 
 
 def test_export_errors_write_nothing(run, tmp_path, capsys):
