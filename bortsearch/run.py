@@ -35,7 +35,7 @@ from bortsearch.errors import UserError
 from bortsearch.hf import load_checkpoint
 from bortsearch.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
                                 param_count)
-from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
+from bortsearch.runio import atomic_dir, check_settings, exclusive, write_atomic, write_json
 from bortsearch.search import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
                                confirm, summarise, w_coefficient)
 from bortsearch.space import load_space
@@ -189,7 +189,8 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
                         f"weights)")
     if run.exists() and not run.is_dir():
         raise UserError(f"--run {run}: exists and is not a folder")
-    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").is_file():
+    if run.is_dir() and any(p.name != ".lock" for p in run.iterdir()) \
+            and not (run / "config.json").is_file():
         raise UserError(f"--run {run}: the folder is not empty and is not a bortsearch run; "
                         f"choose a new folder")
     teacher, teacher_path = prepare_teacher(cfg, space, corpus, log, progress)
@@ -213,6 +214,14 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     data = load_data(corpus, teacher.tokenizer,
                      BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
     run.mkdir(parents=True, exist_ok=True)
+    with exclusive(run, "a search in this run folder"):
+        return _run_locked(run, cfg, settings, corpus, teacher, teacher_path, T, xi, epsilon,
+                           data, progress, log)
+
+
+def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, teacher_path,
+                T, xi, epsilon, data, progress, log) -> Result:
+    """`run_search` once the folder is this process's alone."""
     started = any(e.get("event") in ("done", "failed")
                   for e in Journal(run / "journal.jsonl").events())
     check_settings(run / "config.json", settings, f"the run in {run}",

@@ -87,3 +87,38 @@ def check_settings(path: str | Path, settings: dict, what: str, fix: str,
         detail = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now"
                            for k in differing)
         raise UserError(f"{what} was made with other settings ({detail}); {fix}")
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str):
+    """Hold `folder/.lock` for the duration: a second process that asks for the
+    same folder is refused with a message naming the owner (pid and host),
+    instead of both doing all the work.
+
+    An advisory `flock`, so a killed owner's lock is released by the operating
+    system: a stale lock file never blocks a resume.
+    """
+    import fcntl
+    import socket
+
+    from bortsearch.errors import UserError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise UserError(f"{folder}: {what} is already running ({owner}); wait for it to "
+                            f"finish, or stop it first: a second one would do the same work "
+                            f"twice") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock

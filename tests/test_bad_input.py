@@ -314,3 +314,24 @@ def test_broken_pipe_is_not_a_traceback(tmp_path):
     r = subprocess.run(f"'{exe}' space '{spaces / 'bort.toml'}' | head -2", shell=True,
                        capture_output=True, text=True)
     assert len(r.stdout.splitlines()) == 2 and "Traceback" not in r.stderr and r.stderr == ""
+
+
+def test_a_second_search_on_a_running_run_is_refused(env, capsys):
+    """A lock held by a live process refuses the second search, naming the owner; a
+    killed owner's lock is released by the operating system, so a resume goes on."""
+    (env / "run").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); f.write('pid 4242 on elsewhere'); f.flush(); "
+         "print('held', flush=True); time.sleep(60)", str(env / "run" / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    try:
+        assert main(search(env)) == 2
+        err = capsys.readouterr().err
+        assert "already running (pid 4242 on elsewhere)" in err and err.count("\n") == 1
+        assert not (env / "run" / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(search(env)) == 0  # the owner is gone: its lock went with it
