@@ -224,7 +224,7 @@ def test_seeds_confirmation_and_the_reliability_report(space, teacher, tmp_path,
 
 def test_bad_reliability_flags(space, teacher, tmp_path, capsys):
     assert _search(space, tmp_path / "r", teacher, "--confirm", "-1") == 2
-    assert "--confirm >= 0" in capsys.readouterr().err
+    assert "--confirm must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -47,13 +47,16 @@ def test_changed_settings_are_refused(tmp_path, capsys):
     assert main(["teacher", *TINY, "--steps", "3", "--out", str(out)]) == 0
     assert main(["teacher", *TINY, "--steps", "4", "--out", str(out)]) == 2
     assert "holds a teacher trained with other settings" in capsys.readouterr().err
-    # an unfinished run with other settings names them
+    # an unfinished run (a checkpoint saved) with other settings names them
     work = tmp_path / ".u.partial"
-    work.mkdir()
+    (work / "checkpoints" / "2").mkdir(parents=True)
     (work / "settings.json").write_text(json.dumps({"steps": 99}))
     assert main(["teacher", *TINY, "--steps", "4", "--out", str(tmp_path / "u")]) == 2
     err = capsys.readouterr().err
     assert "steps: 99 then, 4 now" in err and not (tmp_path / "u").exists()
+    # one that finished nothing (a first attempt that failed) takes the new settings
+    (work / "checkpoints" / "2").rmdir()
+    assert main(["teacher", *TINY, "--steps", "4", "--out", str(tmp_path / "u")]) == 0
 
 
 def test_bad_teacher_input(tmp_path, capsys):
