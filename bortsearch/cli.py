@@ -118,7 +118,11 @@ def cmd_search(args) -> None:
         seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
         teacher_steps=args.teacher_steps, group_size=args.group_size)
-    result = run_search(args.run, cfg, progress=not args.quiet)
+    from bortsearch.executors import make_executor
+
+    executor = make_executor(args.executor, args.ray_address, args.worker_cpus,
+                             args.worker_gpus, args.max_retries)
+    result = run_search(args.run, cfg, progress=not args.quiet, executor=executor)
     table, plot = show(args.run)
     print(table)
     if result.best is None:
@@ -337,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-steps", type=_positive_int, default=c.teacher_steps,
                    help=f"steps of maximum-point training when there is no --teacher "
                         f"(default {c.teacher_steps})")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where candidates train: this process (default), or a Ray cluster, "
+                        "one task per candidate (the results are the same)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: a running cluster (e.g. auto, or "
+                        "ray://host:10001); default: start a local one")
+    p.add_argument("--worker-cpus", type=_positive_float, default=None, metavar="N",
+                   help="CPUs each Ray task declares (default 1)")
+    p.add_argument("--worker-gpus", type=float, default=None, metavar="N",
+                   help="GPUs each Ray task declares (default 1 where the cluster has GPUs, "
+                        "else 0)")
+    p.add_argument("--max-retries", type=int, default=2, metavar="N",
+                   help="times a Ray task whose worker died is run again before the "
+                        "candidate is recorded failed (default 2)")
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="candidates trained in lockstep on each teacher output (default: "
                         "as many as fit 2 GiB of training state)")

@@ -28,10 +28,11 @@ import pandas as pd
 
 from bortsearch.arch import Arch
 from bortsearch.audit import diagnose
-from bortsearch.candidates import INITS, CandidateSettings, CandidateTrainer, HeldOut, Timing
+from bortsearch.candidates import INITS, CandidateSettings, HeldOut, Timing
 from bortsearch.corpus import cache_dir, resolve_corpus
 from bortsearch.data import BatchSpec, load_data
 from bortsearch.errors import UserError
+from bortsearch.executors import LocalExecutor
 from bortsearch.hf import load_checkpoint
 from bortsearch.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
                                 param_count)
@@ -170,8 +171,12 @@ def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
 
 
 def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
-               log=print) -> Result:
-    """Algorithm 1 end to end in `run_dir`, resuming whatever an earlier run finished."""
+               log=print, executor=None) -> Result:
+    """Algorithm 1 end to end in `run_dir`, resuming whatever an earlier run finished.
+
+    `executor` says where candidates train (`bortsearch.executors`: local, the
+    default, or a Ray cluster); it does not change the results, so a run begun
+    with one can be resumed with the other."""
     enable_compilation_cache()
     run = Path(run_dir)
     space = load_space(cfg.space)
@@ -216,11 +221,11 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     run.mkdir(parents=True, exist_ok=True)
     with exclusive(run, "a search in this run folder"):
         return _run_locked(run, cfg, settings, corpus, teacher, teacher_path, T, xi, epsilon,
-                           data, progress, log)
+                           data, progress, log, executor or LocalExecutor())
 
 
 def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, teacher_path,
-                T, xi, epsilon, data, progress, log) -> Result:
+                T, xi, epsilon, data, progress, log, executor) -> Result:
     """`run_search` once the folder is this process's alone."""
     started = any(e.get("event") in ("done", "failed")
                   for e in Journal(run / "journal.jsonl").events())
@@ -239,7 +244,7 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
     proxies = _proxies(xi + [T], cfg, journal, events, progress)
     reference = HeldOut.of(teacher, data)
     evaluate = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log,
-                                   reference)
+                                   reference, executor=executor)
     log(f"|Ξ| = {len(xi)}, ε = {epsilon}, s = {cfg.steps}, Θ = {list(cfg.lrs)}, "
         f"seeds {cfg.seeds}, init {cfg.init}, error {cfg.error}")
     result = algorithm1(xi, proxies, proxies[T], epsilon, evaluate, cfg.max_params,
@@ -247,7 +252,8 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
     if cfg.confirm:
         log(f"confirming the {cfg.confirm} best by W with {cfg.long_steps} steps")
         longer = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log,
-                                     reference, steps=cfg.long_steps, phase="confirm")
+                                     reference, steps=cfg.long_steps, phase="confirm",
+                                     executor=executor)
         result = confirm(result, cfg.confirm, longer)
     report = diagnose(result, reference.baselines, cfg.error, cfg.seeds)
     speedup = _speedup(result, T, cfg, journal, events)
@@ -262,8 +268,9 @@ class JournalledEvaluator:
 
     def __init__(self, journal: Journal, events: list[dict], teacher, data, proxies: dict,
                  cfg: SearchConfig, progress: bool, log, reference: HeldOut,
-                 steps: int | None = None, phase: str = "search"):
+                 steps: int | None = None, phase: str = "search", executor=None):
         self.journal, self.teacher, self.data = journal, teacher, data
+        self.executor = executor or LocalExecutor()
         self.proxies, self.cfg, self.progress, self.log = proxies, cfg, progress, log
         self.reference, self.phase = reference, phase
         self.steps = steps or cfg.steps
@@ -288,9 +295,8 @@ class JournalledEvaluator:
                                 unit="cand", disable=not self.progress,
                                 bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "
                                            "[{elapsed}<{remaining}, {rate_fmt}]")
-        trainer = CandidateTrainer(self.teacher, self.data, settings, self._on_start,
-                                   self._on_done, self._on_step, self.reference)
-        out.update(trainer(todo))
+        out.update(self.executor(self.teacher, self.data, settings, self.reference, todo,
+                                 self._on_start, self._on_done, self._on_step))
         self.bar.close()
         self.bar = None
         return out

@@ -1,0 +1,141 @@
+"""Where candidates train: here (`local`), or spread over a Ray cluster (`ray`).
+
+An executor takes the candidates Algorithm 1 asks for and returns their
+`Evaluation`s, calling `on_start` / `on_done` for each so that the driver journals
+them. The driver stays the only writer of the run folder: Ray workers get the
+teacher, the data and the held-out reference from the object store (put there
+once; no shared file system is needed), train one candidate each, and return its
+evaluation and timing. A worker that dies (killed, node lost) is retried by Ray up
+to `max_retries` times; after that the candidate is recorded `failed` with the
+reason and the search goes on. Out-of-memory and NaN are recorded inside the
+task, as they are locally.
+
+Why Ray core tasks rather than Ray Tune: each candidate is one self-contained
+function call with a result for the journal; Tune's trial scheduler, checkpoint
+store and result logging would duplicate what the journal already does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from bortsearch.arch import Arch
+from bortsearch.errors import UserError
+from bortsearch.search import FAILED, Evaluation
+
+EXECUTORS = ("local", "ray")
+
+
+class LocalExecutor:
+    """Today's behaviour: lockstep groups on this process's devices."""
+
+    def __call__(self, teacher, data, settings, reference, archs: list[Arch],
+                 on_start: Callable, on_done: Callable, on_step: Callable) -> dict:
+        from bortsearch.candidates import CandidateTrainer
+
+        return CandidateTrainer(teacher, data, settings, on_start, on_done, on_step,
+                                reference)(archs)
+
+
+def _train_one(teacher, data, reference, settings, arch: Arch):
+    """A Ray task: one candidate, trained and measured on the worker."""
+    from bortsearch.candidates import CandidateTrainer
+
+    out = {}
+    trainer = CandidateTrainer(teacher, data, settings,
+                               on_done=lambda a, ev, timing: out.update(timing=timing),
+                               reference=reference)
+    ev = trainer([arch])[arch]
+    return ev, out.get("timing")
+
+
+@dataclasses.dataclass
+class RayExecutor:
+    """Candidates as Ray tasks, one per candidate.
+
+    Attributes:
+      address: a running cluster (`ray start --head` prints it; "auto" finds a
+        local one); None starts a local cluster for this process.
+      num_cpus, num_gpus: what each task declares (default: one GPU where the
+        cluster has GPUs, else one CPU).
+      max_retries: times a task whose worker died is run again.
+    """
+
+    address: str | None = None
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    max_retries: int = 2
+
+    def _connect(self):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'bortsearch[ray]'") from None
+        if not ray.is_initialized():
+            # One task per device and no pre-allocation: JAX processes sharing a GPU
+            # would otherwise each claim 75% of its memory.
+            env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+            try:
+                ray.init(address=self.address, include_dashboard=False,
+                         ignore_reinit_error=True, log_to_driver=False,
+                         logging_level=logging.WARNING, runtime_env={"env_vars": env})
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise UserError(f"--ray-address {self.address}: cannot connect to a Ray "
+                                f"cluster ({e}); start one with `ray start --head`, or leave "
+                                f"--ray-address out to start a local one") from None
+        return ray
+
+    def resources(self, ray) -> dict:
+        """What each task declares: as given, else one GPU where there are GPUs."""
+        gpus = self.num_gpus
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
+        return {"num_cpus": 1 if self.num_cpus is None else self.num_cpus, "num_gpus": gpus}
+
+    def __call__(self, teacher, data, settings, reference, archs: list[Arch],
+                 on_start: Callable, on_done: Callable, on_step: Callable) -> dict:
+        import jax
+
+        ray = self._connect()
+        # Into the object store once: NumPy arrays, so that workers need no devices
+        # of the driver's kind and no file the driver can see.
+        teacher_ref = ray.put(dataclasses.replace(
+            teacher, params=jax.tree.map(np.asarray, teacher.params)))
+        data_ref = ray.put(data)
+        reference_ref = ray.put(dataclasses.replace(
+            reference, batches=[jax.tree.map(np.asarray, b) for b in reference.batches],
+            teacher=[np.asarray(t) for t in reference.teacher]))
+        task = ray.remote(_train_one).options(max_retries=self.max_retries,
+                                              retry_exceptions=False, **self.resources(ray))
+        pending = {}
+        for arch in archs:
+            on_start(arch)
+            pending[task.remote(teacher_ref, data_ref, reference_ref, settings, arch)] = arch
+        results = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            arch = pending.pop(done[0])
+            try:
+                ev, timing = ray.get(done[0])
+            except ray.exceptions.RayError as e:  # the worker died max_retries + 1 times
+                reason = str(e).strip().splitlines()[0][:200]
+                ev, timing = Evaluation(FAILED, reason=f"worker failed after "
+                                        f"{self.max_retries} retries: {reason}"), None
+            results[arch] = ev
+            on_done(arch, ev, timing)
+            on_step(settings.steps)  # a whole candidate's worth of steps
+        return results
+
+
+def make_executor(name: str, address: str | None = None, num_cpus: float | None = None,
+                  num_gpus: float | None = None, max_retries: int = 2):
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address, num_cpus, num_gpus, max_retries)
+    raise UserError(f"--executor {name!r}: use one of {', '.join(EXECUTORS)}")
+

@@ -1,0 +1,94 @@
+"""Candidates on a real local Ray cluster: the same results as a local run, the
+driver the only writer, a killed worker retried, and a lost one recorded."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+EXE = str(Path(sys.executable).parent / "bortsearch")
+SPACE = 'name = "t"\nlayers = [1]\nheads = [2]\nhidden = [16, 32]\nintermediate = [24]\n'
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ray")
+    (d / "space.toml").write_text(SPACE)
+    (d / "corpus.txt").write_text(("the quick brown fox jumps over the lazy dog and a "
+                                   "transformer encoder stacks attention " * 40 + "\n\n") * 20)
+    return d
+
+
+def _search(work, run, *extra):
+    return [EXE, "search", "--space", str(work / "space.toml"), "--teacher",
+            str(GOLDEN / "bert_tiny"), "--corpus", str(work / "corpus.txt"), "--steps", "3",
+            "--batch-size", "4", "--seq-len", "16", "--epsilon", "1", "--quiet",
+            "--run", str(work / run), *extra]
+
+
+@pytest.fixture(scope="module")
+def local(work):
+    subprocess.run(_search(work, "local"), check=True, capture_output=True)
+    return work / "local"
+
+
+def _events(run):
+    return [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+
+
+def _workers():
+    r = subprocess.run(["pgrep", "-f", "ray::_train_one"], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_results_byte_for_byte(work, local):
+    r = subprocess.run(_search(work, "ray", "--executor", "ray"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (work / "ray" / "results.csv").read_bytes() == (local / "results.csv").read_bytes()
+    done = [e for e in _events(work / "ray") if e["event"] == "done"]
+    assert len(done) == 2 and all(e["timing"]["train_s"] > 0 for e in done)
+    # resumed with the local executor: the journal has everything, nothing is trained
+    again = subprocess.run(_search(work, "ray"), capture_output=True, text=True)
+    assert "2 candidates; 2 already done" in again.stdout
+
+
+def _kill_first_worker(proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        pids = _workers()
+        if pids:
+            time.sleep(0.5)  # inside the task
+            os.kill(pids[0], signal.SIGKILL)
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_the_results_are_unchanged(work, local):
+    proc = subprocess.Popen(_search(work, "retried", "--executor", "ray"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _kill_first_worker(proc)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert (work / "retried" / "results.csv").read_bytes() == \
+        (local / "results.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_worker_lost_beyond_its_retries_is_recorded_failed(work):
+    proc = subprocess.Popen(_search(work, "lost", "--executor", "ray", "--max-retries", "0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _kill_first_worker(proc)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    failed = [e for e in _events(work / "lost") if e["event"] == "failed"]
+    assert len(failed) == 1 and "worker failed after 0 retries" in failed[0]["reason"]
+    assert len([e for e in _events(work / "lost") if e["event"] == "done"]) == 1
