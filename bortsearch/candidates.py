@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -61,6 +63,7 @@ class Timing:
     eval_s: float
     tokens_per_s: float
     model_flops_per_s: float
+    resumed_from: int = 0  # the step its training continued from after a kill (0: fresh)
 
 
 def groups(archs: list[Arch], n_trials: int, group_size: int | None) -> list[list[Arch]]:
@@ -106,13 +109,19 @@ class CandidateTrainer:
       on_start, on_done: called per candidate (the run journal, the progress bar).
       on_step: called once per lockstep step with the group size.
       reference: the held-out batches with T's outputs, if already computed.
+      checkpoints: a folder for candidates' training states (Orbax, every
+        `checkpoint_every` steps, one sub-folder per candidate, removed when it
+        is done): a group killed part-way continues from there, with the same
+        results as an uninterrupted run. None keeps no checkpoints.
     """
 
     def __init__(self, teacher: Model, data, settings: CandidateSettings,
                  on_start: Callable[[Arch], None] = lambda a: None,
                  on_done: Callable[[Arch, Evaluation, Timing | None], None] = lambda *a: None,
                  on_step: Callable[[int], None] = lambda n: None,
-                 reference: HeldOut | None = None):
+                 reference: HeldOut | None = None, checkpoints: Path | None = None,
+                 checkpoint_every: int = 50):
+        self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.teacher, self.data, self.settings = teacher, data, settings
         self.on_start, self.on_done, self.on_step = on_start, on_done, on_step
         self.optim = OptimConfig(steps=settings.steps, warmup=settings.warmup)
@@ -190,16 +199,20 @@ class CandidateTrainer:
         # Wall-clock compile time of the group, shared out in proportion to each
         # candidate's own compile time (which overlaps with the others').
         wall, own = time.perf_counter() - t0, sum(c["compile_s"] for c in live.values())
-        for c in live.values():
+        for arch, c in live.items():
             c["compile_s"] = wall * c["compile_s"] / max(own, 1e-9)
+            self._restore(arch, c)
         teacher_s = 0.0
-        for k in range(s.steps):
+        first = min((c["start"] for c in live.values()), default=s.steps)
+        for k in range(first, s.steps):
             batch, merged = self._batches(k)
             t0 = time.perf_counter()
             t_logits = jax.block_until_ready(self._teacher(merged))
             teacher_s += time.perf_counter() - t0
             for arch in list(live):
                 c = live[arch]
+                if k < c["start"]:  # restored past this step
+                    continue
                 t0 = time.perf_counter()
                 try:
                     c["state"], metrics = c["step"](c["state"], batch, t_logits)
@@ -209,13 +222,48 @@ class CandidateTrainer:
                     results[arch] = self._fail(arch, f"training failed at step {k + 1}: {_short(e)}")
                     continue
                 c["train_s"] += time.perf_counter() - t0
+                if c["manager"] is not None and (k + 1) % self.checkpoint_every == 0 \
+                        and k + 1 < s.steps:
+                    self._save(c, k + 1)
             self.on_step(len(live))
         for arch, c in live.items():
             t0 = time.perf_counter()
             results[arch] = self._finish(arch, c)
             timing = self._timing(arch, c, teacher_s / max(len(live), 1), time.perf_counter() - t0)
             self.on_done(arch, results[arch], timing)
+            if c["manager"] is not None:  # journalled: its checkpoints are no longer needed
+                c["manager"].close()
+                shutil.rmtree(self._folder(arch), ignore_errors=True)
         return results
+
+    def _folder(self, arch: Arch) -> Path:
+        return self.checkpoints / "-".join(map(str, arch.size))
+
+    def _restore(self, arch: Arch, c: dict) -> None:
+        """Continue a candidate from its last checkpoint, if it has one."""
+        c["start"], c["manager"] = 0, None
+        if self.checkpoints is None:
+            return
+        import orbax.checkpoint as ocp
+
+        from bortsearch.fit import _checkpointer
+
+        c["manager"] = _checkpointer(self._folder(arch))
+        k = c["manager"].latest_step()
+        if not k:
+            return
+        abstract = {"state": jax.tree.map(ocp.utils.to_shape_dtype_struct, c["state"]),
+                    "losses": jax.ShapeDtypeStruct((k, self.settings.seeds,
+                                                    len(self.settings.lrs)), np.float32)}
+        saved = c["manager"].restore(k, args=ocp.args.StandardRestore(abstract))
+        c["state"], c["losses"], c["start"] = saved["state"], list(saved["losses"]), k
+
+    def _save(self, c: dict, step: int) -> None:
+        import orbax.checkpoint as ocp
+
+        losses = np.stack([np.asarray(x, np.float32) for x in c["losses"]])
+        c["manager"].save(step, args=ocp.args.StandardSave({"state": c["state"],
+                                                            "losses": losses}))
 
     def _finish(self, arch: Arch, c: dict) -> Evaluation:
         """ê and KL of every trial on B; a trial whose loss became NaN has none."""
@@ -247,11 +295,12 @@ class CandidateTrainer:
 
     def _timing(self, arch: Arch, c: dict, teacher_s: float, eval_s: float) -> Timing:
         spec = self.data.spec
-        tokens = self.settings.steps * self.data.tokens_per_batch() * self.n_trials
+        steps = self.settings.steps - c.get("start", 0)  # trained by this process
+        tokens = steps * self.data.tokens_per_batch() * self.n_trials
         flops = train_flops_per_token(arch, spec.seq_len, spec.predictions) * tokens
         train_s = max(c["train_s"], 1e-9)
         return Timing(c["compile_s"], c["train_s"], teacher_s, eval_s, tokens / train_s,
-                      flops / train_s)
+                      flops / train_s, c.get("start", 0))
 
 
 def error_baselines(heldout, heldout_teacher, log_q_V) -> dict[str, float]:

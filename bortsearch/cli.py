@@ -117,7 +117,8 @@ def cmd_search(args) -> None:
         inference=args.inference, inference_scope=args.inference_scope, error=args.error,
         seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
-        teacher_steps=args.teacher_steps, group_size=args.group_size)
+        teacher_steps=args.teacher_steps, group_size=args.group_size,
+        checkpoint_every=args.checkpoint_every)
     from bortsearch.executors import make_executor
 
     executor = make_executor(args.executor, args.ray_address, args.worker_cpus,
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-steps", type=_positive_int, default=c.teacher_steps,
                    help=f"steps of maximum-point training when there is no --teacher "
                         f"(default {c.teacher_steps})")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=c.checkpoint_every,
+                   help=f"steps between checkpoints of the candidates in training, so that a "
+                        f"killed search resumes mid-group (default {c.checkpoint_every})")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where candidates train: this process (default), or a Ray cluster, "
                         "one task per candidate (the results are the same)")

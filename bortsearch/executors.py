@@ -34,11 +34,12 @@ class LocalExecutor:
     """Today's behaviour: lockstep groups on this process's devices."""
 
     def __call__(self, teacher, data, settings, reference, archs: list[Arch],
-                 on_start: Callable, on_done: Callable, on_step: Callable) -> dict:
+                 on_start: Callable, on_done: Callable, on_step: Callable,
+                 checkpoints=None, checkpoint_every: int = 50) -> dict:
         from bortsearch.candidates import CandidateTrainer
 
         return CandidateTrainer(teacher, data, settings, on_start, on_done, on_step,
-                                reference)(archs)
+                                reference, checkpoints, checkpoint_every)(archs)
 
 
 def _train_one(teacher, data, reference, settings, arch: Arch):
@@ -97,7 +98,10 @@ class RayExecutor:
         return {"num_cpus": 1 if self.num_cpus is None else self.num_cpus, "num_gpus": gpus}
 
     def __call__(self, teacher, data, settings, reference, archs: list[Arch],
-                 on_start: Callable, on_done: Callable, on_step: Callable) -> dict:
+                 on_start: Callable, on_done: Callable, on_step: Callable,
+                 checkpoints=None, checkpoint_every: int = 50) -> dict:
+        """(`checkpoints` is for local runs: workers share no file system with the
+        driver, so a retried task starts its candidate again.)"""
         import jax
 
         ray = self._connect()

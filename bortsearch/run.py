@@ -78,6 +78,7 @@ class SearchConfig:
     max_inference: float | None = None
     teacher_steps: int = TeacherConfig.steps
     group_size: int | None = None
+    checkpoint_every: int = 50  # candidates' training states, for a resume mid-group
 
     def __post_init__(self):
         # Ranges are checked where values enter, so the Python API gets them too.
@@ -88,7 +89,8 @@ class SearchConfig:
                             ("--teacher-steps", self.teacher_steps),
                             ("--vocab-size", self.vocab_size),
                             ("--epsilon", self.epsilon or 1), ("--group-size", self.group_size or 1),
-                            ("--confirm-steps", self.confirm_steps or 1)):
+                            ("--confirm-steps", self.confirm_steps or 1),
+                            ("--checkpoint-every", self.checkpoint_every)):
             if value < 1:
                 raise UserError(f"{flag} must be >= 1, got {value}")
         if self.confirm < 0:
@@ -295,8 +297,10 @@ class JournalledEvaluator:
                                 unit="cand", disable=not self.progress,
                                 bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "
                                            "[{elapsed}<{remaining}, {rate_fmt}]")
+        checkpoints = self.journal.path.parent / "candidates" / f"{self.phase}-{self.steps}"
         out.update(self.executor(self.teacher, self.data, settings, self.reference, todo,
-                                 self._on_start, self._on_done, self._on_step))
+                                 self._on_start, self._on_done, self._on_step, checkpoints,
+                                 cfg.checkpoint_every))
         self.bar.close()
         self.bar = None
         return out

@@ -11,7 +11,7 @@ import pytest
 
 from bortsearch import Arch
 from bortsearch.cli import main
-from conftest import kill_when
+from conftest import has_checkpoint, kill_when
 from bortsearch.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.run import RESULT_COLUMNS, SearchConfig, run_search
 from bortsearch.search import pareto_front
@@ -241,3 +241,30 @@ def test_show_reads_a_run_from_before_the_reliability_columns(space, teacher, tm
     assert main(["show", str(run)]) == 0 and main(["audit", str(run)]) == 0
     out = capsys.readouterr().out
     assert "made by an older version" in out and (run / "audit.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_group_killed_mid_training_resumes_from_its_checkpoints(space, teacher, tmp_path):
+    """All 8 candidates train as one lockstep group; killed after a checkpoint and
+    before any finished, the search continues from the checkpoints (not from step
+    0) and ends with the results of an uninterrupted run."""
+    exe = Path(sys.executable).parent / "bortsearch"
+    args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "1",
+            "--steps", "60", "--checkpoint-every", "10", "--batch-size", "8", "--seq-len", "32",
+            "--seeds", "1", "--quiet"]
+    subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    folder = run / "candidates" / "search-60"
+    kill_when(proc, lambda: folder.is_dir() and sum(has_checkpoint(d) for d in folder.iterdir()
+                                                    if d.is_dir()) == 8)
+    journal = run / "journal.jsonl"
+    assert '"event": "done"' not in journal.read_text()  # nothing had finished
+    subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
+    events = [json.loads(line) for line in journal.read_text().splitlines()]
+    done = [e for e in events if e["event"] == "done"]
+    assert len(done) == 8 and all(e["timing"]["resumed_from"] >= 10 for e in done)
+    assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+    assert not any(folder.iterdir())  # each candidate's checkpoints go once it is journalled
