@@ -29,6 +29,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/finetune_bench.py
+	$(BIN)/python bench/ray_bench.py
 
 # Does training decide the answer, above seed noise? (bench/signal_quality.py; about
 # 1.5 hours on 2 CPU cores at these settings; its results are in bench/RESULTS.md.)

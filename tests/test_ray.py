@@ -27,10 +27,13 @@ def work(tmp_path_factory):
     return d
 
 
-def _search(work, run, *extra):
-    return [EXE, "search", "--space", str(work / "space.toml"), "--teacher",
+DEMO = str(Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml")
+
+
+def _search(work, run, *extra, space=None, epsilon="1"):
+    return [EXE, "search", "--space", space or str(work / "space.toml"), "--teacher",
             str(GOLDEN / "bert_tiny"), "--corpus", str(work / "corpus.txt"), "--steps", "3",
-            "--batch-size", "4", "--seq-len", "16", "--epsilon", "1", "--quiet",
+            "--batch-size", "4", "--seq-len", "16", "--epsilon", epsilon, "--quiet",
             "--run", str(work / run), *extra]
 
 
@@ -92,3 +95,28 @@ def test_a_worker_lost_beyond_its_retries_is_recorded_failed(work):
     failed = [e for e in _events(work / "lost") if e["event"] == "failed"]
     assert len(failed) == 1 and "worker failed after 0 retries" in failed[0]["reason"]
     assert len([e for e in _events(work / "lost") if e["event"] == "done"]) == 1
+
+
+@pytest.mark.slow
+def test_demo_space_on_two_workers_survives_a_killed_driver(work):
+    """The demo space (36 architectures, ε = 9: 4 candidates) on a local cluster of
+    2 CPUs, i.e. 2 workers; the driver is killed once a candidate is journalled,
+    and the resumed search submits only the rest and matches a local run."""
+    demo = dict(space=DEMO, epsilon="9")
+    subprocess.run(_search(work, "demo-local", **demo), check=True, capture_output=True)
+    proc = subprocess.Popen(_search(work, "demo-ray", "--executor", "ray", **demo),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = work / "demo-ray" / "journal.jsonl"
+    from conftest import kill_when
+
+    kill_when(proc, lambda: journal.is_file() and '"event": "done"' in journal.read_text())
+    before = len([e for e in _events(work / "demo-ray") if e["event"] == "done"])
+    assert 1 <= before < 4
+    r = subprocess.run(_search(work, "demo-ray", "--executor", "ray", **demo),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"4 candidates; {before} already done" in r.stdout
+    done = [tuple(e["arch"]) for e in _events(work / "demo-ray") if e["event"] == "done"]
+    assert len(done) == len(set(done)) == 4  # nothing finished was trained again
+    assert (work / "demo-ray" / "results.csv").read_bytes() == \
+        (work / "demo-local" / "results.csv").read_bytes()
