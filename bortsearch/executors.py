@@ -45,6 +45,9 @@ class LocalExecutor:
 def _train_one(teacher, data, reference, settings, arch: Arch):
     """A Ray task: one candidate, trained and measured on the worker."""
     from bortsearch.candidates import CandidateTrainer
+    from bortsearch.run import enable_compilation_cache
+
+    enable_compilation_cache()  # the worker machine's own persistent cache
 
     out = {}
     trainer = CandidateTrainer(teacher, data, settings,
