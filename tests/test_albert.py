@@ -199,3 +199,31 @@ def test_albert_space_search_pretrain_resume_and_export(teacher, tmp_path, capsy
     assert type(transformers.AutoConfig.from_pretrained(tmp_path / "s")).__name__ == "AlbertConfig"
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "s")
     assert tok("a transformer")["input_ids"] == student.tokenizer.hf.encode("a transformer").ids
+
+
+def test_an_albert_fine_tunes_into_an_albert_classifier(tmp_path):
+    """Sharing and factorisation survive fine-tuning: the export is an
+    AlbertForSequenceClassification (pooler `albert.pooler`, `classifier`) that
+    reads back with the same logits. (Against transformers by hand: 1.5e-8.)"""
+    from bortsearch.downstream.finetune import FinetuneConfig, finetune
+
+    words = "the quick brown fox jumps over lazy dog a transformer encoder stacks".split()
+    rows = ["a\tb\tlabel"] + [
+        f"{' '.join(words[i % 9:i % 9 + 3])}\t{' '.join(words[i % 5:i % 5 + 2])}\t"
+        f"{['yes', 'no'][i % 2]}" for i in range(32)]
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    finetune(GOLDEN / "albert_shared", "pairs", tmp_path, tmp_path / "out",
+             FinetuneConfig(lrs=(1e-2,), epochs=1, batch_size=8, max_length=32),
+             text_fields="a,b", label_field="label", progress=False)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architectures"] == ["AlbertForSequenceClassification"]
+    assert (config["num_hidden_groups"], config["embedding_size"]) == (1, 16)
+    from safetensors.numpy import load_file
+
+    names = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert {"albert.pooler.weight", "classifier.weight",
+            "albert.encoder.embedding_hidden_mapping_in.weight"} <= names.keys()
+    model = load(tmp_path / "out")
+    assert model.num_labels == 2 and model.arch.size == (3, 4, 32, 48, 16, 1)
+    assert model.logits(np.array([[2, 10, 11, 12, 3]])).shape == (1, 2)
