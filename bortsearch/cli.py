@@ -193,6 +193,14 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_optim_flags(p, warmup: float, weight_decay: float) -> None:
+    p.add_argument("--warmup", type=_fraction, default=warmup,
+                   help=f"warm-up as a fraction of the steps (default {warmup:g})")
+    p.add_argument("--weight-decay", type=_fraction, default=weight_decay,
+                   help=f"AdamW weight decay, not on LayerNorm or biases "
+                        f"(default {weight_decay:g})")
+
+
 def _finetune_config(args):
     from bortsearch.downstream.finetune import FinetuneConfig
 
@@ -250,11 +258,7 @@ def _add_finetune_flags(p) -> None:
                    help=f"examples per step (default {c.batch_size})")
     p.add_argument("--max-length", type=_positive_int, default=c.max_length,
                    help=f"tokens per example, longer ones truncated (default {c.max_length})")
-    p.add_argument("--warmup", type=_fraction, default=c.warmup,
-                   help=f"warm-up as a fraction of the steps (default {c.warmup:g})")
-    p.add_argument("--weight-decay", type=_fraction, default=c.weight_decay,
-                   help=f"AdamW weight decay, not on LayerNorm or biases "
-                        f"(default {c.weight_decay:g})")
+    _add_optim_flags(p, c.warmup, c.weight_decay)
     p.add_argument("--eval-every", type=_positive_int, default=None,
                    help="steps between dev evaluations (default: every epoch)")
     p.add_argument("--max-train-samples", type=_positive_int, default=None,
@@ -388,10 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the export folder to write at the end")
     p.add_argument("--arch", help="pretrain D,A,H,I instead of the run's W-optimum")
     _add_training_flags(p, c.steps, c.lr, c.checkpoint_every)
-    p.add_argument("--warmup", type=_fraction, default=c.warmup,
-                   help=f"warm-up as a fraction of the steps (default {c.warmup:g})")
-    p.add_argument("--weight-decay", type=_fraction, default=c.weight_decay,
-                   help=f"AdamW weight decay, not on LayerNorm or biases (default {c.weight_decay:g})")
+    _add_optim_flags(p, c.warmup, c.weight_decay)
     p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,
                    help=f"steps between held-out evaluations (default {c.eval_every})")
     _add_data_flags(p, c.batch_size, c.seq_len,

@@ -8,6 +8,7 @@ by `describe_os_error`. Everything else is a bug and keeps its traceback.
 """
 
 import errno
+import math
 import shutil
 
 
@@ -40,3 +41,24 @@ def describe_os_error(e: OSError) -> str:
     what, fix = _FIXES.get(e.errno, (e.strerror or str(e), "check the path and try again"))
     path = e.filename if e.filename is not None else "?"
     return f"{path}: {what}; {fix}"
+
+
+def check_ranges(positive=(), fractions=(), at_least=()) -> None:
+    """The range checks of the config dataclasses, one mechanism for all of them
+    (so the Python API refuses what the flags refuse). Each item names its flag;
+    a None value is "not set" and passes.
+
+    Args:
+      positive: (flag, value): finite and > 0 (learning rates, limits).
+      fractions: (flag, value): in [0, 1) (warm-up, weight decay, dropout).
+      at_least: (flag, value, minimum): integers such as steps and sizes.
+    """
+    for flag, value in positive:
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{flag} must be positive and finite, got {value}")
+    for flag, value in fractions:
+        if value is not None and not 0 <= value < 1:
+            raise UserError(f"{flag} must be in [0, 1), got {value}")
+    for flag, value, minimum in at_least:
+        if value is not None and value < minimum:
+            raise UserError(f"{flag} must be >= {minimum}, got {value}")

@@ -63,6 +63,18 @@ def _checkpointer(directory: Path):
         options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
 
 
+def restore_latest(manager, state):
+    """(step, state) of the manager's latest checkpoint, restored into the shapes,
+    dtypes and shardings of `state`; (0, state) when there is none."""
+    step = manager.latest_step() or 0
+    if step:
+        import orbax.checkpoint as ocp
+
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return step, state
+
+
 def _trim_metrics(path: Path, last_step: int) -> None:
     """Drop journal lines a killed run wrote after its last checkpoint."""
     if path.is_file():
@@ -87,12 +99,7 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
     batch_sharding, replicated = data_mesh(data.spec.batch_size)
     state = jax.device_put(init_state(params, lr, optim), replicated)
     manager = _checkpointer(workdir / "checkpoints")
-    start = manager.latest_step() or 0
-    if start:
-        import orbax.checkpoint as ocp
-
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    start, state = restore_latest(manager, state)
     metrics_path = workdir / "metrics.jsonl"
     _trim_metrics(metrics_path, start)
 

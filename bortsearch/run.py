@@ -31,12 +31,13 @@ from bortsearch.audit import diagnose
 from bortsearch.candidates import INITS, CandidateSettings, HeldOut, Timing
 from bortsearch.corpus import cache_dir, resolve_corpus
 from bortsearch.data import BatchSpec, load_data
-from bortsearch.errors import UserError
+from bortsearch.errors import UserError, check_ranges
 from bortsearch.executors import LocalExecutor
 from bortsearch.hf import load_checkpoint
 from bortsearch.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
                                 param_count)
-from bortsearch.runio import atomic_dir, check_settings, exclusive, write_atomic, write_json
+from bortsearch.runio import (atomic_dir, check_settings, exclusive, file_sha256, write_atomic,
+                              write_json)
 from bortsearch.search import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
                                confirm, summarise, w_coefficient)
 from bortsearch.space import load_space
@@ -82,23 +83,18 @@ class SearchConfig:
 
     def __post_init__(self):
         # Ranges are checked where values enter, so the Python API gets them too.
-        if not self.lrs or not all(math.isfinite(x) and x > 0 for x in self.lrs):
-            raise UserError(f"--lr must be positive and finite, got {list(self.lrs)}")
-        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
-                            ("--seq-len", self.seq_len), ("--seeds", self.seeds),
-                            ("--teacher-steps", self.teacher_steps),
-                            ("--vocab-size", self.vocab_size),
-                            ("--epsilon", self.epsilon or 1), ("--group-size", self.group_size or 1),
-                            ("--confirm-steps", self.confirm_steps or 1),
-                            ("--checkpoint-every", self.checkpoint_every)):
-            if value < 1:
-                raise UserError(f"{flag} must be >= 1, got {value}")
-        if self.confirm < 0:
-            raise UserError(f"--confirm must be >= 0, got {self.confirm}")
-        for flag, value in (("--max-params", self.max_params),
-                            ("--max-inference", self.max_inference)):
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise UserError(f"{flag} must be positive, got {value}")
+        if not self.lrs:
+            raise UserError("--lr: give at least one learning rate")
+        check_ranges(
+            positive=[*(("--lr", lr) for lr in self.lrs), ("--max-params", self.max_params),
+                      ("--max-inference", self.max_inference)],
+            at_least=[("--confirm", self.confirm, 0), *((flag, value, 1) for flag, value in (
+                ("--steps", self.steps), ("--batch-size", self.batch_size),
+                ("--seq-len", self.seq_len), ("--seeds", self.seeds),
+                ("--teacher-steps", self.teacher_steps), ("--vocab-size", self.vocab_size),
+                ("--epsilon", self.epsilon), ("--group-size", self.group_size),
+                ("--confirm-steps", self.confirm_steps),
+                ("--checkpoint-every", self.checkpoint_every)))])
 
     @property
     def long_steps(self) -> int:
@@ -375,11 +371,7 @@ def _file_hash(folder: Path) -> str:
     for name in ("model.safetensors", "pytorch_model.bin"):
         p = Path(folder) / name
         if p.is_file():
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-            return h.hexdigest()[:16]
+            return file_sha256(p)[:16]
     return ""
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from bortsearch.arch import Arch, row_size
 from bortsearch.corpus import resolve_corpus
 from bortsearch.data import BatchSpec, load_data
-from bortsearch.errors import UserError
+from bortsearch.errors import UserError, check_ranges
 from bortsearch.fit import fit
 from bortsearch.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
 from bortsearch.model import Model, init_params
@@ -51,17 +51,12 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be positive and finite, got {self.lr}")
-        for flag, value in (("--warmup", self.warmup), ("--weight-decay", self.weight_decay)):
-            if not 0 <= value < 1:
-                raise UserError(f"{flag} must be in [0, 1), got {value}")
-        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
-                            ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
-                            ("--checkpoint-every", self.checkpoint_every)):
-            if value < 1:
-                raise UserError(f"{flag} must be >= 1, got {value}")
-
+        check_ranges(positive=[("--lr", self.lr)],
+                     fractions=[("--warmup", self.warmup), ("--weight-decay", self.weight_decay)],
+                     at_least=[(flag, value, 1) for flag, value in (
+                         ("--steps", self.steps), ("--batch-size", self.batch_size),
+                         ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
+                         ("--checkpoint-every", self.checkpoint_every))])
 
 def _run_files(run: Path) -> tuple[dict, dict]:
     if not (run / "best.json").is_file() or not (run / "teacher" / "config.json").is_file():

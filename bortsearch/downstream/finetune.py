@@ -36,10 +36,10 @@ import numpy as np
 from bortsearch.arch import Arch
 from bortsearch.downstream import metrics as M
 from bortsearch.downstream.tasks import Split, Task, load_task
-from bortsearch.errors import UserError
+from bortsearch.errors import UserError, check_ranges
 from bortsearch.hf import classifier_config, export_tensors, load_checkpoint, params_from_tensors
 from bortsearch.model import Encoder, Model, init_params
-from bortsearch.runio import check_settings, write_atomic, write_json
+from bortsearch.runio import check_settings, file_sha256, write_atomic, write_json
 from bortsearch.train import OptimConfig, TrainState, apply_gradients, init_state
 
 BUCKET = 32  # batches are padded to a multiple of this many tokens, not to --max-length
@@ -74,27 +74,17 @@ class FinetuneConfig:
     clip: float = 1.0
 
     def __post_init__(self):
-        checks = [
-            (bool(self.lrs) and all(math.isfinite(x) and x > 0 for x in self.lrs),
-             f"--lr must be positive and finite, got {list(self.lrs)}"),
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
-            (0 <= self.warmup < 1, f"--warmup is a fraction of the steps in [0, 1), "
-                                   f"got {self.warmup}"),
-            (0 <= self.weight_decay < 1, f"--weight-decay must be in [0, 1), "
-                                         f"got {self.weight_decay}"),
-            (self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
-            (self.eval_every is None or self.eval_every >= 1,
-             f"--eval-every must be >= 1, got {self.eval_every}"),
-            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-        ]
-        for n in ("max_train_samples", "max_eval_samples"):
-            v = getattr(self, n)
-            checks.append((v is None or v >= 1, f"--{n.replace('_', '-')} must be >= 1, got {v}"))
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        if not self.lrs:
+            raise UserError("--lr: give at least one learning rate")
+        check_ranges(
+            positive=[("--lr", lr) for lr in self.lrs],
+            fractions=[("--warmup", self.warmup), ("--weight-decay", self.weight_decay),
+                       ("dropout", self.dropout)],
+            at_least=[("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                      ("--max-length", self.max_length, 8), ("--seeds", self.seeds, 1),
+                      ("--eval-every", self.eval_every, 1),
+                      ("--max-train-samples", self.max_train_samples, 1),
+                      ("--max-eval-samples", self.max_eval_samples, 1)])
 
 
 # ---------------------------------------------------------------- data
@@ -222,7 +212,7 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     """
     import orbax.checkpoint as ocp
 
-    from bortsearch.fit import _checkpointer, _trim_metrics
+    from bortsearch.fit import _checkpointer, _trim_metrics, restore_latest
 
     if (work / "result.json").is_file():
         result = json.loads((work / "result.json").read_text())
@@ -238,10 +228,7 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     state = init_state(initial_params(encoder, n_labels, seed), lr, optim)
     work.mkdir(parents=True, exist_ok=True)
     manager = _checkpointer(work / "checkpoints")
-    start = manager.latest_step() or 0
-    if start:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    start, state = restore_latest(manager, state)
     journal = work / "evals.jsonl"
     _trim_metrics(journal, start)
     evals = [json.loads(line) for line in journal.read_text().splitlines()] \
@@ -251,10 +238,14 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     if bar is not None:
         bar.update(start)
     losses, train_s, t0 = [], 0.0, time.perf_counter()
+    orders: dict[int, np.ndarray] = {}  # the epoch's shuffle, drawn once per epoch
     with open(journal, "a") as log:
         for step in range(start, steps):
             epoch, i = divmod(step, per_epoch)
-            order = np.random.default_rng([seed, epoch]).permutation(len(train.labels))
+            if epoch not in orders:
+                orders = {epoch: np.random.default_rng([seed, epoch]).permutation(
+                    len(train.labels))}
+            order = orders[epoch]
             batch = train.batch(order[i * cfg.batch_size:(i + 1) * cfg.batch_size],
                                 cfg.batch_size, cfg.max_length)
             state, loss = finetune_step(state, batch, jax.random.fold_in(key, step), arch=arch,
@@ -302,14 +293,10 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
 
 def fingerprint_model(folder: Path) -> str:
     """A hash of a checkpoint folder's config and weights."""
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
-        path = folder / name
-        if path.is_file():
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 24), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
+    return hashlib.sha256("".join(
+        file_sha256(folder / name) for name in ("config.json", "model.safetensors",
+                                                 "pytorch_model.bin")
+        if (folder / name).is_file()).encode()).hexdigest()
 
 
 def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
