@@ -3,6 +3,14 @@
 The public API; see README.md for examples.
 """
 
+# First, before JAX starts its threads: freed memory is kept for the next step
+# rather than returned to the kernel (bortsearch/allocator.py).
+from bortsearch.allocator import keep_freed_memory
+
+keep_freed_memory()
+
+# ruff: noqa: E402
+
 from bortsearch.arch import Arch
 from bortsearch.corpus import Corpus, resolve_corpus
 from bortsearch.data import BatchSpec, MLMData, load_data
@@ -27,7 +35,7 @@ from bortsearch.teacher import TeacherConfig, train_teacher
 from bortsearch.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 __all__ = [
-    "Arch", "BatchSpec", "FinetuneConfig", "GLUE", "audit", "finetune", "glue", "load_task", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
+    "Arch", "BatchSpec", "keep_freed_memory", "FinetuneConfig", "GLUE", "audit", "finetune", "glue", "load_task", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
     "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
     "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
     "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bortsearch.allocator import tunables
 from bortsearch.arch import Arch
 from bortsearch.errors import UserError
 from bortsearch.search import FAILED, Evaluation
@@ -82,7 +83,8 @@ class RayExecutor:
         if not ray.is_initialized():
             # One task per device and no pre-allocation: JAX processes sharing a GPU
             # would otherwise each claim 75% of its memory.
-            env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+            # Workers keep freed memory as this process does (bortsearch/allocator.py).
+            env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **tunables()}
             try:
                 ray.init(address=self.address, include_dashboard=False,
                          ignore_reinit_error=True, log_to_driver=False,

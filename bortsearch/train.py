@@ -101,6 +101,14 @@ def teacher_logits(arch: Arch, params, batch):
     return student_logits(arch, params, batch)
 
 
+def _hits(logits_BxPxV, labels_BxP):
+    """1.0 where the true token's logit is the largest (a tie counts as a hit). The
+    same as comparing argmax except on exact ties, and a max that fuses with the
+    softmax's rather than XLA's CPU argmax (5.7 ms over 32 x 10 x 4096 logits)."""
+    true_BxP = jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], -1)[..., 0]
+    return (true_BxP >= logits_BxPxV.max(-1)).astype(jnp.float32)
+
+
 def _weighted_mean(x_BxP, w_BxP):
     return (x_BxP * w_BxP).sum() / jnp.maximum(w_BxP.sum(), 1.0)
 
@@ -112,8 +120,7 @@ def loss_and_metrics(params, arch: Arch, batch, teacher_BxPxV, loss_cfg: LossCon
     w_BxP = batch["weights"]
     nll_BxP = -jnp.take_along_axis(logp_BxPxV, batch["labels"][..., None], -1)[..., 0]
     ce = _weighted_mean(nll_BxP, w_BxP)
-    accuracy = _weighted_mean((logits_BxPxV.argmax(-1) == batch["labels"]).astype(jnp.float32),
-                              w_BxP)
+    accuracy = _weighted_mean(jax.lax.stop_gradient(_hits(logits_BxPxV, batch["labels"])), w_BxP)
     metrics = {"ce": ce, "accuracy": accuracy}
     if teacher_BxPxV is None:
         return ce, metrics
@@ -165,7 +172,7 @@ def _eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):
     logp = jax.nn.log_softmax(logits_BxPxV)
     w = batch["weights"]
     nll = -jnp.take_along_axis(logp, batch["labels"][..., None], -1)[..., 0]
-    sums = {"n": w.sum(), "correct": ((logits_BxPxV.argmax(-1) == batch["labels"]) * w).sum(),
+    sums = {"n": w.sum(), "correct": (_hits(logits_BxPxV, batch["labels"]) * w).sum(),
             "nll": (nll * w).sum()}
     if teacher_BxPxV is not None:
         t_logp = jax.nn.log_softmax(teacher_BxPxV)

@@ -91,7 +91,9 @@ def test_shared_and_factorised_export_round_trip(tmp_path):
         config = json.loads((tmp_path / str(kw) / "config.json").read_text())
         assert config["model_type"] == "albert" and back.arch.num_groups == arch.num_groups
         ids = np.arange(14).reshape(2, 7) + 5
-        np.testing.assert_array_equal(model.logits(ids), back.logits(ids))
+        # Equal up to float rounding: without `embedding`, the ALBERT checkpoint carries
+        # an identity E→H map, which changes how XLA fuses the program.
+        np.testing.assert_allclose(model.logits(ids), back.logits(ids), rtol=0, atol=1e-6)
 
 
 def test_space_axes_enumerate_and_validate(tmp_path):
@@ -131,13 +133,13 @@ def test_space_axes_enumerate_and_validate(tmp_path):
 
 
 def test_compile_time_stays_flat_in_depth_when_shared():
-    """One layer body is compiled whatever D: the HLO of a G = 1, D = 12 forward is
-    no bigger than D = 2's."""
+    """With `unroll=1`, one layer body is compiled whatever D: the HLO of a G = 1,
+    D = 12 forward is no bigger than D = 2's."""
     arch = Arch(2, 2, 32, 64, vocab_size=100, groups=1)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
 
     def hlo_size(a):
-        f = jax.jit(lambda p, i: Encoder(a).apply(p, i, np.ones((1, 8), np.int32)))
+        f = jax.jit(lambda p, i: Encoder(a, unroll=1).apply(p, i, np.ones((1, 8), np.int32)))
         from bortsearch.model import param_shapes
 
         return len(f.lower(param_shapes(a), ids).as_text())
