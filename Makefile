@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
-	$(BIN)/python bench/finetune_bench.py
+	$(BIN)/python bench/torch_bench.py
 	$(BIN)/python bench/ray_bench.py
 
 # Does training decide the answer, above seed noise? (bench/signal_quality.py; about

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from bortsearch.arch import Arch
-from bortsearch.model import Model, inherit_params, init_params
+from bortsearch.model import Model, inherit_params, init_params, param_shapes
 from bortsearch.proxies import param_count
 from bortsearch.search import FAILED, Evaluation, summarise
 from bortsearch.train import (LossConfig, OptimConfig, eval_sums_many, init_state,
@@ -57,13 +57,14 @@ class CandidateSettings:
 class Timing:
     """Where one candidate's time went (seconds), for the benchmark and the journal."""
 
-    compile_s: float
+    compile_s: float  # what the search waited for its compiles (the critical path)
     train_s: float
     teacher_s: float  # this candidate's share of the group's teacher forwards
     eval_s: float
     tokens_per_s: float
     model_flops_per_s: float
     resumed_from: int = 0  # the step its training continued from after a kill (0: fresh)
+    compile_busy_s: float = 0.0  # its compiles' own duration, overlapped with other work or not
 
 
 def groups(archs: list[Arch], n_trials: int, group_size: int | None) -> list[list[Arch]]:
@@ -136,9 +137,49 @@ class CandidateTrainer:
 
     def __call__(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
         results: dict[Arch, Evaluation] = {}
-        for group in groups(list(archs), self.n_trials, self.settings.group_size):
-            results.update(self.train_group(group))
+        plan = groups(list(archs), self.n_trials, self.settings.group_size)
+        # Compiles run on a pool beside training: a group's held-out evaluation
+        # compiles while the group trains, and so do the next group's programs (on
+        # a GPU host the CPU is otherwise idle while a group trains).
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            compiling = self.compile_group(plan[0], pool) if plan else {}
+            for i, group in enumerate(plan):
+                ready = compiling
+                if i + 1 < len(plan):
+                    compiling = self.compile_group(plan[i + 1], pool)
+                results.update(self.train_group(group, ready))
         return results
+
+    def compile_group(self, archs: list[Arch], pool) -> dict[Arch, dict]:
+        """Submit the candidates' programs to `pool`, every training step first,
+        then every held-out evaluation (XLA compiles without the GIL, one
+        candidate per core). Returns each candidate's two futures."""
+        batch, _ = self._batches(0)
+        n, lrs = self.settings.seeds, len(self.settings.lrs)
+        abstract = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)  # noqa: E731
+        batch_shape = jax.tree.map(abstract, batch)
+        teacher_shape = jax.ShapeDtypeStruct(
+            (n, *batch["positions"].shape[1:], self.teacher.arch.vocab_size), np.float32)
+
+        def step(arch):
+            t0 = time.perf_counter()
+            state = self._initial_state(arch)
+            program = train_step_many.lower(state, batch_shape, teacher_shape, arch=arch,
+                                            cfg=self.optim, loss_cfg=self.settings.loss).compile()
+            return state, program, time.perf_counter() - t0
+
+        def evaluate(arch):
+            t0 = time.perf_counter()
+            params = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, lrs, *x.shape), x.dtype),
+                                  param_shapes(arch))
+            program = eval_sums_many.lower(arch, params, self.heldout[0],
+                                           self.heldout_teacher[0]).compile()
+            return program, time.perf_counter() - t0
+
+        jobs = {arch: {"step": pool.submit(step, arch)} for arch in archs}
+        for arch in archs:
+            jobs[arch]["evaluate"] = pool.submit(evaluate, arch)
+        return jobs
 
     def _initial_state(self, arch: Arch):
         """Training states with leading axes N seeds × |Θ|."""
@@ -167,37 +208,30 @@ class CandidateTrainer:
         logits = teacher_logits(self.teacher.arch, self.teacher.params, merged)
         return logits.reshape(self.settings.seeds, -1, *logits.shape[1:])
 
-    def train_group(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
+    def train_group(self, archs: list[Arch],
+                    compiled: dict[Arch, dict] | None = None) -> dict[Arch, Evaluation]:
+        """Train one lockstep group and measure it; `compiled` is what
+        `compile_group` returned for it (compiled here when None)."""
+        if compiled is None:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                compiled = self.compile_group(archs, pool)
+                return self.train_group(archs, compiled)
         s = self.settings
-        batch0, merged0 = self._batches(0)
-        t_logits0 = self._teacher(merged0)
         live: dict[Arch, dict] = {}
         results: dict[Arch, Evaluation] = {}
-
-        def prepare(arch):
-            t0 = time.perf_counter()
-            state = self._initial_state(arch)
-            step = train_step_many.lower(state, batch0, t_logits0, arch=arch, cfg=self.optim,
-                                         loss_cfg=s.loss).compile()
-            evaluate = eval_sums_many.lower(arch, state.params, self.heldout[0],
-                                            self.heldout_teacher[0]).compile()
-            return dict(state=state, step=step, evaluate=evaluate, losses=[],
-                        compile_s=time.perf_counter() - t0, train_s=0.0)
-
         for arch in archs:
             self.on_start(arch)
-        # XLA compiles without the GIL and mostly on one core: compile the group's
-        # candidates side by side, one per core.
+        # What the search waited for (the critical path), shared out in proportion
+        # to each candidate's own compile time (compiles overlap one another).
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            futures = {arch: pool.submit(prepare, arch) for arch in archs}
-        for arch, future in futures.items():
+        for arch in archs:
             try:
-                live[arch] = future.result()
+                state, step, own = compiled[arch]["step"].result()
             except Exception as e:  # noqa: BLE001 -- out of memory, XLA errors: record, go on
                 results[arch] = self._fail(arch, f"could not compile: {_short(e)}")
-        # Wall-clock compile time of the group, shared out in proportion to each
-        # candidate's own compile time (which overlaps with the others').
+                continue
+            live[arch] = dict(state=state, step=step, evaluate=compiled[arch]["evaluate"],
+                              losses=[], compile_s=own, compile_busy_s=own, train_s=0.0)
         wall, own = time.perf_counter() - t0, sum(c["compile_s"] for c in live.values())
         for arch, c in live.items():
             c["compile_s"] = wall * c["compile_s"] / max(own, 1e-9)
@@ -226,7 +260,17 @@ class CandidateTrainer:
                         and k + 1 < s.steps:
                     self._save(c, k + 1)
             self.on_step(len(live))
-        for arch, c in live.items():
+        for arch in list(live):
+            c = live[arch]
+            t0 = time.perf_counter()
+            try:
+                c["evaluate"], own = c["evaluate"].result()
+            except Exception as e:  # noqa: BLE001
+                del live[arch]
+                results[arch] = self._fail(arch, f"could not compile: {_short(e)}")
+                continue
+            c["compile_s"] += time.perf_counter() - t0  # waited for, if it was not ready
+            c["compile_busy_s"] += own
             t0 = time.perf_counter()
             results[arch] = self._finish(arch, c)
             timing = self._timing(arch, c, teacher_s / max(len(live), 1), time.perf_counter() - t0)
@@ -300,7 +344,7 @@ class CandidateTrainer:
         flops = train_flops_per_token(arch, spec.seq_len, spec.predictions) * tokens
         train_s = max(c["train_s"], 1e-9)
         return Timing(c["compile_s"], c["train_s"], teacher_s, eval_s, tokens / train_s,
-                      flops / train_s, c.get("start", 0))
+                      flops / train_s, c.get("start", 0), c["compile_busy_s"])
 
 
 def error_baselines(heldout, heldout_teacher, log_q_V) -> dict[str, float]:

@@ -119,3 +119,35 @@ def test_headless_forward_is_the_last_hidden_state():
     logits = MLMHead(arch).apply({"params": params["params"]["head"]}, hidden,
                                  params["params"]["embeddings"]["word"])
     np.testing.assert_allclose(logits, Encoder(arch).apply(params, ids, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("k, n", [(8, 24), (24, 8), (16, 16)], ids=["narrow", "wide", "square"])
+def test_matmul_gradients_equal_plain_autodiff(k, n):
+    """`matmul`/`matmul_t` reorder the kernel gradient's product for XLA's CPU
+    backend (both orientations, by which operand is narrower); the gradients are
+    still those of x @ w and x @ eᵀ."""
+    from bortsearch.model import matmul, matmul_t
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    c = rng.standard_normal((40, n)).astype(np.float32)  # a cotangent that is not all ones
+
+    def grads(f, w_):
+        return jax.jit(jax.grad(lambda x, w: (f(x, w) * c).sum(), argnums=(0, 1)))(x, w_)
+
+    for ours, plain, w_ in [(matmul, lambda x, w: x @ w, w),
+                            (matmul_t, lambda x, e: x @ e.T, np.ascontiguousarray(w.T))]:
+        for got, want in zip(grads(ours, w_), grads(plain, w_)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unrolled_and_scanned_layers_agree():
+    """The default (layers unrolled) and `unroll=1` (one scanned layer body) are
+    the same function, with and without ALBERT's layer sharing."""
+    ids = np.arange(12).reshape(2, 6) % 50
+    mask = np.ones_like(ids)
+    for arch in (TINY, Arch(4, 2, 32, 64, vocab_size=50, max_positions=16, groups=2)):
+        p = init_params(arch, 0)
+        np.testing.assert_allclose(Encoder(arch).apply(p, ids, mask),
+                                   Encoder(arch, unroll=1).apply(p, ids, mask), atol=1e-5)

@@ -64,6 +64,20 @@ def test_same_seed_same_table(space, teacher, tmp_path):
     assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
 
 
+def test_groups_compiled_ahead_give_the_same_table(space, teacher, tmp_path):
+    """With one candidate per group, each group's programs compile while the group
+    before it trains: the table is the one a single lockstep group gives, and the
+    journal records the search's wait for compiles apart from their own time."""
+    assert _search(space, tmp_path / "one", teacher, "--epsilon", "3") == 0
+    assert _search(space, tmp_path / "many", teacher, "--epsilon", "3", "--group-size", "1") == 0
+    assert (tmp_path / "one" / "results.csv").read_text() == \
+        (tmp_path / "many" / "results.csv").read_text()
+    from bortsearch.run import timings
+
+    t = timings(tmp_path / "many")
+    assert len(t) >= 2 and (t["compile_busy_s"] > 0).all() and (t["compile_s"] >= 0).all()
+
+
 def test_epsilon_all_trains_one(space, teacher, tmp_path):
     assert _search(space, tmp_path / "r", teacher, "--epsilon", "8") == 0
     table = pd.read_csv(tmp_path / "r" / "results.csv")
