@@ -95,6 +95,14 @@ def main() -> None:
     print(f"training: {tokens / phase['train_s']:.0f} tokens/s, "
           f"{flops / phase['train_s'] / 1e9:.1f} GFLOP/s = "
           f"{100 * flops / phase['train_s'] / peak:.1f}% of the matmul peak")
+    other = wall - total
+    print("search wall split: " + ", ".join(
+        f"{name} {100 * v / wall:.1f}%" for name, v in (
+            ("compile", phase["compile_s"]), ("train", phase["train_s"]),
+            ("teacher", phase["teacher_s"]), ("eval", phase["eval_s"]), ("other", other))))
+    busy = t["compile_busy_s"].sum() if "compile_busy_s" in t else float("nan")
+    print(f"compile: the search waited {phase['compile_s']:.1f} s for compiles that took "
+          f"{busy:.1f} s in all (the rest overlapped other compiles or training)")
     print(f"compile share {100 * phase['compile_s'] / total:.1f}%  "
           f"teacher share {100 * phase['teacher_s'] / total:.1f}%  "
           f"held-out eval share {100 * phase['eval_s'] / total:.1f}%  "
