@@ -120,7 +120,9 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", _INIT, (x.shape[-1], self.features))
-        y = matmul(_rows(x), kernel)
+        # Autodiff's xᵀ·dy is already the fast orientation when K <= N; `matmul`'s
+        # custom rule (which costs tracing and compile time) only where it is not.
+        y = (_rows(x) @ kernel if x.shape[-1] <= self.features else matmul(_rows(x), kernel))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y.reshape(*x.shape[:-1], self.features)
