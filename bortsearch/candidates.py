@@ -14,6 +14,7 @@ cross-entropy against T at τ = 1, and KL(T ‖ S) = ê − H_T.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -154,17 +155,12 @@ class CandidateTrainer:
         """Submit the candidates' programs to `pool`, every training step first,
         then every held-out evaluation (XLA compiles without the GIL, one
         candidate per core). Returns each candidate's two futures."""
-        batch, _ = self._batches(0)
         n, lrs = self.settings.seeds, len(self.settings.lrs)
-        abstract = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)  # noqa: E731
-        batch_shape = jax.tree.map(abstract, batch)
-        teacher_shape = jax.ShapeDtypeStruct(
-            (n, *batch["positions"].shape[1:], self.teacher.arch.vocab_size), np.float32)
 
         def step(arch):
             t0 = time.perf_counter()
             state = self._initial_state(arch)
-            program = train_step_many.lower(state, batch_shape, teacher_shape, arch=arch,
+            program = train_step_many.lower(state, *self._step_inputs, arch=arch,
                                             cfg=self.optim, loss_cfg=self.settings.loss).compile()
             return state, program, time.perf_counter() - t0
 
@@ -180,6 +176,15 @@ class CandidateTrainer:
         for arch in archs:
             jobs[arch]["evaluate"] = pool.submit(evaluate, arch)
         return jobs
+
+    @functools.cached_property
+    def _step_inputs(self):
+        """The shapes of a training step's batch (N x B x ...) and teacher logits
+        (N x B x P x V), which every candidate's step is compiled for."""
+        batch = self.streams[0].train_batch(0)
+        n, (b, p) = self.settings.seeds, batch["positions"].shape
+        return ({k: jax.ShapeDtypeStruct((n, *v.shape), v.dtype) for k, v in batch.items()},
+                jax.ShapeDtypeStruct((n, b, p, self.teacher.arch.vocab_size), np.float32))
 
     def _initial_state(self, arch: Arch):
         """Training states with leading axes N seeds × |Θ|."""
@@ -208,14 +213,9 @@ class CandidateTrainer:
         logits = teacher_logits(self.teacher.arch, self.teacher.params, merged)
         return logits.reshape(self.settings.seeds, -1, *logits.shape[1:])
 
-    def train_group(self, archs: list[Arch],
-                    compiled: dict[Arch, dict] | None = None) -> dict[Arch, Evaluation]:
+    def train_group(self, archs: list[Arch], compiled: dict[Arch, dict]) -> dict[Arch, Evaluation]:
         """Train one lockstep group and measure it; `compiled` is what
-        `compile_group` returned for it (compiled here when None)."""
-        if compiled is None:
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                compiled = self.compile_group(archs, pool)
-                return self.train_group(archs, compiled)
+        `compile_group` returned for it."""
         s = self.settings
         live: dict[Arch, dict] = {}
         results: dict[Arch, Evaluation] = {}

@@ -80,6 +80,13 @@ def _matmul_bwd(res, dy_MxN):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def product(x_MxK, w_KxN):
+    """x @ w: autodiff's kernel gradient xᵀ·dy is already the fast orientation when
+    K <= N; `matmul`'s custom rule, which costs tracing and compile time, only where
+    it is not (the FFN's outer kernel)."""
+    return x_MxK @ w_KxN if w_KxN.shape[0] <= w_KxN.shape[1] else matmul(x_MxK, w_KxN)
+
+
 def transposed_product(a_MxK, b_MxN):
     """aᵀ·b (K x N), contracting the rows, with the narrower operand transposed."""
     if a_MxK.shape[1] <= b_MxN.shape[1]:
@@ -120,9 +127,7 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", _INIT, (x.shape[-1], self.features))
-        # Autodiff's xᵀ·dy is already the fast orientation when K <= N; `matmul`'s
-        # custom rule (which costs tracing and compile time) only where it is not.
-        y = (_rows(x) @ kernel if x.shape[-1] <= self.features else matmul(_rows(x), kernel))
+        y = product(_rows(x), kernel)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y.reshape(*x.shape[:-1], self.features)
