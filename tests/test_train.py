@@ -156,3 +156,19 @@ def test_groups_by_count_and_by_memory():
     big = [Arch(24, 16, 1024, 4096, vocab_size=50265)] * 3  # ~355M params: 5.7 GB each
     assert [len(g) for g in groups(big, 1, None)] == [1, 1, 1]
     assert 4 * param_count(big[0]) * 4 > 2 << 30
+
+
+def test_accuracy_and_correct_count_equal_numpy_argmax():
+    """Accuracy is taken as 'the true logit is the row max' (no argmax over the
+    vocabulary); on logits without ties that is NumPy's argmax, weighted."""
+    from bortsearch.train import eval_sums, student_logits
+
+    params, batch = init_params(ARCH, 3), _batch(seed=4)
+    logits = np.asarray(student_logits(ARCH, params, batch))
+    hits = (logits.argmax(-1) == batch["labels"]) * batch["weights"]
+    _, metrics = loss_and_metrics(params, ARCH, batch, None, None)
+    assert float(metrics["accuracy"]) == pytest.approx(hits.sum() / batch["weights"].sum())
+    assert float(eval_sums(ARCH, params, batch)["correct"]) == hits.sum()
+    # a batch where the labels are the argmax: every weighted position is a hit
+    batch["labels"] = logits.argmax(-1).astype(np.int32)
+    assert float(eval_sums(ARCH, params, batch)["correct"]) == batch["weights"].sum()
