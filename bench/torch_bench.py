@@ -62,8 +62,8 @@ import numpy as np  # noqa: E402
 from bortsearch.arch import Arch  # noqa: E402
 from bortsearch.downstream.finetune import finetune_step, initial_params  # noqa: E402
 from bortsearch.model import Encoder, Layer, Model, init_params  # noqa: E402
-from bortsearch.train import (LossConfig, OptimConfig, init_state, teacher_logits,  # noqa: E402
-                              train_step)
+from bortsearch.train import (LossConfig, OptimConfig, distill_targets, init_state,  # noqa: E402
+                              teacher_targets, train_step)
 
 try:
     import torch
@@ -115,16 +115,18 @@ def jax_layer(arch: Arch):
 
 
 def jax_distill(arch: Arch, batch, teacher: Arch | None, teacher_out=None):
-    """The candidate step (teacher logits given) or the pretraining step (teacher
-    forward included)."""
+    """The candidate step (the teacher's targets given, computed once per batch for
+    all candidates) or the pretraining step (teacher forward included)."""
     cfg = OptimConfig(steps=1000, warmup=0.05)
     box = {"state": jax.device_put(init_state(init_params(arch, 0), 1e-3, cfg))}
     batch = jax.device_put(batch)
     t_params = jax.device_put(init_params(teacher, 1)) if teacher is not None else None
-    teacher_out = jax.device_put(teacher_out) if teacher_out is not None else None
+    teacher_out = (jax.device_put(distill_targets(teacher_out, LOSS.temperature))
+                   if teacher_out is not None else None)
 
     def step():
-        t = teacher_out if teacher is None else teacher_logits(teacher, t_params, batch)
+        t = teacher_out if teacher is None else teacher_targets(teacher, t_params, batch,
+                                                                LOSS.temperature)
         box["state"], metrics = train_step(box["state"], batch, t, arch=arch, cfg=cfg,
                                            loss_cfg=LOSS)
         return box["state"].params

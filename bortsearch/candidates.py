@@ -30,9 +30,9 @@ from bortsearch.arch import Arch
 from bortsearch.model import Model, inherit_params, init_params, param_shapes
 from bortsearch.proxies import param_count
 from bortsearch.search import FAILED, Evaluation, summarise
-from bortsearch.train import (LossConfig, OptimConfig, eval_sums_many, init_state,
-                              teacher_entropy_sums, teacher_logits, train_flops_per_token,
-                              train_step_many)
+from bortsearch.train import (LossConfig, OptimConfig, Targets, eval_sums_many, init_state,
+                              teacher_entropy_sums, teacher_logits, teacher_targets,
+                              train_flops_per_token, train_step_many)
 
 INITS = ("random", "teacher")
 
@@ -179,12 +179,13 @@ class CandidateTrainer:
 
     @functools.cached_property
     def _step_inputs(self):
-        """The shapes of a training step's batch (N x B x ...) and teacher logits
-        (N x B x P x V), which every candidate's step is compiled for."""
+        """The shapes of a training step's batch (N x B x ...) and teacher targets
+        (N x B x P x V and N x B x P), which every candidate's step is compiled for."""
         batch = self.streams[0].train_batch(0)
         n, (b, p) = self.settings.seeds, batch["positions"].shape
         return ({k: jax.ShapeDtypeStruct((n, *v.shape), v.dtype) for k, v in batch.items()},
-                jax.ShapeDtypeStruct((n, b, p, self.teacher.arch.vocab_size), np.float32))
+                Targets(jax.ShapeDtypeStruct((n, b, p, self.teacher.arch.vocab_size), np.float32),
+                        jax.ShapeDtypeStruct((n, b, p), np.float32)))
 
     def _initial_state(self, arch: Arch):
         """Training states with leading axes N seeds × |Θ|."""
@@ -208,10 +209,12 @@ class CandidateTrainer:
         merged = {k: v.reshape(-1, *v.shape[2:]) for k, v in stacked.items()}
         return jax.device_put(stacked), jax.device_put(merged)
 
-    def _teacher(self, merged):
-        """T's logits on the merged batch, split back into N x B x P x V."""
-        logits = teacher_logits(self.teacher.arch, self.teacher.params, merged)
-        return logits.reshape(self.settings.seeds, -1, *logits.shape[1:])
+    def _teacher(self, merged) -> Targets:
+        """T's distillation targets on the merged batch (once for every candidate and
+        θ), split back into N x B x P x V and N x B x P."""
+        targets = teacher_targets(self.teacher.arch, self.teacher.params, merged,
+                                  self.settings.loss.temperature)
+        return jax.tree.map(lambda x: x.reshape(self.settings.seeds, -1, *x.shape[1:]), targets)
 
     def train_group(self, archs: list[Arch], compiled: dict[Arch, dict]) -> dict[Arch, Evaluation]:
         """Train one lockstep group and measure it; `compiled` is what
@@ -241,7 +244,7 @@ class CandidateTrainer:
         for k in range(first, s.steps):
             batch, merged = self._batches(k)
             t0 = time.perf_counter()
-            t_logits = jax.block_until_ready(self._teacher(merged))
+            targets = jax.block_until_ready(self._teacher(merged))
             teacher_s += time.perf_counter() - t0
             for arch in list(live):
                 c = live[arch]
@@ -249,7 +252,7 @@ class CandidateTrainer:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    c["state"], metrics = c["step"](c["state"], batch, t_logits)
+                    c["state"], metrics = c["step"](c["state"], batch, targets)
                     c["losses"].append(jax.block_until_ready(metrics["loss"]))
                 except Exception as e:  # noqa: BLE001
                     del live[arch]

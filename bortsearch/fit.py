@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bortsearch.arch import Arch
 from bortsearch.errors import UserError
 from bortsearch.train import (LossConfig, OptimConfig, evaluate, forward_flops_per_token,
-                              init_state, teacher_logits, train_flops_per_token, train_step)
+                              init_state, teacher_logits, teacher_targets,
+                              train_flops_per_token, train_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +119,9 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
     with open(metrics_path, "a") as log:
         for step in range(start, optim.steps):
             batch = jax.device_put(data.train_batch(step), batch_sharding)
-            t_out = teacher_logits(teacher.arch, t_params, batch) if teacher is not None else None
-            state, metrics = train_step(state, batch, t_out, arch=arch, cfg=optim,
+            targets = (teacher_targets(teacher.arch, t_params, batch, loss_cfg.temperature)
+                       if teacher is not None else None)
+            state, metrics = train_step(state, batch, targets, arch=arch, cfg=optim,
                                         loss_cfg=loss_cfg if teacher is not None else None)
             # One step in flight: the host prepares batch k+1 while step k runs, and
             # the bar reports finished steps rather than queued ones.

@@ -2,7 +2,7 @@
 
 One step function serves maximum-point training (masked-LM cross-entropy alone),
 the search's brief candidate training and pretraining (the Bort loss, with the
-teacher's logits as an input): distillation is a term in the loss, not a second
+teacher's softened distribution as an input): distillation is a term in the loss, not a second
 trainer. The learning rate lives in the state, so several settings θ ∈ Θ of one
 architecture can share one compiled step under `jax.vmap`.
 """
@@ -101,6 +101,28 @@ def teacher_logits(arch: Arch, params, batch):
     return student_logits(arch, params, batch)
 
 
+class Targets(NamedTuple):
+    """What the distillation term needs of the teacher at temperature τ: its
+    distribution p = softmax(T/τ) and Σ_v p log p per position. Computed once per
+    batch (`distill_targets`), not in every candidate's and every θ's step."""
+
+    probs_BxPxV: jax.Array
+    neg_entropy_BxP: jax.Array
+
+
+def distill_targets(teacher_BxPxV, temperature: float) -> Targets:
+    """The teacher's `Targets` at temperature τ from its logits."""
+    logp = jax.nn.log_softmax(jnp.asarray(teacher_BxPxV) / temperature)
+    p = jnp.exp(logp)
+    return Targets(p, (p * logp).sum(-1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def teacher_targets(arch: Arch, params, batch, temperature: float) -> Targets:
+    """The frozen teacher's `Targets` on a batch: its forward and softmax in one program."""
+    return distill_targets(student_logits(arch, params, batch), temperature)
+
+
 def _hits(logits_BxPxV, labels_BxP):
     """1.0 where the true token's logit is the largest (a tie counts as a hit). The
     same as comparing argmax except on exact ties, and a max that fuses with the
@@ -113,21 +135,33 @@ def _weighted_mean(x_BxP, w_BxP):
     return (x_BxP * w_BxP).sum() / jnp.maximum(w_BxP.sum(), 1.0)
 
 
-def loss_and_metrics(params, arch: Arch, batch, teacher_BxPxV, loss_cfg: LossConfig | None):
-    """Masked-LM cross-entropy alone when there is no teacher; else the Bort loss."""
+def _logsumexp(x_BxPxV, max_BxP):
+    """log Σ exp(x) over the last axis, shifted by its (gradient-free) row max."""
+    return jnp.log(jnp.exp(x_BxPxV - max_BxP[..., None]).sum(-1)) + max_BxP
+
+
+def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
+                     loss_cfg: LossConfig | None):
+    """Masked-LM cross-entropy alone when there is no teacher; else the Bort loss.
+
+    Written with log-sum-exps rather than full log-softmax arrays: with s the
+    student's logits, z = s/τ and the teacher's `Targets` (p, Σ p log p),
+    CE = lse(s) − s_label and KL(p ‖ softmax z) = Σ p log p − Σ p·z + lse(z).
+    One row max serves both log-sum-exps and the accuracy."""
     logits_BxPxV = student_logits(arch, params, batch)
-    logp_BxPxV = jax.nn.log_softmax(logits_BxPxV)
     w_BxP = batch["weights"]
-    nll_BxP = -jnp.take_along_axis(logp_BxPxV, batch["labels"][..., None], -1)[..., 0]
-    ce = _weighted_mean(nll_BxP, w_BxP)
-    accuracy = _weighted_mean(jax.lax.stop_gradient(_hits(logits_BxPxV, batch["labels"])), w_BxP)
+    true_BxP = jnp.take_along_axis(logits_BxPxV, batch["labels"][..., None], -1)[..., 0]
+    max_BxP = jax.lax.stop_gradient(logits_BxPxV.max(-1))
+    ce = _weighted_mean(_logsumexp(logits_BxPxV, max_BxP) - true_BxP, w_BxP)
+    accuracy = _weighted_mean(jax.lax.stop_gradient(true_BxP >= max_BxP).astype(jnp.float32),
+                              w_BxP)
     metrics = {"ce": ce, "accuracy": accuracy}
-    if teacher_BxPxV is None:
+    if targets is None:
         return ce, metrics
     tau = loss_cfg.temperature
-    t_logp = jax.nn.log_softmax(teacher_BxPxV / tau)
-    s_logp = jax.nn.log_softmax(logits_BxPxV / tau)
-    kl_BxP = (jnp.exp(t_logp) * (t_logp - s_logp)).sum(-1)
+    z_BxPxV = logits_BxPxV / tau
+    kl_BxP = (targets.neg_entropy_BxP - (targets.probs_BxPxV * z_BxPxV).sum(-1)
+              + _logsumexp(z_BxPxV, max_BxP / tau))
     kl = _weighted_mean(kl_BxP, w_BxP) * tau**2
     metrics["kl"] = kl
     return loss_cfg.ce_weight * ce + loss_cfg.kd_weight * kl, metrics
@@ -141,30 +175,30 @@ def apply_gradients(state: TrainState, grads, cfg: OptimConfig) -> TrainState:
     return TrainState(state.step + 1, params, opt_state, state.lr)
 
 
-def _step(state: TrainState, batch, teacher_BxPxV, arch: Arch, cfg: OptimConfig,
+def _step(state: TrainState, batch, targets: Targets | None, arch: Arch, cfg: OptimConfig,
           loss_cfg: LossConfig | None):
     grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, arch, batch, teacher_BxPxV, loss_cfg)
+    (loss, metrics), grads = grad_fn(state.params, arch, batch, targets, loss_cfg)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return apply_gradients(state, grads, cfg), metrics
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)
-def train_step(state: TrainState, batch, teacher_BxPxV=None, *, arch: Arch, cfg: OptimConfig,
-               loss_cfg: LossConfig | None = None):
-    """One optimiser step: `(state, batch, teacher logits) -> (state, metrics)`."""
-    return _step(state, batch, teacher_BxPxV, arch, cfg, loss_cfg)
+def train_step(state: TrainState, batch, targets: Targets | None = None, *, arch: Arch,
+               cfg: OptimConfig, loss_cfg: LossConfig | None = None):
+    """One optimiser step: `(state, batch, teacher's targets) -> (state, metrics)`."""
+    return _step(state, batch, targets, arch, cfg, loss_cfg)
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)
-def train_step_many(states: TrainState, batches, teacher_NxBxPxV=None, *, arch: Arch,
-                    cfg: OptimConfig, loss_cfg: LossConfig | None = None):
+def train_step_many(states: TrainState, batches, targets: Targets | None = None, *,
+                    arch: Arch, cfg: OptimConfig, loss_cfg: LossConfig | None = None):
     """`train_step` over the trials of one architecture: states carry two leading
-    axes, N seeds × |Θ| settings. Each seed has its own batch and teacher logits
+    axes, N seeds × |Θ| settings. Each seed has its own batch and teacher targets
     (leading axis N); the settings of one seed share them."""
     over_lrs = jax.vmap(_step, in_axes=(0, None, None, None, None, None))
     return jax.vmap(over_lrs, in_axes=(0, 0, 0, None, None, None))(
-        states, batches, teacher_NxBxPxV, arch, cfg, loss_cfg)
+        states, batches, targets, arch, cfg, loss_cfg)
 
 
 def _eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):

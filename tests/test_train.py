@@ -6,8 +6,8 @@ from bortsearch import Arch
 from bortsearch.candidates import groups
 from bortsearch.model import init_params
 from bortsearch.proxies import param_count
-from bortsearch.train import (LossConfig, OptimConfig, _decay_mask, init_state, loss_and_metrics,
-                              optimizer, train_step, train_step_many)
+from bortsearch.train import (LossConfig, OptimConfig, _decay_mask, distill_targets, init_state,
+                              loss_and_metrics, optimizer, train_step, train_step_many)
 
 ARCH = Arch(2, 2, 16, 32, vocab_size=50, max_positions=16)
 
@@ -32,7 +32,7 @@ def test_bort_loss_against_numpy():
     params, batch = init_params(ARCH, 0), _batch()
     teacher = np.random.default_rng(1).normal(size=(4, 3, 50)).astype(np.float32)
     cfg = LossConfig()
-    loss, m = loss_and_metrics(params, ARCH, batch, teacher, cfg)
+    loss, m = loss_and_metrics(params, ARCH, batch, distill_targets(teacher, cfg.temperature), cfg)
     s = np.asarray(student_logits(ARCH, params, batch), np.float64)
     w = batch["weights"]
     ce = -(np.take_along_axis(_np_log_softmax(s), batch["labels"][..., None], -1)[..., 0] * w).sum() / w.sum()
@@ -43,8 +43,38 @@ def test_bort_loss_against_numpy():
     assert float(m["kl"]) == pytest.approx(kl, rel=1e-4)
     assert float(loss) == pytest.approx(0.1 * ce + 0.5 * kl, rel=1e-5)
     # the KL is zero when the student is its own teacher
-    _, same = loss_and_metrics(params, ARCH, batch, np.asarray(s, np.float32), cfg)
+    _, same = loss_and_metrics(params, ARCH, batch,
+                               distill_targets(np.asarray(s, np.float32), cfg.temperature), cfg)
     assert abs(float(same["kl"])) < 1e-5
+
+
+def test_bort_loss_gradient_equals_the_log_softmax_form():
+    """The loss is written with log-sum-exps and the teacher's precomputed targets;
+    its gradient is that of the textbook form on full log-softmax arrays."""
+    import jax.numpy as jnp
+
+    from bortsearch.train import student_logits, teacher_logits, teacher_targets
+
+    params, batch, cfg = init_params(ARCH, 0), _batch(seed=5), LossConfig()
+    teacher_params = init_params(ARCH, 7)
+    logits = teacher_logits(ARCH, teacher_params, batch)
+    tau, w = cfg.temperature, batch["weights"]
+
+    def textbook(p):
+        s = student_logits(ARCH, p, batch)
+        ce = -(jnp.take_along_axis(jax.nn.log_softmax(s), batch["labels"][..., None], -1)[..., 0]
+               * w).sum() / w.sum()
+        t = jax.nn.log_softmax(logits / tau)
+        kl = ((jnp.exp(t) * (t - jax.nn.log_softmax(s / tau))).sum(-1) * w).sum() / w.sum()
+        return cfg.ce_weight * ce + cfg.kd_weight * tau**2 * kl
+
+    targets = teacher_targets(ARCH, teacher_params, batch, tau)
+    for a, b in zip(jax.tree.leaves(distill_targets(logits, tau)), jax.tree.leaves(targets)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    ours = jax.grad(lambda p: loss_and_metrics(p, ARCH, batch, targets, cfg)[0])(params)
+    ref = jax.grad(textbook)(params)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -89,19 +119,21 @@ def test_training_reduces_the_loss():
 def test_vmapped_learning_rates_equal_separate_runs():
     cfg, loss = OptimConfig(steps=5), LossConfig()
     teacher = np.random.default_rng(2).normal(size=(4, 3, 50)).astype(np.float32)
+    targets = distill_targets(teacher, loss.temperature)
     lrs = [1e-3, 5e-3]
     singles = []
     for lr in lrs:
         s = init_state(init_params(ARCH, 0), lr, cfg)
         for k in range(5):
-            s, _ = train_step(s, _batch(k), teacher, arch=ARCH, cfg=cfg, loss_cfg=loss)
+            s, _ = train_step(s, _batch(k), targets, arch=ARCH, cfg=cfg, loss_cfg=loss)
         singles.append(s)
     one = init_state(init_params(ARCH, 0), 0.0, cfg)
     many = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2)[None], one)._replace(
         lr=np.array([lrs], np.float32))  # 1 seed x 2 settings
     for k in range(5):
         batches = jax.tree.map(lambda x: x[None], _batch(k))
-        many, _ = train_step_many(many, batches, teacher[None], arch=ARCH, cfg=cfg, loss_cfg=loss)
+        many, _ = train_step_many(many, batches, jax.tree.map(lambda x: x[None], targets),
+                                  arch=ARCH, cfg=cfg, loss_cfg=loss)
     for j, single in enumerate(singles):
         for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(many.params)):
             np.testing.assert_allclose(np.asarray(b)[0, j], a, atol=1e-6)
@@ -110,13 +142,13 @@ def test_vmapped_learning_rates_equal_separate_runs():
 def test_seed_axis_trains_each_seed_on_its_own_batches():
     cfg, loss = OptimConfig(steps=3), LossConfig()
     rng = np.random.default_rng(3)
-    teachers = rng.normal(size=(2, 4, 3, 50)).astype(np.float32)
+    teachers = distill_targets(rng.normal(size=(2, 4, 3, 50)).astype(np.float32), loss.temperature)
     singles = []
     for j in range(2):
         s = init_state(init_params(ARCH, j), 2e-3, cfg)
         for k in range(3):
-            s, _ = train_step(s, _batch(10 * j + k), teachers[j], arch=ARCH, cfg=cfg,
-                              loss_cfg=loss)
+            s, _ = train_step(s, _batch(10 * j + k), jax.tree.map(lambda x: x[j], teachers),
+                              arch=ARCH, cfg=cfg, loss_cfg=loss)
         singles.append(s)
     states = [init_state(init_params(ARCH, j), 2e-3, cfg) for j in range(2)]
     many = jax.tree.map(lambda *xs: np.stack([np.asarray(x)[None] for x in xs]), *states)
