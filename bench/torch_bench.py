@@ -223,22 +223,23 @@ def torch_distill(arch: Arch, batch, teacher: Arch | None, teacher_out=None):
     t = tensors(batch)
     teacher_model = (BertForMaskedLM(bert_config(teacher)).to(DEVICE).eval()
                      if teacher is not None else None)
-    fixed = (torch.tensor(np.asarray(teacher_out), device=DEVICE)
-             if teacher_out is not None else None)
     tau = LOSS.temperature
+    # The candidate step gets the teacher's softened log-probabilities computed once,
+    # as the search computes them once per batch for every candidate (equal work).
+    fixed = (torch.log_softmax(torch.tensor(np.asarray(teacher_out), device=DEVICE) / tau, -1)
+             if teacher_out is not None else None)
 
     def step():
         if teacher_model is not None:
             with torch.no_grad():
-                t_logits = torch_mlm_logits(teacher_model, t)
+                t_logp = torch.log_softmax(torch_mlm_logits(teacher_model, t) / tau, -1)
         else:
-            t_logits = fixed
+            t_logp = fixed
         logits = torch_mlm_logits(model, t)
         w = t["weights"]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), t["labels"],
                                                 reduction="none")
         ce = (nll * w).sum() / w.sum().clamp(min=1)
-        t_logp = torch.log_softmax(t_logits / tau, -1)
         s_logp = torch.log_softmax(logits / tau, -1)
         kl = ((t_logp.exp() * (t_logp - s_logp)).sum(-1) * w).sum() / w.sum().clamp(min=1)
         loss = LOSS.ce_weight * ce + LOSS.kd_weight * kl * tau**2
