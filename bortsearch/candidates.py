@@ -291,18 +291,15 @@ class CandidateTrainer:
         c["start"], c["manager"] = 0, None
         if self.checkpoints is None:
             return
-        import orbax.checkpoint as ocp
-
-        from bortsearch.fit import _checkpointer
+        from bortsearch.fit import _checkpointer, restore_checkpoint
 
         c["manager"] = _checkpointer(self._folder(arch))
         k = c["manager"].latest_step()
         if not k:
             return
-        abstract = {"state": jax.tree.map(ocp.utils.to_shape_dtype_struct, c["state"]),
-                    "losses": jax.ShapeDtypeStruct((k, self.settings.seeds,
-                                                    len(self.settings.lrs)), np.float32)}
-        saved = c["manager"].restore(k, args=ocp.args.StandardRestore(abstract))
+        item = {"state": c["state"], "losses": jax.ShapeDtypeStruct(
+            (k, self.settings.seeds, len(self.settings.lrs)), np.float32)}
+        saved = restore_checkpoint(c["manager"], k, item, self.optim)
         c["state"], c["losses"], c["start"] = saved["state"], list(saved["losses"]), k
 
     def _save(self, c: dict, step: int) -> None:

@@ -25,8 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bortsearch.arch import Arch
 from bortsearch.errors import UserError
 from bortsearch.train import (LossConfig, OptimConfig, evaluate, forward_flops_per_token,
-                              init_state, teacher_logits, teacher_targets,
-                              train_flops_per_token, train_step)
+                              from_legacy, init_state, legacy_state, teacher_logits,
+                              teacher_targets, train_flops_per_token, train_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +64,37 @@ def _checkpointer(directory: Path):
         options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
 
 
-def restore_latest(manager, state):
+def restore_latest(manager, state, optim: OptimConfig):
     """(step, state) of the manager's latest checkpoint, restored into the shapes,
     dtypes and shardings of `state`; (0, state) when there is none."""
     step = manager.latest_step() or 0
     if step:
-        import orbax.checkpoint as ocp
-
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = restore_checkpoint(manager, step, state, optim)
     return step, state
+
+
+def restore_checkpoint(manager, step: int, item, optim: OptimConfig):
+    """Checkpoint `step` restored into the shapes of `item`: a `TrainState`, or a
+    dict holding one under "state". A checkpoint written before the optimiser's
+    state was one flat vector (Adam's moments as trees) is read in that layout and
+    converted, so a run in progress resumes across the change."""
+    import orbax.checkpoint as ocp
+
+    def swap(f, x):
+        return {**x, "state": f(x["state"])} if isinstance(x, dict) else f(x)
+
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, item)
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as e:
+        if "mismatch" not in str(e):
+            raise
+        try:
+            old = manager.restore(step, args=ocp.args.StandardRestore(
+                swap(lambda s: legacy_state(s, optim), abstract)))
+        except ValueError:
+            raise e from None
+    return swap(lambda s: from_legacy(s, optim), old)
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
@@ -100,7 +121,7 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
     batch_sharding, replicated = data_mesh(data.spec.batch_size)
     state = jax.device_put(init_state(params, lr, optim), replicated)
     manager = _checkpointer(workdir / "checkpoints")
-    start, state = restore_latest(manager, state)
+    start, state = restore_latest(manager, state, optim)
     metrics_path = workdir / "metrics.jsonl"
     _trim_metrics(metrics_path, start)
 

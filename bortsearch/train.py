@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from bortsearch.arch import Arch
 from bortsearch.model import Encoder
@@ -67,26 +68,86 @@ def _decay_mask(params):
 
 
 def optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """AdamW with a unit-peak schedule; `train_step` scales by −lr."""
-    w = cfg.warmup_steps
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, 1.0, w), optax.linear_schedule(1.0, 0.0, max(1, cfg.steps - w))],
-        [w])
+    """AdamW with a unit-peak schedule over the parameters as one flat vector;
+    `apply_gradients` scales by −lr and gives it the parameters to decay (kernels
+    and embedding tables) with the others zeroed.
+
+    One vector rather than a tree of ~25 leaves: the same arithmetic (the clip's
+    global norm is the same norm), a few fused loops instead of one per leaf and
+    per transformation, and 17% less compile time for a candidate's step (issue 11).
+    """
     return optax.chain(
         optax.clip_by_global_norm(cfg.clip),
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps),
-        optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
-        optax.scale_by_schedule(schedule),
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.scale_by_schedule(_schedule(cfg)),
     )
+
+
+def _schedule(cfg: OptimConfig) -> optax.Schedule:
+    """Linear warm-up to 1, then linear decay to 0."""
+    w = cfg.warmup_steps
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, 1.0, w), optax.linear_schedule(1.0, 0.0, max(1, cfg.steps - w))],
+        [w])
+
+
+def _flat_size(params) -> int:
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+
+
+def _decayed(params):
+    """The parameters as one vector, zero where weight decay does not apply."""
+    return jnp.concatenate([jnp.ravel(x) if m else jnp.zeros(np.size(x), x.dtype) for x, m in
+                            zip(jax.tree.leaves(params), jax.tree.leaves(_decay_mask(params)))])
 
 
 def init_state(params, lr: float, cfg: OptimConfig) -> TrainState:
     """The state before step 1. The optimiser's initial state (Adam's moments and
     every counter) is all zeros, so it is built from its shapes without running
     `init` op by op; `tests/test_train.py` checks it equals `optimizer(cfg).init`."""
-    abstract = jax.eval_shape(optimizer(cfg).init, params)
+    flat = jax.ShapeDtypeStruct((_flat_size(params),), np.float32)
+    abstract = jax.eval_shape(optimizer(cfg).init, flat)
     opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
     return TrainState(np.zeros((), np.int32), params, opt_state, np.asarray(lr, np.float32))
+
+
+def _tree_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """The same AdamW over the parameter tree, decay masked per leaf: how the state
+    was laid out before it was one flat vector (`legacy_state`)."""
+    return optax.chain(optax.clip_by_global_norm(cfg.clip),
+                       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps),
+                       optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
+                       optax.scale_by_schedule(_schedule(cfg)))
+
+
+def legacy_state(state: TrainState, cfg: OptimConfig) -> TrainState:
+    """The shapes of `state` (any leading trial axes) with the optimiser state laid
+    out as older checkpoints hold it, Adam's moments as trees like the parameters."""
+    lead = np.shape(state.step)
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[len(lead):], x.dtype),
+                       state.params)
+    tree = jax.eval_shape(_tree_optimizer(cfg).init, one)
+    opt_state = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(lead + s.shape, s.dtype), tree)
+    return state._replace(opt_state=opt_state)
+
+
+def from_legacy(old: TrainState, cfg: OptimConfig) -> TrainState:
+    """A state restored in `legacy_state`'s layout, its moments flattened in the
+    parameters' leaf order (the order `ravel_pytree` and `apply_gradients` use)."""
+    lead = np.ndim(old.step)
+    adam = next(s for s in old.opt_state if isinstance(s, optax.ScaleByAdamState))
+    sched = next(s for s in old.opt_state if isinstance(s, optax.ScaleByScheduleState))
+
+    def flat(tree):
+        return np.concatenate([np.asarray(x).reshape(*np.shape(x)[:lead], -1)
+                               for x in jax.tree.leaves(tree)], axis=-1)
+
+    size = flat(adam.mu).shape[-1]
+    new = jax.eval_shape(optimizer(cfg).init, jax.ShapeDtypeStruct((size,), np.float32))
+    values = iter([np.asarray(adam.count), flat(adam.mu), flat(adam.nu), np.asarray(sched.count)])
+    return old._replace(opt_state=jax.tree.map(lambda _: next(values), new))
 
 
 def student_logits(arch: Arch, params, batch):
@@ -172,9 +233,10 @@ def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
 
 def apply_gradients(state: TrainState, grads, cfg: OptimConfig) -> TrainState:
     """One AdamW update of `state` by `grads` at the state's peak learning rate."""
-    updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda u: -state.lr * u, updates)
-    params = optax.apply_updates(state.params, updates)
+    flat_grads, unravel = ravel_pytree(grads)
+    updates, opt_state = optimizer(cfg).update(flat_grads, state.opt_state,
+                                               _decayed(state.params))
+    params = optax.apply_updates(state.params, unravel(-state.lr * updates))
     return TrainState(state.step + 1, params, opt_state, state.lr)
 
 

@@ -98,12 +98,89 @@ def test_weight_decay_skips_layer_norms_and_biases():
 
 
 def test_init_state_equals_optax_init():
+    from jax.flatten_util import ravel_pytree
+
     params, cfg = init_params(ARCH, 0), OptimConfig(steps=10)
-    ours, real = init_state(params, 1e-3, cfg).opt_state, optimizer(cfg).init(params)
+    ours = init_state(params, 1e-3, cfg).opt_state
+    real = optimizer(cfg).init(ravel_pytree(params)[0])
     assert jax.tree.structure(ours) == jax.tree.structure(real)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(real)):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
+
+
+def _tree_adamw_steps(params, grads_list, lr, cfg):
+    """optax's AdamW over the parameter tree, decay masked per leaf: the reference."""
+    import optax
+
+    from bortsearch.train import _tree_optimizer
+
+    tx, state = _tree_optimizer(cfg), _tree_optimizer(cfg).init(params)
+    for g in grads_list:
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
+    return params, state
+
+
+def test_flat_update_equals_adamw_over_the_tree():
+    """The optimiser runs on the parameters as one vector; the parameters it makes
+    are those of optax's AdamW over the tree (clip, decay mask, schedule)."""
+    from bortsearch.train import apply_gradients
+
+    cfg = OptimConfig(steps=6, warmup=0.2, clip=0.5)
+    params = init_params(ARCH, 0)
+    grads = [jax.tree.map(lambda x, k=k: np.random.default_rng(k).normal(size=x.shape)
+                          .astype(np.float32), params) for k in range(4)]
+    state = init_state(params, 3e-3, cfg)
+    for g in grads:
+        state = apply_gradients(state, g, cfg)
+    ref, _ = _tree_adamw_steps(params, grads, 3e-3, cfg)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    moved = state.params["params"]["layers"]["ffn"]["inner"]["kernel"]
+    assert not np.allclose(moved, params["params"]["layers"]["ffn"]["inner"]["kernel"])
+
+
+@pytest.mark.parametrize("lead", [(), (2, 3)])
+def test_checkpoint_from_the_tree_layout_resumes(tmp_path, lead):
+    """A checkpoint written with Adam's moments as trees (before the flat state)
+    restores into today's state and goes on exactly as the tree optimiser would:
+    a pretraining state (no leading axes) and a candidate's trials (N x |Θ|)."""
+    import orbax.checkpoint as ocp
+
+    from bortsearch.fit import _checkpointer, restore_latest
+    from bortsearch.train import TrainState, _tree_optimizer, apply_gradients
+
+    cfg, lr = OptimConfig(steps=6, warmup=0.2), 3e-3
+    params = init_params(ARCH, 0)
+    grads = [jax.tree.map(lambda x, k=k: np.random.default_rng(k).normal(size=x.shape)
+                          .astype(np.float32), params) for k in range(3)]
+    mid, mid_opt = _tree_adamw_steps(params, grads[:2], lr, cfg)
+    end, _ = _tree_adamw_steps(params, grads, lr, cfg)
+
+    def stack(tree):
+        return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), lead + np.shape(x)).copy(),
+                            tree)
+
+    old = TrainState(np.full(lead, 2, np.int32), stack(mid), stack(mid_opt),
+                     np.full(lead, lr, np.float32))
+    manager = _checkpointer(tmp_path / "ckpt")
+    manager.save(2, args=ocp.args.StandardSave(old))
+    manager.wait_until_finished()
+    template = init_state(stack(params), 0.0, cfg)
+    template = template._replace(
+        step=np.zeros(lead, np.int32), lr=np.zeros(lead, np.float32),
+        opt_state=jax.tree.map(lambda x: np.zeros(lead + x.shape[-1:] if x.ndim else lead, x.dtype),
+                               init_state(params, 0.0, cfg).opt_state))
+    step, state = restore_latest(_checkpointer(tmp_path / "ckpt"), template, cfg)
+    assert step == 2 and int(np.asarray(state.step).ravel()[0]) == 2
+    g = stack(grads[2])
+    apply = apply_gradients
+    for _ in lead:
+        apply = jax.vmap(apply, in_axes=(0, 0, None))
+    state = apply(state, g, cfg)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(stack(end))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_training_reduces_the_loss():

@@ -228,7 +228,7 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     state = init_state(initial_params(encoder, n_labels, seed), lr, optim)
     work.mkdir(parents=True, exist_ok=True)
     manager = _checkpointer(work / "checkpoints")
-    start, state = restore_latest(manager, state)
+    start, state = restore_latest(manager, state, optim)
     journal = work / "evals.jsonl"
     _trim_metrics(journal, start)
     evals = [json.loads(line) for line in journal.read_text().splitlines()] \
