@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -52,6 +51,7 @@ class CandidateSettings:
     init: str = "teacher"  # inherit the teacher's weights [ours], or "random" [paper]
     error: str = "kl"  # the error W uses: "kl" (ê − H_T) or "ce" (ê) [paper]
     group_size: int | None = None  # None: as many as fit GROUP_MEMORY_BYTES
+    dtype: str = "float32"  # the compute dtype of students and teacher (model.DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +139,13 @@ class CandidateTrainer:
     def __call__(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
         results: dict[Arch, Evaluation] = {}
         plan = groups(list(archs), self.n_trials, self.settings.group_size)
-        # Compiles run on a pool beside training: a group's held-out evaluation
+        # Compiles run on a thread beside training: a group's held-out evaluation
         # compiles while the group trains, and so do the next group's programs (on
-        # a GPU host the CPU is otherwise idle while a group trains).
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        # a GPU host the CPU is otherwise idle while a group trains). One program
+        # at a time: XLA already compiles each on several threads, and two at once
+        # contend for the one malloc arena (allocator.py): the demo's 12 steps were
+        # ready after 54 s on two threads against 42 s on one (issue 11).
+        with ThreadPoolExecutor(max_workers=1) as pool:
             compiling = self.compile_group(plan[0], pool) if plan else {}
             for i, group in enumerate(plan):
                 ready = compiling
@@ -153,15 +156,16 @@ class CandidateTrainer:
 
     def compile_group(self, archs: list[Arch], pool) -> dict[Arch, dict]:
         """Submit the candidates' programs to `pool`, every training step first,
-        then every held-out evaluation (XLA compiles without the GIL, one
-        candidate per core). Returns each candidate's two futures."""
+        then every held-out evaluation (XLA compiles without the GIL, beside
+        training). Returns each candidate's two futures."""
         n, lrs = self.settings.seeds, len(self.settings.lrs)
 
         def step(arch):
             t0 = time.perf_counter()
             state = self._initial_state(arch)
             program = train_step_many.lower(state, *self._step_inputs, arch=arch,
-                                            cfg=self.optim, loss_cfg=self.settings.loss).compile()
+                                            cfg=self.optim, loss_cfg=self.settings.loss,
+                                            dtype=self.settings.dtype).compile()
             return state, program, time.perf_counter() - t0
 
         def evaluate(arch):
@@ -213,7 +217,7 @@ class CandidateTrainer:
         """T's distillation targets on the merged batch (once for every candidate and
         θ), split back into N x B x P x V and N x B x P."""
         targets = teacher_targets(self.teacher.arch, self.teacher.params, merged,
-                                  self.settings.loss.temperature)
+                                  self.settings.loss.temperature, self.settings.dtype)
         return jax.tree.map(lambda x: x.reshape(self.settings.seeds, -1, *x.shape[1:]), targets)
 
     def train_group(self, archs: list[Arch], compiled: dict[Arch, dict]) -> dict[Arch, Evaluation]:

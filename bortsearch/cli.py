@@ -118,7 +118,7 @@ def cmd_search(args) -> None:
         seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
         teacher_steps=args.teacher_steps, group_size=args.group_size,
-        checkpoint_every=args.checkpoint_every)
+        checkpoint_every=args.checkpoint_every, dtype=args.dtype)
     from bortsearch.executors import make_executor
 
     executor = make_executor(args.executor, args.ray_address, args.worker_cpus,
@@ -172,7 +172,7 @@ def cmd_pretrain(args) -> None:
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                          lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed)
+                         seed=args.seed, dtype=args.dtype)
     s = pretrain(args.run, args.out, size, cfg, corpus=args.corpus, progress=not args.quiet)
     print(f"held-out masked-LM accuracy {s['heldout_accuracy']:.4f} (teacher "
           f"{s['teacher_heldout_accuracy']:.4f}), KD cross-entropy {s['heldout_kd_ce']:.4f}; "
@@ -193,6 +193,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_dtype_flag(p) -> None:
+    from bortsearch.model import DTYPES
+
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="compute dtype of training: float32 (default), or bfloat16 for "
+                        "GPU/TPU (parameters, optimiser, softmax and loss stay float32; "
+                        "slower on a CPU)")
+
+
 def _add_optim_flags(p, warmup: float, weight_decay: float) -> None:
     p.add_argument("--warmup", type=_fraction, default=warmup,
                    help=f"warm-up as a fraction of the steps (default {warmup:g})")
@@ -208,7 +217,8 @@ def _finetune_config(args):
         lrs=tuple(args.lr or FinetuneConfig.lrs), epochs=args.epochs, batch_size=args.batch_size,
         max_length=args.max_length, warmup=args.warmup, weight_decay=args.weight_decay,
         seeds=args.seeds, seed=args.seed, eval_every=args.eval_every,
-        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
+        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+        dtype=args.dtype)
 
 
 def cmd_finetune(args) -> None:
@@ -266,6 +276,7 @@ def _add_finetune_flags(p) -> None:
     p.add_argument("--max-eval-samples", type=_positive_int, default=None,
                    help="use the first N rows of each dev split")
     p.add_argument("--seed", type=int, default=c.seed, help="the first seed (default 0)")
+    _add_dtype_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -366,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="candidates trained in lockstep on each teacher output (default: "
                         "as many as fit 2 GiB of training state)")
+    _add_dtype_flag(p)
     _add_data_flags(p, c.batch_size, c.seq_len)
     p.set_defaults(func=cmd_search)
 
@@ -397,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"steps between held-out evaluations (default {c.eval_every})")
     _add_data_flags(p, c.batch_size, c.seq_len,
                     corpus_help="corpus to pretrain on (default: the search's)")
+    _add_dtype_flag(p)
     p.set_defaults(func=cmd_pretrain)
 
     from bortsearch.downstream.tasks import GLUE

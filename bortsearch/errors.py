@@ -43,7 +43,7 @@ def describe_os_error(e: OSError) -> str:
     return f"{path}: {what}; {fix}"
 
 
-def check_ranges(positive=(), fractions=(), at_least=()) -> None:
+def check_ranges(positive=(), fractions=(), at_least=(), choices=()) -> None:
     """The range checks of the config dataclasses, one mechanism for all of them
     (so the Python API refuses what the flags refuse). Each item names its flag;
     a None value is "not set" and passes.
@@ -52,6 +52,7 @@ def check_ranges(positive=(), fractions=(), at_least=()) -> None:
       positive: (flag, value): finite and > 0 (learning rates, limits).
       fractions: (flag, value): in [0, 1) (warm-up, weight decay, dropout).
       at_least: (flag, value, minimum): integers such as steps and sizes.
+      choices: (flag, value, allowed): one of `allowed` (the compute dtype).
     """
     for flag, value in positive:
         if value is not None and not (value > 0 and math.isfinite(value)):
@@ -62,3 +63,6 @@ def check_ranges(positive=(), fractions=(), at_least=()) -> None:
     for flag, value, minimum in at_least:
         if value is not None and value < minimum:
             raise UserError(f"{flag} must be >= {minimum}, got {value}")
+    for flag, value, allowed in choices:
+        if value not in allowed:
+            raise UserError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")

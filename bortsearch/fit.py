@@ -107,7 +107,8 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, *,
         teacher=None, loss_cfg: LossConfig | None = None, eval_every: int = 100,
-        checkpoint_every: int = 100, progress: bool = True, desc: str = "training") -> FitResult:
+        checkpoint_every: int = 100, progress: bool = True, desc: str = "training",
+        dtype: str = "float32") -> FitResult:
     """Train `params` for `optim.steps` steps; resume from `workdir` if it holds a checkpoint.
 
     Args:
@@ -116,6 +117,8 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
       optim, lr: the optimiser and its peak learning rate.
       workdir: checkpoints and `metrics.jsonl` (one JSON line per logged step).
       teacher: a `Model` to distil from (with `loss_cfg`), or None for plain masked LM.
+      dtype: the compute dtype of the student's step and the teacher's forward
+        (parameters, optimiser and held-out evaluation stay float32).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     batch_sharding, replicated = data_mesh(data.spec.batch_size)
@@ -140,10 +143,11 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
     with open(metrics_path, "a") as log:
         for step in range(start, optim.steps):
             batch = jax.device_put(data.train_batch(step), batch_sharding)
-            targets = (teacher_targets(teacher.arch, t_params, batch, loss_cfg.temperature)
+            targets = (teacher_targets(teacher.arch, t_params, batch, loss_cfg.temperature, dtype)
                        if teacher is not None else None)
             state, metrics = train_step(state, batch, targets, arch=arch, cfg=optim,
-                                        loss_cfg=loss_cfg if teacher is not None else None)
+                                        loss_cfg=loss_cfg if teacher is not None else None,
+                                        dtype=dtype)
             # One step in flight: the host prepares batch k+1 while step k runs, and
             # the bar reports finished steps rather than queued ones.
             jax.block_until_ready(in_flight)

@@ -28,6 +28,11 @@ Dropout (Hugging Face's places and rate) acts only when called with
 `deterministic=False` and a "dropout" RNG, as fine-tuning does; the default
 `deterministic=True` is the dropout-free model that search and pretraining use.
 
+Mixed precision: with `dtype="bfloat16"` the parameters stay float32 and are cast
+where they are used; matrix products, activations and the residual stream are
+bfloat16, while LayerNorm statistics, the attention softmax and the returned
+logits are float32. The float32 default traces to the same program as before.
+
 `bortsearch.hf` maps this one-to-one onto Hugging Face BERT/RoBERTa names.
 """
 
@@ -50,9 +55,14 @@ Params = Any  # a pytree of arrays: {"params": {...}}
 _INIT = nn.initializers.normal(stddev=0.02)  # BERT's initialiser, also the Bort student's
 
 
-def _layer_norm(arch: Arch, name: str) -> nn.LayerNorm:
+DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters are float32 either way
+
+
+def _layer_norm(arch: Arch, name: str, dtype="float32") -> nn.LayerNorm:
     # Exact two-pass variance: matches PyTorch's LayerNorm to float32 precision.
-    return nn.LayerNorm(epsilon=arch.layer_norm_eps, use_fast_variance=False, name=name)
+    # Statistics are float32 (Flax's minimum) whatever `dtype` the output has.
+    return nn.LayerNorm(epsilon=arch.layer_norm_eps, use_fast_variance=False, dtype=dtype,
+                        name=name)
 
 
 @jax.custom_vjp
@@ -123,13 +133,14 @@ class Dense(nn.Module):
 
     features: int
     use_bias: bool = True
+    dtype: Any = "float32"  # the product's; the parameters are float32
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", _INIT, (x.shape[-1], self.features))
-        y = product(_rows(x), kernel)
+        y = product(_rows(x).astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
         return y.reshape(*x.shape[:-1], self.features)
 
 
@@ -138,8 +149,8 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
-def _dense(features: int, name: str) -> Dense:
-    return Dense(features, name=name)
+def _dense(features: int, name: str, dtype="float32") -> Dense:
+    return Dense(features, dtype=dtype, name=name)
 
 
 def _act(arch: Arch):
@@ -151,29 +162,32 @@ class Attention(nn.Module):
     arch: Arch
     dropout: float = 0.0
     deterministic: bool = True
+    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxLxH, bias_Bx1x1xL):
-        a, dh = self.arch.heads, self.arch.head_dim
+        a, dh, dt = self.arch.heads, self.arch.head_dim, self.dtype
         b, l, h = x_BxLxH.shape
 
         def split(t):  # BxLxH -> BxLxAxDh
             return t.reshape(b, l, a, dh)
 
-        q_BxLxAxDh = split(_dense(h, "query")(x_BxLxH))
-        k_BxLxAxDh = split(_dense(h, "key")(x_BxLxH))
-        v_BxLxAxDh = split(_dense(h, "value")(x_BxLxH))
+        q_BxLxAxDh = split(_dense(h, "query", dt)(x_BxLxH))
+        k_BxLxAxDh = split(_dense(h, "key", dt)(x_BxLxH))
+        v_BxLxAxDh = split(_dense(h, "value", dt)(x_BxLxH))
         scores_BxAxLxL = jnp.einsum("bqad,bkad->baqk", q_BxLxAxDh, k_BxLxAxDh) / np.sqrt(dh)
-        probs_BxAxLxL = jax.nn.softmax(scores_BxAxLxL + bias_Bx1x1xL, axis=-1)
+        probs_BxAxLxL = jax.nn.softmax(scores_BxAxLxL.astype(jnp.float32) + bias_Bx1x1xL,
+                                       axis=-1).astype(dt)
         probs_BxAxLxL = nn.Dropout(self.dropout, deterministic=self.deterministic)(probs_BxAxLxL)
         ctx_BxLxAxDh = jnp.einsum("baqk,bkad->bqad", probs_BxAxLxL, v_BxLxAxDh)
-        return _dense(h, "out")(ctx_BxLxAxDh.reshape(b, l, h))
+        return _dense(h, "out", dt)(ctx_BxLxAxDh.reshape(b, l, h))
 
 
 class Embeddings(nn.Module):
     arch: Arch
     dropout: float = 0.0
     deterministic: bool = True
+    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, input_ids_BxL, token_type_ids_BxL):
@@ -187,7 +201,7 @@ class Embeddings(nn.Module):
             x = x + nn.Embed(arch.type_vocab_size, h, embedding_init=_INIT, name="token_type")(
                 token_type_ids_BxL
             )
-        x = _layer_norm(arch, "ln")(x)
+        x = _layer_norm(arch, "ln", self.dtype)(x)
         return nn.Dropout(self.dropout, deterministic=self.deterministic)(x)
 
 
@@ -217,6 +231,8 @@ class Encoder(nn.Module):
         head with this many outputs (1: regression), returning B x num_labels.
       dropout: Hugging Face's hidden and attention dropout rate, applied only
         when called with `deterministic=False`.
+      dtype: the compute dtype, "float32" or "bfloat16" (see the module's notes);
+        the parameters and the returned logits are float32 either way.
     """
 
     arch: Arch
@@ -224,6 +240,7 @@ class Encoder(nn.Module):
     head: bool = True
     num_labels: int = 0
     dropout: float = 0.1
+    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None,
@@ -238,16 +255,17 @@ class Encoder(nn.Module):
             masked ones), returning BxPxV; otherwise at every position, BxLxV.
           deterministic: False turns dropout on (needs a "dropout" RNG).
         """
-        arch = self.arch
+        arch, dt = self.arch, self.dtype
         rate = 0.0 if deterministic else self.dropout
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
-        x_BxLxH = Embeddings(arch, rate, deterministic, name="embeddings")(
+        x_BxLxH = Embeddings(arch, rate, deterministic, dt, name="embeddings")(
             input_ids_BxL, token_type_ids_BxL)
         if arch.embedding is not None:  # ALBERT's factorised embedding: E -> H
-            x_BxLxH = _dense(arch.hidden, "embedding_map")(x_BxLxH)
-        # Additive mask as in Hugging Face: the most negative float where padded.
-        neg = jnp.finfo(x_BxLxH.dtype).min
+            x_BxLxH = _dense(arch.hidden, "embedding_map", dt)(x_BxLxH)
+        # Additive mask as in Hugging Face: the most negative float where padded
+        # (added to float32 attention scores).
+        neg = jnp.finfo(jnp.float32).min
         bias_Bx1x1xL = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, neg)
         body = Layer
         if arch.groups is not None:
@@ -263,14 +281,15 @@ class Encoder(nn.Module):
             in_axes=nn.broadcast, length=arch.num_groups,
             unroll=arch.num_groups if self.unroll is None else self.unroll,
         )
-        x_BxLxH, _ = layers(arch, rate, deterministic, name="layers")(x_BxLxH, bias_Bx1x1xL)
+        x_BxLxH, _ = layers(arch, rate, deterministic, dt, name="layers")(x_BxLxH, bias_Bx1x1xL)
         if self.num_labels:
-            return classify(arch, self.num_labels, x_BxLxH, rate, deterministic)
+            return classify(arch, self.num_labels, x_BxLxH, rate, deterministic, dt)
         if not self.head:
-            return x_BxLxH
+            return x_BxLxH.astype(jnp.float32)
         if positions_BxP is not None:
             x_BxLxH = jnp.take_along_axis(x_BxLxH, positions_BxP[:, :, None], axis=1)
-        return MLMHead(arch, name="head")(x_BxLxH, self.variables["params"]["embeddings"]["word"])
+        return MLMHead(arch, dt, name="head")(x_BxLxH,
+                                               self.variables["params"]["embeddings"]["word"])
 
 
 class Layer(nn.Module):
@@ -279,44 +298,50 @@ class Layer(nn.Module):
     arch: Arch
     dropout: float = 0.0
     deterministic: bool = True
+    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxLxH, bias_Bx1x1xL):
-        arch = self.arch
+        arch, dt = self.arch, self.dtype
         drop = nn.Dropout(self.dropout, deterministic=self.deterministic)
-        attention = Attention(arch, self.dropout, self.deterministic, name="attention")
-        x_BxLxH = _layer_norm(arch, "attention_ln")(
+        attention = Attention(arch, self.dropout, self.deterministic, dt, name="attention")
+        x_BxLxH = _layer_norm(arch, "attention_ln", dt)(
             x_BxLxH + drop(attention(x_BxLxH, bias_Bx1x1xL)))
-        x_BxLxH = _layer_norm(arch, "ffn_ln")(x_BxLxH + drop(FFN(arch, name="ffn")(x_BxLxH)))
+        x_BxLxH = _layer_norm(arch, "ffn_ln", dt)(
+            x_BxLxH + drop(FFN(arch, dt, name="ffn")(x_BxLxH)))
         return x_BxLxH, None
 
 
 class FFN(nn.Module):
     arch: Arch
+    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxLxH):
-        inner_BxLxI = _act(self.arch)(_dense(self.arch.intermediate, "inner")(x_BxLxH))
-        return _dense(self.arch.hidden, "outer")(inner_BxLxI)
+        inner_BxLxI = _act(self.arch)(_dense(self.arch.intermediate, "inner", self.dtype)(x_BxLxH))
+        return _dense(self.arch.hidden, "outer", self.dtype)(inner_BxLxI)
 
 
 class MLMHead(nn.Module):
     arch: Arch
+    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxPxH, word_embeddings):
-        arch = self.arch
-        x = _act(arch)(_dense(arch.embedding_size, "transform")(x_BxPxH))  # H -> E
-        x = _layer_norm(arch, "ln")(x)
+        arch, dt = self.arch, self.dtype
+        x = _act(arch)(_dense(arch.embedding_size, "transform", dt)(x_BxPxH))  # H -> E
+        x = _layer_norm(arch, "ln", dt)(x)
         if arch.tie_decoder:
-            logits = matmul_t(_rows(x), word_embeddings["embedding"]).reshape(*x.shape[:-1], -1)
+            logits = matmul_t(_rows(x), word_embeddings["embedding"].astype(dt)).reshape(
+                *x.shape[:-1], -1)
         else:
-            logits = Dense(arch.vocab_size, use_bias=False, name="decoder")(x)
+            logits = Dense(arch.vocab_size, use_bias=False, dtype=dt, name="decoder")(x)
         bias = self.param("bias", nn.initializers.zeros, (arch.vocab_size,))
-        return logits + bias
+        return logits.astype(jnp.float32) + bias
 
 
-def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: bool):
+def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: bool,
+             dtype="float32"):
     """The sequence-classification head on the first token, as Hugging Face has it.
 
     BERT: dropout(tanh(pooler(x₀))) → classifier. RoBERTa (no pooler):
@@ -326,19 +351,21 @@ def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: b
     drop = nn.Dropout(rate, deterministic=deterministic)
     x_BxH = x_BxLxH[:, 0]
     if arch.model_type != "roberta":
-        pooled_BxH = jnp.tanh(_dense(arch.hidden, "pooler")(x_BxH))
-        return _dense(num_labels, "classifier")(drop(pooled_BxH))
-    return _RobertaClassifier(num_labels, arch.hidden, name="classifier")(drop(x_BxH), drop)
+        pooled_BxH = jnp.tanh(_dense(arch.hidden, "pooler", dtype)(x_BxH))
+        return _dense(num_labels, "classifier", dtype)(drop(pooled_BxH)).astype(jnp.float32)
+    return _RobertaClassifier(num_labels, arch.hidden, dtype, name="classifier")(
+        drop(x_BxH), drop).astype(jnp.float32)
 
 
 class _RobertaClassifier(nn.Module):
     num_labels: int
     hidden: int
+    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxH, drop):
-        x_BxH = drop(jnp.tanh(_dense(self.hidden, "dense")(x_BxH)))
-        return _dense(self.num_labels, "out_proj")(x_BxH)
+        x_BxH = drop(jnp.tanh(_dense(self.hidden, "dense", self.dtype)(x_BxH)))
+        return _dense(self.num_labels, "out_proj", self.dtype)(x_BxH)
 
 
 def init_params(arch: Arch, seed: int = 0, num_labels: int = 0) -> Params:

@@ -34,6 +34,7 @@ from bortsearch.data import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
 from bortsearch.executors import LocalExecutor
 from bortsearch.hf import load_checkpoint
+from bortsearch.model import DTYPES
 from bortsearch.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
                                 param_count)
 from bortsearch.runio import (atomic_dir, check_settings, exclusive, file_sha256, write_atomic,
@@ -80,6 +81,7 @@ class SearchConfig:
     teacher_steps: int = TeacherConfig.steps
     group_size: int | None = None
     checkpoint_every: int = 50  # candidates' training states, for a resume mid-group
+    dtype: str = "float32"  # compute dtype of the brief training (bfloat16: accelerators)
 
     def __post_init__(self):
         # Ranges are checked where values enter, so the Python API gets them too.
@@ -94,7 +96,8 @@ class SearchConfig:
                 ("--teacher-steps", self.teacher_steps), ("--vocab-size", self.vocab_size),
                 ("--epsilon", self.epsilon), ("--group-size", self.group_size),
                 ("--confirm-steps", self.confirm_steps),
-                ("--checkpoint-every", self.checkpoint_every)))])
+                ("--checkpoint-every", self.checkpoint_every)))],
+            choices=[("--dtype", self.dtype, DTYPES)])
 
     @property
     def long_steps(self) -> int:
@@ -211,6 +214,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
         "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
         "seeds": cfg.seeds, "init": cfg.init,
+        "dtype": cfg.dtype,
     }
     # Everything that can fail on the user's input is checked before the run folder
     # is written: a corpus too short for one batch, say.
@@ -288,7 +292,8 @@ class JournalledEvaluator:
         cfg = self.cfg
         settings = CandidateSettings(steps=self.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
                                      seed=cfg.seed, seeds=cfg.seeds, init=cfg.init,
-                                     error=cfg.error, group_size=cfg.group_size)
+                                     error=cfg.error, group_size=cfg.group_size,
+                                     dtype=cfg.dtype)
         self.bar = progress_bar(total=len(archs), initial=len(out), desc="candidates",
                                 unit="cand", disable=not self.progress,
                                 bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "

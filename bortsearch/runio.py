@@ -72,6 +72,10 @@ def atomic_dir(target: str | Path):
         os.replace(tmp, target)
 
 
+# Settings added after runs were first recorded, with what a record without them meant.
+LATER_SETTINGS = {"dtype": "float32"}
+
+
 def check_settings(path: str | Path, settings: dict, what: str, fix: str,
                    started: bool = True) -> None:
     """Record `settings` at `path`, or refuse if a different record is there.
@@ -92,6 +96,7 @@ def check_settings(path: str | Path, settings: dict, what: str, fix: str,
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path} is not valid JSON (was it edited?); restore it, or start "
                         f"over in a new folder") from None
+    old = {**{k: v for k, v in LATER_SETTINGS.items() if k in settings}, **old}
     differing = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
     if differing:
         detail = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now"

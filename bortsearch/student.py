@@ -21,7 +21,7 @@ from bortsearch.data import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
 from bortsearch.fit import fit
 from bortsearch.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
-from bortsearch.model import Model, init_params
+from bortsearch.model import DTYPES, Model, init_params
 from bortsearch.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.teacher import check_seq_len
@@ -49,6 +49,7 @@ class PretrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 100
     seed: int = 0
+    dtype: str = "float32"  # compute dtype (bfloat16: accelerators); parameters float32
 
     def __post_init__(self):
         check_ranges(positive=[("--lr", self.lr)],
@@ -56,7 +57,8 @@ class PretrainConfig:
                      at_least=[(flag, value, 1) for flag, value in (
                          ("--steps", self.steps), ("--batch-size", self.batch_size),
                          ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
-                         ("--checkpoint-every", self.checkpoint_every))])
+                         ("--checkpoint-every", self.checkpoint_every))],
+                     choices=[("--dtype", self.dtype, DTYPES)])
 
 def _run_files(run: Path) -> tuple[dict, dict]:
     if not (run / "best.json").is_file() or not (run / "teacher" / "config.json").is_file():
@@ -228,7 +230,7 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
     loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature)
     result = fit(arch, data, optim, cfg.lr, init_params(arch, cfg.seed), work, teacher=teacher,
                  loss_cfg=loss, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-                 progress=progress, desc=f"pretrain {arch.label()}")
+                 progress=progress, desc=f"pretrain {arch.label()}", dtype=cfg.dtype)
     heldout = data.heldout_batches()
     teacher_eval = evaluate(teacher.arch, teacher.params, heldout)
     summary = {

@@ -150,15 +150,15 @@ def from_legacy(old: TrainState, cfg: OptimConfig) -> TrainState:
     return old._replace(opt_state=jax.tree.map(lambda _: next(values), new))
 
 
-def student_logits(arch: Arch, params, batch):
-    """Logits at the masked positions: B x P x V."""
-    return Encoder(arch).apply(params, batch["input_ids"], batch["attention_mask"], None,
-                               batch["positions"])
+def student_logits(arch: Arch, params, batch, dtype: str = "float32"):
+    """Logits at the masked positions: B x P x V, float32 (computed in `dtype`)."""
+    return Encoder(arch, dtype=dtype).apply(params, batch["input_ids"], batch["attention_mask"],
+                                            None, batch["positions"])
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def teacher_logits(arch: Arch, params, batch):
-    """The frozen teacher's logits at the masked positions, computed once per batch."""
+    """The frozen teacher's float32 logits at the masked positions, once per batch."""
     return student_logits(arch, params, batch)
 
 
@@ -178,10 +178,12 @@ def distill_targets(teacher_BxPxV, temperature: float) -> Targets:
     return Targets(p, (p * logp).sum(-1))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def teacher_targets(arch: Arch, params, batch, temperature: float) -> Targets:
-    """The frozen teacher's `Targets` on a batch: its forward and softmax in one program."""
-    return distill_targets(student_logits(arch, params, batch), temperature)
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def teacher_targets(arch: Arch, params, batch, temperature: float,
+                    dtype: str = "float32") -> Targets:
+    """The frozen teacher's `Targets` on a batch: its forward (in `dtype`) and its
+    float32 softmax in one program."""
+    return distill_targets(student_logits(arch, params, batch, dtype), temperature)
 
 
 def _true_and_max(logits_BxPxV, labels_BxP):
@@ -207,14 +209,15 @@ def _logsumexp(x_BxPxV, max_BxP):
 
 
 def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
-                     loss_cfg: LossConfig | None):
+                     loss_cfg: LossConfig | None, dtype: str = "float32"):
     """Masked-LM cross-entropy alone when there is no teacher; else the Bort loss.
 
     Written with log-sum-exps rather than full log-softmax arrays: with s the
     student's logits, z = s/τ and the teacher's `Targets` (p, Σ p log p),
     CE = lse(s) − s_label and KL(p ‖ softmax z) = Σ p log p − Σ p·z + lse(z).
-    One row max serves both log-sum-exps and the accuracy."""
-    logits_BxPxV = student_logits(arch, params, batch)
+    One row max serves both log-sum-exps and the accuracy. The model computes in
+    `dtype`; its logits, and everything here, are float32."""
+    logits_BxPxV = student_logits(arch, params, batch, dtype)
     w_BxP = batch["weights"]
     true_BxP, max_BxP = _true_and_max(logits_BxPxV, batch["labels"])
     ce = _weighted_mean(_logsumexp(logits_BxPxV, max_BxP) - true_BxP, w_BxP)
@@ -241,29 +244,33 @@ def apply_gradients(state: TrainState, grads, cfg: OptimConfig) -> TrainState:
 
 
 def _step(state: TrainState, batch, targets: Targets | None, arch: Arch, cfg: OptimConfig,
-          loss_cfg: LossConfig | None):
+          loss_cfg: LossConfig | None, dtype: str = "float32"):
     grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, arch, batch, targets, loss_cfg)
+    (loss, metrics), grads = grad_fn(state.params, arch, batch, targets, loss_cfg, dtype)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return apply_gradients(state, grads, cfg), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg", "dtype"),
+                   donate_argnums=0)
 def train_step(state: TrainState, batch, targets: Targets | None = None, *, arch: Arch,
-               cfg: OptimConfig, loss_cfg: LossConfig | None = None):
-    """One optimiser step: `(state, batch, teacher's targets) -> (state, metrics)`."""
-    return _step(state, batch, targets, arch, cfg, loss_cfg)
+               cfg: OptimConfig, loss_cfg: LossConfig | None = None, dtype: str = "float32"):
+    """One optimiser step: `(state, batch, teacher's targets) -> (state, metrics)`,
+    the model computing in `dtype` (the parameters and the optimiser are float32)."""
+    return _step(state, batch, targets, arch, cfg, loss_cfg, dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg"), donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=("arch", "cfg", "loss_cfg", "dtype"),
+                   donate_argnums=0)
 def train_step_many(states: TrainState, batches, targets: Targets | None = None, *,
-                    arch: Arch, cfg: OptimConfig, loss_cfg: LossConfig | None = None):
+                    arch: Arch, cfg: OptimConfig, loss_cfg: LossConfig | None = None,
+                    dtype: str = "float32"):
     """`train_step` over the trials of one architecture: states carry two leading
     axes, N seeds × |Θ| settings. Each seed has its own batch and teacher targets
     (leading axis N); the settings of one seed share them."""
-    over_lrs = jax.vmap(_step, in_axes=(0, None, None, None, None, None))
-    return jax.vmap(over_lrs, in_axes=(0, 0, 0, None, None, None))(
-        states, batches, targets, arch, cfg, loss_cfg)
+    over_lrs = jax.vmap(_step, in_axes=(0, None, None, None, None, None, None))
+    return jax.vmap(over_lrs, in_axes=(0, 0, 0, None, None, None, None))(
+        states, batches, targets, arch, cfg, loss_cfg, dtype)
 
 
 def _eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):

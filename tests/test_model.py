@@ -151,3 +151,31 @@ def test_unrolled_and_scanned_layers_agree():
         p = init_params(arch, 0)
         np.testing.assert_allclose(Encoder(arch).apply(p, ids, mask),
                                    Encoder(arch, unroll=1).apply(p, ids, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", [TINY, TINY_ROBERTA,
+                                  Arch(2, 2, 32, 64, vocab_size=50, max_positions=16,
+                                       embedding=16, groups=1)],
+                         ids=["bert", "roberta", "albert"])
+def test_bfloat16_compute_keeps_float32_parameters_and_outputs(arch):
+    """dtype="bfloat16": the products run in bfloat16 (the program says so), the
+    logits and hidden states come back float32 and near the float32 model's; the
+    float32 default has no bfloat16 in its program at all."""
+    params = init_params(arch, 1)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, arch.vocab_size, (2, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+
+    def run(dtype, **kw):
+        return Encoder(arch, dtype=dtype, **kw).apply(params, ids, mask)
+
+    for kw in ({}, {"head": False}):
+        full, half = run("float32", **kw), run("bfloat16", **kw)
+        assert half.dtype == np.float32 and half.shape == full.shape
+        scale = np.abs(full).max()
+        assert 0 < np.abs(half - full).max() < 0.05 * scale  # bfloat16 has 8 bits of mantissa
+    program = str(jax.make_jaxpr(lambda p: Encoder(arch, dtype="bfloat16").apply(p, ids, mask))(
+        params))
+    assert "dot_general" in program and "bf16[" in program
+    assert "bf16" not in str(jax.make_jaxpr(lambda p: Encoder(arch).apply(p, ids, mask))(params))

@@ -11,6 +11,7 @@ import pytest
 
 from bortsearch import Arch
 from bortsearch.cli import main
+from bortsearch.errors import UserError
 from conftest import has_checkpoint, kill_when
 from bortsearch.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.run import RESULT_COLUMNS, SearchConfig, run_search
@@ -94,6 +95,28 @@ def test_changed_setting_is_refused_by_name(space, teacher, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "other settings (steps: 8 then, 9 now)" in err and "another --run folder" in err
     assert (run / "results.csv").read_text() == before
+    # a run recorded before the --dtype setting existed was float32: it still resumes
+    config = json.loads((run / "config.json").read_text())
+    assert config.pop("dtype") == "float32"
+    (run / "config.json").write_text(json.dumps(config))
+    assert _search(space, run, teacher, "--epsilon", "8") == 0
+    assert (run / "results.csv").read_text() == before
+
+
+def test_a_bfloat16_search_trains_and_records_its_dtype(space, teacher, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "8", "--dtype", "bfloat16") == 0
+    assert json.loads((run / "config.json").read_text())["dtype"] == "bfloat16"
+    done = pd.read_csv(run / "results.csv").query("status == 'done'")
+    assert len(done) == 1 and np.isfinite(done["error"]).all() and (done["error"] > 0).all()
+    capsys.readouterr()
+    assert _search(space, run, teacher, "--epsilon", "8") == 2
+    assert "dtype: 'bfloat16' then, 'float32' now" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        _search(space, run, teacher, "--epsilon", "8", "--dtype", "float16")
+    assert exit_.value.code == 2 and "--dtype" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--dtype must be one of float32, bfloat16"):
+        SearchConfig(space=str(space), dtype="float16")
 
 
 def test_a_failing_candidate_is_recorded_and_the_search_completes(space, teacher, tmp_path,

@@ -38,7 +38,7 @@ from bortsearch.downstream import metrics as M
 from bortsearch.downstream.tasks import Split, Task, load_task
 from bortsearch.errors import UserError, check_ranges
 from bortsearch.hf import classifier_config, export_tensors, load_checkpoint, params_from_tensors
-from bortsearch.model import Encoder, Model, init_params
+from bortsearch.model import DTYPES, Encoder, Model, init_params
 from bortsearch.runio import check_settings, file_sha256, write_atomic, write_json
 from bortsearch.train import OptimConfig, TrainState, apply_gradients, init_state
 
@@ -72,6 +72,7 @@ class FinetuneConfig:
     dropout: float = 0.1
     adam_eps: float = 1e-8
     clip: float = 1.0
+    dtype: str = "float32"  # compute dtype of training (bfloat16: accelerators)
 
     def __post_init__(self):
         if not self.lrs:
@@ -84,7 +85,8 @@ class FinetuneConfig:
                       ("--max-length", self.max_length, 8), ("--seeds", self.seeds, 1),
                       ("--eval-every", self.eval_every, 1),
                       ("--max-train-samples", self.max_train_samples, 1),
-                      ("--max-eval-samples", self.max_eval_samples, 1)])
+                      ("--max-eval-samples", self.max_eval_samples, 1)],
+            choices=[("--dtype", self.dtype, DTYPES)])
 
 
 # ---------------------------------------------------------------- data
@@ -137,8 +139,8 @@ def encode(tokenizer, split: Split, max_length: int, arch: Arch) -> Encoded:
 # ---------------------------------------------------------------- steps
 
 
-def _loss(params, arch: Arch, num_labels: int, dropout: float, batch, key):
-    logits = Encoder(arch, num_labels=num_labels, dropout=dropout).apply(
+def _loss(params, arch: Arch, num_labels: int, dropout: float, batch, key, dtype="float32"):
+    logits = Encoder(arch, num_labels=num_labels, dropout=dropout, dtype=dtype).apply(
         params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
         deterministic=False, rngs={"dropout": key})
     if num_labels == 1:  # regression: mean squared error, as Hugging Face
@@ -150,12 +152,14 @@ def _loss(params, arch: Arch, num_labels: int, dropout: float, batch, key):
     return (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "num_labels", "dropout", "cfg"),
+@functools.partial(jax.jit, static_argnames=("arch", "num_labels", "dropout", "cfg", "dtype"),
                    donate_argnums=0)
 def finetune_step(state: TrainState, batch, key, *, arch: Arch, num_labels: int,
-                  dropout: float, cfg: OptimConfig):
-    """One AdamW step on a classification (or regression) batch, dropout on."""
-    loss, grads = jax.value_and_grad(_loss)(state.params, arch, num_labels, dropout, batch, key)
+                  dropout: float, cfg: OptimConfig, dtype: str = "float32"):
+    """One AdamW step on a classification (or regression) batch, dropout on, the
+    model computing in `dtype` (dev evaluation is float32)."""
+    loss, grads = jax.value_and_grad(_loss)(state.params, arch, num_labels, dropout, batch, key,
+                                            dtype)
     return apply_gradients(state, grads, cfg), loss
 
 
@@ -249,7 +253,8 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
             batch = train.batch(order[i * cfg.batch_size:(i + 1) * cfg.batch_size],
                                 cfg.batch_size, cfg.max_length)
             state, loss = finetune_step(state, batch, jax.random.fold_in(key, step), arch=arch,
-                                        num_labels=n_labels, dropout=cfg.dropout, cfg=optim)
+                                        num_labels=n_labels, dropout=cfg.dropout, cfg=optim,
+                                        dtype=cfg.dtype)
             losses.append(loss)
             done = step + 1
             if bar is not None:
