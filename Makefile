@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast bench bench-signal golden clean
+.PHONY: demo test test-fast bench bench-signal bench-dtype golden clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bortsearch needs Python 3.11+, found " + sys.version.split()[0] + "; set PYTHON=python3.11")'
@@ -35,6 +35,12 @@ bench: $(STAMP)
 # 1.5 hours on 2 CPU cores at these settings; its results are in bench/RESULTS.md.)
 bench-signal: $(STAMP)
 	$(BIN)/python bench/signal_quality.py demo narrow --steps 100 --epsilon 6
+
+# Does bfloat16 training change the demo's answer? (bench/dtype_demo.py: the demo
+# search in float32 and in bfloat16; about 16 minutes on 2 CPU cores, less where the
+# float32 run is already in runs/bench-dtype.)
+bench-dtype: $(STAMP)
+	$(BIN)/python bench/dtype_demo.py
 
 # Regenerates the committed transformers golden files (needs torch; not used by CI).
 # make_golden.py runs twice: the teachers first, then the logits of the students

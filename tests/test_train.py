@@ -285,10 +285,8 @@ def test_accuracy_and_correct_count_equal_numpy_argmax():
 
 def test_bfloat16_step_learns_with_float32_state():
     """Training with the model in bfloat16: the parameters and the optimiser's
-    state stay float32, the first loss is the float32 loss to bfloat16 precision,
-    its gradient points the same way, and the loss falls as far as in float32."""
-    from jax.flatten_util import ravel_pytree
-
+    state stay float32, the first loss and gradient norm are float32's to bfloat16
+    precision (and not equal to them), and the loss falls as far as in float32."""
     from bortsearch.train import student_logits, teacher_targets
 
     cfg, loss_cfg = OptimConfig(steps=40, warmup=0.1), LossConfig()
@@ -297,23 +295,18 @@ def test_bfloat16_step_learns_with_float32_state():
                               "bfloat16")
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(targets))
     assert student_logits(ARCH, params, batch, "bfloat16").dtype == np.float32
-
-    def grad(dtype):
-        return jax.value_and_grad(lambda p: loss_and_metrics(p, ARCH, batch, targets, loss_cfg,
-                                                             dtype)[0])(params)
-
-    (l32, g32), (l16, g16) = grad("float32"), grad("bfloat16")
-    assert float(l16) == pytest.approx(float(l32), rel=2e-2) and float(l16) != float(l32)
-    a, b = ravel_pytree(g32)[0], ravel_pytree(g16)[0]
-    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.98
-    last = {}
+    runs = {}
     for dtype in ("float32", "bfloat16"):
-        state, losses = init_state(params, 1e-2, cfg), []
+        state, metrics = init_state(params, 1e-2, cfg), []
         for _ in range(40):
             state, m = train_step(state, batch, targets, arch=ARCH, cfg=cfg, loss_cfg=loss_cfg,
                                   dtype=dtype)
-            losses.append(float(m["loss"]))
-        assert losses[-1] < 0.6 * losses[0]
-        last[dtype] = losses[-1]
+            metrics.append({k: float(v) for k, v in m.items()})
+        assert metrics[-1]["loss"] < 0.6 * metrics[0]["loss"]
         assert all(x.dtype in (np.float32, np.int32) for x in jax.tree.leaves(state))
-    assert last["bfloat16"] == pytest.approx(last["float32"], rel=2e-2)
+        runs[dtype] = metrics
+    full, half = runs["float32"], runs["bfloat16"]
+    for key in ("loss", "grad_norm"):
+        assert half[0][key] == pytest.approx(full[0][key], rel=2e-2)
+        assert half[0][key] != full[0][key]
+    assert half[-1]["loss"] == pytest.approx(full[-1]["loss"], rel=2e-2)
