@@ -25,9 +25,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-import bortsearch.run as run_module
-from bortsearch.proxies import hardware_fingerprint, param_count
-from bortsearch.run import SearchConfig, run_search, timings
+import bortsearch.search.run as run_module
+from bortsearch.model.proxies import hardware_fingerprint, param_count
+from bortsearch.search.run import SearchConfig, run_search, timings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,8 +69,8 @@ def main() -> None:
     cfg = SearchConfig(space=str(ROOT / "search_spaces" / "demo.toml"), epsilon=6, steps=100,
                        lrs=(1e-3,), seeds=1, init="random", batch_size=32, seq_len=64)
     # Train (or reuse) the teacher outside the timing.
-    from bortsearch.corpus import resolve_corpus
-    from bortsearch.space import load_space
+    from bortsearch.data.corpus import resolve_corpus
+    from bortsearch.search.space import load_space
 
     run_module.prepare_teacher(cfg, load_space(cfg.space), resolve_corpus(None),
                                log=lambda *a: None, progress=False)
@@ -122,7 +122,7 @@ def main() -> None:
 def _arch(run_dir: Path, size):
     import json
 
-    from bortsearch.arch import Arch
+    from bortsearch.model.arch import Arch
 
     base = Arch.from_dict(json.loads((run_dir / "best.json").read_text())["maximum_point"]["arch"])
     return base.with_size(*size)

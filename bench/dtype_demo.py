@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bortsearch.run import SearchConfig, run_search
+from bortsearch.search.run import SearchConfig, run_search
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -40,7 +40,7 @@ GRID = (1e-3, 3e-3, 1e-2)
 
 def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out: Path,
         grid=GRID) -> Path:
-    from bortsearch.run import SearchConfig, run_search
+    from bortsearch.search.run import SearchConfig, run_search
 
     corpus = (str(WIKI),) if space != "demo" and WIKI.is_file() else None
     cfg = SearchConfig(space=str(ROOT / "search_spaces" / f"{space}.toml"), corpus=corpus,
@@ -67,8 +67,8 @@ def trials(run_dir: Path) -> dict:
 def analyse(short_dir: Path, long_dir: Path, lrs, metric: str) -> dict:
     import pandas as pd
 
-    from bortsearch.audit import spearman
-    from bortsearch.search import summarise
+    from bortsearch.search.audit import spearman
+    from bortsearch.search.algorithm import summarise
 
     t = json.loads((short_dir / "best.json").read_text())["maximum_point"]
     table = pd.read_csv(short_dir / "results.csv")

@@ -59,10 +59,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bortsearch.arch import Arch  # noqa: E402
+from bortsearch.model.arch import Arch  # noqa: E402
 from bortsearch.downstream.finetune import finetune_step, initial_params  # noqa: E402
-from bortsearch.model import Encoder, Layer, Model, init_params  # noqa: E402
-from bortsearch.train import (LossConfig, OptimConfig, distill_targets, init_state,  # noqa: E402
+from bortsearch.model.encoder import Encoder, Layer, Model, init_params  # noqa: E402
+from bortsearch.train.step import (LossConfig, OptimConfig, distill_targets, init_state,  # noqa: E402
                               teacher_targets, train_step)
 
 try:

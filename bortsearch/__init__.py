@@ -11,28 +11,28 @@ keep_freed_memory()
 
 # ruff: noqa: E402
 
-from bortsearch.arch import Arch
-from bortsearch.corpus import Corpus, resolve_corpus
-from bortsearch.data import BatchSpec, MLMData, load_data
+from bortsearch.data.batches import BatchSpec, MLMData, load_data
+from bortsearch.data.corpus import Corpus, resolve_corpus
+from bortsearch.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from bortsearch.downstream.finetune import FinetuneConfig, finetune
 from bortsearch.downstream.glue import glue
 from bortsearch.downstream.tasks import GLUE, load_task
 from bortsearch.errors import UserError
-from bortsearch.hf import load, load_checkpoint, save_checkpoint
-from bortsearch.model import Encoder, Model, init_params
-from bortsearch.proxies import (
+from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import Encoder, Model, init_params
+from bortsearch.model.hf import load, load_checkpoint, save_checkpoint
+from bortsearch.model.proxies import (
     effective_param_count,
     forward_flops,
     hardware_fingerprint,
     measure_latency,
     param_count,
 )
-from bortsearch.run import SearchConfig, read_results, run_search
-from bortsearch.show import audit, show
-from bortsearch.space import SearchSpace, load_space, space_table
-from bortsearch.student import PretrainConfig, export, pretrain
-from bortsearch.teacher import TeacherConfig, train_teacher
-from bortsearch.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from bortsearch.search.run import SearchConfig, read_results, run_search
+from bortsearch.search.show import audit, show
+from bortsearch.search.space import SearchSpace, load_space, space_table
+from bortsearch.train.student import PretrainConfig, export, pretrain
+from bortsearch.train.teacher import TeacherConfig, train_teacher
 
 __all__ = [
     "Arch", "BatchSpec", "keep_freed_memory", "FinetuneConfig", "GLUE", "audit", "finetune", "glue", "load_task", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",

@@ -24,7 +24,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_space(args) -> None:
-    from bortsearch.space import load_space, space_table
+    from bortsearch.search.space import load_space, space_table
 
     table = space_table(load_space(args.file), args.vocab_size, args.batch_size, args.seq_len,
                         args.inference_scope)
@@ -78,18 +78,18 @@ def _add_training_flags(p, steps: int, lr: float, checkpoint_every: int) -> None
 
 
 def _corpus_and_tokenizer(args):
-    from bortsearch.corpus import resolve_corpus
-    from bortsearch.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+    from bortsearch.data.corpus import resolve_corpus
+    from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
     corpus = resolve_corpus(args.corpus, args.text_field)
     return corpus, train_tokenizer(corpus, args.vocab_size or DEFAULT_VOCAB_SIZE)
 
 
 def cmd_teacher(args) -> None:
-    from bortsearch.arch import parse_size
-    from bortsearch.data import BatchSpec
-    from bortsearch.space import load_space
-    from bortsearch.teacher import TeacherConfig, fit_arch, maximum_point, train_teacher
+    from bortsearch.model.arch import parse_size
+    from bortsearch.data.batches import BatchSpec
+    from bortsearch.search.space import load_space
+    from bortsearch.train.teacher import TeacherConfig, fit_arch, maximum_point, train_teacher
 
     space = load_space(args.space)
     size = parse_size(args.arch) if args.arch else None
@@ -106,8 +106,8 @@ def cmd_teacher(args) -> None:
 
 
 def cmd_search(args) -> None:
-    from bortsearch.run import SearchConfig, run_search
-    from bortsearch.show import show
+    from bortsearch.search.run import SearchConfig, run_search
+    from bortsearch.search.show import show
 
     cfg = SearchConfig(
         space=args.space, teacher=args.teacher, corpus=tuple(args.corpus) if args.corpus else None,
@@ -119,7 +119,7 @@ def cmd_search(args) -> None:
         max_params=args.max_params, max_inference=args.max_inference,
         teacher_steps=args.teacher_steps, group_size=args.group_size,
         checkpoint_every=args.checkpoint_every, dtype=args.dtype)
-    from bortsearch.executors import make_executor
+    from bortsearch.search.executors import make_executor
 
     executor = make_executor(args.executor, args.ray_address, args.worker_cpus,
                              args.worker_gpus, args.max_retries)
@@ -138,7 +138,7 @@ def cmd_search(args) -> None:
 
 
 def cmd_show(args) -> None:
-    from bortsearch.show import show
+    from bortsearch.search.show import show
 
     table, plot = show(args.run)
     print(table)
@@ -146,7 +146,7 @@ def cmd_show(args) -> None:
 
 
 def cmd_audit(args) -> None:
-    from bortsearch.show import audit
+    from bortsearch.search.show import audit
 
     text, plot = audit(args.run)
     print(text)
@@ -154,8 +154,8 @@ def cmd_audit(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from bortsearch.arch import parse_size
-    from bortsearch.student import export
+    from bortsearch.model.arch import parse_size
+    from bortsearch.train.student import export
 
     size = parse_size(args.arch) if args.arch else None
     out = export(args.run, args.out, size)
@@ -165,8 +165,8 @@ def cmd_export(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from bortsearch.arch import parse_size
-    from bortsearch.student import PretrainConfig, pretrain
+    from bortsearch.model.arch import parse_size
+    from bortsearch.train.student import PretrainConfig, pretrain
 
     size = parse_size(args.arch) if args.arch else None
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
@@ -194,7 +194,7 @@ def _fraction(text: str) -> float:
 
 
 def _add_dtype_flag(p) -> None:
-    from bortsearch.model import DTYPES
+    from bortsearch.model.encoder import DTYPES
 
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="compute dtype of training: float32 (default), or bfloat16 for "
@@ -281,7 +281,7 @@ def _add_finetune_flags(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
+    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
 
     parser = _Parser(
         prog="bortsearch",
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="print CSV and nothing else")
     p.set_defaults(func=cmd_space)
 
-    from bortsearch.teacher import TeacherConfig
+    from bortsearch.train.teacher import TeacherConfig
 
     t = TeacherConfig()
     p = sub.add_parser("teacher", help="train the maximum point of a space as a teacher")
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
     p.set_defaults(func=cmd_teacher)
 
-    from bortsearch.run import SearchConfig
+    from bortsearch.search.run import SearchConfig
 
     c = SearchConfig(space="")
     p = sub.add_parser("search", help="run Algorithm 1 (the FPTAS) over a space")
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="export D,A,H,I instead of the run's W-optimum")
     p.set_defaults(func=cmd_export)
 
-    from bortsearch.student import PretrainConfig
+    from bortsearch.train.student import PretrainConfig
 
     c = PretrainConfig()
     p = sub.add_parser("pretrain", help="distil the chosen student from the run's teacher")

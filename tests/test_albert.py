@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from bortsearch import Arch, Model, UserError, load, load_space, param_count, save_checkpoint
-from bortsearch.arch import parse_size
-from bortsearch.model import Encoder, init_params
-from bortsearch.proxies import effective_param_count, forward_flops
-from bortsearch.space import space_from_dict, space_table
+from bortsearch.model.arch import parse_size
+from bortsearch.model.encoder import Encoder, init_params
+from bortsearch.model.proxies import effective_param_count, forward_flops
+from bortsearch.search.space import space_from_dict, space_table
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 LOGITS = np.load(GOLDEN / "albert_logits.npz")
@@ -80,7 +80,7 @@ def test_defaults_are_todays_model_and_sharing_is_repetition():
 
 
 def test_shared_and_factorised_export_round_trip(tmp_path):
-    from bortsearch.tokenizer import load_tokenizer
+    from bortsearch.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(GOLDEN / "student_bert", "bert")
     for kw in (dict(embedding=8, groups=1), dict(groups=2), dict(embedding=8)):
@@ -140,7 +140,7 @@ def test_compile_time_stays_flat_in_depth_when_shared():
 
     def hlo_size(a):
         f = jax.jit(lambda p, i: Encoder(a, unroll=1).apply(p, i, np.ones((1, 8), np.int32)))
-        from bortsearch.model import param_shapes
+        from bortsearch.model.encoder import param_shapes
 
         return len(f.lower(param_shapes(a), ids).as_text())
 

@@ -1,7 +1,7 @@
 import pytest
 
 from bortsearch import Arch, UserError
-from bortsearch.arch import parse_size
+from bortsearch.model.arch import parse_size
 
 
 def test_hidden_must_divide_by_heads():

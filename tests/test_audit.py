@@ -6,8 +6,8 @@ import math
 import pytest
 
 from bortsearch import Arch
-from bortsearch.audit import diagnose, spearman, summary_lines
-from bortsearch.search import (DONE, Evaluation, Proxies, algorithm1, confirm, summarise,
+from bortsearch.search.audit import diagnose, spearman, summary_lines
+from bortsearch.search.algorithm import (DONE, Evaluation, Proxies, algorithm1, confirm, summarise,
                                within_noise)
 
 BASE = Arch(1, 1, 8, 8, vocab_size=100, max_positions=16)

@@ -256,7 +256,7 @@ def _os_error(code, path):
                                         (errno.EACCES, "permission denied")])
 def test_os_errors_while_writing_are_one_line_and_leave_nothing(code, words, env, capsys,
                                                                monkeypatch):
-    import bortsearch.run as run_module
+    import bortsearch.search.run as run_module
 
     real = shutil.copytree
 

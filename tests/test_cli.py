@@ -41,7 +41,7 @@ def test_console_script_reports_bad_input_on_one_line():
 
 
 def test_space_scope_flag_adds_the_head(capsys):
-    from bortsearch.proxies import forward_flops
+    from bortsearch.model.proxies import forward_flops
 
     main(["space", str(SPACES / "demo.toml"), "--csv", "--vocab-size", "1000"])
     encoder = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))

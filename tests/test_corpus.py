@@ -3,7 +3,7 @@ import json
 import pytest
 
 from bortsearch import UserError, resolve_corpus
-from bortsearch.corpus import embedded_corpus
+from bortsearch.data.corpus import embedded_corpus
 
 
 def test_embedded_default_is_english_text_from_the_python_installation():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bortsearch import BatchSpec, UserError, load_data, resolve_corpus, train_tokenizer
-from bortsearch.tokenizer import Tokenizer
+from bortsearch.data.tokenizer import Tokenizer
 
 SPEC = BatchSpec(batch_size=8, seq_len=32, heldout_batches=2, seed=0)
 
@@ -114,7 +114,7 @@ def test_too_short_sequences_are_refused(corpus_and_tokenizer):
 
 
 def test_a_bad_file_leaves_no_partial_token_cache(tmp_path, corpus_and_tokenizer):
-    from bortsearch.corpus import cache_dir
+    from bortsearch.data.corpus import cache_dir
 
     _, tok = corpus_and_tokenizer
     f = tmp_path / "bad.txt"

@@ -18,8 +18,8 @@ from bortsearch import Arch, Model, UserError, load, load_checkpoint, save_check
 from bortsearch.downstream.finetune import FinetuneConfig, encode, finetune, initial_params
 from bortsearch.downstream.glue import glue
 from bortsearch.downstream.tasks import Split
-from bortsearch.model import Encoder, init_params
-from bortsearch.tokenizer import load_tokenizer
+from bortsearch.model.encoder import Encoder, init_params
+from bortsearch.data.tokenizer import load_tokenizer
 
 from conftest import has_checkpoint, kill_when
 

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bortsearch import Model, UserError, load, load_checkpoint, save_checkpoint
-from bortsearch.hf import export_tensors
+from bortsearch.model.hf import export_tensors
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 LOGITS = np.load(GOLDEN / "logits.npz")

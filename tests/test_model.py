@@ -51,7 +51,7 @@ def test_untied_decoder_and_no_token_types():
 
 
 def test_jit_and_no_jit_agree():
-    from bortsearch.model import Encoder
+    from bortsearch.model.encoder import Encoder
 
     model = Model.init(TINY, seed=2)
     ids = np.arange(1, 9, dtype=np.int32)[None]
@@ -62,7 +62,7 @@ def test_jit_and_no_jit_agree():
 
 
 def test_head_at_positions_equals_full_logits_gathered():
-    from bortsearch.model import Encoder
+    from bortsearch.model.encoder import Encoder
 
     model = Model.init(TINY, seed=0)
     ids = np.arange(1, 11, dtype=np.int32).reshape(2, 5)
@@ -74,14 +74,14 @@ def test_head_at_positions_equals_full_logits_gathered():
 
 
 def test_teacher_layer_map_is_uniform_and_keeps_the_top_layer():
-    from bortsearch.model import teacher_layers
+    from bortsearch.model.encoder import teacher_layers
 
     assert teacher_layers(1, 3) == [2] and teacher_layers(2, 4) == [1, 3]
     assert teacher_layers(3, 3) == [0, 1, 2] and teacher_layers(4, 2) == [0, 1]
 
 
 def test_inherited_parameters_are_the_teachers_leading_blocks():
-    from bortsearch.model import inherit_params, init_params
+    from bortsearch.model.encoder import inherit_params, init_params
 
     teacher = Arch(4, 4, 32, 64, vocab_size=60, max_positions=16)
     t = init_params(teacher, 7)["params"]
@@ -114,7 +114,7 @@ def test_headless_forward_is_the_last_hidden_state():
     mask = np.array([[1, 1, 1, 0]])
     hidden = Encoder(arch, head=False).apply(params, ids, mask)
     assert hidden.shape == (1, 4, 16)
-    from bortsearch.model import MLMHead
+    from bortsearch.model.encoder import MLMHead
 
     logits = MLMHead(arch).apply({"params": params["params"]["head"]}, hidden,
                                  params["params"]["embeddings"]["word"])
@@ -126,7 +126,7 @@ def test_matmul_gradients_equal_plain_autodiff(k, n):
     """`matmul`/`matmul_t` reorder the kernel gradient's product for XLA's CPU
     backend (both orientations, by which operand is narrower); the gradients are
     still those of x @ w and x @ eᵀ."""
-    from bortsearch.model import matmul, matmul_t
+    from bortsearch.model.encoder import matmul, matmul_t
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, k)).astype(np.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bortsearch import Arch, effective_param_count, forward_flops, measure_latency, param_count
-from bortsearch.model import Encoder, param_shapes
+from bortsearch.model.encoder import Encoder, param_shapes
 
 
 def _random_archs(n, seed=0):
@@ -103,7 +103,7 @@ def _jaxpr(arch, batch, seq_len, unroll=1, head=True):
     (Arch(3, 4, 64, 64, vocab_size=300, embedding=64, model_type="albert"), 1, 8),
 ])
 def test_flops_equal_independent_dot_and_softmax_count(arch, batch, seq_len):
-    from bortsearch.proxies import SOFTMAX_FLOPS
+    from bortsearch.model.proxies import SOFTMAX_FLOPS
 
     for scope in ("mlm", "encoder"):
         jaxpr = _jaxpr(arch, batch, seq_len, head=scope == "mlm").jaxpr
@@ -168,7 +168,7 @@ def test_measured_latency_is_a_sane_median():
 def test_training_flops_per_token_against_the_dot_count():
     """The FLOP/s the benchmark and pretraining report: 3 × the forward's matrix
     products per token, with the head only at the P masked positions."""
-    from bortsearch.train import train_flops_per_token
+    from bortsearch.train.step import train_flops_per_token
 
     arch = Arch(2, 4, 64, 96, vocab_size=700, max_positions=64)
     b, length, p = 3, 32, 5

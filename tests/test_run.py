@@ -13,9 +13,9 @@ from bortsearch import Arch
 from bortsearch.cli import main
 from bortsearch.errors import UserError
 from conftest import has_checkpoint, kill_when
-from bortsearch.proxies import effective_param_count, forward_flops, param_count
-from bortsearch.run import RESULT_COLUMNS, SearchConfig, run_search
-from bortsearch.search import pareto_front
+from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
+from bortsearch.search.run import RESULT_COLUMNS, SearchConfig, run_search
+from bortsearch.search.algorithm import pareto_front
 
 FLAGS = ["--steps", "8", "--batch-size", "8", "--seq-len", "32", "--quiet"]
 
@@ -73,7 +73,7 @@ def test_groups_compiled_ahead_give_the_same_table(space, teacher, tmp_path):
     assert _search(space, tmp_path / "many", teacher, "--epsilon", "3", "--group-size", "1") == 0
     assert (tmp_path / "one" / "results.csv").read_text() == \
         (tmp_path / "many" / "results.csv").read_text()
-    from bortsearch.run import timings
+    from bortsearch.search.run import timings
 
     t = timings(tmp_path / "many")
     assert len(t) >= 2 and (t["compile_busy_s"] > 0).all() and (t["compile_s"] >= 0).all()
@@ -121,7 +121,7 @@ def test_a_bfloat16_search_trains_and_records_its_dtype(space, teacher, tmp_path
 
 def test_a_failing_candidate_is_recorded_and_the_search_completes(space, teacher, tmp_path,
                                                                    monkeypatch):
-    import bortsearch.candidates as candidates
+    import bortsearch.search.candidates as candidates
 
     real = candidates.init_params
 

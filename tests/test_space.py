@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from bortsearch import UserError, load_space, param_count
-from bortsearch.space import size_order
+from bortsearch.search.space import size_order
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 

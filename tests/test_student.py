@@ -99,7 +99,7 @@ def test_pretrain_logs_heldout_metrics_and_exports(run, tmp_path):
     model = load(tmp_path / "s")
     assert list(model.arch.size) == size
     # FLOP/s: the student's training, the teacher's forward apart, and both
-    from bortsearch.train import forward_flops_per_token, train_flops_per_token
+    from bortsearch.train.step import forward_flops_per_token, train_flops_per_token
 
     summary = json.loads((run / "pretrain" / "-".join(map(str, size)) / "summary.json").read_text())
     teacher = load(run / "teacher").arch

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from bortsearch import Arch
-from bortsearch.candidates import groups
-from bortsearch.model import init_params
-from bortsearch.proxies import param_count
-from bortsearch.train import (LossConfig, OptimConfig, _decay_mask, distill_targets, init_state,
+from bortsearch.search.candidates import groups
+from bortsearch.model.encoder import init_params
+from bortsearch.model.proxies import param_count
+from bortsearch.train.step import (LossConfig, OptimConfig, _decay_mask, distill_targets, init_state,
                               loss_and_metrics, optimizer, train_step, train_step_many)
 
 ARCH = Arch(2, 2, 16, 32, vocab_size=50, max_positions=16)
@@ -27,7 +27,7 @@ def _np_log_softmax(x):
 
 
 def test_bort_loss_against_numpy():
-    from bortsearch.train import student_logits
+    from bortsearch.train.step import student_logits
 
     params, batch = init_params(ARCH, 0), _batch()
     teacher = np.random.default_rng(1).normal(size=(4, 3, 50)).astype(np.float32)
@@ -53,7 +53,7 @@ def test_bort_loss_gradient_equals_the_log_softmax_form():
     its gradient is that of the textbook form on full log-softmax arrays."""
     import jax.numpy as jnp
 
-    from bortsearch.train import student_logits, teacher_logits, teacher_targets
+    from bortsearch.train.step import student_logits, teacher_logits, teacher_targets
 
     params, batch, cfg = init_params(ARCH, 0), _batch(seed=5), LossConfig()
     teacher_params = init_params(ARCH, 7)
@@ -113,7 +113,7 @@ def _tree_adamw_steps(params, grads_list, lr, cfg):
     """optax's AdamW over the parameter tree, decay masked per leaf: the reference."""
     import optax
 
-    from bortsearch.train import _tree_optimizer
+    from bortsearch.train.step import _tree_optimizer
 
     tx, state = _tree_optimizer(cfg), _tree_optimizer(cfg).init(params)
     for g in grads_list:
@@ -125,7 +125,7 @@ def _tree_adamw_steps(params, grads_list, lr, cfg):
 def test_flat_update_equals_adamw_over_the_tree():
     """The optimiser runs on the parameters as one vector; the parameters it makes
     are those of optax's AdamW over the tree (clip, decay mask, schedule)."""
-    from bortsearch.train import apply_gradients
+    from bortsearch.train.step import apply_gradients
 
     cfg = OptimConfig(steps=6, warmup=0.2, clip=0.5)
     params = init_params(ARCH, 0)
@@ -148,8 +148,8 @@ def test_checkpoint_from_the_tree_layout_resumes(tmp_path, lead):
     a pretraining state (no leading axes) and a candidate's trials (N x |Θ|)."""
     import orbax.checkpoint as ocp
 
-    from bortsearch.fit import _checkpointer, restore_latest
-    from bortsearch.train import TrainState, apply_gradients
+    from bortsearch.train.fit import _checkpointer, restore_latest
+    from bortsearch.train.step import TrainState, apply_gradients
 
     cfg, lr = OptimConfig(steps=6, warmup=0.2), 3e-3
     params = init_params(ARCH, 0)
@@ -238,7 +238,7 @@ def test_seed_axis_trains_each_seed_on_its_own_batches():
 
 
 def test_kl_is_ce_less_the_teacher_entropy_against_numpy():
-    from bortsearch.train import eval_sums, student_logits, teacher_entropy_sums
+    from bortsearch.train.step import eval_sums, student_logits, teacher_entropy_sums
 
     rng = np.random.default_rng(4)
     params = init_params(ARCH, 1)
@@ -270,7 +270,7 @@ def test_groups_by_count_and_by_memory():
 def test_accuracy_and_correct_count_equal_numpy_argmax():
     """Accuracy is taken as 'the true logit is the row max' (no argmax over the
     vocabulary); on logits without ties that is NumPy's argmax, weighted."""
-    from bortsearch.train import eval_sums, student_logits
+    from bortsearch.train.step import eval_sums, student_logits
 
     params, batch = init_params(ARCH, 3), _batch(seed=4)
     logits = np.asarray(student_logits(ARCH, params, batch))
@@ -287,7 +287,7 @@ def test_bfloat16_step_learns_with_float32_state():
     """Training with the model in bfloat16: the parameters and the optimiser's
     state stay float32, the first loss and gradient norm are float32's to bfloat16
     precision (and not equal to them), and the loss falls as far as in float32."""
-    from bortsearch.train import student_logits, teacher_targets
+    from bortsearch.train.step import student_logits, teacher_targets
 
     cfg, loss_cfg = OptimConfig(steps=40, warmup=0.1), LossConfig()
     batch, params = _batch(), init_params(ARCH, 0)

@@ -33,14 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bortsearch.arch import Arch
+from bortsearch.model.arch import Arch
 from bortsearch.downstream import metrics as M
 from bortsearch.downstream.tasks import Split, Task, load_task
 from bortsearch.errors import UserError, check_ranges
-from bortsearch.hf import classifier_config, export_tensors, load_checkpoint, params_from_tensors
-from bortsearch.model import DTYPES, Encoder, Model, init_params
+from bortsearch.model.hf import classifier_config, export_tensors, load_checkpoint, params_from_tensors
+from bortsearch.model.encoder import DTYPES, Encoder, Model, init_params
 from bortsearch.runio import check_settings, file_sha256, write_atomic, write_json
-from bortsearch.train import OptimConfig, TrainState, apply_gradients, init_state
+from bortsearch.train.step import OptimConfig, TrainState, apply_gradients, init_state
 
 BUCKET = 32  # batches are padded to a multiple of this many tokens, not to --max-length
 EVAL_BATCH = 64
@@ -216,7 +216,7 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     """
     import orbax.checkpoint as ocp
 
-    from bortsearch.fit import _checkpointer, _trim_metrics, restore_latest
+    from bortsearch.train.fit import _checkpointer, _trim_metrics, restore_latest
 
     if (work / "result.json").is_file():
         result = json.loads((work / "result.json").read_text())
@@ -345,7 +345,7 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
     devs = {k: encode(encoder.tokenizer, v, cfg.max_length, arch) for k, v in tsk.devs.items()}
     grid = [(lr, cfg.seed + k) for lr in cfg.lrs for k in range(cfg.seeds)]
     per_epoch = -(-len(train.labels) // cfg.batch_size)
-    from bortsearch.fit import progress_bar
+    from bortsearch.train.fit import progress_bar
 
     bar = progress_bar(total=per_epoch * cfg.epochs * len(grid), unit="step",
                        desc=f"finetune {tsk.name}", disable=not progress)

@@ -41,7 +41,7 @@ def available_tasks(data: Path) -> list[str]:
 
 def run_models(run: Path, out: Path) -> list[Path]:
     """A search run's teacher and its pretrained students (exported once)."""
-    from bortsearch.student import STUDENT_WEIGHTS, export
+    from bortsearch.train.student import STUDENT_WEIGHTS, export
 
     models = [run / "teacher"]
     for weights in sorted((run / "pretrain").glob(f"*/{STUDENT_WEIGHTS}")):
@@ -69,7 +69,7 @@ def cpu_latency(arch) -> dict:
     """The encoder's measured latency at batch 1, length 128, on the CPU."""
     import jax
 
-    from bortsearch.proxies import measure_latency
+    from bortsearch.model.proxies import measure_latency
 
     with jax.default_device(jax.devices("cpu")[0]):
         return measure_latency(arch, batch=1, seq_len=min(LATENCY_LENGTH, arch.max_seq_len),
@@ -88,8 +88,8 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
       out: where the runs and the table go (default for a run: RUN/glue).
       tasks: GLUE task names (default: every task with train and dev under `data`).
     """
-    from bortsearch.hf import arch_from_config
-    from bortsearch.proxies import effective_param_count, param_count
+    from bortsearch.model.hf import arch_from_config
+    from bortsearch.model.proxies import effective_param_count, param_count
 
     t0 = time.perf_counter()
     data = Path(data)

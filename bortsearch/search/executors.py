@@ -24,9 +24,9 @@ from collections.abc import Callable
 import numpy as np
 
 from bortsearch.allocator import tunables
-from bortsearch.arch import Arch
+from bortsearch.model.arch import Arch
 from bortsearch.errors import UserError
-from bortsearch.search import FAILED, Evaluation
+from bortsearch.search.algorithm import FAILED, Evaluation
 
 EXECUTORS = ("local", "ray")
 
@@ -37,7 +37,7 @@ class LocalExecutor:
     def __call__(self, teacher, data, settings, reference, archs: list[Arch],
                  on_start: Callable, on_done: Callable, on_step: Callable,
                  checkpoints=None, checkpoint_every: int = 50) -> dict:
-        from bortsearch.candidates import CandidateTrainer
+        from bortsearch.search.candidates import CandidateTrainer
 
         return CandidateTrainer(teacher, data, settings, on_start, on_done, on_step,
                                 reference, checkpoints, checkpoint_every)(archs)
@@ -45,8 +45,8 @@ class LocalExecutor:
 
 def _train_one(teacher, data, reference, settings, arch: Arch):
     """A Ray task: one candidate, trained and measured on the worker."""
-    from bortsearch.candidates import CandidateTrainer
-    from bortsearch.run import enable_compilation_cache
+    from bortsearch.search.candidates import CandidateTrainer
+    from bortsearch.search.run import enable_compilation_cache
 
     enable_compilation_cache()  # the worker machine's own persistent cache
 

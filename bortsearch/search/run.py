@@ -26,25 +26,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from bortsearch.arch import Arch
-from bortsearch.audit import diagnose
-from bortsearch.candidates import INITS, CandidateSettings, HeldOut, Timing
-from bortsearch.corpus import cache_dir, resolve_corpus
-from bortsearch.data import BatchSpec, load_data
+from bortsearch.model.arch import Arch
+from bortsearch.search.audit import diagnose
+from bortsearch.search.candidates import INITS, CandidateSettings, HeldOut, Timing
+from bortsearch.data.corpus import cache_dir, resolve_corpus
+from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
-from bortsearch.executors import LocalExecutor
-from bortsearch.hf import load_checkpoint
-from bortsearch.model import DTYPES
-from bortsearch.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
+from bortsearch.search.executors import LocalExecutor
+from bortsearch.model.hf import load_checkpoint
+from bortsearch.model.encoder import DTYPES
+from bortsearch.model.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
                                 param_count)
 from bortsearch.runio import (atomic_dir, check_settings, exclusive, file_sha256, write_atomic,
                               write_json)
-from bortsearch.search import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
+from bortsearch.search.algorithm import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
                                confirm, summarise, w_coefficient)
-from bortsearch.space import load_space
-from bortsearch.teacher import TeacherConfig, check_seq_len, maximum_point, train_teacher
-from bortsearch.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
-from bortsearch.train import LossConfig
+from bortsearch.search.space import load_space
+from bortsearch.train.teacher import TeacherConfig, check_seq_len, maximum_point, train_teacher
+from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from bortsearch.train.step import LossConfig
 
 RESULT_COLUMNS = ["layers", "heads", "hidden", "intermediate", "params", "effective_params",
                   "inference", "error", "w_coefficient", "trained", "pareto", "status",
@@ -175,7 +175,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
                log=print, executor=None) -> Result:
     """Algorithm 1 end to end in `run_dir`, resuming whatever an earlier run finished.
 
-    `executor` says where candidates train (`bortsearch.executors`: local, the
+    `executor` says where candidates train (`bortsearch.search.executors`: local, the
     default, or a Ray cluster); it does not change the results, so a run begun
     with one can be resumed with the other."""
     enable_compilation_cache()
@@ -282,7 +282,7 @@ class JournalledEvaluator:
         self.bar = None
 
     def __call__(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
-        from bortsearch.fit import progress_bar
+        from bortsearch.train.fit import progress_bar
 
         out = {a: self._replay(self.finished[a.size]) for a in archs if a.size in self.finished}
         todo = [a for a in archs if a not in out]
@@ -346,7 +346,7 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> di
     if cfg.inference == "analytic":
         return {a: Proxies(param_count(a), float(forward_flops(a, 1, cfg.seq_len, scope)))
                 for a in archs}
-    from bortsearch.fit import progress_bar
+    from bortsearch.train.fit import progress_bar
 
     known = {tuple(e["arch"]): e["median_s"] for e in events if e["event"] == "latency"}
     out = {}

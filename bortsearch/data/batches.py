@@ -21,9 +21,9 @@ import os
 
 import numpy as np
 
-from bortsearch.corpus import Corpus, cache_dir
+from bortsearch.data.corpus import Corpus, cache_dir
 from bortsearch.errors import UserError
-from bortsearch.tokenizer import Tokenizer
+from bortsearch.data.tokenizer import Tokenizer
 
 HELDOUT_EVERY = 20
 MIN_SEQ_LEN = 8
@@ -102,7 +102,7 @@ def _chain(*iterables):
 
 
 def _bar(total, desc, enabled):
-    from bortsearch.fit import progress_bar
+    from bortsearch.train.fit import progress_bar
 
     return progress_bar(total=total, desc=desc, unit="B", unit_scale=True,
                         disable=not enabled, leave=False)

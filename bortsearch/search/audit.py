@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bortsearch.search import DONE, NOISE_Z, Result, Row, known_w_part
+from bortsearch.search.algorithm import DONE, NOISE_Z, Result, Row, known_w_part
 
 # Warn when the W-optimum's student closes less than this share of the gap between
 # the unigram baseline and the teacher (KL_unigram − KL_student) / KL_unigram.

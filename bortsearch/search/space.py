@@ -29,9 +29,9 @@ import itertools
 import tomllib
 from pathlib import Path
 
-from bortsearch.arch import Arch
+from bortsearch.model.arch import Arch
 from bortsearch.errors import UserError
-from bortsearch.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, forward_flops, param_count
+from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, forward_flops, param_count
 
 AXES = ("layers", "heads", "hidden", "intermediate")
 ALBERT_AXES = {"embedding": "H", "groups": "D"}  # optional axes and their shorthand
@@ -199,7 +199,7 @@ def space_table(space: SearchSpace, vocab_size: int | None = None,
     `flops` counts the forward of `scope` (see `forward_flops`)."""
     import pandas as pd
 
-    from bortsearch.proxies import effective_param_count
+    from bortsearch.model.proxies import effective_param_count
 
     archs = sorted(space.architectures(vocab_size=vocab_size),
                    key=lambda a: size_order(a, batch, seq_len))

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from bortsearch.arch import Arch
+from bortsearch.model.arch import Arch
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 

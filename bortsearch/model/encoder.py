@@ -33,7 +33,7 @@ where they are used; matrix products, activations and the residual stream are
 bfloat16, while LayerNorm statistics, the attention softmax and the returned
 logits are float32. The float32 default traces to the same program as before.
 
-`bortsearch.hf` maps this one-to-one onto Hugging Face BERT/RoBERTa names.
+`bortsearch.model.hf` maps this one-to-one onto Hugging Face BERT/RoBERTa names.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bortsearch.arch import Arch
+from bortsearch.model.arch import Arch
 
 Params = Any  # a pytree of arrays: {"params": {...}}
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bortsearch.arch import row_size
-from bortsearch.run import read_results
+from bortsearch.model.arch import row_size
+from bortsearch.search.run import read_results
 
 
 def ranked(table: pd.DataFrame) -> pd.DataFrame:
@@ -72,7 +72,7 @@ def _pm(value: float, se: float) -> str:
 def reliability(best: dict) -> str:
     """The run's reliability report (what decided the pick, noise, warnings), with
     the W-optimum's predicted and measured speed-up over the maximum point."""
-    from bortsearch.audit import summary_lines
+    from bortsearch.search.audit import summary_lines
 
     lines = summary_lines(best["diagnostics"]) if best.get("diagnostics") else []
     sp = best.get("speedup")

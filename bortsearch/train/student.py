@@ -15,18 +15,18 @@ import json
 import math
 from pathlib import Path
 
-from bortsearch.arch import Arch, row_size
-from bortsearch.corpus import resolve_corpus
-from bortsearch.data import BatchSpec, load_data
+from bortsearch.model.arch import Arch, row_size
+from bortsearch.data.corpus import resolve_corpus
+from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
-from bortsearch.fit import fit
-from bortsearch.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
-from bortsearch.model import DTYPES, Model, init_params
-from bortsearch.proxies import effective_param_count, forward_flops, param_count
+from bortsearch.train.fit import fit
+from bortsearch.model.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
+from bortsearch.model.encoder import DTYPES, Model, init_params
+from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
-from bortsearch.teacher import check_seq_len
-from bortsearch.tokenizer import load_tokenizer
-from bortsearch.train import LossConfig, OptimConfig, evaluate
+from bortsearch.train.teacher import check_seq_len
+from bortsearch.data.tokenizer import load_tokenizer
+from bortsearch.train.step import LossConfig, OptimConfig, evaluate
 
 STUDENT_WEIGHTS = "student.safetensors"
 

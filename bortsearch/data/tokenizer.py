@@ -18,7 +18,7 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bortsearch.corpus import Corpus, cache_dir
+from bortsearch.data.corpus import Corpus, cache_dir
 from bortsearch.errors import UserError
 
 SPECIAL = {

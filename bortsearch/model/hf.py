@@ -20,9 +20,9 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from bortsearch.arch import MODEL_TYPES, Arch
+from bortsearch.model.arch import MODEL_TYPES, Arch
 from bortsearch.errors import UserError
-from bortsearch.model import Model, param_shapes
+from bortsearch.model.encoder import Model, param_shapes
 
 # Hugging Face `hidden_act` -> ours: exact GELU, or the tanh approximation.
 SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
@@ -395,7 +395,7 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True,
     params = params_from_tensors(arch, read_tensors(d), d, part)
     tokenizer = None
     if with_tokenizer:
-        from bortsearch.tokenizer import load_tokenizer
+        from bortsearch.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(d, arch.model_type)
         if tokenizer.vocab_size != arch.vocab_size:

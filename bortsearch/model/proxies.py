@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from bortsearch.arch import Arch
+from bortsearch.model.arch import Arch
 
 DEFAULT_BATCH = 1
 DEFAULT_SEQ_LEN = 128
@@ -134,7 +134,7 @@ def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAU
     asynchronous). Returns the median and the inter-quartile range in seconds,
     the compile time, and the hardware fingerprint.
     """
-    from bortsearch.model import _hidden, _logits, init_params
+    from bortsearch.model.encoder import _hidden, _logits, init_params
 
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")

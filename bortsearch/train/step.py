@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from bortsearch.arch import Arch
-from bortsearch.model import Encoder
+from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import Encoder
 
 
 @dataclasses.dataclass(frozen=True)

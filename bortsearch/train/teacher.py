@@ -15,17 +15,17 @@ import json
 import shutil
 from pathlib import Path
 
-from bortsearch.arch import Arch
-from bortsearch.corpus import Corpus
-from bortsearch.data import BatchSpec, load_data
+from bortsearch.model.arch import Arch
+from bortsearch.data.corpus import Corpus
+from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError
-from bortsearch.fit import fit
-from bortsearch.hf import save_checkpoint
-from bortsearch.model import Model, init_params
+from bortsearch.train.fit import fit
+from bortsearch.model.hf import save_checkpoint
+from bortsearch.model.encoder import Model, init_params
 from bortsearch.runio import check_settings
-from bortsearch.space import SearchSpace, size_order
-from bortsearch.tokenizer import Tokenizer
-from bortsearch.train import OptimConfig, frequency_baseline
+from bortsearch.search.space import SearchSpace, size_order
+from bortsearch.data.tokenizer import Tokenizer
+from bortsearch.train.step import OptimConfig, frequency_baseline
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,11 +25,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bortsearch.arch import Arch
-from bortsearch.model import Model, inherit_params, init_params, param_shapes
-from bortsearch.proxies import param_count
-from bortsearch.search import FAILED, Evaluation, summarise
-from bortsearch.train import (LossConfig, OptimConfig, Targets, eval_sums_many, init_state,
+from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import Model, inherit_params, init_params, param_shapes
+from bortsearch.model.proxies import param_count
+from bortsearch.search.algorithm import FAILED, Evaluation, summarise
+from bortsearch.train.step import (LossConfig, OptimConfig, Targets, eval_sums_many, init_state,
                               teacher_entropy_sums, teacher_logits, teacher_targets,
                               train_flops_per_token, train_step_many)
 
@@ -102,7 +102,7 @@ class HeldOut:
 
 
 class CandidateTrainer:
-    """`evaluate(archs) -> {arch: Evaluation}` for `bortsearch.search.algorithm1`.
+    """`evaluate(archs) -> {arch: Evaluation}` for `bortsearch.search.algorithm.algorithm1`.
 
     Args:
       teacher: T, frozen.
@@ -295,7 +295,7 @@ class CandidateTrainer:
         c["start"], c["manager"] = 0, None
         if self.checkpoints is None:
             return
-        from bortsearch.fit import _checkpointer, restore_checkpoint
+        from bortsearch.train.fit import _checkpointer, restore_checkpoint
 
         c["manager"] = _checkpointer(self._folder(arch))
         k = c["manager"].latest_step()
