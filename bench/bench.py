@@ -17,6 +17,7 @@ Run it with `make bench`; the same code runs on a GPU unchanged.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ def matmul_peak(sizes=(512, 1024, 2048), repeats=10) -> tuple[float, int]:
 
 def main() -> None:
     hw = hardware_fingerprint()
-    print(f"bortsearch benchmark — {time.strftime('%Y-%m-%d')}")
+    print(f"bortsearch benchmark — {time.strftime('%Y-%m-%d %H:%M')}, load average "
+          f"{os.getloadavg()[0]:.1f} (the machine's other work changes every figure)")
     print(f"device: {hw['platform']} / {hw['device_kind']} x{hw['device_count']}; "
           f"CPU: {hw['cpu']}, {hw['cores']} cores; jax {hw['jax']}")
     peak, n = matmul_peak()
