@@ -132,14 +132,18 @@ def test_a_failing_candidate_is_recorded_and_the_search_completes(space, teacher
         return params
 
     monkeypatch.setattr(candidates, "init_params", poisoned)
-    cfg = SearchConfig(space=str(space), teacher=str(teacher), epsilon=1, steps=4,
+    two = tmp_path / "two.toml"  # the poisoned candidate and one healthy one
+    two.write_text('name = "two"\nlayers = [2]\nheads = [2]\nhidden = [16, 32]\n'
+                   'intermediate = [32]\n')
+    cfg = SearchConfig(space=str(two), teacher=str(teacher), epsilon=1, steps=4,
                        batch_size=8, seq_len=32, init="random")
     result = run_search(tmp_path / "r", cfg, progress=False, log=lambda *a: None)
     table = pd.read_csv(tmp_path / "r" / "results.csv")
     failed = table[table["status"] == "failed"]
     assert len(failed) == 1 and tuple(failed.iloc[0, :4]) == (2, 2, 32, 32)
     assert "loss became NaN at step 1" in failed.iloc[0]["note"]
-    assert (table["status"] == "done").sum() == 7 and result.best is not None
+    assert (table["status"] == "done").sum() == 1 and result.best is not None
+    assert result.best.arch.size == (2, 2, 16, 32)
     journal = (tmp_path / "r" / "journal.jsonl").read_text()
     assert '"event": "failed"' in journal
 
