@@ -158,11 +158,18 @@ def _act(arch: Arch):
     return functools.partial(jax.nn.gelu, approximate=arch.activation == "gelu_new")
 
 
-class Attention(nn.Module):
+class _Part(nn.Module):
+    """What the embeddings, the attention and a whole layer are built from: the
+    architecture, Hugging Face's dropout (off when `deterministic`) and the
+    compute dtype."""
+
     arch: Arch
     dropout: float = 0.0
     deterministic: bool = True
     dtype: Any = "float32"
+
+
+class Attention(_Part):
 
     @nn.compact
     def __call__(self, x_BxLxH, bias_Bx1x1xL):
@@ -183,11 +190,7 @@ class Attention(nn.Module):
         return _dense(h, "out", dt)(ctx_BxLxAxDh.reshape(b, l, h))
 
 
-class Embeddings(nn.Module):
-    arch: Arch
-    dropout: float = 0.0
-    deterministic: bool = True
-    dtype: Any = "float32"
+class Embeddings(_Part):
 
     @nn.compact
     def __call__(self, input_ids_BxL, token_type_ids_BxL):
@@ -292,13 +295,8 @@ class Encoder(nn.Module):
                                                self.variables["params"]["embeddings"]["word"])
 
 
-class Layer(nn.Module):
+class Layer(_Part):
     """One post-LayerNorm BERT block; the carry of the layer scan."""
-
-    arch: Arch
-    dropout: float = 0.0
-    deterministic: bool = True
-    dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxLxH, bias_Bx1x1xL):
@@ -423,6 +421,11 @@ def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
     return jax.tree_util.tree_map_with_path(take, init_params(arch, seed))
 
 
+def param_size(params) -> int:
+    """How many numbers a parameter tree (or its shapes) holds."""
+    return sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(params))
+
+
 def _init(arch: Arch, num_labels: int, key):  # traced by `param_shapes` only
     ids = jnp.zeros((1, 2), jnp.int32)
     return Encoder(arch, num_labels=num_labels).init(key, ids, jnp.ones_like(ids))
@@ -491,4 +494,4 @@ class Model:
 
     @property
     def num_params(self) -> int:
-        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
+        return param_size(self.params)

@@ -20,7 +20,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import Encoder
+from bortsearch.model.encoder import Encoder, param_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +92,6 @@ def _schedule(cfg: OptimConfig) -> optax.Schedule:
         [w])
 
 
-def _flat_size(params) -> int:
-    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
-
-
 def _decayed(params):
     """The parameters as one vector, zero where weight decay does not apply."""
     return jnp.concatenate([jnp.ravel(x) if m else jnp.zeros(np.size(x), x.dtype) for x, m in
@@ -106,7 +102,7 @@ def init_state(params, lr: float, cfg: OptimConfig) -> TrainState:
     """The state before step 1. The optimiser's initial state (Adam's moments and
     every counter) is all zeros, so it is built from its shapes without running
     `init` op by op; `tests/test_train.py` checks it equals `optimizer(cfg).init`."""
-    flat = jax.ShapeDtypeStruct((_flat_size(params),), np.float32)
+    flat = jax.ShapeDtypeStruct((param_size(params),), np.float32)
     abstract = jax.eval_shape(optimizer(cfg).init, flat)
     opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
     return TrainState(np.zeros((), np.int32), params, opt_state, np.asarray(lr, np.float32))
