@@ -15,10 +15,16 @@ Workloads (each the same model, batch and length on both sides):
 
 The two sides run interleaved in one process, one round each in turn, so machine
 load hits both alike; the figure is the median over the rounds. CPU (default): the
-process is pinned to one core (so neither side's thread pool runs in parallel), CPU time per step (process time; wall time on a shared machine
-swings with load), wall time beside it, and the load average. GPU (`--gpu`): wall
-time, each side synchronised. Without torch and transformers (`pip install
-torch transformers`, or `make golden`'s .golden-venv) only bortsearch's side runs.
+process is pinned to one core (so neither side's thread pool runs in parallel), CPU
+time per step (process time; wall time on a shared machine swings with load), wall
+time beside it, and the load average. GPU (`--gpu`): wall time, each side
+synchronised. Beside each row: the step's model FLOPs per second
+(`train.train_flops_per_token`: 3 x the forward for a training step; the teacher's
+forward counted in pretrain) as a share of JAX's measured float32 matrix-product
+peak, and the bound: torch's time over the step's model FLOPs at the higher of the
+two sides' peaks, so that no implementation doing those FLOPs at that peak beats
+torch by more. Without torch and transformers (`pip install torch transformers`, or
+`make golden`'s .golden-venv) only bortsearch's side runs.
 
     python bench/torch_bench.py [--gpu] [--only candidate,infer] [--rounds 10]
 """
@@ -63,7 +69,7 @@ from bortsearch.model.arch import Arch  # noqa: E402
 from bortsearch.downstream.finetune import finetune_step, initial_params  # noqa: E402
 from bortsearch.model.encoder import Encoder, Layer, Model, init_params  # noqa: E402
 from bortsearch.train.step import (LossConfig, OptimConfig, distill_targets, init_state,  # noqa: E402
-                              teacher_targets, train_step)
+                              teacher_targets, train_flops_per_token, train_step)
 
 try:
     import torch
@@ -282,8 +288,14 @@ def torch_finetune(arch: Arch, batch):
 
 # ------------------------------------------------------------------------ driver
 
+def step_flops(arch: Arch, tokens: int, seq_len: int, predictions: int, train: bool = True) -> float:
+    """Model FLOPs of one step (`train_flops_per_token`; a third of it for a forward)."""
+    return train_flops_per_token(arch, seq_len, predictions) * tokens / (1 if train else 3)
+
+
 def cases(rng):
-    """(workload, label, steps per round, tokens per step, jax factory, torch factory)."""
+    """(workload, label, steps per round, tokens per step, model FLOPs per step,
+    jax factory, torch factory)."""
     only = set(ARGS.only.split(","))
     unknown = only - set(WORKLOADS)
     if unknown:
@@ -291,7 +303,8 @@ def cases(rng):
                  f"choose among {', '.join(WORKLOADS)}")
     if "layer" in only:
         arch = Arch(1, 2, 64, 128, vocab_size=100)
-        yield "layer", "H64 A2 I128", 10, B * L, lambda: jax_layer(arch), lambda: torch_layer(arch)
+        yield ("layer", "H64 A2 I128", 10, B * L, step_flops(arch, B * L, L, 0),
+               lambda: jax_layer(arch), lambda: torch_layer(arch))
     if "candidate" in only:
         for vocab in (4096,) if ARGS.quick else (4096, 30522):
             for size in ((2, 2, 64, 128), (2, 4, 128, 512), (4, 8, 256, 1024), (4, 8, 512, 768)):
@@ -299,19 +312,22 @@ def cases(rng):
                 batch = mlm_batch(rng, vocab, B, L)
                 t_out = rng.standard_normal((B, predictions(L), vocab)).astype(np.float32)
                 yield ("candidate", f"{size} V{vocab}", 3, B * L,
+                       step_flops(arch, B * L, L, predictions(L)),
                        lambda a=arch, b=batch, t=t_out: jax_distill(a, b, None, t),
                        lambda a=arch, b=batch, t=t_out: torch_distill(a, b, None, t))
     if "pretrain" in only:
         student, teacher = Arch(2, 4, 64, 256, vocab_size=4096), Arch(3, 4, 128, 512, vocab_size=4096)
         batch = mlm_batch(rng, 4096, B, L)
         yield ("pretrain", "(2, 4, 64, 256) from (3, 4, 128, 512) V4096", 3, B * L,
+               step_flops(student, B * L, L, predictions(L))
+               + step_flops(teacher, B * L, L, predictions(L), train=False),
                lambda: jax_distill(student, batch, teacher),
                lambda: torch_distill(student, batch, teacher))
     if "infer" in only:
         for size in ((2, 4, 64, 256), (3, 4, 128, 512), (12, 12, 768, 3072)):
             arch = Arch(*size, vocab_size=30522)
             ids = rng.integers(5, 30522, (1, 128)).astype(np.int32)
-            yield ("infer", f"{size} b1 L128", 10, 128,
+            yield ("infer", f"{size} b1 L128", 10, 128, step_flops(arch, 128, 128, 0, train=False),
                    lambda a=arch, i=ids: jax_infer(a, i), lambda a=arch, i=ids: torch_infer(a, i))
     if "finetune" in only:
         for size in ((3, 4, 128, 512),) if ARGS.quick else ((3, 4, 128, 512), (4, 4, 256, 1024)):
@@ -322,8 +338,36 @@ def cases(rng):
                      "labels": rng.integers(0, 2, 32).astype(np.int32),
                      "weights": np.ones(32, np.float32)}
             yield ("finetune", f"{size} B32 L128 V30522", 1, 32 * 128,
+                   step_flops(arch, 32 * 128, 128, 0),
                    lambda a=arch, b=batch: jax_finetune(a, b),
                    lambda a=arch, b=batch: torch_finetune(a, b))
+
+
+def matmul_peaks(sizes=(512, 1024, 2048)) -> dict[str, float]:
+    """Each side's float32 matrix-product FLOP/s at its best square size, timed as
+    the workloads are (CPU time on one core; wall time on a GPU)."""
+    def best(product) -> float:
+        rates = []
+        for n in sizes:
+            run = product(n)
+            run(2)
+            t = measure({"x": run}, 3)["x"][0]
+            rates.append(2 * n**3 / t)
+        return max(rates)
+
+    def jax_product(n):
+        a = jax.device_put(jnp.ones((n, n), jnp.float32))
+        f = jax.jit(lambda x: x @ x)
+        return jax_runner(lambda: f(a))
+
+    def torch_product(n):
+        a = torch.ones((n, n), device=DEVICE)
+        return torch_runner(lambda: a @ a)
+
+    peaks = {"jax": best(jax_product)}
+    if HAVE_TORCH:
+        peaks["torch"] = best(torch_product)
+    return peaks
 
 
 def measure(sides: dict, steps: int) -> dict[str, tuple[float, float]]:
@@ -352,10 +396,19 @@ def main():
     if not HAVE_TORCH:
         print("(torch/transformers not installed: bortsearch's side only; "
               "`pip install torch transformers` for the comparison)")
+    peaks = matmul_peaks()
+    peak = max(peaks.values())
+    print("float32 matrix-product peak, " + ", ".join(
+        f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()) + " (best of 512², 1024², 2048²)")
+    print("GFLOP/s and % peak: the model FLOPs of the step (3 x forward for training; the "
+          "teacher's forward counted in pretrain) over the jax time; bound: torch's time over "
+          "those FLOPs at the higher peak, the most any implementation doing the model FLOPs "
+          "could be faster than torch")
     print(f"{'workload':<10} {'shape':<44} {'jax ms':>9} {'(wall)':>8} {'torch ms':>9} "
-          f"{'(wall)':>8} {'jax tok/s':>10} {'speed-up':>9}")
+          f"{'(wall)':>8} {'jax tok/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'speed-up':>9} "
+          f"{'bound':>7}")
     rng = np.random.default_rng(0)
-    for workload, label, steps, tokens, make_jax, make_torch in cases(rng):
+    for workload, label, steps, tokens, flops, make_jax, make_torch in cases(rng):
         sides = {"jax": make_jax()}
         if HAVE_TORCH:
             sides["torch"] = make_torch()
@@ -365,9 +418,10 @@ def main():
             row += f" {1e3 * t['torch'][0]:>9.2f} {1e3 * t['torch'][1]:>8.2f}"
         else:
             row += f" {'-':>9} {'-':>8}"
-        row += f" {tokens / t['jax'][0]:>10.0f}"
+        row += (f" {tokens / t['jax'][0]:>10.0f} {flops / t['jax'][0] / 1e9:>8.1f}"
+                f" {100 * flops / t['jax'][0] / peaks['jax']:>6.0f}%")
         if HAVE_TORCH:
-            row += f" {t['torch'][0] / t['jax'][0]:>8.2f}x"
+            row += f" {t['torch'][0] / t['jax'][0]:>8.2f}x {t['torch'][0] * peak / flops:>6.2f}x"
         print(row, flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
