@@ -68,8 +68,9 @@ import numpy as np  # noqa: E402
 from bortsearch.model.arch import Arch  # noqa: E402
 from bortsearch.downstream.finetune import finetune_step, initial_params  # noqa: E402
 from bortsearch.model.encoder import Encoder, Layer, Model, init_params  # noqa: E402
-from bortsearch.train.step import (LossConfig, OptimConfig, distill_targets, init_state,  # noqa: E402
-                              teacher_targets, train_flops_per_token, train_step)
+from bortsearch.train.step import (LossConfig, OptimConfig, distill_targets,  # noqa: E402
+                              forward_flops_per_token, init_state, teacher_targets,
+                              train_flops_per_token, train_step)
 
 try:
     import torch
@@ -289,8 +290,9 @@ def torch_finetune(arch: Arch, batch):
 # ------------------------------------------------------------------------ driver
 
 def step_flops(arch: Arch, tokens: int, seq_len: int, predictions: int, train: bool = True) -> float:
-    """Model FLOPs of one step (`train_flops_per_token`; a third of it for a forward)."""
-    return train_flops_per_token(arch, seq_len, predictions) * tokens / (1 if train else 3)
+    """Model FLOPs of one training step, or of one forward pass."""
+    per_token = train_flops_per_token if train else forward_flops_per_token
+    return per_token(arch, seq_len, predictions) * tokens
 
 
 def cases(rng):
