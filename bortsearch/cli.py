@@ -91,15 +91,32 @@ def cmd_teacher(args) -> None:
     from bortsearch.search.space import load_space
     from bortsearch.train.teacher import TeacherConfig, fit_arch, maximum_point, train_teacher
 
-    space = load_space(args.space)
-    size = parse_size(args.arch) if args.arch else None
-    corpus, tokenizer = _corpus_and_tokenizer(args)
-    arch = (fit_arch(space, tokenizer, size) if size
-            else maximum_point(space, tokenizer, args.seq_len))
-    cfg = TeacherConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
+    if args.init_from:  # continued pretraining: the folder's shape and tokenizer
+        from bortsearch.data.corpus import resolve_corpus
+        from bortsearch.model.hf import load_checkpoint
+
+        if args.space or args.arch or args.vocab_size:
+            raise UserError("--init-from takes the architecture and tokenizer of its folder; "
+                            "drop --space, --arch and --vocab-size")
+        start = load_checkpoint(args.init_from)
+        corpus, tokenizer, arch = resolve_corpus(args.corpus, args.text_field), \
+            start.tokenizer, start.arch
+    else:
+        if not args.space:
+            raise UserError("give --space (its maximum point is trained), or --init-from a "
+                            "masked-LM folder to continue its training")
+        space = load_space(args.space)
+        size = parse_size(args.arch) if args.arch else None
+        corpus, tokenizer = _corpus_and_tokenizer(args)
+        arch = (fit_arch(space, tokenizer, size) if size
+                else maximum_point(space, tokenizer, args.seq_len))
+    cfg = TeacherConfig(steps=args.steps, lr=args.lr, warmup=args.warmup,
+                        checkpoint_every=args.checkpoint_every,
                         batch=BatchSpec(args.batch_size, args.seq_len, seed=args.seed))
-    print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}")
-    summary = train_teacher(args.out, arch, corpus, tokenizer, cfg, progress=not args.quiet)
+    print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}"
+          + (f", continuing {args.init_from}" if args.init_from else ""))
+    summary = train_teacher(args.out, arch, corpus, tokenizer, cfg, progress=not args.quiet,
+                            init_from=args.init_from)
     print(f"held-out masked-LM accuracy {summary['heldout_accuracy']:.3f} "
           f"(frequency baseline {summary['frequency_baseline_accuracy']:.3f}); "
           f"checkpoint: {args.out}")
@@ -172,7 +189,7 @@ def cmd_pretrain(args) -> None:
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                          lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed, dtype=args.dtype)
+                         seed=args.seed, dtype=args.dtype, init=args.init)
     s = pretrain(args.run, args.out, size, cfg, corpus=args.corpus, progress=not args.quiet)
     print(f"held-out masked-LM accuracy {s['heldout_accuracy']:.4f} (teacher "
           f"{s['teacher_heldout_accuracy']:.4f}), KD cross-entropy {s['heldout_kd_ce']:.4f}; "
@@ -308,11 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = TeacherConfig()
     p = sub.add_parser("teacher", help="train the maximum point of a space as a teacher")
-    p.add_argument("--space", required=True, help="a search-space TOML file")
+    p.add_argument("--space", help="a search-space TOML file: its maximum point is trained")
     p.add_argument("--out", required=True, help="the checkpoint folder to write (must not "
                    "exist, or hold an unfinished run of the same settings)")
     p.add_argument("--arch", help="train D,A,H,I instead of the space's maximum point")
+    p.add_argument("--init-from", metavar="DIR", help="continue training this masked-LM "
+                   "folder (its shape and tokenizer; a fresh warm-up and decay) instead of "
+                   "a space's maximum point from random weights")
     _add_training_flags(p, t.steps, t.lr, t.checkpoint_every)
+    p.add_argument("--warmup", type=_fraction, default=t.warmup,
+                   help=f"warm-up as a fraction of the steps (default {t.warmup:g})")
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
     p.set_defaults(func=cmd_teacher)
 
@@ -407,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optim_flags(p, c.warmup, c.weight_decay)
     p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,
                    help=f"steps between held-out evaluations (default {c.eval_every})")
+    p.add_argument("--init", choices=["random", "teacher"], default=None,
+                   help="start from Normal(0, 0.02) or from the teacher's weights (default: "
+                        "as the search's candidates started, so the student trained is the "
+                        "one the search scored)")
     _add_data_flags(p, c.batch_size, c.seq_len,
                     corpus_help="corpus to pretrain on (default: the search's)")
     _add_dtype_flag(p)

@@ -232,3 +232,27 @@ def test_glue_on_a_run_compares_its_teacher_and_pretrained_student(run, tmp_path
     assert (run / "glue" / "models" / f"student-{size}" / "model.safetensors").is_file()
     out = capsys.readouterr().out
     assert "| teacher |" in out and "glue.png" in out
+
+
+@pytest.mark.parametrize("flag", [[], ["--init", "random"]])
+def test_pretrain_starts_as_the_search_scored(run, tmp_path, flag):
+    """By default the student starts as the run's candidates did (the search's
+    default is the teacher's weights); --init random starts from Normal(0, 0.02).
+    One step at a negligible learning rate leaves the start visible."""
+    from bortsearch.model.encoder import inherit_params, init_params
+    from bortsearch.model.hf import export_tensors
+    from bortsearch import Model
+
+    assert json.loads((run / "search.json").read_text())["init"] == "teacher"
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), "--steps", "1",
+                 "--lr", "1e-9", "--batch-size", "8", "--seq-len", "32", "--quiet", *flag]) == 0
+    student, teacher = load(tmp_path / "s"), load(run / "teacher")
+    expected = (init_params(student.arch, 0) if flag
+                else inherit_params(student.arch, teacher.arch, teacher.params, 0))
+    got, want = export_tensors(student), export_tensors(Model(student.arch, expected))
+    assert max(float(np.abs(got[k] - want[k]).max()) for k in got) < 1e-6
+    size = "-".join(map(str, student.arch.size))
+    summary = json.loads((run / "pretrain" / size / "summary.json").read_text())
+    assert summary["init"] == ("random" if flag else "teacher")
+    card = (tmp_path / "s" / "README.md").read_text()
+    assert ("from random weights" if flag else "from the teacher's weights") in card

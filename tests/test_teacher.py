@@ -87,3 +87,26 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_teacher_continues_from_a_folder(teacher, tmp_path, capsys):
+    """--init-from trains the folder's own shape and tokenizer onward from its
+    weights, and records which weights it started from."""
+    out = tmp_path / "more"
+    args = ["--init-from", str(teacher), "--out", str(out), "--steps", "1", "--lr", "1e-9",
+            "--batch-size", "8", "--seq-len", "32", "--quiet"]
+    assert main(["teacher", *args]) == 0
+    assert f"continuing {teacher}" in capsys.readouterr().out
+    a, b = load(teacher), load(out)
+    assert b.arch == a.arch and b.tokenizer.hf.to_str() == a.tokenizer.hf.to_str()
+    from bortsearch.model.hf import export_tensors, weights_sha256
+
+    x, y = export_tensors(a), export_tensors(b)
+    assert max(float(np.abs(x[k] - y[k]).max()) for k in x) < 1e-6
+    settings = json.loads((out / "bortsearch.json").read_text())["settings"]
+    assert settings["init_from"] == weights_sha256(teacher)
+    # a shape and tokenizer come from the folder: --space, --arch, --vocab-size are refused
+    assert main(["teacher", *args[:4], "--space", SPACE]) == 2
+    assert "drop --space, --arch and --vocab-size" in capsys.readouterr().err
+    assert main(["teacher", "--out", str(tmp_path / "none")]) == 2
+    assert "give --space" in capsys.readouterr().err

@@ -394,6 +394,9 @@ def teacher_layers(student_layers: int, teacher_layers: int) -> list[int]:
     return [(m + 1) * teacher_layers // student_layers - 1 for m in range(student_layers)]
 
 
+INITS = ("random", "teacher")  # how a student starts: `init_params` or `inherit_params`
+
+
 def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
                    seed: int = 0) -> Params:
     """A student initialised from the teacher's weights [ours, after the weight

@@ -363,6 +363,18 @@ def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     return state
 
 
+def weights_sha256(folder: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a folder's weights file ("" if none):
+    what run settings record to tell one checkpoint from another."""
+    from bortsearch.runio import file_sha256
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        p = Path(folder) / name
+        if p.is_file():
+            return file_sha256(p)[:16]
+    return ""
+
+
 def load_checkpoint(directory: str | Path, with_tokenizer: bool = True,
                     part: str = "mlm") -> Model:
     """A Hugging Face BERT/RoBERTa masked-LM checkpoint as a `Model`.

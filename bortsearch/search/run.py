@@ -33,11 +33,11 @@ from bortsearch.data.corpus import cache_dir, resolve_corpus
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
 from bortsearch.search.executors import LocalExecutor
-from bortsearch.model.hf import load_checkpoint
+from bortsearch.model.hf import load_checkpoint, weights_sha256
 from bortsearch.model.encoder import DTYPES
 from bortsearch.model.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
                                 param_count)
-from bortsearch.runio import (atomic_dir, check_settings, exclusive, file_sha256, write_atomic,
+from bortsearch.runio import (atomic_dir, check_settings, exclusive, write_atomic,
                               write_json)
 from bortsearch.search.algorithm import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
                                confirm, summarise, w_coefficient)
@@ -209,7 +209,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
 
     settings = {
         "space": space.to_dict(), "teacher_arch": T.to_dict(),
-        "teacher_weights": _file_hash(teacher_path),
+        "teacher_weights": weights_sha256(teacher_path),
         "corpus": corpus.fingerprint(), "epsilon": epsilon, "steps": cfg.steps,
         "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
         "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
@@ -370,14 +370,6 @@ def _num(x):
 
 def _denum(x):
     return math.nan if x is None else float(x)
-
-
-def _file_hash(folder: Path) -> str:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        p = Path(folder) / name
-        if p.is_file():
-            return file_sha256(p)[:16]
-    return ""
 
 
 def results_table(result: Result) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
 from bortsearch.train.fit import fit
 from bortsearch.model.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
-from bortsearch.model.encoder import DTYPES, Model, init_params
+from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
 from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.train.teacher import check_seq_len
@@ -50,6 +50,7 @@ class PretrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     dtype: str = "float32"  # compute dtype (bfloat16: accelerators); parameters float32
+    init: str | None = None  # "teacher" or "random"; None: as the run's candidates were
 
     def __post_init__(self):
         check_ranges(positive=[("--lr", self.lr)],
@@ -58,7 +59,8 @@ class PretrainConfig:
                          ("--steps", self.steps), ("--batch-size", self.batch_size),
                          ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
                          ("--checkpoint-every", self.checkpoint_every))],
-                     choices=[("--dtype", self.dtype, DTYPES)])
+                     choices=[("--dtype", self.dtype, DTYPES)]
+                     + ([("--init", self.init, INITS)] if self.init is not None else []))
 
 def _run_files(run: Path) -> tuple[dict, dict]:
     if not (run / "best.json").is_file() or not (run / "teacher" / "config.json").is_file():
@@ -138,8 +140,11 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         lines += ["## Reliability warnings of the search", ""]
         lines += [f"- {w}" for w in best["warnings"]] + [""]
     if summary:
+        start = ("the teacher's weights" if summary.get("init") == "teacher"
+                 else "random weights")
         lines += ["## Pretraining", "",
-                  f"Distillation against the teacher for {summary['steps']} steps "
+                  f"Distillation against the teacher for {summary['steps']} steps from "
+                  f"{start} "
                   f"(0.1 · CE + 0.5 · τ² · KL, τ = 2; AdamW lr {summary['lr']:g}).",
                   f"Held-out masked-LM accuracy {summary['heldout_accuracy']:.4f} "
                   f"(teacher {summary['teacher_heldout_accuracy']:.4f}); KD cross-entropy "
@@ -213,6 +218,9 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
             return finished
         raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
     _, search = _run_files(run)
+    # the search scored students started as its candidates were (runs older than
+    # --init trained them from random weights)
+    cfg = dataclasses.replace(cfg, init=cfg.init or search.get("init", "random"))
     teacher = load_checkpoint(run / "teacher")
     check_seq_len(arch, cfg.seq_len)
     specs = corpus if corpus is not None else search.get("corpus")
@@ -228,13 +236,15 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
     optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
                         adam_eps=cfg.adam_eps, clip=cfg.clip)
     loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature)
-    result = fit(arch, data, optim, cfg.lr, init_params(arch, cfg.seed), work, teacher=teacher,
+    start = (inherit_params(arch, teacher.arch, teacher.params, cfg.seed) if cfg.init == "teacher"
+             else init_params(arch, cfg.seed))
+    result = fit(arch, data, optim, cfg.lr, start, work, teacher=teacher,
                  loss_cfg=loss, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                  progress=progress, desc=f"pretrain {arch.label()}", dtype=cfg.dtype)
     heldout = data.heldout_batches()
     teacher_eval = evaluate(teacher.arch, teacher.params, heldout)
     summary = {
-        "steps": cfg.steps, "lr": cfg.lr,
+        "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init,
         "heldout_accuracy": result.heldout["accuracy"],
         "heldout_mlm_ce": result.heldout["mlm_ce"],
         "heldout_kd_ce": result.heldout["kd_ce"],

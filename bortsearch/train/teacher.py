@@ -20,7 +20,7 @@ from bortsearch.data.corpus import Corpus
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError
 from bortsearch.train.fit import fit
-from bortsearch.model.hf import save_checkpoint
+from bortsearch.model.hf import load_checkpoint, save_checkpoint, weights_sha256
 from bortsearch.model.encoder import Model, init_params
 from bortsearch.runio import check_settings
 from bortsearch.search.space import SearchSpace, size_order
@@ -58,20 +58,32 @@ def check_seq_len(arch: Arch, seq_len: int) -> None:
 
 
 def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokenizer,
-                  cfg: TeacherConfig, progress: bool = True) -> dict:
+                  cfg: TeacherConfig, progress: bool = True,
+                  init_from: str | Path | None = None) -> dict:
     """Train `arch` with the masked-LM objective and write it to `out`.
 
     Returns the summary also written to `out/bortsearch.json`: settings, held-out
     masked-LM accuracy and the frequency baseline. If `out` already holds a
-    finished teacher with the same settings, nothing is trained.
+    finished teacher with the same settings, nothing is trained. `init_from`, a
+    masked-LM folder of the same architecture, continues its training (a fresh
+    warm-up and decay over `cfg.steps`) instead of starting from Normal(0, 0.02).
     """
     out = Path(out)
     check_seq_len(arch, cfg.batch.seq_len)
+    start = init_params(arch, cfg.batch.seed)
+    init_hash = None
+    if init_from is not None:
+        model = load_checkpoint(init_from, with_tokenizer=False)
+        if model.arch != arch:
+            raise UserError(f"--init-from {init_from}: its architecture {model.arch.label()} "
+                            f"is not the teacher's {arch.label()}; give a folder of that shape")
+        start, init_hash = model.params, weights_sha256(init_from)
     settings = {
         "arch": arch.to_dict(), "corpus": corpus.fingerprint(),
         "tokenizer": hashlib.sha256(tokenizer.hf.to_str().encode()).hexdigest()[:16],
         "steps": cfg.steps, "lr": cfg.lr, "warmup": cfg.warmup,
         "batch": dataclasses.asdict(cfg.batch),
+        **({"init_from": init_hash} if init_hash else {}),
     }
     summary_path = out / "bortsearch.json"
     if summary_path.is_file():
@@ -90,7 +102,7 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
     check_settings(work / "settings.json", settings, f"the unfinished teacher in {work}",
                    f"re-run with the same settings, or remove {work} to start over", started)
     optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup)
-    result = fit(arch, data, optim, cfg.lr, init_params(arch, cfg.batch.seed), work,
+    result = fit(arch, data, optim, cfg.lr, start, work,
                  eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                  progress=progress, desc=f"teacher {arch.label()}")
     summary = {
