@@ -132,6 +132,7 @@ def cmd_search(args) -> None:
         epsilon=args.epsilon, steps=args.steps, lrs=tuple(args.lr or SearchConfig.lrs),
         batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
         inference=args.inference, inference_scope=args.inference_scope, error=args.error,
+        size_proxy=args.size_proxy,
         seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
         teacher_steps=args.teacher_steps, group_size=args.group_size,
@@ -358,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-scope", choices=["encoder", "mlm"], default=c.inference_scope,
                    help="what î counts: the encoder a downstream student runs (default), or "
                         "the masked-LM model with its vocabulary head")
+    p.add_argument("--size-proxy", choices=["params", "non-embedding"], default=c.size_proxy,
+                   help="what p̂ counts: every parameter (default, as the paper), or the "
+                        "non-embedding ones (a large vocabulary's table is memory, not "
+                        "compute); changing it re-scores a finished run, training only "
+                        "candidates it has not trained")
     p.add_argument("--error", choices=["kl", "ce"], default=c.error,
                    help=f"the error W divides by: kl = ê − H_T, what the student controls, or "
                         f"ce = ê as in the paper (default {c.error})")

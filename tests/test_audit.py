@@ -141,3 +141,18 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(spearman([1, 2], [1, 2])) and math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_untrained_pick_names_the_size_proxy_when_the_vocabulary_table_dominates():
+    """BASE's vocabulary of 100 at H = 8 is most of every candidate's parameters:
+    when size decided, the warning points at --size-proxy non-embedding, unless the
+    run already uses it."""
+    from bortsearch.model.proxies import effective_param_count, param_count
+
+    result, report = _search(lambda a: 0.5)  # equal errors: size and speed decide
+    assert 1 - effective_param_count(result.best.arch) / param_count(result.best.arch) > 0.5
+    message = next(w["message"] for w in report["warnings"]
+                   if w["code"] == "untrained-part-decides")
+    assert "--size-proxy non-embedding" in message
+    again = diagnose(result, BASELINES, "kl", 2, size_proxy="non-embedding")
+    assert not any("--size-proxy" in w["message"] for w in again["warnings"])

@@ -310,3 +310,30 @@ def test_a_group_killed_mid_training_resumes_from_its_checkpoints(space, teacher
     assert len(done) == 4 and all(e["timing"]["resumed_from"] >= 10 for e in done)
     assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
     assert not any(folder.iterdir())  # each candidate's checkpoints go once it is journalled
+
+
+def test_size_proxy_rescores_a_finished_run_without_training_again(space, teacher, tmp_path,
+                                                                    capsys):
+    """--size-proxy non-embedding: p̂ and W count the non-embedding parameters; on a
+    finished run it re-scores, training only representatives not trained before."""
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "2") == 0
+    assert _search(space, run, teacher, "--epsilon", "2", "--size-proxy", "non-embedding") == 0
+    assert "counts the non-embedding parameters" in capsys.readouterr().out
+    events = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
+    trained = [tuple(e["arch"]) for e in events if e["event"] == "done"]
+    assert len(trained) == len(set(trained))  # nothing trained twice
+    best = json.loads((run / "best.json").read_text())
+    t = best["maximum_point"]
+    T = Arch.from_dict(t["arch"])
+    assert best["size_proxy"] == "non-embedding" and t["p_hat"] == effective_param_count(T)
+    assert t["params"] == param_count(T) and best["params"] == param_count(Arch.from_dict(best["arch"]))
+    table = pd.read_csv(run / "results.csv")
+    for r in table[table["status"] == "done"].itertuples():
+        w = ((t["p_hat"] - r.effective_params) / t["p_hat"]) * \
+            ((t["inference"] - r.inference) / t["inference"]) / r.error
+        assert r.w_coefficient == pytest.approx(w, rel=1e-9)
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--space", str(space), "--run", str(tmp_path / "x"), "--teacher",
+              str(teacher), "--size-proxy", "bytes"])
+    assert e.value.code == 2 and "invalid choice: 'bytes'" in capsys.readouterr().err

@@ -66,6 +66,18 @@ def effective_param_count(arch: Arch) -> int:
     return param_count(arch) - embedding_table_params(arch) - output
 
 
+SIZE_PROXIES = ("params", "non-embedding")
+
+
+def size_proxy(arch: Arch, kind: str = "params") -> int:
+    """p̂: every parameter [paper], or the non-embedding ones [ours: a vocabulary's
+    table is memory, not compute, and with a real vocabulary it can be most of a
+    small student's count, so that the size term alone decides W]."""
+    if kind not in SIZE_PROXIES:
+        raise ValueError(f"kind must be one of {SIZE_PROXIES}, got {kind=}")
+    return param_count(arch) if kind == "params" else effective_param_count(arch)
+
+
 SCOPES = ("encoder", "mlm")
 SOFTMAX_FLOPS = 5  # per attention score: max, subtract, exp, sum, divide
 

@@ -39,7 +39,8 @@ def _terms(r: Row, t) -> tuple[float, float, float]:
     return math.log(size), math.log(speed), -math.log(r.error)
 
 
-def diagnose(result: Result, baselines: dict, metric: str, seeds: int) -> dict:
+def diagnose(result: Result, baselines: dict, metric: str, seeds: int,
+             size_proxy: str = "params") -> dict:
     """The reliability report of a finished search: the spread of log W's three
     terms, whether training changed the pick, the optimum's margin over the
     runner-up in units of noise, how much the students learned beyond token
@@ -50,6 +51,7 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int) -> dict:
       baselines: `teacher_entropy`, `unigram_ce`, `unigram_kl` on B.
       metric: the error W used, "ce" or "kl".
       seeds: trials per θ (1: the noise is not measured).
+      size_proxy: what p̂ counted, "params" or "non-embedding".
     """
     t = result.maximum_point
     trained = [r for r in result.rows
@@ -79,12 +81,18 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int) -> dict:
     decided = best.arch != untrained_pick.arch
     report["decided_by_training"] = decided if len(trained) > 1 else None
     if len(trained) > 1 and not decided:
+        from bortsearch.model.proxies import effective_param_count, param_count
+
+        table_share = 1 - effective_param_count(best.arch) / param_count(best.arch)
         warn("untrained-part-decides", (
             f"training did not decide the pick: {best.arch.label()} is also the best by size "
             f"and speed alone (log W's error term spans {np.ptp(terms[:, 2]):.3g}, the size "
             f"and speed terms {np.ptp(terms[:, 0]):.3g} and {np.ptp(terms[:, 1]):.3g}); "
             + ("use --error kl so that W divides by what the student controls, "
                if metric == "ce" else "")
+            + (f"use --size-proxy non-embedding (the vocabulary's tables are "
+               f"{100 * table_share:.0f}% of the pick's parameters), "
+               if size_proxy == "params" and table_share > 0.5 else "")
             + "train longer (--steps), try --init teacher, or --confirm 3"))
 
     # Margin over the runner-up, in the W that chose the optimum.

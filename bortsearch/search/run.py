@@ -35,8 +35,8 @@ from bortsearch.errors import UserError, check_ranges
 from bortsearch.search.executors import LocalExecutor
 from bortsearch.model.hf import load_checkpoint, weights_sha256
 from bortsearch.model.encoder import DTYPES
-from bortsearch.model.proxies import (SCOPES, effective_param_count, forward_flops, measure_latency,
-                                param_count)
+from bortsearch.model.proxies import (SCOPES, SIZE_PROXIES, effective_param_count, forward_flops,
+                                     measure_latency, param_count, size_proxy)
 from bortsearch.runio import (atomic_dir, check_settings, exclusive, write_atomic,
                               write_json)
 from bortsearch.search.algorithm import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
@@ -69,6 +69,7 @@ class SearchConfig:
     seed: int = 0
     inference: str = "analytic"
     inference_scope: str = "encoder"  # î without the masked-LM head, as deployed [ours]
+    size_proxy: str = "params"  # p̂: all parameters [paper], or "non-embedding" [ours]
     # The defaults of the next three are chosen by bench/signal_quality.py (README:
     # "Reading the answer"); the paper's choices are ce, one seed, random.
     error: str = "kl"  # the error W divides by: "kl" (ê − H_T) or "ce" (ê)
@@ -185,7 +186,8 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     if cfg.inference not in ("analytic", "measured"):
         raise UserError(f"--inference {cfg.inference!r}: use 'analytic' or 'measured'")
     for flag, value, allowed in (("--inference-scope", cfg.inference_scope, SCOPES),
-                                 ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS)):
+                                 ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS),
+                                 ("--size-proxy", cfg.size_proxy, SIZE_PROXIES)):
         if value not in allowed:
             raise UserError(f"{flag} {value!r}: use one of {', '.join(allowed)}")
     if cfg.teacher and not Path(cfg.teacher).is_dir():
@@ -257,7 +259,7 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
                                      reference, steps=cfg.long_steps, phase="confirm",
                                      executor=executor)
         result = confirm(result, cfg.confirm, longer)
-    report = diagnose(result, reference.baselines, cfg.error, cfg.seeds)
+    report = diagnose(result, reference.baselines, cfg.error, cfg.seeds, cfg.size_proxy)
     speedup = _speedup(result, T, cfg, journal, events)
     write_results(run, result, cfg, epsilon, T, report, speedup)
     return result
@@ -344,8 +346,8 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> di
     does not measure again."""
     scope = cfg.inference_scope
     if cfg.inference == "analytic":
-        return {a: Proxies(param_count(a), float(forward_flops(a, 1, cfg.seq_len, scope)))
-                for a in archs}
+        return {a: Proxies(size_proxy(a, cfg.size_proxy),
+                           float(forward_flops(a, 1, cfg.seq_len, scope))) for a in archs}
     from bortsearch.train.fit import progress_bar
 
     known = {tuple(e["arch"]): e["median_s"] for e in events if e["event"] == "latency"}
@@ -356,7 +358,7 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> di
             known[a.size] = m["median_s"]
             journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
                             "iqr_s": m["iqr_s"], "hardware": m["hardware"]})
-        out[a] = Proxies(param_count(a), known[a.size])
+        out[a] = Proxies(size_proxy(a, cfg.size_proxy), known[a.size])
     return out
 
 
@@ -375,7 +377,7 @@ def _denum(x):
 def results_table(result: Result) -> pd.DataFrame:
     rows = [{
         "layers": r.arch.layers, "heads": r.arch.heads, "hidden": r.arch.hidden,
-        "intermediate": r.arch.intermediate, "params": r.proxies.params,
+        "intermediate": r.arch.intermediate, "params": param_count(r.arch),
         "effective_params": effective_param_count(r.arch), "inference": r.proxies.inference,
         "error": r.error, "w_coefficient": r.w, "trained": r.status != "skipped",
         "pareto": r.pareto, "status": r.status, "best_lr": r.best_lr, "interval": r.interval,
@@ -426,7 +428,9 @@ def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T:
     write_json(run / "best.json", {
         "arch": None if best is None else best.arch.to_dict(),
         "size": None if best is None else list(best.arch.size),
-        "params": None if best is None else best.proxies.params,
+        "params": None if best is None else param_count(best.arch),
+        "size_proxy": cfg.size_proxy,
+        "p_hat": None if best is None else best.proxies.params,
         "effective_params": None if best is None else effective_param_count(best.arch),
         "inference": None if best is None else best.proxies.inference,
         "inference_kind": cfg.inference,
@@ -442,7 +446,8 @@ def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T:
         "chosen_by": "confirmed" if result.confirmed else "short",
         "confirmed_error": field("confirmed_error"),
         "confirmed_w": field("confirmed_w"),
-        "maximum_point": {"arch": T.to_dict(), "params": result.maximum_point.params,
+        "maximum_point": {"arch": T.to_dict(), "params": param_count(T),
+                          "p_hat": result.maximum_point.params,
                           "inference": result.maximum_point.inference},
         "epsilon": epsilon, "steps": cfg.steps, "lrs": list(cfg.lrs), "seeds": cfg.seeds,
         "init": cfg.init, "confirm": cfg.confirm,

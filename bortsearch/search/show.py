@@ -57,9 +57,12 @@ def format_table(table: pd.DataFrame, best: dict) -> str:
         if confirmed:
             line += f"{_pm(c_err.iloc[k], c_se.iloc[k]):>16} {c_w.iloc[k]:>9.4g} "
         lines.append(line + f"{lr:>8}  {r.status}{note}")
-    lines.append("> W-optimum   * Pareto front over (params, inference, error)   ~ W within "
+    size = "eff." if best.get("size_proxy") == "non-embedding" else "params"
+    lines.append(f"> W-optimum   * Pareto front over ({size}, inference, error)   ~ W within "
                  "noise of the optimum's   "
-                 f"{int((~table['trained']).sum())} architectures not trained (skipped)")
+                 f"{int((~table['trained']).sum())} architectures not trained (skipped)"
+                 + ("\np̂ (W's size term) counts the non-embedding parameters (eff.)"
+                    if size == "eff." else ""))
     return "\n".join(lines)
 
 
