@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast bench bench-signal bench-dtype golden clean
+.PHONY: demo test test-fast bench bench-signal bench-dtype bench-bort teacher-reference golden clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bortsearch needs Python 3.11+, found " + sys.version.split()[0] + "; set PYTHON=python3.11")'
@@ -41,6 +41,19 @@ bench-signal: $(STAMP)
 # float32 run is already in runs/bench-dtype.)
 bench-dtype: $(STAMP)
 	$(BIN)/python bench/dtype_demo.py
+
+# The reference teacher (bench/teacher_reference.py): BERT-Mini's shape on the Gutenberg
+# books, in stages, resumable (its work lives in the cache); then its masked-LM quality
+# and GLUE dev scores against the same shape from random weights. About 1.5 hours on
+# 2 CPU cores; `--profile gpu` on a lent accelerator.
+teacher-reference: $(STAMP)
+	$(BIN)/python bench/teacher_reference.py
+
+# Bort in small (bench/bort_small.py): the search over search_spaces/bort_small.toml with
+# the reference teacher, then the pick and the rivals a person would choose pretrained
+# under one budget and fine-tuned on GLUE; the table, the plot and the answer.
+bench-bort: $(STAMP)
+	$(BIN)/python bench/bort_small.py
 
 # Regenerates the committed transformers golden files (needs torch; not used by CI).
 # make_golden.py runs twice: the teachers first, then the logits of the students

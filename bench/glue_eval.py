@@ -48,11 +48,12 @@ def mean_se(values) -> tuple[float, float]:
 
 def glue_scores(models: dict[str, Path], data: Path, out: Path, tasks: dict[str, int],
                 train_rows: int | None, lr: float = 1e-4, epochs: int = 3,
-                progress: bool = False):
+                max_length: int = 128, progress: bool = False):
     """Fine-tune every model on every task (resumable: each is a `finetune` run
     under OUT/<model>/<task>) and return a table: per task the mean score × 100
     over `tasks[task]` seeds and its standard error, and their average, whose
-    standard error treats the tasks as independent."""
+    standard error treats the tasks as independent. Sentence pairs are cut at
+    `max_length` tokens, single sentences at half that."""
     import pandas as pd
 
     from bortsearch.downstream.finetune import FinetuneConfig, finetune
@@ -62,7 +63,7 @@ def glue_scores(models: dict[str, Path], data: Path, out: Path, tasks: dict[str,
         row = {"model": name}
         for task, seeds in tasks.items():
             cfg = FinetuneConfig(lrs=(lr,), epochs=epochs, seeds=seeds,
-                                 max_length=64 if task in SHORT else 128,
+                                 max_length=max_length // 2 if task in SHORT else max_length,
                                  max_train_samples=train_rows)
             m = finetune(folder, task, data, out / name / task, cfg, progress=progress)
             row[task], row[f"{task}_se"] = mean_se(100 * t["score"] for t in m["grid"])
