@@ -67,7 +67,7 @@ class Profile:
     epsilon: int | None = None  # None: the default, about 12 candidates
     confirm: int = 3
     confirm_steps: int | None = None  # None: 5 · s
-    pretrain_steps: int = 800
+    pretrain_steps: int = 600
     pretrain_batch: int = 32
     pretrain_seq_len: int = 128
     pretrain_lr: float = 5e-4
@@ -76,15 +76,17 @@ class Profile:
     glue_epochs: int = 3
     glue_lr: float = 1e-4
     glue_length: int = 128
+    glue_candidates: bool = False  # fine-tune every trained candidate too (GLUE's Spearman)
 
 
 PROFILES = {
     "cpu": Profile(),
-    "gpu": Profile(pretrain_steps=10000, pretrain_batch=128, glue_train=None),
+    "gpu": Profile(pretrain_steps=10000, pretrain_batch=128, glue_train=None,
+                   glue_candidates=True),
     "toy": Profile(search_steps=4, search_seq_len=32, search_batch=8, epsilon=4, confirm=2,
                    confirm_steps=4, pretrain_steps=4, pretrain_batch=8, pretrain_seq_len=32,
                    glue_tasks=(("rte", 2),), glue_train=32, glue_epochs=1,
-                   glue_length=32),
+                   glue_length=32, glue_candidates=True),
 }
 
 
@@ -245,8 +247,9 @@ def experiment(out: Path, profile: str, teacher: Path | None, progress: bool) ->
     t2 = time.time()
     tasks = dict(p.glue_tasks)
     names = {size: "-".join(map(str, size)) for size in students}
+    chosen = {s: f for s, f in students.items() if p.glue_candidates or roles[s] != ["candidate"]}
     scores = glue_scores({"teacher": run / "teacher",
-                          **{names[s]: f for s, f in students.items()}},
+                          **{names[s]: f for s, f in chosen.items()}},
                          glue_folder(out), out / "glue", tasks, train_rows=p.glue_train,
                          lr=p.glue_lr, epochs=p.glue_epochs, max_length=p.glue_length,
                          progress=progress)
@@ -258,7 +261,7 @@ def experiment(out: Path, profile: str, teacher: Path | None, progress: bool) ->
     rows = []
     for size in [T.size, *sorted(students, key=lambda s: latency[s]["median_ms"])]:
         name = "teacher" if size == T.size else names[size]
-        s = by_name.loc[name]
+        s = by_name.loc[name] if name in by_name.index else None  # None: not fine-tuned
         r = short.get(size)
         rows.append({
             "model": name, "role": "teacher (ceiling)" if size == T.size
@@ -269,11 +272,12 @@ def experiment(out: Path, profile: str, teacher: Path | None, progress: bool) ->
             else 0.0,
             "search_kl": getattr(r, "error", math.nan) if r is not None else math.nan,
             "search_w": getattr(r, "w_coefficient", math.nan) if r is not None else math.nan,
-            **{k: s[k] for k in s.index if k != "model"}})
+            **({k: s[k] for k in s.index if k != "model"} if s is not None
+               else {k: math.nan for k in by_name.columns})})
     import pandas as pd
 
     res = pd.DataFrame(rows)
-    students_only = res[res["model"] != "teacher"]
+    students_only = res[(res["model"] != "teacher") & res["average"].notna()]
     res["front"] = False
     res.loc[students_only.index, "front"] = pareto(students_only["latency_ms"],
                                                    students_only["average"])
@@ -291,7 +295,7 @@ def _answer(res, pick: str, cpick: str) -> dict:
     out = {}
     for label, name in (("W-optimum", pick), ("confirmed pick", cpick)):
         me = row.loc[name]
-        rivals = row[(row.index != name) & (row.index != "teacher")
+        rivals = row[(row.index != name) & (row.index != "teacher") & row["average"].notna()
                      & (row["latency_ms"] <= me["latency_ms"])]
         entry = {"model": name, "on_front": bool(me["front"]), "average": me["average"],
                  "average_se": me["average_se"]}
@@ -307,11 +311,13 @@ def _answer(res, pick: str, cpick: str) -> dict:
 
 def _spearman(res, spearman) -> dict:
     cand = res[res["search_kl"].notna()]
-    return {"n": int(len(cand)),
+    tuned = cand[cand["average"].notna()]
+    return {"n": int(len(cand)), "n_glue": int(len(tuned)),
             "search_kl_vs_pretrained_kl": spearman(cand["search_kl"], cand["kl_pretrained"]),
-            "search_w_vs_glue": spearman(cand["search_w"], cand["average"]),
-            "search_kl_vs_glue": spearman(-cand["search_kl"], cand["average"]),
-            "pretrained_kl_vs_glue": spearman(-cand["kl_pretrained"], cand["average"])}
+            "search_w_vs_pretrained_kl": spearman(cand["search_w"], -cand["kl_pretrained"]),
+            "search_w_vs_glue": spearman(tuned["search_w"], tuned["average"]),
+            "search_kl_vs_glue": spearman(-tuned["search_kl"], tuned["average"]),
+            "pretrained_kl_vs_glue": spearman(-tuned["kl_pretrained"], tuned["average"])}
 
 
 def plot(res, pick: str, path: Path) -> None:
@@ -321,7 +327,7 @@ def plot(res, pick: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    st = res[res["model"] != "teacher"]
+    st = res[(res["model"] != "teacher") & res["average"].notna()]
     ax.errorbar(st["latency_ms"], st["average"], yerr=st["average_se"], fmt="o",
                 color="tab:blue", ms=5, lw=1, label="students (± seed s.e.)")
     front = st[st["front"]].sort_values("latency_ms")
@@ -332,7 +338,7 @@ def plot(res, pick: str, path: Path) -> None:
     me = res[res["model"] == pick]
     ax.scatter(me["latency_ms"], me["average"], marker="*", s=300, c="gold",
                edgecolors="black", zorder=5, label="search's pick (W-optimum)")
-    for r in res.itertuples():
+    for r in res[res["average"].notna()].itertuples():
         short = r.role.split(",")[0] if r.role != "candidate" else ""
         ax.annotate(f"{r.model} {short}".strip(), (r.latency_ms, r.average),
                     textcoords="offset points", xytext=(4, 3), fontsize=6)
@@ -356,8 +362,7 @@ def _report(res, tasks, answer, corr, p: Profile, profile, timing, majority, h_t
             f"{r.latency_ms:.2f}", f"{r.kl_pretrained:.3f}",
             "" if math.isnan(r.search_kl) else f"{r.search_kl:.3f}",
             "" if math.isnan(r.search_w) else f"{r.search_w:.3g}",
-            *[f"{getattr(r, t):.1f} ± {getattr(r, t + '_se'):.1f}" for t in tasks],
-            f"{r.average:.1f} ± {r.average_se:.1f}"]) + " |")
+            *[_pm(getattr(r, t), getattr(r, t + "_se")) for t in [*tasks, "average"]]]) + " |")
     lines.append("| majority class | | | | | | | " + " | ".join(
         f"{majority[t]:.1f}" for t in tasks) + f" | {majority['average']:.1f} |")
     lines += ["", "Bold: on the Pareto front of the students (latency, GLUE average).", ""]
@@ -371,8 +376,10 @@ def _report(res, tasks, answer, corr, p: Profile, profile, timing, majority, h_t
         else:
             text += "; no other student is as fast"
         lines.append(text)
-    lines += ["", f"Spearman over the {corr['n']} trained candidates: search KL vs KL after "
-              f"pretraining {corr['search_kl_vs_pretrained_kl']:.2f}; search W vs GLUE average "
+    lines += ["", f"Spearman over the {corr['n']} trained candidates, all pretrained: search "
+              f"KL vs KL after pretraining {corr['search_kl_vs_pretrained_kl']:.2f}; search W vs "
+              f"KL after pretraining (lower KL) {corr['search_w_vs_pretrained_kl']:.2f}. Over "
+              f"the {corr['n_glue']} of them fine-tuned: search W vs GLUE average "
               f"{corr['search_w_vs_glue']:.2f}; search KL vs GLUE average (lower KL, higher "
               f"score) {corr['search_kl_vs_glue']:.2f}; KL after pretraining vs GLUE "
               f"{corr['pretrained_kl_vs_glue']:.2f}.", "",
@@ -387,12 +394,17 @@ def _report(res, tasks, answer, corr, p: Profile, profile, timing, majority, h_t
     return "\n".join(lines)
 
 
+def _pm(value, se) -> str:
+    return "—" if math.isnan(value) else f"{value:.1f} ± {se:.1f}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     ap.add_argument("--teacher", type=Path, help="the teacher folder (default: the reference "
                     "teacher that bench/teacher_reference.py leaves in the cache)")
-    ap.add_argument("--out", type=Path, help="default runs/bort-small-PROFILE")
+    ap.add_argument("--out", type=Path, help="the work and result folder (default: the "
+                    "cache's bench/bort-small-PROFILE, which outlives a work tree)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     teacher = args.teacher
@@ -407,7 +419,9 @@ def main(argv=None) -> int:
                      f"pass --teacher DIR")
     if not GLUE_DATA.is_dir():
         sys.exit(f"{GLUE_DATA}: no GLUE data beside the checkout")
-    out = args.out or ROOT / "runs" / f"bort-small-{args.profile}"
+    from bortsearch.data.corpus import cache_dir
+
+    out = args.out or cache_dir() / "bench" / f"bort-small-{args.profile}"
     print(experiment(out, args.profile, teacher, not args.quiet))
     return 0
 
