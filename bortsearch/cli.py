@@ -299,7 +299,8 @@ def _add_finetune_flags(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
+    from bortsearch.model.encoder import INITS
+    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, SIZE_PROXIES
 
     parser = _Parser(
         prog="bortsearch",
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-scope", choices=["encoder", "mlm"], default=c.inference_scope,
                    help="what î counts: the encoder a downstream student runs (default), or "
                         "the masked-LM model with its vocabulary head")
-    p.add_argument("--size-proxy", choices=["params", "non-embedding"], default=c.size_proxy,
+    p.add_argument("--size-proxy", choices=SIZE_PROXIES, default=c.size_proxy,
                    help="what p̂ counts: every parameter (default, as the paper), or the "
                         "non-embedding ones (a large vocabulary's table is memory, not "
                         "compute); changing it re-scores a finished run, training only "
@@ -370,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=c.seeds,
                    help=f"trials per θ from seeds --seed, --seed + 1, ...: the mean error, its "
                         f"standard error and W's noise (default {c.seeds})")
-    p.add_argument("--init", choices=["random", "teacher"], default=c.init,
+    p.add_argument("--init", choices=INITS, default=c.init,
                    help=f"students start from Normal(0, 0.02) or inherit the teacher's weights "
                         f"(default {c.init})")
     p.add_argument("--confirm", type=int, default=c.confirm, metavar="K",
@@ -435,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optim_flags(p, c.warmup, c.weight_decay)
     p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,
                    help=f"steps between held-out evaluations (default {c.eval_every})")
-    p.add_argument("--init", choices=["random", "teacher"], default=None,
+    p.add_argument("--init", choices=INITS, default=None,
                    help="start from Normal(0, 0.02) or from the teacher's weights (default: "
                         "as the search's candidates started, so the student trained is the "
                         "one the search scored)")
