@@ -159,3 +159,16 @@ def test_roundtrip_of_a_fresh_model(tmp_path):
     assert back.arch == arch
     for name, value in export_tensors(model).items():
         np.testing.assert_array_equal(export_tensors(back)[name], value)
+
+
+def test_a_folder_without_tokenizer_files_loads_for_logits_but_not_to_tokenise(tmp_path):
+    """What `BertForMaskedLM(config).save_pretrained(DIR)` writes: config and weights only."""
+    d = _copy("bert_tiny", tmp_path)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (d / name).unlink(missing_ok=True)
+    model = load(d)
+    assert model.tokenizer is None
+    np.testing.assert_allclose(model.logits(LOGITS["bert_ids"], LOGITS["bert_mask"]),
+                               LOGITS["bert_logits"], atol=1e-4, rtol=0)
+    with pytest.raises(UserError, match="no tokenizer files.*copy the teacher's tokenizer"):
+        load_checkpoint(d)  # a teacher or an encoder to fine-tune needs them

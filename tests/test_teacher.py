@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,11 @@ def test_teacher_learns_above_the_frequency_baseline(tmp_path, capsys):
     model = load(out)
     assert model.arch.size == (2, 2, 64, 128) and model.tokenizer.vocab_size == 1000
     assert not (tmp_path / ".teacher.partial").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()}
+    assert "model.safetensors" in modes  # not safetensors' own 0600: the umask's, as the rest
+    assert set(modes.values()) == {0o666 & ~umask}, modes
     # the same command again trains nothing and reports the same result
     t0 = time.perf_counter()
     assert main(["teacher", *args]) == 0

@@ -101,6 +101,13 @@ class Tokenizer:
         (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
 
+def has_tokenizer_files(directory: str | Path) -> bool:
+    """Whether a checkpoint folder has tokenizer files that `load_tokenizer` reads."""
+    d = Path(directory)
+    return ((d / "tokenizer.json").is_file() or (d / "vocab.txt").is_file()
+            or ((d / "vocab.json").is_file() and (d / "merges.txt").is_file()))
+
+
 def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
     """A checkpoint directory's tokenizer: tokenizer.json, else vocab.txt, else
     vocab.json + merges.txt."""

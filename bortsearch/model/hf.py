@@ -375,7 +375,7 @@ def weights_sha256(folder: str | Path) -> str:
     return ""
 
 
-def load_checkpoint(directory: str | Path, with_tokenizer: bool = True,
+def load_checkpoint(directory: str | Path, with_tokenizer: bool | str = True,
                     part: str = "mlm") -> Model:
     """A Hugging Face BERT/RoBERTa masked-LM checkpoint as a `Model`.
 
@@ -384,7 +384,9 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True,
     `part="encoder"` takes the encoder (and BERT's pooler) of any BERT/RoBERTa
     folder, with or without a masked-LM head, as fine-tuning does; `part="auto"`
     reads a sequence classifier as one (`Model.num_labels`) and anything else as
-    a masked-LM model.
+    a masked-LM model. `with_tokenizer="if-present"` loads a folder without
+    tokenizer files too (as transformers loads a model without its tokenizer),
+    leaving `Model.tokenizer` None; True makes their absence an error.
     """
     d = Path(directory)
     if not d.is_dir():
@@ -406,6 +408,10 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool = True,
         part = f"classify:{num_labels}" if num_labels else "mlm"
     params = params_from_tensors(arch, read_tensors(d), d, part)
     tokenizer = None
+    if with_tokenizer == "if-present":
+        from bortsearch.data.tokenizer import has_tokenizer_files
+
+        with_tokenizer = has_tokenizer_files(d)
     if with_tokenizer:
         from bortsearch.data.tokenizer import load_tokenizer
 
@@ -537,13 +543,13 @@ def write_hf_folder(folder: Path, arch: Arch, tokenizer=None, params=None,
                     extra_files: dict[str, str | bytes] | None = None) -> None:
     """Fill `folder` with `config.json`, the tokenizer files and, given params,
     `model.safetensors` (Hugging Face names)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     folder = Path(folder)
     (folder / "config.json").write_text(json.dumps(config_from_arch(arch, tokenizer), indent=2))
-    if params is not None:
-        save_file(export_tensors(Model(arch, params)), str(folder / "model.safetensors"),
-                  metadata={"format": "pt"})
+    if params is not None:  # written by Python, not by safetensors' save_file (mode 0600)
+        (folder / "model.safetensors").write_bytes(
+            save(export_tensors(Model(arch, params)), metadata={"format": "pt"}))
     if tokenizer is not None:
         tokenizer.save(folder, model_max_length=arch.max_seq_len)
     for name, data in (extra_files or {}).items():
@@ -565,6 +571,7 @@ def save_checkpoint(model: Model, directory: str | Path, tokenizer=None,
 
 def load(directory: str | Path) -> Model:
     """`bortsearch.load(DIR)`: a Hugging Face checkpoint, an exported student or a
-    fine-tuned classifier (`…ForSequenceClassification`), with its tokenizer, ready
-    for `model.logits(input_ids, attention_mask)`."""
-    return load_checkpoint(directory, part="auto")
+    fine-tuned classifier (`…ForSequenceClassification`), with its tokenizer where
+    the folder has one (else `model.tokenizer` is None), ready for
+    `model.logits(input_ids, attention_mask)`."""
+    return load_checkpoint(directory, with_tokenizer="if-present", part="auto")
