@@ -47,6 +47,17 @@ def test_param_count_equals_transformers_albert():
                     type_vocab_size=c["type_vocab_size"], model_type="albert",
                     embedding=c["embedding_size"], groups=c["num_hidden_groups"])
         assert param_count(arch) == c["num_parameters"], c
+        # the same shape reached from a BERT-family space (E = H and G = D stored as
+        # None): what `export` writes is the same ALBERT folder, with its E->H map
+        bert = Arch(1, 1, 8, 8, vocab_size=c["vocab_size"], max_positions=arch.max_positions,
+                    type_vocab_size=arch.type_vocab_size).with_size(*arch.size)
+        if bert.albert:
+            assert param_count(bert) == c["num_parameters"], (bert, c)
+    kinds = set()
+    for c in json.loads((GOLDEN / "albert_counts.json").read_text()):
+        kinds.add((c["embedding_size"] < c["hidden_size"],
+                   c["num_hidden_groups"] < c["num_hidden_layers"]))
+    assert kinds >= {(True, False), (False, True), (True, True)}, kinds
     for folder in ("albert_shared", "albert_groups", "student_albert"):
         model = load(GOLDEN / folder)
         n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(model.params))

@@ -5,8 +5,10 @@ p̂ is the number of trainable parameters, counted as Hugging Face's
 position, token type, LayerNorm), D encoder layers, the masked-LM transform and
 LayerNorm, and the output bias; no pooler; a tied decoder counted once. With
 ALBERT's axes (as `AlbertForMaskedLM` counts): E-wide embedding tables and
-LayerNorm, the E→H projection, G distinct layers (a shared layer counted once),
-a head transform H→E with its LayerNorm at E.
+LayerNorm, the E→H projection (always: an ALBERT folder has it even where E = H,
+as the identity `export` writes), G distinct layers (a shared layer counted once),
+a head transform H→E with its LayerNorm at E. p̂ is the size of what `export`
+writes, in every combination of E and G.
 
 î is either `analytic` (forward FLOPs at a reference input: exact, cheap and the
 same on every machine) or `measured` (median wall-clock of the compiled forward
@@ -48,7 +50,7 @@ def param_count(arch: Arch) -> int:
     ALBERT's axes, `AlbertForMaskedLM`) convention: each distinct parameter once."""
     h, e, v = arch.hidden, arch.embedding_size, arch.vocab_size
     embeddings = embedding_table_params(arch) + 2 * e
-    projection = (e * h + h) if arch.embedding is not None else 0
+    projection = (e * h + h) if arch.albert else 0  # ALBERT always maps E -> H
     head = (h * e + e) + 2 * e + v + (0 if arch.tie_decoder else e * v)
     return embeddings + projection + arch.num_groups * layer_params(arch) + head
 
@@ -89,8 +91,8 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
     Counts matrix products, 2 FLOPs per multiply-add: per layer the four
     attention projections (8·B·L·H²), scores and the softmax-weighted sum
     (4·B·L²·H) and the feed-forward block (4·B·L·H·I), for each of the D layer
-    applications (shared or not); with a factorised embedding the E→H projection
-    (2·B·L·E·H); with `scope="mlm"` also the head's transform (2·B·L·H·E) and
+    applications (shared or not); with ALBERT's axes the E→H projection
+    (2·B·L·E·H), which the exported ALBERT model runs even where E = H; with `scope="mlm"` also the head's transform (2·B·L·H·E) and
     decoder (2·B·L·E·V) at every position.
     Of the element-wise work, the attention softmax is counted
     (`SOFTMAX_FLOPS` per score, B·A·L² scores a layer), because it is the term
@@ -106,7 +108,7 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
     e = arch.embedding_size
     per_layer = (8 * b * l * h * h + 4 * b * l * l * h + 4 * b * l * h * i
                  + SOFTMAX_FLOPS * b * arch.heads * l * l)
-    projection = 2 * b * l * e * h if arch.embedding is not None else 0
+    projection = 2 * b * l * e * h if arch.albert else 0
     head = 2 * b * l * h * e + 2 * b * l * e * v if scope == "mlm" else 0
     return projection + arch.layers * per_layer + head
 
