@@ -90,6 +90,35 @@ def test_defaults_are_todays_model_and_sharing_is_repetition():
                                Encoder(base).apply(unrolled, ids, mask), atol=1e-5)
 
 
+def test_a_factorised_student_starts_from_the_teachers_embeddings_by_svd():
+    """Where the teacher's (centred) embedding tables have rank E - 1, the student with
+    E-wide tables reproduces the teacher's encoder exactly: the truncated SVD loses
+    nothing; with cut columns (the old start) it is far off."""
+    from bortsearch.model.encoder import _hidden, inherit_params
+
+    teacher = Arch(2, 2, 32, 64, vocab_size=90, max_positions=40)
+    rng = np.random.default_rng(0)
+    t = jax.tree.map(np.array, init_params(teacher, 1))
+    basis = rng.normal(size=(7, 32)).astype(np.float32)  # rank E - 1 = 7
+    basis -= basis.mean(axis=1, keepdims=True)  # rows centred: LayerNorm sees them so
+    for name in ("word", "position", "token_type"):
+        table = t["params"]["embeddings"][name]["embedding"]
+        table[:] = rng.normal(size=(len(table), 7)).astype(np.float32) @ basis * 0.05
+    t["params"]["embeddings"]["ln"]["scale"][:] = rng.uniform(0.5, 1.5, 32)
+    t["params"]["embeddings"]["ln"]["bias"][:] = rng.normal(size=32) * 0.1
+    ids = rng.integers(0, 90, size=(2, 9))
+    mask, types = np.ones_like(ids), (np.arange(9)[None] > 4).astype(np.int32) + 0 * ids
+    want = np.asarray(_hidden(teacher, t, ids, mask, types))
+    student = teacher.with_size(2, 2, 32, 64, 8, 2)
+    assert student.embedding == 8
+    got = np.asarray(_hidden(student, inherit_params(student, teacher, t, seed=0), ids, mask,
+                             types))
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    cut = init_params(student, 0)  # what cutting 8 columns with a random map gives
+    far = np.asarray(_hidden(student, cut, ids, mask, types))
+    assert np.abs(far - want).max() > 0.1
+
+
 def test_shared_and_factorised_export_round_trip(tmp_path):
     from bortsearch.data.tokenizer import load_tokenizer
 
