@@ -90,22 +90,24 @@ def test_defaults_are_todays_model_and_sharing_is_repetition():
                                Encoder(base).apply(unrolled, ids, mask), atol=1e-5)
 
 
-def test_a_factorised_student_starts_from_the_teachers_embeddings_by_svd():
+@pytest.mark.parametrize("teacher_e", [None, 16])  # E_T = H, and a factorised teacher
+def test_a_factorised_student_starts_from_the_teachers_embeddings_by_svd(teacher_e):
     """Where the teacher's (centred) embedding tables have rank E - 1, the student with
     E-wide tables reproduces the teacher's encoder exactly: the truncated SVD loses
     nothing; with cut columns (the old start) it is far off."""
     from bortsearch.model.encoder import _hidden, inherit_params
 
-    teacher = Arch(2, 2, 32, 64, vocab_size=90, max_positions=40)
+    teacher = Arch(2, 2, 32, 64, vocab_size=90, max_positions=40, embedding=teacher_e)
+    e_t = teacher.embedding_size
     rng = np.random.default_rng(0)
     t = jax.tree.map(np.array, init_params(teacher, 1))
-    basis = rng.normal(size=(7, 32)).astype(np.float32)  # rank E - 1 = 7
+    basis = rng.normal(size=(7, e_t)).astype(np.float32)  # rank E - 1 = 7
     basis -= basis.mean(axis=1, keepdims=True)  # rows centred: LayerNorm sees them so
     for name in ("word", "position", "token_type"):
         table = t["params"]["embeddings"][name]["embedding"]
         table[:] = rng.normal(size=(len(table), 7)).astype(np.float32) @ basis * 0.05
-    t["params"]["embeddings"]["ln"]["scale"][:] = rng.uniform(0.5, 1.5, 32)
-    t["params"]["embeddings"]["ln"]["bias"][:] = rng.normal(size=32) * 0.1
+    t["params"]["embeddings"]["ln"]["scale"][:] = rng.uniform(0.5, 1.5, e_t)
+    t["params"]["embeddings"]["ln"]["bias"][:] = rng.normal(size=e_t) * 0.1
     ids = rng.integers(0, 90, size=(2, 9))
     mask, types = np.ones_like(ids), (np.arange(9)[None] > 4).astype(np.int32) + 0 * ids
     want = np.asarray(_hidden(teacher, t, ids, mask, types))

@@ -422,7 +422,7 @@ def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
         return out
 
     params = jax.tree_util.tree_map_with_path(take, init_params(arch, seed))
-    if arch.embedding_size < teacher_arch.embedding_size:
+    if arch.embedding is not None and arch.embedding_size < teacher_arch.embedding_size:
         params = _svd_embeddings(arch, teacher_arch, teacher_params, params)
     return params
 
