@@ -176,10 +176,20 @@ def cmd_export(args) -> None:
     from bortsearch.train.student import export
 
     size = parse_size(args.arch) if args.arch else None
-    out = export(args.run, args.out, size)
+    out = export(args.run, args.out, size, onnx=args.onnx, int8=args.int8)
     weights = (out / "model.safetensors").is_file()
+    graphs = [f for f in ("model.onnx", "model_quantized.onnx") if (out / f).is_file()]
     print(f"exported to {out} ({'with' if weights else 'no'} weights; config, tokenizer, "
-          f"README.md model card)")
+          f"README.md model card{''.join(', ' + g for g in graphs)})")
+
+
+def cmd_onnx(args) -> None:
+    from bortsearch.deploy.onnx_export import export_onnx
+
+    out = export_onnx(args.model, args.out, args.int8)
+    print(f"wrote {out / 'model.onnx'}" + (f" and {out / 'model_quantized.onnx'} (int8)"
+                                           if args.int8 else "")
+          + " beside the folder's config and tokenizer files")
 
 
 def cmd_pretrain(args) -> None:
@@ -423,7 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a finished search run folder")
     p.add_argument("--out", required=True, help="the folder to write (must not hold files)")
     p.add_argument("--arch", help="export D,A,H,I instead of the run's W-optimum")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx (needs weights: a pretrained student)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --onnx, also model_quantized.onnx (ONNX Runtime's dynamic int8)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("onnx", help="write a BERT/RoBERTa/ALBERT folder's model as ONNX "
+                                    "(float32, and int8 with --int8)")
+    p.add_argument("model", help="a Hugging Face folder: an export, a teacher, a fine-tuned "
+                                 "classifier")
+    p.add_argument("--out", required=True, help="the folder to write (must not hold files)")
+    p.add_argument("--int8", action="store_true",
+                   help="also model_quantized.onnx: ONNX Runtime's dynamic quantisation")
+    p.set_defaults(func=cmd_onnx)
 
     from bortsearch.train.student import PretrainConfig
 

@@ -79,10 +79,18 @@ def test_export_without_weights_then_with(run, tmp_path, capsys):
     card = (out / "README.md").read_text()
     assert "ε = 4, s = 5" in card and f"{best['params']:,}" in card and "pareto.png" in card
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--onnx"]) == 2
+    assert "no pretrained weights" in capsys.readouterr().err and not (tmp_path / "x").exists()
     # after pretraining, export picks the weights up
     assert main(["pretrain", str(run), "--out", str(tmp_path / "p"), *PRETRAIN]) == 0
-    assert main(["export", str(run), "--out", str(tmp_path / "w")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "w"), "--onnx", "--int8"]) == 0
     assert "with weights" in capsys.readouterr().out
+    from bortsearch.deploy.onnx_export import run_logits, session
+
+    ids = np.arange(3, 23).reshape(2, 10)
+    np.testing.assert_allclose(run_logits(session(tmp_path / "w" / "model.onnx", 1), ids),
+                               load(tmp_path / "w").logits(ids), atol=1e-4, rtol=0)
+    assert (tmp_path / "w" / "model_quantized.onnx").is_file()
     a, b = load_file(str(tmp_path / "p" / "model.safetensors")), load_file(str(tmp_path / "w" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert "Held-out masked-LM accuracy" in (tmp_path / "w" / "README.md").read_text()

@@ -160,12 +160,19 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
 
 
 def export(run: str | Path, out: str | Path, size=None, params=None,
-           summary: dict | None = None) -> Path:
+           summary: dict | None = None, onnx: bool = False, int8: bool = False) -> Path:
     """Write the student's Hugging Face folder to `out` (which must not hold files).
 
     Weights come from `params`, else from an earlier `pretrain` of this student in
-    the run, else there are none (configuration and tokenizer only).
+    the run, else there are none (configuration and tokenizer only). `onnx` adds
+    model.onnx (and `int8` model_quantized.onnx), which need weights.
     """
+    if int8 and not onnx:
+        raise UserError("--int8 quantises the ONNX graph; give --onnx --int8")
+    if onnx:
+        from bortsearch.deploy.onnx_export import require_onnx
+
+        require_onnx()
     run, out = Path(run), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
@@ -177,11 +184,18 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
 
         params = params_from_tensors(arch, load_file(str(wdir / STUDENT_WEIGHTS)), wdir)
         summary = json.loads((wdir / "summary.json").read_text())
+    if onnx and params is None:
+        raise UserError(f"{arch.label()} has no pretrained weights in {run} to put in an ONNX "
+                        f"graph; pretrain it first (bortsearch pretrain {run} --out DIR)")
     extra = {"README.md": model_card(run, arch, summary)}
     if (run / "pareto.png").is_file():
         extra["pareto.png"] = (run / "pareto.png").read_bytes()
     with atomic_dir(out) as tmp:
         write_hf_folder(tmp, arch, tokenizer, params, extra)
+        if onnx:
+            from bortsearch.deploy.onnx_export import write_graphs
+
+            write_graphs(tmp, Model(arch, params), int8)
     return out
 
 

@@ -1,0 +1,257 @@
+"""The encoder as an ONNX graph, run by ONNX Runtime, in float32 or int8.
+
+Why a graph built with `onnx.helper` rather than a general exporter: the project has
+one encoder (`bortsearch.model.encoder`), whose forward pass is a few dozen
+operators, and a general JAX→ONNX converter (jax2onnx) would add a fast-moving
+dependency that traces Flax's scans and custom VJPs. Building the graph directly
+from the parameter tree keeps the operators the plain ones that ONNX Runtime fuses
+(LayerNormalization, MatMul, Softmax, Erf) and that its dynamic quantiser knows
+(MatMul weights become int8). Parity with `Model.logits` is a test, per family.
+
+The graph takes `input_ids`, `attention_mask` and `token_type_ids` (int64,
+batch x sequence, both axes dynamic) and returns `logits`: batch x sequence x
+vocabulary for a masked-LM model, batch x labels for a classifier.
+
+int8: `onnxruntime.quantization.quantize_dynamic` (weights int8 per tensor,
+activations quantised at run time), ONNX Runtime's own tool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from bortsearch.errors import UserError
+from bortsearch.model.encoder import Model
+
+OPSET = 17  # LayerNormalization is in the default domain from 17
+ONNX_NAME = "model.onnx"
+INT8_NAME = "model_quantized.onnx"  # Optimum's name for the dynamically quantised graph
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def require_onnx():
+    """onnx and onnxruntime, or one line that says how to install them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise UserError(f"ONNX export and runtime need the onnx extra ({e.name} is not "
+                        f"installed); install it with: pip install 'bortsearch[onnx]'") from None
+    return onnx, onnxruntime
+
+
+class _Graph:
+    """Nodes and initialisers, with fresh names."""
+
+    def __init__(self, onnx):
+        self.onnx, self.helper = onnx, onnx.helper
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, value, hint: str = "c") -> str:
+        name = self.name(hint)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, hint: str | None = None, **attrs) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def dense(self, x: str, kernel, bias=None, hint: str = "dense") -> str:
+        y = self.op("MatMul", x, self.const(np.asarray(kernel, np.float32), f"{hint}_kernel"))
+        if bias is not None:
+            y = self.op("Add", y, self.const(np.asarray(bias, np.float32), f"{hint}_bias"))
+        return y
+
+    def layer_norm(self, x: str, ln, eps: float, hint: str = "ln") -> str:
+        return self.op("LayerNormalization", x,
+                       self.const(np.asarray(ln["scale"], np.float32), f"{hint}_scale"),
+                       self.const(np.asarray(ln["bias"], np.float32), f"{hint}_bias"),
+                       axis=-1, epsilon=float(eps))
+
+    def gelu(self, x: str, approximate: bool) -> str:
+        half = self.const(np.float32(0.5))
+        one = self.const(np.float32(1.0))
+        if approximate:  # 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+            cube = self.op("Mul", self.op("Mul", x, x), x)
+            inner = self.op("Add", x, self.op("Mul", cube, self.const(np.float32(0.044715))))
+            t = self.op("Tanh", self.op("Mul", inner,
+                                        self.const(np.float32(np.sqrt(2 / np.pi)))))
+        else:  # 0.5·x·(1 + erf(x/√2))
+            t = self.op("Erf", self.op("Mul", x, self.const(np.float32(1 / np.sqrt(2)))))
+        return self.op("Mul", self.op("Mul", x, half), self.op("Add", t, one))
+
+
+def onnx_graph(model: Model):
+    """The model's forward pass as an `onnx.ModelProto` (float32)."""
+    onnx, _ = require_onnx()
+    arch = model.arch
+    p = {k: v for k, v in model.params["params"].items()}
+    g = _Graph(onnx)
+    i64 = onnx.TensorProto.INT64
+    ids, mask, types = INPUTS
+    # embeddings: word + position + token type, LayerNorm at E
+    emb = p["embeddings"]
+    x = g.op("Gather", g.const(np.asarray(emb["word"]["embedding"], np.float32), "word"), ids)
+    if arch.model_type == "roberta":  # positions counted over non-padding tokens
+        not_pad = g.op("Cast", g.op("Not", g.op("Equal", ids, g.const(np.int64(arch.pad_token_id)))),
+                       to=i64)
+        pos = g.op("Add", g.op("Mul", g.op("CumSum", not_pad, g.const(np.int64(1))), not_pad),
+                   g.const(np.int64(arch.pad_token_id)))
+    else:  # 0 .. L-1
+        length = g.op("Gather", g.op("Shape", ids), g.const(np.int64(1)), axis=0)
+        pos = g.op("Range", g.const(np.int64(0)), length, g.const(np.int64(1)))
+    x = g.op("Add", x, g.op("Gather", g.const(np.asarray(emb["position"]["embedding"],
+                                                         np.float32), "position"), pos))
+    if arch.type_vocab_size:
+        x = g.op("Add", x, g.op("Gather", g.const(np.asarray(emb["token_type"]["embedding"],
+                                                             np.float32), "token_type"), types))
+    x = g.layer_norm(x, emb["ln"], arch.layer_norm_eps, "embeddings_ln")
+    if arch.embedding is not None:  # ALBERT's E -> H map
+        x = g.dense(x, p["embedding_map"]["kernel"], p["embedding_map"]["bias"], "embedding_map")
+    # the additive attention mask, B x 1 x 1 x L: 0 where attended, float32's min where padded
+    keep = g.op("Cast", g.op("Greater", mask, g.const(np.int64(0))), to=onnx.TensorProto.BOOL)
+    bias = g.op("Where", keep, g.const(np.float32(0.0)),
+                g.const(np.float32(np.finfo(np.float32).min)))
+    bias = g.op("Unsqueeze", bias, g.const(np.array([1, 2], np.int64)))
+    a, dh, h = arch.heads, arch.head_dim, arch.hidden
+    heads_shape = g.const(np.array([0, 0, a, dh], np.int64), "heads_shape")
+    hidden_shape = g.const(np.array([0, 0, h], np.int64), "hidden_shape")
+    scale = g.const(np.float32(1 / np.sqrt(dh)), "score_scale")
+    layers = p["layers"]
+    gelu_new = arch.activation == "gelu_new"
+    for i in range(arch.layers):
+        grp = i * arch.num_groups // arch.layers  # ALBERT's contiguous blocks
+        lp = {part: {k: np.asarray(v[grp]) if not isinstance(v, dict)
+                     else {kk: np.asarray(vv[grp]) for kk, vv in v.items()}
+                     for k, v in tree.items()}
+              for part, tree in layers.items()}
+        att = lp["attention"]
+
+        def split(name, perm):
+            t = g.dense(x, att[name]["kernel"], att[name]["bias"], f"l{i}_{name}")
+            return g.op("Transpose", g.op("Reshape", t, heads_shape), perm=perm)
+
+        q = split("query", [0, 2, 1, 3])  # B x A x L x Dh
+        k = split("key", [0, 2, 3, 1])  # B x A x Dh x L
+        v = split("value", [0, 2, 1, 3])
+        scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), bias)
+        ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
+        ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), hidden_shape)
+        out = g.dense(ctx, att["out"]["kernel"], att["out"]["bias"], f"l{i}_out")
+        x = g.layer_norm(g.op("Add", x, out), lp["attention_ln"], arch.layer_norm_eps)
+        ffn = lp["ffn"]
+        inner = g.gelu(g.dense(x, ffn["inner"]["kernel"], ffn["inner"]["bias"], f"l{i}_inner"),
+                       gelu_new)
+        out = g.dense(inner, ffn["outer"]["kernel"], ffn["outer"]["bias"], f"l{i}_outer")
+        x = g.layer_norm(g.op("Add", x, out), lp["ffn_ln"], arch.layer_norm_eps)
+    if model.num_labels:
+        first = g.op("Gather", x, g.const(np.int64(0)), axis=1)  # B x H
+        if arch.model_type == "roberta":
+            c = p["classifier"]
+            y = g.op("Tanh", g.dense(first, c["dense"]["kernel"], c["dense"]["bias"], "cls_dense"))
+            logits = g.dense(y, c["out_proj"]["kernel"], c["out_proj"]["bias"], "cls_out")
+        else:
+            y = g.op("Tanh", g.dense(first, p["pooler"]["kernel"], p["pooler"]["bias"], "pooler"))
+            logits = g.dense(y, p["classifier"]["kernel"], p["classifier"]["bias"], "classifier")
+        out_shape = ["batch", model.num_labels]
+    else:
+        head = p["head"]
+        y = g.gelu(g.dense(x, head["transform"]["kernel"], head["transform"]["bias"],
+                           "head_transform"), gelu_new)
+        y = g.layer_norm(y, head["ln"], arch.layer_norm_eps, "head_ln")
+        decoder = (np.asarray(emb["word"]["embedding"], np.float32).T if arch.tie_decoder
+                   else np.asarray(head["decoder"]["kernel"], np.float32))
+        logits = g.dense(y, decoder, head["bias"], "decoder")
+        out_shape = ["batch", "sequence", arch.vocab_size]
+    g.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"]))
+    inputs = [onnx.helper.make_tensor_value_info(n, i64, ["batch", "sequence"]) for n in INPUTS]
+    output = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, out_shape)
+    graph = onnx.helper.make_graph(g.nodes, "bortsearch_encoder", inputs, [output], g.inits)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+                                   producer_name="bortsearch")
+    proto.ir_version = min(proto.ir_version, 9)  # what ONNX Runtime releases read
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """ONNX Runtime's dynamic quantisation: MatMul weights int8, activations at run time."""
+    require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def write_graphs(folder: Path, model: Model, int8: bool = False, proto=None) -> list[str]:
+    """model.onnx (and with int8 model_quantized.onnx) into `folder`, which the
+    caller writes atomically; returns the names written."""
+    proto = onnx_graph(model) if proto is None else proto
+    (folder / ONNX_NAME).write_bytes(proto.SerializeToString())
+    if not int8:
+        return [ONNX_NAME]
+    quantize_int8(folder / ONNX_NAME, folder / INT8_NAME)
+    os.chmod(folder / INT8_NAME, (folder / ONNX_NAME).stat().st_mode & 0o777)  # the umask's
+    return [ONNX_NAME, INT8_NAME]
+
+
+# Files of a model folder that travel with its graph (weights do not: the graph holds them)
+_SKIP = {"model.safetensors", "pytorch_model.bin", ONNX_NAME, INT8_NAME}
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False) -> Path:
+    """`bortsearch onnx MODEL --out DIR [--int8]`: DIR/model.onnx (and with int8
+    DIR/model_quantized.onnx) beside a copy of the folder's config, tokenizer and
+    card files. Written into a temporary sibling and renamed: never half-written."""
+    from bortsearch.model.hf import load
+    from bortsearch.runio import atomic_dir
+
+    onnx, _ = require_onnx()
+    src, out = Path(model_dir), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists and is not an empty folder; choose a new --out "
+                        f"folder, or remove it")
+    model = load(src)
+    proto = onnx_graph(model)
+    with atomic_dir(out) as tmp:
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name not in _SKIP:
+                shutil.copyfile(f, tmp / f.name)
+        write_graphs(tmp, model, int8, proto)
+        info = {"source": str(src), "opset": OPSET, "files": [ONNX_NAME]
+                + ([INT8_NAME] if int8 else []), "num_labels": model.num_labels,
+                "arch": model.arch.to_dict()}
+        (tmp / "onnx.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session for a graph, with `threads` intra-op threads
+    (None: ONNX Runtime's default, every core) and one inter-op thread."""
+    _, ort = require_onnx()
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_logits(sess, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+    """`Model.logits` through an ONNX Runtime session."""
+    ids = np.atleast_2d(np.asarray(input_ids, np.int64))
+    mask = np.ones_like(ids) if attention_mask is None else \
+        np.asarray(attention_mask, np.int64).reshape(ids.shape)
+    types = np.zeros_like(ids) if token_type_ids is None else \
+        np.asarray(token_type_ids, np.int64).reshape(ids.shape)
+    return sess.run(["logits"], {"input_ids": ids, "attention_mask": mask,
+                                 "token_type_ids": types})[0]
