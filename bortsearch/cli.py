@@ -131,7 +131,8 @@ def cmd_search(args) -> None:
         text_field=args.text_field, vocab_size=args.vocab_size or SearchConfig.vocab_size,
         epsilon=args.epsilon, steps=args.steps, lrs=tuple(args.lr or SearchConfig.lrs),
         batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
-        inference=args.inference, inference_scope=args.inference_scope, error=args.error,
+        inference=args.inference, inference_scope=args.inference_scope, runtime=args.runtime,
+        error=args.error,
         size_proxy=args.size_proxy,
         seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
@@ -310,7 +311,7 @@ def _add_finetune_flags(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from bortsearch.model.encoder import INITS
-    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, SIZE_PROXIES
+    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, RUNTIMES, SIZE_PROXIES
 
     parser = _Parser(
         prog="bortsearch",
@@ -367,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                         + " and ".join(f"{x:g}" for x in c.lrs) + ")")
     p.add_argument("--inference", choices=["analytic", "measured"], default=c.inference,
                    help="inference proxy: FLOPs (default) or measured latency on this machine")
+    p.add_argument("--runtime", choices=RUNTIMES, default=c.runtime,
+                   help="where --inference measured runs the forward pass: xla (default), "
+                        "onnx (ONNX Runtime float32) or onnx-int8 (dynamic int8); needs "
+                        "bortsearch[onnx] for the last two")
     p.add_argument("--inference-scope", choices=["encoder", "mlm"], default=c.inference_scope,
                    help="what î counts: the encoder a downstream student runs (default), or "
                         "the masked-LM model with its vocabulary head")

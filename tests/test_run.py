@@ -20,6 +20,9 @@ from bortsearch.search.algorithm import pareto_front
 FLAGS = ["--steps", "8", "--batch-size", "8", "--seq-len", "32", "--quiet"]
 
 
+FLAGS_MEASURED = ["--epsilon", "8", "--inference", "measured"]
+
+
 def _search(space, run, teacher, *extra):
     return main(["search", "--space", str(space), "--run", str(run), "--teacher", str(teacher),
                  *FLAGS, *extra])
@@ -169,7 +172,8 @@ def test_bad_search_input(space, teacher, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_measured_inference_is_journalled_and_not_measured_again(space, teacher, tmp_path):
+def test_measured_inference_is_journalled_and_not_measured_again(space, teacher, tmp_path,
+                                                                 capsys):
     run = tmp_path / "r"
     assert _search(space, run, teacher, "--epsilon", "8", "--inference", "measured") == 0
     events = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
@@ -183,6 +187,26 @@ def test_measured_inference_is_journalled_and_not_measured_again(space, teacher,
     assert _search(space, run, teacher, "--epsilon", "8", "--inference", "measured") == 0
     again = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "latency" for e in again) == 8
+    # the same run re-scored with ONNX Runtime int8 latency: measured again, in that runtime
+    assert _search(space, run, teacher, "--runtime", "onnx-int8") == 2
+    assert "--inference measured --runtime onnx-int8" in capsys.readouterr().err
+    int8 = [*FLAGS_MEASURED, "--runtime", "onnx-int8"]
+    assert _search(space, run, teacher, *int8) == 0
+    assert "ms onnx-int8" in capsys.readouterr().out
+    events = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
+    onnx = [e for e in events if e["event"] == "latency" and e.get("runtime") == "onnx-int8"]
+    assert len(onnx) == 8 and all(e["hardware"]["onnxruntime"] for e in onnx)
+    by_size = {tuple(e["arch"]): e["median_s"] for e in onnx}
+    table = pd.read_csv(run / "results.csv")
+    assert all(r.inference == by_size[(r.layers, r.heads, r.hidden, r.intermediate)]
+               for r in table.itertuples())
+    best = json.loads((run / "best.json").read_text())
+    assert best["runtime"] == "onnx-int8" and best["speedup"]["runtime"] == "onnx-int8"
+    assert main(["show", str(run)]) == 0
+    assert "onnx-int8" in capsys.readouterr().out
+    assert _search(space, run, teacher, *int8) == 0  # nothing measured again
+    events = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "latency" for e in events) == 16
 
 
 @pytest.mark.slow

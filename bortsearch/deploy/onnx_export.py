@@ -91,8 +91,10 @@ class _Graph:
         return self.op("Mul", self.op("Mul", x, half), self.op("Add", t, one))
 
 
-def onnx_graph(model: Model):
-    """The model's forward pass as an `onnx.ModelProto` (float32)."""
+def onnx_graph(model: Model, head: bool = True):
+    """The model's forward pass as an `onnx.ModelProto` (float32). `head=False`
+    returns the encoder's last hidden states (`last_hidden_state`, batch x sequence
+    x H), as a student deployed downstream runs it without the masked-LM head."""
     onnx, _ = require_onnx()
     arch = model.arch
     p = {k: v for k, v in model.params["params"].items()}
@@ -154,7 +156,9 @@ def onnx_graph(model: Model):
                        gelu_new)
         out = g.dense(inner, ffn["outer"]["kernel"], ffn["outer"]["bias"], f"l{i}_outer")
         x = g.layer_norm(g.op("Add", x, out), lp["ffn_ln"], arch.layer_norm_eps)
-    if model.num_labels:
+    if not head and not model.num_labels:
+        logits, out_shape = x, ["batch", "sequence", h]
+    elif model.num_labels:
         first = g.op("Gather", x, g.const(np.int64(0)), axis=1)  # B x H
         if arch.model_type == "roberta":
             c = p["classifier"]
@@ -173,9 +177,10 @@ def onnx_graph(model: Model):
                    else np.asarray(head["decoder"]["kernel"], np.float32))
         logits = g.dense(y, decoder, head["bias"], "decoder")
         out_shape = ["batch", "sequence", arch.vocab_size]
-    g.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"]))
+    out_name = "last_hidden_state" if not head and not model.num_labels else "logits"
+    g.nodes.append(onnx.helper.make_node("Identity", [logits], [out_name]))
     inputs = [onnx.helper.make_tensor_value_info(n, i64, ["batch", "sequence"]) for n in INPUTS]
-    output = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, out_shape)
+    output = onnx.helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, out_shape)
     graph = onnx.helper.make_graph(g.nodes, "bortsearch_encoder", inputs, [output], g.inits)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
                                    producer_name="bortsearch")
@@ -186,10 +191,18 @@ def onnx_graph(model: Model):
 
 def quantize_int8(src: Path, dst: Path) -> None:
     """ONNX Runtime's dynamic quantisation: MatMul weights int8, activations at run time."""
+    import logging
+
     require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process: shape inference, not needed here
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def write_graphs(folder: Path, model: Model, int8: bool = False, proto=None) -> list[str]:
@@ -255,3 +268,40 @@ def run_logits(sess, input_ids, attention_mask=None, token_type_ids=None) -> np.
         np.asarray(token_type_ids, np.int64).reshape(ids.shape)
     return sess.run(["logits"], {"input_ids": ids, "attention_mask": mask,
                                  "token_type_ids": types})[0]
+
+
+def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "mlm",
+                         int8: bool = False, threads: int | None = None, repeats: int = 20,
+                         warmup: int = 2, seed: int = 0) -> dict:
+    """Median wall-clock of ONNX Runtime running the model's graph (float32, or
+    dynamically quantised int8) at batch x seq_len, with `threads` intra-op threads
+    (None: every core); the same fields as `proxies.measure_latency`."""
+    import statistics
+    import tempfile
+    import time
+
+    _, ort = require_onnx()
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, model.arch.vocab_size, (batch, seq_len), dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "token_type_ids": np.zeros_like(ids)}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bortsearch-onnx-") as d:
+        path = Path(d) / ONNX_NAME
+        path.write_bytes(onnx_graph(model, head=scope == "mlm").SerializeToString())
+        if int8:
+            quantize_int8(path, Path(d) / INT8_NAME)
+            path = Path(d) / INT8_NAME
+        sess = session(path, threads)
+    prepare_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "repeats": repeats,
+            "compile_s": prepare_s, "batch": batch, "seq_len": seq_len, "scope": scope,
+            "threads": threads or os.cpu_count(), "onnxruntime": ort.__version__}

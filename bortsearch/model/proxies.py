@@ -137,11 +137,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+RUNTIMES = ("xla", "onnx", "onnx-int8")  # where a measured î runs the forward pass
+
+
 def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
                     repeats: int = 20, warmup: int = 2, seed: int = 0,
-                    scope: str = "mlm") -> dict:
+                    scope: str = "mlm", runtime: str = "xla") -> dict:
     """î measured: wall-clock of the compiled forward on the default device
-    (`scope` as in `forward_flops`: with or without the masked-LM head).
+    (`scope` as in `forward_flops`: with or without the masked-LM head), in XLA
+    (`runtime="xla"`), or in ONNX Runtime on the CPU, float32 (`"onnx"`) or with
+    dynamic int8 quantisation (`"onnx-int8"`), every core, as users deploy it.
 
     Compiles ahead of time (outside the timing), runs `warmup` calls, then times
     `repeats` calls each ended by `block_until_ready` (JAX dispatch is
@@ -152,8 +157,20 @@ def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAU
 
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime=}")
 
     params = init_params(arch, seed)
+    if runtime != "xla":
+        from bortsearch.deploy.onnx_export import measure_onnx_latency
+        from bortsearch.model.encoder import Model
+
+        m = measure_onnx_latency(Model(arch, params), batch, seq_len, scope,
+                                 int8=runtime == "onnx-int8", repeats=repeats, warmup=warmup,
+                                 seed=seed)
+        hardware = {**hardware_fingerprint(), "runtime": runtime,
+                    "onnxruntime": m.pop("onnxruntime"), "threads": m["threads"]}
+        return {**m, "runtime": runtime, "hardware": hardware}
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, arch.vocab_size, (batch, seq_len), dtype=np.int32)
     ids = jax.device_put(ids)
@@ -179,5 +196,6 @@ def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAU
         "batch": batch,
         "seq_len": seq_len,
         "scope": scope,
+        "runtime": runtime,
         "hardware": hardware_fingerprint(),
     }

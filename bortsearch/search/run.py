@@ -35,7 +35,8 @@ from bortsearch.errors import UserError, check_ranges
 from bortsearch.search.executors import LocalExecutor
 from bortsearch.model.hf import load_checkpoint, weights_sha256
 from bortsearch.model.encoder import DTYPES
-from bortsearch.model.proxies import (SCOPES, SIZE_PROXIES, effective_param_count, forward_flops,
+from bortsearch.model.proxies import (RUNTIMES, SCOPES, SIZE_PROXIES, effective_param_count,
+                                     forward_flops,
                                      measure_latency, param_count, size_proxy)
 from bortsearch.runio import (atomic_dir, check_settings, exclusive, write_atomic,
                               write_json)
@@ -69,6 +70,7 @@ class SearchConfig:
     seed: int = 0
     inference: str = "analytic"
     inference_scope: str = "encoder"  # î without the masked-LM head, as deployed [ours]
+    runtime: str = "xla"  # where a measured î runs: xla, onnx, onnx-int8 [ours]
     size_proxy: str = "params"  # p̂: all parameters [paper], or "non-embedding" [ours]
     # The defaults of the next three are chosen by bench/signal_quality.py (README:
     # "Reading the answer"); the paper's choices are ce, one seed, random.
@@ -185,7 +187,11 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     corpus = resolve_corpus(list(cfg.corpus) if cfg.corpus else None, cfg.text_field)
     if cfg.inference not in ("analytic", "measured"):
         raise UserError(f"--inference {cfg.inference!r}: use 'analytic' or 'measured'")
+    if cfg.runtime != "xla" and cfg.inference != "measured":
+        raise UserError(f"--runtime {cfg.runtime} is where a measured latency runs; give "
+                        f"--inference measured --runtime {cfg.runtime}")
     for flag, value, allowed in (("--inference-scope", cfg.inference_scope, SCOPES),
+                                 ("--runtime", cfg.runtime, RUNTIMES),
                                  ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS),
                                  ("--size-proxy", cfg.size_proxy, SIZE_PROXIES)):
         if value not in allowed:
@@ -350,14 +356,22 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> di
                            float(forward_flops(a, 1, cfg.seq_len, scope))) for a in archs}
     from bortsearch.train.fit import progress_bar
 
-    known = {tuple(e["arch"]): e["median_s"] for e in events if e["event"] == "latency"}
+    if cfg.runtime != "xla":
+        from bortsearch.deploy.onnx_export import require_onnx
+
+        require_onnx()
+    # a run resumed with another --runtime measures again; each runtime's own figures
+    known = {tuple(e["arch"]): e["median_s"] for e in events
+             if e["event"] == "latency" and e.get("runtime", "xla") == cfg.runtime}
     out = {}
-    for a in progress_bar(iterable=archs, desc="measuring latency", unit="arch", disable=not progress):
+    for a in progress_bar(iterable=archs, desc=f"measuring latency ({cfg.runtime})", unit="arch",
+                          disable=not progress):
         if a.size not in known:
-            m = measure_latency(a, batch=1, seq_len=cfg.seq_len, scope=scope)
+            m = measure_latency(a, batch=1, seq_len=cfg.seq_len, scope=scope, runtime=cfg.runtime)
             known[a.size] = m["median_s"]
             journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
-                            "iqr_s": m["iqr_s"], "hardware": m["hardware"]})
+                            "iqr_s": m["iqr_s"], "hardware": m["hardware"],
+                            **({"runtime": cfg.runtime} if cfg.runtime != "xla" else {})})
         out[a] = Proxies(size_proxy(a, cfg.size_proxy), known[a.size])
     return out
 
@@ -402,19 +416,21 @@ def _speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal,
         return None
     best = result.best
     predicted = result.maximum_point.inference / best.proxies.inference
-    key = [_key(best.arch), _key(T), cfg.seq_len, cfg.inference_scope]
+    runtime = cfg.runtime if cfg.inference == "measured" else "xla"
+    key = [_key(best.arch), _key(T), cfg.seq_len, cfg.inference_scope] \
+        + ([runtime] if runtime != "xla" else [])
     known = [e for e in events if e["event"] == "speedup" and e["key"] == key]
     if known:
         measured = known[-1]["measured"]
     else:
-        times = [measure_latency(a, 1, cfg.seq_len, repeats=10, scope=cfg.inference_scope)
-                 for a in (best.arch, T)]
+        times = [measure_latency(a, 1, cfg.seq_len, repeats=10, scope=cfg.inference_scope,
+                                 runtime=runtime) for a in (best.arch, T)]
         measured = {"best_s": times[0]["median_s"], "maximum_point_s": times[1]["median_s"],
                     "iqr_s": [times[0]["iqr_s"], times[1]["iqr_s"]],
                     "hardware": times[0]["hardware"]}
         journal.append({"event": "speedup", "key": key, "measured": measured})
     return {"predicted": predicted, "measured": measured["maximum_point_s"] / measured["best_s"],
-            "scope": cfg.inference_scope, **measured}
+            "scope": cfg.inference_scope, "runtime": runtime, **measured}
 
 
 def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T: Arch,
@@ -434,6 +450,7 @@ def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T:
         "effective_params": None if best is None else effective_param_count(best.arch),
         "inference": None if best is None else best.proxies.inference,
         "inference_kind": cfg.inference,
+        "runtime": cfg.runtime if cfg.inference == "measured" else None,
         "inference_scope": cfg.inference_scope,
         "error_metric": cfg.error,
         "error": field("error"),

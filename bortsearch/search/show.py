@@ -25,6 +25,12 @@ def _col(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name] if name in table else pd.Series(float("nan"), index=table.index)
 
 
+def _ms(best: dict) -> str:
+    """The measured î's column title: ms, and the runtime where it is not XLA."""
+    runtime = best.get("runtime") or "xla"
+    return "ms" if runtime == "xla" else f"ms {runtime}"
+
+
 def format_table(table: pd.DataFrame, best: dict) -> str:
     """The ranked table as text: `>` marks the W-optimum, `*` Pareto members, `~` a W
     within noise of the optimum's; the error is the one W used (± its standard
@@ -37,7 +43,7 @@ def format_table(table: pd.DataFrame, best: dict) -> str:
     albert = "embedding" in rows.columns
     lines = [f"{'':3}{'D':>3} {'A':>3} {'H':>5} {'I':>5} "
              + (f"{'E':>5} {'G':>3} " if albert else "") + f"{'params':>10} {'eff.':>9} "
-             f"{'GFLOPs' if kind == 'analytic' else 'ms':>9} {metric:>16} {'W':>9} "
+             f"{'GFLOPs' if kind == 'analytic' else _ms(best):>9} {metric:>16} {'W':>9} "
              + (f"{'confirmed':>16} {'W conf.':>9} " if confirmed else "")
              + f"{'lr':>8}  status"]
     se, within = _col(rows, "error_se"), _col(rows, "within_noise")
@@ -83,7 +89,8 @@ def reliability(best: dict) -> str:
         lines.insert(0, f"speed-up over the maximum point ({sp['scope']}): predicted "
                         f"{sp['predicted']:.2f}x by î, measured {sp['measured']:.2f}x "
                         f"({1e3 * sp['best_s']:.2f} ms against {1e3 * sp['maximum_point_s']:.2f} "
-                        f"ms at batch 1 on {sp['hardware']['device_kind']})")
+                        f"ms at batch 1 on {sp['hardware']['device_kind']}, "
+                        f"{sp.get('runtime', 'xla')})")
     return "\n".join(lines)
 
 
@@ -96,7 +103,8 @@ def plot_pareto(table: pd.DataFrame, best: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     kind = best.get("inference_kind", "analytic")
-    scale, unit = (1e9, "GFLOPs per forward pass") if kind == "analytic" else (1e-3, "ms per forward pass")
+    scale, unit = (1e9, "GFLOPs per forward pass") if kind == "analytic" else \
+        (1e-3, f"ms per forward pass, measured ({best.get('runtime') or 'xla'})")
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     skipped = table[~table["trained"]]
     ax.scatter(skipped["params"] / 1e6, skipped["inference"] / scale, s=10, c="lightgrey",

@@ -130,7 +130,7 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         f"- this student: p̂ = {param_count(arch):,} parameters "
         f"({effective_param_count(arch):,} non-embedding), "
         f"î = {fmt(row.get('inference', float(forward_flops(arch, 1, search.get('seq_len', 128), scope))))} "
-        f"({'FLOPs per forward pass at batch 1' if kind == 'analytic' else 'seconds, measured'}"
+        f"({'FLOPs per forward pass at batch 1' if kind == 'analytic' else 'seconds, measured in ' + (best.get('runtime') or 'xla')}"
         f", {scope}), "
         f"{'ê' if metric == 'ce' else 'KL = ê − H_T'} = {fmt(row.get('error'))}, "
         f"W = {fmt(row.get('w_coefficient'))}",
