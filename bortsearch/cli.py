@@ -366,8 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, action="append",
                    help="a peak learning rate of Θ; repeat for more (default: "
                         + " and ".join(f"{x:g}" for x in c.lrs) + ")")
-    p.add_argument("--inference", choices=["analytic", "measured"], default=c.inference,
-                   help="inference proxy: FLOPs (default) or measured latency on this machine")
+    p.add_argument("--inference", choices=["analytic", "measured", "fitted"],
+                   default=c.inference,
+                   help="inference proxy: FLOPs (default), measured latency on this machine, "
+                        "or latency predicted by a model fitted on a few measured "
+                        "architectures")
     p.add_argument("--runtime", choices=RUNTIMES, default=c.runtime,
                    help="where --inference measured runs the forward pass: xla (default), "
                         "onnx (ONNX Runtime float32) or onnx-int8 (dynamic int8); needs "

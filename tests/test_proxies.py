@@ -183,3 +183,26 @@ def test_training_flops_per_token_against_the_dot_count():
         params, ids, pos)
     forward = _dot_flops(jaxpr.jaxpr)
     assert train_flops_per_token(arch, length, p) * b * length == pytest.approx(3 * forward, rel=1e-12)
+
+
+def test_latency_model_recovers_known_costs_and_reports_its_held_out_error():
+    from bortsearch.model.latency_model import features, fit_latency, sample
+
+    base = Arch(2, 2, 64, 128, vocab_size=1000, max_positions=128)
+    archs = [base.with_size(d, a, h, i) for d in (1, 2, 4) for a in (2, 4) for h in (64, 128)
+             for i in (128, 512)]
+    truth = np.array([2e-4, 5e-5, 1e-11, 3e-10])  # per call, per layer, per FLOP, per score
+    seconds = [float(features(a, 1, 128, "encoder") @ truth) for a in archs]
+    model = fit_latency(archs, seconds, 1, 128, "encoder")
+    np.testing.assert_allclose(model.coef, truth, rtol=1e-6)
+    assert max(map(abs, model.loo_errors)) < 1e-6
+    # FLOPs alone cannot: a per-layer cost makes deep-narrow slower than its FLOPs say
+    flops_only = [forward_flops(a, 1, 128, "encoder") for a in archs]
+    ratio = np.array(seconds) / np.array(flops_only)
+    assert ratio.max() / ratio.min() > 2
+    noisy = [s * (1 + 0.05 * (-1) ** j) for j, s in enumerate(seconds)]
+    summary = fit_latency(archs, noisy, 1, 128, "encoder").summary()
+    assert 0 < summary["loo_median_rel_error"] < 0.2 and summary["measured"] == len(archs)
+    picked = sample(archs, 5, 1, 128, "encoder")
+    ranked = sorted(archs, key=lambda a: (forward_flops(a, 1, 128, "encoder"), a.size))
+    assert len(picked) == 5 and picked[0] == ranked[0] and picked[-1] == ranked[-1]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bortsearch import Arch
+from bortsearch import Arch, load
 from bortsearch.cli import main
 from bortsearch.errors import UserError
 from conftest import has_checkpoint, kill_when
@@ -207,6 +207,33 @@ def test_measured_inference_is_journalled_and_not_measured_again(space, teacher,
     assert _search(space, run, teacher, *int8) == 0  # nothing measured again
     events = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "latency" for e in events) == 16
+
+
+@pytest.mark.slow
+def test_fitted_latency_model_predicts_every_architecture(space, teacher, tmp_path, capsys):
+    from bortsearch.model.latency_model import FEATURES, features, fit_latency
+
+    run = tmp_path / "r"
+    assert _search(space, run, teacher, "--epsilon", "8", "--inference", "fitted",
+                   "--runtime", "onnx") == 0
+    assert "leave-one-out error" in capsys.readouterr().out
+    events = [json.loads(l) for l in (run / "journal.jsonl").read_text().splitlines()]
+    latency = [e for e in events if e["event"] == "latency"]
+    assert latency and all(e["runtime"] == "onnx" for e in latency)
+    best = json.loads((run / "best.json").read_text())
+    lm = best["latency_model"]
+    assert lm["features"] == list(FEATURES) and lm["measured"] == len(latency)
+    assert all(c >= 0 for c in lm["coef"]) and best["inference_kind"] == "fitted"
+    # the model again from the journalled measurements, and î = its predictions
+    teacher_arch = load(teacher).arch
+    archs = [teacher_arch.with_size(*e["arch"]) for e in latency]
+    again = fit_latency(archs, [e["median_s"] for e in latency], 1, 32, "encoder")
+    np.testing.assert_allclose(again.coef, lm["coef"], rtol=1e-9)
+    table = pd.read_csv(run / "results.csv")
+    for r in table.itertuples():
+        arch = teacher_arch.with_size(r.layers, r.heads, r.hidden, r.intermediate)
+        assert r.inference == pytest.approx(features(arch, 1, 32, "encoder") @ lm["coef"])
+    assert lm["loo_max_rel_error"] == pytest.approx(max(map(abs, again.loo_errors)))
 
 
 @pytest.mark.slow

@@ -185,11 +185,11 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     run = Path(run_dir)
     space = load_space(cfg.space)
     corpus = resolve_corpus(list(cfg.corpus) if cfg.corpus else None, cfg.text_field)
-    if cfg.inference not in ("analytic", "measured"):
-        raise UserError(f"--inference {cfg.inference!r}: use 'analytic' or 'measured'")
-    if cfg.runtime != "xla" and cfg.inference != "measured":
+    if cfg.inference not in INFERENCE_KINDS:
+        raise UserError(f"--inference {cfg.inference!r}: use one of {', '.join(INFERENCE_KINDS)}")
+    if cfg.runtime != "xla" and cfg.inference == "analytic":
         raise UserError(f"--runtime {cfg.runtime} is where a measured latency runs; give "
-                        f"--inference measured --runtime {cfg.runtime}")
+                        f"--inference measured --runtime {cfg.runtime} (or fitted)")
     for flag, value, allowed in (("--inference-scope", cfg.inference_scope, SCOPES),
                                  ("--runtime", cfg.runtime, RUNTIMES),
                                  ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS),
@@ -251,7 +251,7 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
     journal = Journal(run / "journal.jsonl")
     journal.repair()
     events = journal.events()
-    proxies = _proxies(xi + [T], cfg, journal, events, progress)
+    proxies, latency_model = _proxies(xi + [T], cfg, journal, events, progress)
     reference = HeldOut.of(teacher, data)
     evaluate = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log,
                                    reference, executor=executor)
@@ -267,7 +267,7 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
         result = confirm(result, cfg.confirm, longer)
     report = diagnose(result, reference.baselines, cfg.error, cfg.seeds, cfg.size_proxy)
     speedup = _speedup(result, T, cfg, journal, events)
-    write_results(run, result, cfg, epsilon, T, report, speedup)
+    write_results(run, result, cfg, epsilon, T, report, speedup, latency_model)
     return result
 
 
@@ -347,13 +347,37 @@ class JournalledEvaluator:
             self.bar.update(min(n / self.steps, self.bar.total - self.bar.n))
 
 
-def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> dict:
-    """p̂ and î for Ξ and T. Measured latencies are journalled, so a resumed run
-    does not measure again."""
+def _proxies(archs, cfg: SearchConfig, journal: Journal, events,
+             progress) -> tuple[dict, dict | None]:
+    """p̂ and î for Ξ and T, and the fitted latency model's summary (or None).
+    Measured latencies are journalled, so a resumed run does not measure again.
+    `fitted`: the latency model of `latency_model`, fitted on `FITTED_SAMPLE`
+    measured architectures of Ξ and on T."""
     scope = cfg.inference_scope
     if cfg.inference == "analytic":
         return {a: Proxies(size_proxy(a, cfg.size_proxy),
-                           float(forward_flops(a, 1, cfg.seq_len, scope))) for a in archs}
+                           float(forward_flops(a, 1, cfg.seq_len, scope))) for a in archs}, None
+    if cfg.inference == "fitted":
+        from bortsearch.model.latency_model import fit_latency, sample
+
+        xi, T = archs[:-1], archs[-1]
+        measured = sample(xi, FITTED_SAMPLE, 1, cfg.seq_len, scope)
+        measured += [T] if T not in measured else []
+        times = _measured(measured, cfg, journal, events, progress)
+        model = fit_latency(measured, [times[a] for a in measured], 1, cfg.seq_len, scope)
+        return ({a: Proxies(size_proxy(a, cfg.size_proxy), model.predict(a)) for a in archs},
+                model.summary())
+    times = _measured(archs, cfg, journal, events, progress)
+    return {a: Proxies(size_proxy(a, cfg.size_proxy), times[a]) for a in archs}, None
+
+
+INFERENCE_KINDS = ("analytic", "measured", "fitted")
+FITTED_SAMPLE = 8  # architectures measured to fit `--inference fitted`, besides T
+
+
+def _measured(archs, cfg: SearchConfig, journal: Journal, events, progress) -> dict:
+    """Measured median latency of each architecture, from the journal or measured now."""
+    scope = cfg.inference_scope
     from bortsearch.train.fit import progress_bar
 
     if cfg.runtime != "xla":
@@ -372,7 +396,7 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events, progress) -> di
             journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
                             "iqr_s": m["iqr_s"], "hardware": m["hardware"],
                             **({"runtime": cfg.runtime} if cfg.runtime != "xla" else {})})
-        out[a] = Proxies(size_proxy(a, cfg.size_proxy), known[a.size])
+        out[a] = known[a.size]
     return out
 
 
@@ -416,7 +440,7 @@ def _speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal,
         return None
     best = result.best
     predicted = result.maximum_point.inference / best.proxies.inference
-    runtime = cfg.runtime if cfg.inference == "measured" else "xla"
+    runtime = cfg.runtime if cfg.inference != "analytic" else "xla"
     key = [_key(best.arch), _key(T), cfg.seq_len, cfg.inference_scope] \
         + ([runtime] if runtime != "xla" else [])
     known = [e for e in events if e["event"] == "speedup" and e["key"] == key]
@@ -434,7 +458,8 @@ def _speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal,
 
 
 def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T: Arch,
-                  report: dict | None = None, speedup: dict | None = None) -> None:
+                  report: dict | None = None, speedup: dict | None = None,
+                  latency_model: dict | None = None) -> None:
     """best.json, then results.csv (the mark of a finished run), each atomically."""
     best = result.best
 
@@ -450,7 +475,8 @@ def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T:
         "effective_params": None if best is None else effective_param_count(best.arch),
         "inference": None if best is None else best.proxies.inference,
         "inference_kind": cfg.inference,
-        "runtime": cfg.runtime if cfg.inference == "measured" else None,
+        "runtime": cfg.runtime if cfg.inference != "analytic" else None,
+        "latency_model": latency_model,
         "inference_scope": cfg.inference_scope,
         "error_metric": cfg.error,
         "error": field("error"),

@@ -91,6 +91,12 @@ def reliability(best: dict) -> str:
                         f"({1e3 * sp['best_s']:.2f} ms against {1e3 * sp['maximum_point_s']:.2f} "
                         f"ms at batch 1 on {sp['hardware']['device_kind']}, "
                         f"{sp.get('runtime', 'xla')})")
+    lm = best.get("latency_model")
+    if lm:
+        lines.insert(1 if sp else 0,
+                     f"î fitted on {lm['measured']} measured architectures ({best.get('runtime')}): "
+                     f"leave-one-out error median {100 * lm['loo_median_rel_error']:.1f}%, "
+                     f"max {100 * lm['loo_max_rel_error']:.1f}%")
     return "\n".join(lines)
 
 
