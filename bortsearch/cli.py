@@ -255,7 +255,7 @@ def cmd_finetune(args) -> None:
 
     m = finetune(args.model, args.task, args.data, args.out, _finetune_config(args),
                  text_fields=args.text_fields, label_field=args.label_field,
-                 regression=args.regression, progress=not args.quiet)
+                 regression=args.regression, progress=not args.quiet, int8=args.int8)
     dev = ", ".join(f"{k} {v:.4f}" for k, v in m["dev"].items())
     base = ", ".join(f"{k} {v:.4f}" for k, v in m["majority"].items())
     c = m["chosen"]
@@ -264,6 +264,11 @@ def cmd_finetune(args) -> None:
     if len(m["grid"]) > 1:
         for lr, med in m["median_over_seeds"].items():
             print(f"  lr {lr}: median score over seeds {med['score']:.4f}")
+    if "int8" in m:
+        q = m["int8"]
+        print(f"int8 (ONNX Runtime): " + ", ".join(f"{k} {v:.4f}" for k, v in q["dev"].items())
+              + f"; {q['latency_ms']:.2f} ms against {q['fp32_latency_ms']:.2f} ms float32 at "
+              f"batch 1, length {q['latency_length']}")
     print(f"fine-tuned model: {args.out} (metrics.json; loads with "
           f"AutoModelForSequenceClassification)")
 
@@ -272,10 +277,11 @@ def cmd_glue(args) -> None:
     from bortsearch.downstream.glue import format_table, glue
 
     table = glue(args.models, args.data, args.out, args.tasks, _finetune_config(args),
-                 progress=not args.quiet)
+                 progress=not args.quiet, int8=args.int8)
     tasks = [c for c in table.columns if c not in (
         "model", "path", "layers", "heads", "hidden", "intermediate", "params",
-        "effective_params", "latency_ms", "average")]
+        "effective_params", "latency_ms", "average", "average_int8", "latency_int8_ms",
+        "latency_onnx_ms") and not c.endswith("_int8")]
     print(format_table(table, tasks))
     out = args.out or f"{args.models[0]}/glue"
     print(f"table: {out}/glue.csv, {out}/glue.md  plot: {out}/glue.png  "
@@ -306,6 +312,9 @@ def _add_finetune_flags(p) -> None:
                    help="use the first N rows of each dev split")
     p.add_argument("--seed", type=int, default=c.seed, help="the first seed (default 0)")
     _add_dtype_flag(p)
+    p.add_argument("--int8", action="store_true",
+                   help="also evaluate the classifier quantised to int8 in ONNX Runtime "
+                        "(writes model.onnx and model_quantized.onnx; bortsearch[onnx])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -168,6 +168,19 @@ def test_real_sst2_beats_the_majority_class_and_exports_a_classifier(tiny, share
     again = finetune(tiny, "sst2", shared_data / "glue", tmp_path / "out",
                      FinetuneConfig(**SMALL), progress=False)
     assert again == m  # finished: returned at once
+    # int8 added to the finished run, without training: the ONNX graphs beside the model
+    q = finetune(tiny, "sst2", shared_data / "glue", tmp_path / "out",
+                 FinetuneConfig(**SMALL), progress=False, int8=True)
+    assert {k: v for k, v in q.items() if k != "int8"} == m
+    assert abs(q["int8"]["score"] - m["score"]) < 0.05 and q["int8"]["latency_ms"] > 0
+    from bortsearch.deploy.onnx_export import session
+    from bortsearch.downstream.finetune import predict_onnx
+
+    fp32 = predict_onnx(session(tmp_path / "out" / "model.onnx"), 2, enc, 64)
+    assert (fp32 == pred).mean() > 0.995  # float32 ONNX: the same classes as JAX
+    int8 = predict_onnx(session(tmp_path / "out" / "model_quantized.onnx"), 2, enc, 64)
+    assert (int8 == task.dev.y).mean() == pytest.approx(q["int8"]["score"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["int8"] == q["int8"]
     with pytest.raises(UserError, match="other settings"):
         finetune(tiny, "sst2", shared_data / "glue", tmp_path / "out",
                  FinetuneConfig(**{**SMALL, "epochs": 3}), progress=False)
@@ -212,7 +225,7 @@ def test_glue_table_student_vs_teacher(tiny, headless, shared_data, tmp_path):
     cfg = FinetuneConfig(lrs=(1e-3,), epochs=1, max_length=64, max_train_samples=256,
                          max_eval_samples=64)
     table = glue([tiny, headless], shared_data / "glue", tmp_path / "g", ["rte", "cola"], cfg,
-                 progress=False)
+                 progress=False, int8=True)
     assert table["model"].tolist() == ["bert", "bert-2", "majority class"]
     assert (table.loc[:1, "latency_ms"] > 0).all() and (table.loc[:1, "params"] > 0).all()
     assert table.loc[2, "cola"] == 0.0  # Matthews of a constant guess
@@ -223,6 +236,11 @@ def test_glue_table_student_vs_teacher(tiny, headless, shared_data, tmp_path):
     assert on_disk["rte"].tolist() == pytest.approx(table["rte"].tolist())
     rte = json.loads((tmp_path / "g/bert/rte/metrics.json").read_text())
     assert table.loc[0, "rte"] == pytest.approx(100 * rte["score"])
+    assert table.loc[0, "rte_int8"] == pytest.approx(100 * rte["int8"]["score"])
+    assert (table.loc[:1, "latency_int8_ms"] > 0).all()
+    assert table.loc[:1, "average_int8"].tolist() == pytest.approx(
+        table.loc[:1, ["rte_int8", "cola_int8"]].mean(axis=1).tolist())
+    assert "average int8" in (tmp_path / "g" / "glue.md").read_text()
 
 
 def test_finetune_bad_input(tiny, shared_data, tmp_path):

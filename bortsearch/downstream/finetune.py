@@ -307,14 +307,18 @@ def fingerprint_model(folder: Path) -> str:
 def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
              cfg: FinetuneConfig = FinetuneConfig(), text_fields: str | None = None,
              label_field: str | None = None, regression: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, int8: bool = False) -> dict:
     """Fine-tune `model` (a Hugging Face BERT/RoBERTa folder, with or without a
     masked-LM head) on `task` and export the best trial to `out`.
 
     Returns the metrics written to `out/metrics.json`: `dev` (the chosen trial's
     dev metrics by name), `score`, `grid` (every trial), `median_over_seeds` (per
     learning rate), the majority-class baseline and timings. Re-running finishes
-    at once when `out` is complete, and resumes when it is not.
+    at once when `out` is complete, and resumes when it is not. `int8` also
+    writes the classifier as ONNX (`model.onnx`, `model_quantized.onnx`) and
+    evaluates the int8 graph in ONNX Runtime on the dev splits (`metrics["int8"]`:
+    its dev metrics, score, and both graphs' latency at batch 1, length 128); a
+    finished fine-tuning re-run with `int8` adds it without training again.
     """
     model, out = Path(model), Path(out)
     t_start = time.perf_counter()
@@ -335,10 +339,20 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
                 "task": tsk.name, "data_sha256": tsk.fingerprint,
                 **{k: list(v) if isinstance(v, tuple) else v
                    for k, v in dataclasses.asdict(cfg).items()}}
+    if int8:
+        from bortsearch.deploy.onnx_export import require_onnx
+
+        require_onnx()
     if (out / "metrics.json").is_file():
         check_settings(out / "settings.json", settings, f"the fine-tuning in {out}",
                        "choose a new --out folder, or remove it to start over")
-        return json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        if int8 and "int8" not in metrics:
+            devs = {k: encode(encoder.tokenizer, v, cfg.max_length, arch)
+                    for k, v in tsk.devs.items()}
+            metrics["int8"] = evaluate_int8(out, tsk, devs, cfg.max_length)
+            write_json(out / "metrics.json", metrics)
+        return metrics
     check_settings(out / "settings.json", settings, f"the fine-tuning in {out}",
                    f"re-run with the same flags, or remove {out} to start over")
     train = encode(encoder.tokenizer, tsk.train, cfg.max_length, arch)
@@ -379,8 +393,55 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
         "wall_seconds": time.perf_counter() - t_start,
     }
     export_classifier(out, encoder, tsk, _trial_dir(out, best["lr"], best["seed"]))
+    if int8:
+        metrics["int8"] = evaluate_int8(out, tsk, devs, cfg.max_length)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_int8(out: Path, task: Task, devs: dict[str, Encoded], max_length: int) -> dict:
+    """The exported classifier as ONNX, float32 and dynamic int8, written beside it;
+    the int8 graph's dev metrics in ONNX Runtime, and both graphs' latency."""
+    from bortsearch.deploy.onnx_export import (INT8_NAME, ONNX_NAME, measure_onnx_latency,
+                                               session, write_graphs)
+    from bortsearch.model.hf import load
+    from bortsearch.runio import atomic_dir
+
+    model = load(out)
+    with atomic_dir(out / "onnx") as tmp:  # whole or not at all, then moved beside the model
+        write_graphs(tmp, model, int8=True)
+    for name in (ONNX_NAME, INT8_NAME):
+        (out / "onnx" / name).replace(out / name)
+    (out / "onnx").rmdir()
+    sess = session(out / INT8_NAME)
+    dev = {}
+    for name, data in devs.items():
+        dev[name] = M.compute(task.spec.metrics, predict_onnx(sess, task.num_labels, data,
+                                                               max_length), data.labels)
+    length = min(LATENCY_LENGTH, model.arch.max_seq_len)
+    latency = {rt: 1e3 * measure_onnx_latency(model, 1, length, int8=rt == "int8",
+                                              repeats=10)["median_s"]
+               for rt in ("fp32", "int8")}
+    return {"dev": dev[next(iter(dev))], "dev_splits": dev,
+            "score": M.score(dev[next(iter(dev))], task.spec.metrics),
+            "latency_ms": latency["int8"], "fp32_latency_ms": latency["fp32"],
+            "latency_length": length, "runtime": "onnxruntime (CPU, every core)"}
+
+
+LATENCY_LENGTH = 128
+
+
+def predict_onnx(sess, num_labels: int, data: Encoded, max_length: int) -> np.ndarray:
+    """`predict` through an ONNX Runtime session of the classifier's graph."""
+    order = np.argsort(data.lengths, kind="stable")
+    out = np.zeros(len(order), np.float32 if num_labels == 1 else np.int32)
+    for start in range(0, len(order), EVAL_BATCH):
+        rows = order[start:start + EVAL_BATCH]
+        b = data.batch(rows, len(rows), max_length)
+        logits = sess.run(["logits"], {k: np.asarray(b[k], np.int64) for k in
+                                       ("input_ids", "attention_mask", "token_type_ids")})[0]
+        out[rows] = logits[:, 0] if num_labels == 1 else logits.argmax(-1)
+    return out
 
 
 def export_classifier(out: Path, encoder: Model, task: Task, trial: Path) -> None:

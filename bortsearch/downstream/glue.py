@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bortsearch.downstream.finetune import FinetuneConfig, finetune
+from bortsearch.downstream.finetune import LATENCY_LENGTH, FinetuneConfig, finetune
 from bortsearch.downstream.tasks import FORMATS, GLUE, task_folder
 from bortsearch.errors import UserError
 
-LATENCY_LENGTH = 128
 
 
 def available_tasks(data: Path) -> list[str]:
@@ -78,7 +77,7 @@ def cpu_latency(arch) -> dict:
 
 def glue(models: list[str | Path], data: str | Path, out: str | Path | None = None,
          tasks: list[str] | None = None, cfg: FinetuneConfig = FinetuneConfig(),
-         progress: bool = True) -> pd.DataFrame:
+         progress: bool = True, int8: bool = False) -> pd.DataFrame:
     """Fine-tune each model on each task and write the comparison to `out`.
 
     Args:
@@ -87,6 +86,9 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
       data: a GLUE folder (CoLA/, SST-2/, ...).
       out: where the runs and the table go (default for a run: RUN/glue).
       tasks: GLUE task names (default: every task with train and dev under `data`).
+      int8: also each fine-tuned classifier quantised to int8 in ONNX Runtime:
+        columns TASK_int8, average_int8 and latency_int8_ms (and latency_onnx_ms,
+        its float32 graph) beside the float32 ones.
     """
     from bortsearch.model.hf import arch_from_config
     from bortsearch.model.proxies import effective_param_count, param_count
@@ -123,10 +125,16 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
                "params": param_count(arch), "effective_params": effective_param_count(arch),
                "latency_ms": cpu_latency(arch)["median_s"] * 1e3}
         for task in tasks:
-            m = finetune(model, task, data, out / name / task, cfg, progress=progress)
+            m = finetune(model, task, data, out / name / task, cfg, progress=progress, int8=int8)
             row[task] = 100 * m["score"]
             majority[task] = 100 * m["majority_score"]
+            if int8:
+                row[f"{task}_int8"] = 100 * m["int8"]["score"]
+                row["latency_int8_ms"] = m["int8"]["latency_ms"]  # the same encoder for each
+                row["latency_onnx_ms"] = m["int8"]["fp32_latency_ms"]
         row["average"] = float(np.mean([row[t] for t in tasks]))
+        if int8:
+            row["average_int8"] = float(np.mean([row[f"{t}_int8"] for t in tasks]))
         rows.append(row)
     rows.append({"model": "majority class", **majority,
                  "average": float(np.mean([majority[t] for t in tasks]))})
@@ -144,7 +152,10 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
 def format_table(table: pd.DataFrame, tasks: list[str]) -> str:
     """A Markdown table as the Bort paper lays it out (scores × 100; MRPC and
     QQP: mean of F1 and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews)."""
+    int8 = "average_int8" in table.columns
     head = ["model", "D,A,H,I", "params", "non-emb.", "CPU ms (b1, L128)", *tasks, "average"]
+    if int8:
+        head += ["ONNX int8 ms", *[f"{t} int8" for t in tasks], "average int8"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         sized = isinstance(r.get("params"), (int, float)) and not pd.isna(r.get("params"))
@@ -155,6 +166,9 @@ def format_table(table: pd.DataFrame, tasks: list[str]) -> str:
                  f"{int(r.effective_params):,}" if sized else "",
                  f"{r.latency_ms:.2f}" if sized else "",
                  *[f"{r[t]:.1f}" for t in tasks], f"{r['average']:.1f}"]
+        if int8:
+            cells += ([f"{r.latency_int8_ms:.2f}", *[f"{r[f'{t}_int8']:.1f}" for t in tasks],
+                       f"{r['average_int8']:.1f}"] if sized else [""] * (len(tasks) + 2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
