@@ -77,6 +77,7 @@ class Profile:
     glue_lr: float = 1e-4
     glue_length: int = 128
     glue_candidates: bool = False  # fine-tune every trained candidate too (GLUE's Spearman)
+    int8: bool = True  # also each classifier quantised to int8 in ONNX Runtime (issue 22)
 
 
 PROFILES = {
@@ -252,7 +253,7 @@ def experiment(out: Path, profile: str, teacher: Path | None, progress: bool) ->
                           **{names[s]: f for s, f in chosen.items()}},
                          glue_folder(out), out / "glue", tasks, train_rows=p.glue_train,
                          lr=p.glue_lr, epochs=p.glue_epochs, max_length=p.glue_length,
-                         progress=progress)
+                         progress=progress, int8=p.int8)
     timing["glue_s"] = time.time() - t2
     # 4. the table, the plot, the answer
     by_name = scores.set_index("model")
@@ -366,6 +367,23 @@ def _report(res, tasks, answer, corr, p: Profile, profile, timing, majority, h_t
     lines.append("| majority class | | | | | | | " + " | ".join(
         f"{majority[t]:.1f}" for t in tasks) + f" | {majority['average']:.1f} |")
     lines += ["", "Bold: on the Pareto front of the students (latency, GLUE average).", ""]
+    if "average_int8" in res.columns:
+        lines += ["int8: each fine-tuned classifier (every seed) quantised by ONNX Runtime's "
+                  "dynamic quantisation and scored in ONNX Runtime; the score, and its cost "
+                  "(int8 − float32, paired by seed); the classifier's latency at batch 1 in "
+                  "ONNX Runtime float32 and int8 (every core):", "",
+                  "| model | ONNX fp32 ms | ONNX int8 ms | "
+                  + " | ".join(f"{t} int8 (cost)" for t in [*tasks, "average"]) + " |",
+                  "|" + "---|" * (4 + len(tasks))]
+        for r in res.itertuples():
+            if math.isnan(getattr(r, "average_int8", math.nan)):
+                continue
+            lines.append(f"| {r.model} | {r.latency_onnx_ms:.2f} | {r.latency_int8_ms:.2f} | "
+                         + " | ".join(
+                             f"{getattr(r, t + '_int8'):.1f} ({getattr(r, t + '_int8_cost'):+.1f}"
+                             f" ± {getattr(r, t + '_int8_cost_se'):.1f})"
+                             for t in [*tasks, "average"]) + " |")
+        lines.append("")
     for label, a in answer.items():
         text = (f"- {label} {a['model']}: {'on' if a['on_front'] else 'not on'} the front; "
                 f"average {a['average']:.1f} ± {a['average_se']:.1f}")

@@ -48,12 +48,15 @@ def mean_se(values) -> tuple[float, float]:
 
 def glue_scores(models: dict[str, Path], data: Path, out: Path, tasks: dict[str, int],
                 train_rows: int | None, lr: float = 1e-4, epochs: int = 3,
-                max_length: int = 128, progress: bool = False):
+                max_length: int = 128, progress: bool = False, int8: bool = False):
     """Fine-tune every model on every task (resumable: each is a `finetune` run
     under OUT/<model>/<task>) and return a table: per task the mean score × 100
     over `tasks[task]` seeds and its standard error, and their average, whose
     standard error treats the tasks as independent. Sentence pairs are cut at
-    `max_length` tokens, single sentences at half that."""
+    `max_length` tokens, single sentences at half that. `int8`: every trial also
+    quantised to int8 and scored in ONNX Runtime: TASK_int8 (mean ± se over seeds),
+    TASK_int8_cost (int8 − float32, paired by seed, mean ± se), average_int8 and
+    latency_int8_ms / latency_onnx_ms (the classifier graphs at batch 1)."""
     import pandas as pd
 
     from bortsearch.downstream.finetune import FinetuneConfig, finetune
@@ -65,11 +68,24 @@ def glue_scores(models: dict[str, Path], data: Path, out: Path, tasks: dict[str,
             cfg = FinetuneConfig(lrs=(lr,), epochs=epochs, seeds=seeds,
                                  max_length=max_length // 2 if task in SHORT else max_length,
                                  max_train_samples=train_rows)
-            m = finetune(folder, task, data, out / name / task, cfg, progress=progress)
+            m = finetune(folder, task, data, out / name / task, cfg, progress=progress,
+                         int8=int8)
             row[task], row[f"{task}_se"] = mean_se(100 * t["score"] for t in m["grid"])
+            if int8:
+                q = m["int8"]
+                row[f"{task}_int8"], row[f"{task}_int8_se"] = mean_se(
+                    100 * t["score"] for t in q["grid"])
+                row[f"{task}_int8_cost"], row[f"{task}_int8_cost_se"] = mean_se(
+                    100 * (t["score"] - t["fp32_score"]) for t in q["grid"])
+                row["latency_int8_ms"], row["latency_onnx_ms"] = (q["latency_ms"],
+                                                                  q["fp32_latency_ms"])
             row.setdefault("majority", {})[task] = 100 * m["majority_score"]
         row["average"] = float(np.mean([row[t] for t in tasks]))
         row["average_se"] = float(math.sqrt(sum(row[f"{t}_se"] ** 2 for t in tasks)) / len(tasks))
+        for kind in ("int8", "int8_cost") if int8 else ():
+            row[f"average_{kind}"] = float(np.mean([row[f"{t}_{kind}"] for t in tasks]))
+            row[f"average_{kind}_se"] = float(
+                math.sqrt(sum(row[f"{t}_{kind}_se"] ** 2 for t in tasks)) / len(tasks))
         rows.append(row)
     table = pd.DataFrame(rows)
     majority = rows[0]["majority"]
@@ -77,15 +93,17 @@ def glue_scores(models: dict[str, Path], data: Path, out: Path, tasks: dict[str,
     return table.drop(columns="majority")
 
 
-def format_scores(table, tasks) -> str:
-    """Markdown: one row per model, 'mean ± se' per task and on average."""
+def format_scores(table, tasks, suffix: str = "") -> str:
+    """Markdown: one row per model, 'mean ± se' per task and on average (with
+    `suffix` "_int8" or "_int8_cost", those columns)."""
     head = ["model", *tasks, "average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
-        cells = [f"{r[t]:.1f} ± {r[t + '_se']:.1f}" for t in [*tasks, "average"]]
+        cells = [f"{r[t + suffix]:.1f} ± {r[t + suffix + '_se']:.1f}"
+                 for t in [*tasks, "average"]]
         lines.append("| " + " | ".join([str(r["model"]), *cells]) + " |")
     maj = table.attrs.get("majority")
-    if maj:
+    if maj and not suffix:
         lines.append("| majority class | " + " | ".join(f"{maj[t]:.1f}" for t in tasks)
                      + f" | {maj['average']:.1f} |")
     return "\n".join(lines)

@@ -71,5 +71,8 @@ def test_bort_small_compares_the_pick_with_the_rivals(shared_data, tmp_path):
                      & ((students["latency_ms"] < r.latency_ms) | (students["average"] > r.average)))
         assert r.front == (not dominated.any())
     assert (out / "bort_small.png").read_bytes()[:4] == b"\x89PNG"
+    # int8: every student's classifiers quantised, scored and timed in ONNX Runtime
+    assert (students["latency_int8_ms"] > 0).all() and students["rte_int8"].between(0, 100).all()
+    assert "int8 (cost)" in text
     assert "W-optimum" in text and "Spearman over the" in text and "standard errors" in text \
         or "no other student is as fast" in text

@@ -181,6 +181,8 @@ def test_real_sst2_beats_the_majority_class_and_exports_a_classifier(tiny, share
     int8 = predict_onnx(session(tmp_path / "out" / "model_quantized.onnx"), 2, enc, 64)
     assert (int8 == task.dev.y).mean() == pytest.approx(q["int8"]["score"])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["int8"] == q["int8"]
+    (one,) = q["int8"]["grid"]  # every trial quantised: here the one, the exported
+    assert one["score"] == q["int8"]["score"] and one["fp32_score"] == m["score"]
     with pytest.raises(UserError, match="other settings"):
         finetune(tiny, "sst2", shared_data / "glue", tmp_path / "out",
                  FinetuneConfig(**{**SMALL, "epochs": 3}), progress=False)
