@@ -4,20 +4,29 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test test-fast bench bench-signal bench-dtype bench-bort teacher-reference golden clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bortsearch needs Python 3.11+, found " + sys.version.split()[0] + "; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The tests need the extras (pytest and transformers, Ray, ONNX Runtime) ...
+$(STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[test,ray,onnx]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# ... the demo only the package itself.
+$(DEMO_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
 
 # The real search on the embedded default: trains the demo space's maximum point as
 # the teacher (cached), then Algorithm 1 with the default ε, s and Θ. Re-running
 # resumes (and finishes at once when the run is complete).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/bortsearch search --space search_spaces/demo.toml --run runs/demo
 
 test: $(STAMP)
