@@ -255,7 +255,8 @@ def cmd_finetune(args) -> None:
 
     m = finetune(args.model, args.task, args.data, args.out, _finetune_config(args),
                  text_fields=args.text_fields, label_field=args.label_field,
-                 regression=args.regression, progress=not args.quiet, int8=args.int8)
+                 regression=args.regression, progress=not args.quiet, int8=args.int8,
+                 executor=_trials_executor(args))
     dev = ", ".join(f"{k} {v:.4f}" for k, v in m["dev"].items())
     base = ", ".join(f"{k} {v:.4f}" for k, v in m["majority"].items())
     c = m["chosen"]
@@ -277,7 +278,7 @@ def cmd_glue(args) -> None:
     from bortsearch.downstream.glue import format_table, glue
 
     table = glue(args.models, args.data, args.out, args.tasks, _finetune_config(args),
-                 progress=not args.quiet, int8=args.int8)
+                 progress=not args.quiet, int8=args.int8, executor=_trials_executor(args))
     tasks = [c for c in table.columns if c not in (
         "model", "path", "layers", "heads", "hidden", "intermediate", "params",
         "effective_params", "latency_ms", "average", "average_int8", "latency_int8_ms",
@@ -315,7 +316,35 @@ def _add_finetune_flags(p) -> None:
     p.add_argument("--int8", action="store_true",
                    help="also evaluate the classifier quantised to int8 in ONNX Runtime "
                         "(writes model.onnx and model_quantized.onnx; bortsearch[onnx])")
+    _add_executor_flags(p, "the trials", "(model, task, learning rate, seed)",
+                        "the fine-tuning stops with an error")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_executor_flags(p, things: str, one: str, after: str) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help=f"where {things} train: this process (default), or a Ray cluster, "
+                        f"one task per {one} (the results are the same)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: a running cluster (e.g. auto, or "
+                        "ray://host:10001); default: start a local one")
+    p.add_argument("--worker-cpus", type=_positive_float, default=None, metavar="N",
+                   help="CPUs each Ray task declares (default 1)")
+    p.add_argument("--worker-gpus", type=float, default=None, metavar="N",
+                   help="GPUs each Ray task declares (default 1 where the cluster has GPUs, "
+                        "else 0)")
+    p.add_argument("--max-retries", type=int, default=2, metavar="N",
+                   help=f"times a Ray task whose worker died is run again before {after} "
+                        f"(default 2)")
+
+
+def _trials_executor(args):
+    """finetune's and glue's `--executor`: None (here) or Ray tasks."""
+    if args.executor == "local":
+        return None
+    from bortsearch.downstream.executors import RayTrials
+
+    return RayTrials(args.ray_address, args.worker_cpus, args.worker_gpus, args.max_retries)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,20 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_positive_int, default=c.checkpoint_every,
                    help=f"steps between checkpoints of the candidates in training, so that a "
                         f"killed search resumes mid-group (default {c.checkpoint_every})")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="where candidates train: this process (default), or a Ray cluster, "
-                        "one task per candidate (the results are the same)")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="with --executor ray: a running cluster (e.g. auto, or "
-                        "ray://host:10001); default: start a local one")
-    p.add_argument("--worker-cpus", type=_positive_float, default=None, metavar="N",
-                   help="CPUs each Ray task declares (default 1)")
-    p.add_argument("--worker-gpus", type=float, default=None, metavar="N",
-                   help="GPUs each Ray task declares (default 1 where the cluster has GPUs, "
-                        "else 0)")
-    p.add_argument("--max-retries", type=int, default=2, metavar="N",
-                   help="times a Ray task whose worker died is run again before the "
-                        "candidate is recorded failed (default 2)")
+    _add_executor_flags(p, "candidates", "candidate", "the candidate is recorded failed")
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="candidates trained in lockstep on each teacher output (default: "
                         "as many as fit 2 GiB of training state)")

@@ -120,3 +120,48 @@ def test_demo_space_on_two_workers_survives_a_killed_driver(work):
     assert len(done) == len(set(done)) == 4  # nothing finished was trained again
     assert (work / "demo-ray" / "results.csv").read_bytes() == \
         (work / "demo-local" / "results.csv").read_bytes()
+
+
+def _glue(out, *extra):
+    from conftest import SHARED_DATA
+
+    return [EXE, "glue", str(GOLDEN / "student_bert"), "--data", str(SHARED_DATA / "glue"),
+            "--tasks", "mrpc", "--seeds", "2", "--lr", "1e-3", "--epochs", "1",
+            "--max-train-samples", "48", "--max-eval-samples", "24", "--max-length", "32",
+            "--eval-every", "1", "--quiet", "--out", str(out), *extra]
+
+
+def _trials(out):
+    """Every trial's result (timings left out) and evaluations, by path."""
+    found = {}
+    for f in sorted(Path(out).glob("*/*/trials/*/result.json")):
+        result = {k: v for k, v in json.loads(f.read_text()).items()
+                  if "seconds" not in k and "per_s" not in k}
+        found[str(f.parent.relative_to(out))] = (result, (f.parent / "evals.jsonl").read_text())
+    return found
+
+
+@pytest.mark.slow
+def test_glue_grid_on_ray_equals_the_local_grid_and_resumes(tmp_path, shared_data):
+    subprocess.run(_glue(tmp_path / "local"), check=True, capture_output=True)
+    r = subprocess.run(_glue(tmp_path / "ray", "--executor", "ray"), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    local, ray_ = _trials(tmp_path / "local"), _trials(tmp_path / "ray")
+    assert len(local) == 2 and local == ray_  # 2 seeds: the same trials
+    for task in ("mrpc",):
+        a, b = (json.loads((tmp_path / d / "student_bert" / task / "metrics.json").read_text())
+                for d in ("local", "ray"))
+        assert a["dev"] == b["dev"] and a["chosen"] == b["chosen"]
+    # an interrupted grid: one trial unfinished; only it is trained again
+    redo = tmp_path / "ray" / "student_bert" / "mrpc"
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("*/*/trials/*/result.json")}
+    gone = redo / "trials" / "lr0.001-seed1" / "result.json"
+    gone.unlink()
+    (redo / "metrics.json").unlink()
+    (tmp_path / "ray" / "glue.csv").unlink()
+    r = subprocess.run(_glue(tmp_path / "ray", "--executor", "ray"), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert _trials(tmp_path / "ray") == local
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items() if p != gone)

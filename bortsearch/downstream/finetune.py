@@ -304,22 +304,38 @@ def fingerprint_model(folder: Path) -> str:
         if (folder / name).is_file()).encode()).hexdigest()
 
 
-def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
-             cfg: FinetuneConfig = FinetuneConfig(), text_fields: str | None = None,
-             label_field: str | None = None, regression: bool = False,
-             progress: bool = True, int8: bool = False) -> dict:
-    """Fine-tune `model` (a Hugging Face BERT/RoBERTa folder, with or without a
-    masked-LM head) on `task` and export the best trial to `out`.
+@dataclasses.dataclass
+class Job:
+    """One (model, task) fine-tuning, prepared: its data encoded, its grid of
+    (lr, seed) trials and the folder they go in. `metrics` is set when `out`
+    already holds a finished run."""
 
-    Returns the metrics written to `out/metrics.json`: `dev` (the chosen trial's
-    dev metrics by name), `score`, `grid` (every trial), `median_over_seeds` (per
-    learning rate), the majority-class baseline and timings. Re-running finishes
-    at once when `out` is complete, and resumes when it is not. `int8` also
-    writes the classifier as ONNX (`model.onnx`, `model_quantized.onnx`) and
-    evaluates the int8 graph in ONNX Runtime on the dev splits (`metrics["int8"]`:
-    its dev metrics, score, and both graphs' latency at batch 1, length 128); a
-    finished fine-tuning re-run with `int8` adds it without training again.
-    """
+    model: Path
+    out: Path
+    cfg: FinetuneConfig
+    task: Task
+    encoder: Model
+    train: Encoded
+    devs: dict
+    grid: list
+    metrics: dict | None = None
+    t_start: float = 0.0
+
+    def pending(self) -> list[tuple[float, int]]:
+        """The (lr, seed) trials not finished yet."""
+        return [(lr, seed) for lr, seed in self.grid
+                if not (_trial_dir(self.out, lr, seed) / "result.json").is_file()]
+
+    @property
+    def steps_per_trial(self) -> int:
+        return -(-len(self.train.labels) // self.cfg.batch_size) * self.cfg.epochs
+
+
+def prepare(model: str | Path, task: str, data: str | Path, out: str | Path,
+            cfg: FinetuneConfig = FinetuneConfig(), text_fields: str | None = None,
+            label_field: str | None = None, regression: bool = False) -> Job:
+    """Everything `finetune` checks and reads before training: the folders, the
+    task, the encoder, the settings (written, or checked against a run in `out`)."""
     model, out = Path(model), Path(out)
     t_start = time.perf_counter()
     if out.exists() and not out.is_dir():
@@ -339,33 +355,75 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
                 "task": tsk.name, "data_sha256": tsk.fingerprint,
                 **{k: list(v) if isinstance(v, tuple) else v
                    for k, v in dataclasses.asdict(cfg).items()}}
-    if int8:
-        from bortsearch.deploy.onnx_export import require_onnx
-
-        require_onnx()
-    if (out / "metrics.json").is_file():
-        check_settings(out / "settings.json", settings, f"the fine-tuning in {out}",
-                       "choose a new --out folder, or remove it to start over")
-        metrics = json.loads((out / "metrics.json").read_text())
-        if int8 and "int8" not in metrics:
-            devs = {k: encode(encoder.tokenizer, v, cfg.max_length, arch)
-                    for k, v in tsk.devs.items()}
-            metrics["int8"] = evaluate_int8(out, tsk, devs, cfg.max_length, metrics["grid"])
-            write_json(out / "metrics.json", metrics)
-        return metrics
+    finished = (out / "metrics.json").is_file()
     check_settings(out / "settings.json", settings, f"the fine-tuning in {out}",
+                   "choose a new --out folder, or remove it to start over" if finished else
                    f"re-run with the same flags, or remove {out} to start over")
     train = encode(encoder.tokenizer, tsk.train, cfg.max_length, arch)
     devs = {k: encode(encoder.tokenizer, v, cfg.max_length, arch) for k, v in tsk.devs.items()}
     grid = [(lr, cfg.seed + k) for lr in cfg.lrs for k in range(cfg.seeds)]
-    per_epoch = -(-len(train.labels) // cfg.batch_size)
+    metrics = json.loads((out / "metrics.json").read_text()) if finished else None
+    return Job(model, out, cfg, tsk, encoder, train, devs, grid, metrics, t_start)
+
+
+def run_trials(jobs: list[Job], executor=None, progress: bool = True) -> None:
+    """Train every pending trial of `jobs`: here, one after another, or with a
+    `RayTrials` executor as Ray tasks, all at once."""
     from bortsearch.train.fit import progress_bar
 
-    bar = progress_bar(total=per_epoch * cfg.epochs * len(grid), unit="step",
-                       desc=f"finetune {tsk.name}", disable=not progress)
-    trials = [run_trial(encoder, tsk, train, devs, cfg, lr, seed,
-                        _trial_dir(out, lr, seed), bar) for lr, seed in grid]
+    todo = [(job, lr, seed) for job in jobs if job.metrics is None for lr, seed in job.pending()]
+    if not todo:
+        return
+    bar = progress_bar(total=sum(job.steps_per_trial for job, _, _ in todo), unit="step",
+                       desc=f"finetune {jobs[0].task.name}" if len(jobs) == 1 else "finetune",
+                       disable=not progress)
+    if executor is None:
+        for job, lr, seed in todo:
+            run_trial(job.encoder, job.task, job.train, job.devs, job.cfg, lr, seed,
+                      _trial_dir(job.out, lr, seed), bar)
+    else:
+        executor(todo, bar)
     bar.close()
+
+
+def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
+             cfg: FinetuneConfig = FinetuneConfig(), text_fields: str | None = None,
+             label_field: str | None = None, regression: bool = False,
+             progress: bool = True, int8: bool = False, executor=None) -> dict:
+    """Fine-tune `model` (a Hugging Face BERT/RoBERTa folder, with or without a
+    masked-LM head) on `task` and export the best trial to `out`.
+
+    Returns the metrics written to `out/metrics.json`: `dev` (the chosen trial's
+    dev metrics by name), `score`, `grid` (every trial), `median_over_seeds` (per
+    learning rate), the majority-class baseline and timings. Re-running finishes
+    at once when `out` is complete, and resumes when it is not. `int8` also
+    writes the classifier as ONNX (`model.onnx`, `model_quantized.onnx`) and
+    evaluates the int8 graph in ONNX Runtime on the dev splits (`metrics["int8"]`:
+    its dev metrics, score, and both graphs' latency at batch 1, length 128); a
+    finished fine-tuning re-run with `int8` adds it without training again.
+    `executor`: where the trials train (None: here; `RayTrials`: a Ray cluster).
+    """
+    if int8:
+        from bortsearch.deploy.onnx_export import require_onnx
+
+        require_onnx()
+    job = prepare(model, task, data, out, cfg, text_fields, label_field, regression)
+    run_trials([job], executor, progress)
+    return finish(job, int8)
+
+
+def finish(job: Job, int8: bool = False) -> dict:
+    """The metrics of a job whose trials are all finished, written to its
+    `metrics.json` with the chosen trial exported (or read back when done)."""
+    out, tsk, cfg = job.out, job.task, job.cfg
+    if job.metrics is not None:
+        metrics = job.metrics
+        if int8 and "int8" not in metrics:
+            metrics["int8"] = evaluate_int8(out, tsk, job.devs, cfg.max_length, metrics["grid"])
+            write_json(out / "metrics.json", metrics)
+        return metrics
+    trials = [run_trial(job.encoder, tsk, job.train, job.devs, cfg, lr, seed,
+                        _trial_dir(out, lr, seed)) for lr, seed in job.grid]  # read back
     best = max(trials, key=lambda t: t["score"])  # ties: the earlier in the grid
     medians = {}
     for lr in cfg.lrs:
@@ -378,7 +436,7 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
     majority = {k: M.majority(tsk.spec.metrics, tsk.train.y, v.y, tsk.spec.regression)
                 for k, v in tsk.devs.items()}
     metrics = {
-        "task": tsk.name, "model": str(model), "metrics": list(tsk.spec.metrics),
+        "task": tsk.name, "model": str(job.model), "metrics": list(tsk.spec.metrics),
         "dev": best["dev"][split], "dev_splits": best["dev"], "score": best["score"],
         "chosen": {"lr": best["lr"], "seed": best["seed"], "step": best["best_step"],
                    "epoch": best["best_epoch"]},
@@ -390,11 +448,11 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
             t["train_seconds_per_epoch"] for t in trials
             if t["train_seconds_per_epoch"] is not None) if any(
             t["train_seconds_per_epoch"] is not None for t in trials) else None,
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": time.perf_counter() - job.t_start,
     }
-    export_classifier(out, encoder, tsk, _trial_dir(out, best["lr"], best["seed"]))
+    export_classifier(out, job.encoder, tsk, _trial_dir(out, best["lr"], best["seed"]))
     if int8:
-        metrics["int8"] = evaluate_int8(out, tsk, devs, cfg.max_length, trials)
+        metrics["int8"] = evaluate_int8(out, tsk, job.devs, cfg.max_length, trials)
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bortsearch.downstream.finetune import LATENCY_LENGTH, FinetuneConfig, finetune
+from bortsearch.downstream.finetune import (LATENCY_LENGTH, FinetuneConfig, finish, prepare,
+                                            run_trials)
 from bortsearch.downstream.tasks import FORMATS, GLUE, task_folder
 from bortsearch.errors import UserError
 
@@ -77,7 +78,7 @@ def cpu_latency(arch) -> dict:
 
 def glue(models: list[str | Path], data: str | Path, out: str | Path | None = None,
          tasks: list[str] | None = None, cfg: FinetuneConfig = FinetuneConfig(),
-         progress: bool = True, int8: bool = False) -> pd.DataFrame:
+         progress: bool = True, int8: bool = False, executor=None) -> pd.DataFrame:
     """Fine-tune each model on each task and write the comparison to `out`.
 
     Args:
@@ -89,11 +90,18 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
       int8: also each fine-tuned classifier quantised to int8 in ONNX Runtime:
         columns TASK_int8, average_int8 and latency_int8_ms (and latency_onnx_ms,
         its float32 graph) beside the float32 ones.
+      executor: where the trials train: None here, one after another; a
+        `downstream.executors.RayTrials`, every (model, task, lr, seed) of the
+        grid as a Ray task at once.
     """
     from bortsearch.model.hf import arch_from_config
     from bortsearch.model.proxies import effective_param_count, param_count
 
     t0 = time.perf_counter()
+    if int8:
+        from bortsearch.deploy.onnx_export import require_onnx
+
+        require_onnx()
     data = Path(data)
     models = [Path(m) for m in models]
     run = models[0] if len(models) == 1 and (models[0] / "best.json").is_file() else None
@@ -113,11 +121,17 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
                         f"(e.g. SST-2/train.tsv and SST-2/dev.tsv)")
     if run is not None:
         models = run_models(run, out)
-    rows, majority = [], {}
-    for name, model in zip(_names(models), models):
+    names = _names(models)
+    for model in models:
         if not (model / "config.json").is_file():
             raise UserError(f"{model}: no config.json; each model must be a Hugging Face "
                             f"checkpoint folder")
+    # every (model, task) checked and prepared first, then the whole grid trained
+    jobs = {(name, task): prepare(model, task, data, out / name / task, cfg)
+            for name, model in zip(names, models) for task in tasks}
+    run_trials(list(jobs.values()), executor, progress)
+    rows, majority = [], {}
+    for name, model in zip(names, models):
         arch = arch_from_config(json.loads((model / "config.json").read_text()),
                                 str(model / "config.json"))
         row = {"model": name, "path": str(model), "layers": arch.layers, "heads": arch.heads,
@@ -125,7 +139,7 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
                "params": param_count(arch), "effective_params": effective_param_count(arch),
                "latency_ms": cpu_latency(arch)["median_s"] * 1e3}
         for task in tasks:
-            m = finetune(model, task, data, out / name / task, cfg, progress=progress, int8=int8)
+            m = finish(jobs[(name, task)], int8)
             row[task] = 100 * m["score"]
             majority[task] = 100 * m["majority_score"]
             if int8:
