@@ -141,7 +141,7 @@ def cmd_search(args) -> None:
     from bortsearch.search.executors import make_executor
 
     executor = make_executor(args.executor, args.ray_address, args.worker_cpus,
-                             args.worker_gpus, args.max_retries)
+                             args.worker_gpus, args.max_retries, args.storage)
     result = run_search(args.run, cfg, progress=not args.quiet, executor=executor)
     table, plot = show(args.run)
     print(table)
@@ -446,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"steps between checkpoints of the candidates in training, so that a "
                         f"killed search resumes mid-group (default {c.checkpoint_every})")
     _add_executor_flags(p, "candidates", "candidate", "the candidate is recorded failed")
+    p.add_argument("--storage", default=None, metavar="DIR",
+                   help="with --executor ray: a folder every worker mounts (shared disk, "
+                        "NFS) for the candidates' checkpoints, so that a retried task "
+                        "continues where its worker died (default: it starts again)")
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="candidates trained in lockstep on each teacher output (default: "
                         "as many as fit 2 GiB of training state)")

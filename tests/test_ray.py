@@ -165,3 +165,35 @@ def test_glue_grid_on_ray_equals_the_local_grid_and_resumes(tmp_path, shared_dat
     assert r.returncode == 0, r.stderr
     assert _trials(tmp_path / "ray") == local
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items() if p != gone)
+
+
+@pytest.mark.slow
+def test_a_retried_task_continues_from_the_shared_storage(work):
+    """With --storage, the candidate's checkpoints are where every worker sees them:
+    the task retried after its worker's death continues from the last one."""
+    from conftest import has_checkpoint
+
+    args = ["--steps", "300", "--checkpoint-every", "20", "--max-retries", "1"]
+    ref = subprocess.run([*_search(work, "steady"), *args], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    store = work / "store"
+    proc = subprocess.Popen([*_search(work, "stored", "--executor", "ray", "--storage",
+                                      str(store)), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        saved = [d for d in store.glob("*/*/*") if has_checkpoint(d)]
+        if len(saved) == 2 and _workers():  # both candidates have one: kill every worker
+            for pid in _workers():
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("no checkpoint in --storage before the candidates finished")
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    done = [e for e in _events(work / "stored") if e["event"] == "done"]
+    assert len(done) == 2 and all(e["timing"]["resumed_from"] > 0 for e in done), \
+        [e["timing"] for e in done]
+    assert (work / "stored" / "results.csv").read_bytes() == \
+        (work / "steady" / "results.csv").read_bytes()
+    assert not [d for d in store.glob("*/*/*") if has_checkpoint(d)]  # cleaned up when done

@@ -43,8 +43,13 @@ class LocalExecutor:
                                 reference, checkpoints, checkpoint_every)(archs)
 
 
-def _train_one(teacher, data, reference, settings, arch: Arch):
-    """A Ray task: one candidate, trained and measured on the worker."""
+def _train_one(teacher, data, reference, settings, arch: Arch, checkpoints: str | None = None,
+               checkpoint_every: int = 50):
+    """A Ray task: one candidate, trained and measured on the worker (its training
+    states in `checkpoints`, a folder every worker sees, when given: a retried
+    task continues from the last one)."""
+    from pathlib import Path
+
     from bortsearch.search.candidates import CandidateTrainer
     from bortsearch.search.run import enable_compilation_cache
 
@@ -53,7 +58,9 @@ def _train_one(teacher, data, reference, settings, arch: Arch):
     out = {}
     trainer = CandidateTrainer(teacher, data, settings,
                                on_done=lambda a, ev, timing: out.update(timing=timing),
-                               reference=reference)
+                               reference=reference,
+                               checkpoints=Path(checkpoints) if checkpoints else None,
+                               checkpoint_every=checkpoint_every)
     ev = trainer([arch])[arch]
     return ev, out.get("timing")
 
@@ -68,12 +75,17 @@ class RayExecutor:
       num_cpus, num_gpus: what each task declares (default: one GPU where the
         cluster has GPUs, else one CPU).
       max_retries: times a task whose worker died is run again.
+      storage: a folder every worker can write and read (a shared disk, NFS): the
+        candidates' training states go there, so that a task retried on any
+        worker continues from its last checkpoint instead of step 0. None: a
+        retried task starts its candidate again (the results are the same).
     """
 
     address: str | None = None
     num_cpus: float | None = None
     num_gpus: float | None = None
     max_retries: int = 2
+    storage: str | None = None
 
     def _connect(self):
         try:
@@ -105,8 +117,9 @@ class RayExecutor:
     def __call__(self, teacher, data, settings, reference, archs: list[Arch],
                  on_start: Callable, on_done: Callable, on_step: Callable,
                  checkpoints=None, checkpoint_every: int = 50) -> dict:
-        """(`checkpoints` is for local runs: workers share no file system with the
-        driver, so a retried task starts its candidate again.)"""
+        """(`checkpoints`, the run's own folder, is for local runs: workers share no
+        file system with the driver. With `storage`, the same layout under it,
+        keyed by the run, is where the workers checkpoint.)"""
         import jax
 
         ray = self._connect()
@@ -120,10 +133,18 @@ class RayExecutor:
             teacher=[np.asarray(t) for t in reference.teacher]))
         task = ray.remote(_train_one).options(max_retries=self.max_retries,
                                               retry_exceptions=False, **self.resources(ray))
+        shared = None
+        if self.storage and checkpoints is not None:
+            import hashlib
+            from pathlib import Path
+
+            run_key = hashlib.sha256(str(Path(checkpoints).resolve().parent.parent).encode())
+            shared = str(Path(self.storage) / run_key.hexdigest()[:16] / Path(checkpoints).name)
         pending = {}
         for arch in archs:
             on_start(arch)
-            pending[task.remote(teacher_ref, data_ref, reference_ref, settings, arch)] = arch
+            pending[task.remote(teacher_ref, data_ref, reference_ref, settings, arch, shared,
+                                checkpoint_every)] = arch
         results = {}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -141,10 +162,17 @@ class RayExecutor:
 
 
 def make_executor(name: str, address: str | None = None, num_cpus: float | None = None,
-                  num_gpus: float | None = None, max_retries: int = 2):
+                  num_gpus: float | None = None, max_retries: int = 2,
+                  storage: str | None = None):
     if name == "local":
+        if storage:
+            raise UserError("--storage is where Ray workers checkpoint; give --executor ray, "
+                            "or leave --storage out (a local run checkpoints in its run folder)")
         return LocalExecutor()
     if name == "ray":
-        return RayExecutor(address, num_cpus, num_gpus, max_retries)
+        if storage and "://" in storage:
+            raise UserError(f"--storage {storage}: give a folder every worker mounts (a "
+                            f"shared disk, NFS); remote object stores are not supported yet")
+        return RayExecutor(address, num_cpus, num_gpus, max_retries, storage)
     raise UserError(f"--executor {name!r}: use one of {', '.join(EXECUTORS)}")
 
