@@ -1,8 +1,11 @@
-"""Candidates on a real local Ray cluster: the same results as a local run, the
-driver the only writer, a killed worker retried, and a lost one recorded."""
+"""Candidates on a real Ray cluster of two nodes on this machine (a head and a
+second node started with `ray start`, one CPU each): the same results as a local
+run, candidates placed on both nodes, the driver the only writer, a killed worker
+retried (and continued from shared storage), a lost one recorded, and the GLUE grid."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +21,28 @@ EXE = str(Path(sys.executable).parent / "bortsearch")
 SPACE = 'name = "t"\nlayers = [1]\nheads = [2]\nhidden = [16, 32]\nintermediate = [24]\n'
 
 
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One cluster for the module (each search connects to it, instead of starting
+    its own): a head node and a second node, one CPU each."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    head = subprocess.run([RAY, "start", "--head", "--port", "0", "--include-dashboard",
+                           "false", *common], capture_output=True, text=True, env=env)
+    assert head.returncode == 0, head.stderr[-2000:]
+    address = re.search(r"ray start --address='([^']+)'", head.stdout + head.stderr).group(1)
+    second = subprocess.run([RAY, "start", "--address", address, *common],
+                            capture_output=True, text=True, env=env)
+    try:
+        assert second.returncode == 0, second.stderr[-2000:]
+        yield address
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("ray")
@@ -27,7 +52,8 @@ def work(tmp_path_factory):
     return d
 
 
-DEMO = str(Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml")
+def _ray(cluster):
+    return ["--executor", "ray", "--ray-address", cluster]
 
 
 def _search(work, run, *extra, space=None, epsilon="1"):
@@ -53,12 +79,15 @@ def _workers():
 
 
 @pytest.mark.slow
-def test_ray_gives_the_local_results_byte_for_byte(work, local):
-    r = subprocess.run(_search(work, "ray", "--executor", "ray"), capture_output=True, text=True)
+def test_ray_gives_the_local_results_byte_for_byte(work, local, cluster):
+    r = subprocess.run(_search(work, "ray", *_ray(cluster)),
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (work / "ray" / "results.csv").read_bytes() == (local / "results.csv").read_bytes()
     done = [e for e in _events(work / "ray") if e["event"] == "done"]
     assert len(done) == 2 and all(e["timing"]["train_s"] > 0 for e in done)
+    # one CPU a node: the two candidates ran on the two nodes at once
+    assert len({e["timing"]["node"] for e in done}) == 2
     # resumed with the local executor: the journal has everything, nothing is trained
     again = subprocess.run(_search(work, "ray"), capture_output=True, text=True)
     assert "2 candidates; 2 already done" in again.stdout
@@ -77,8 +106,8 @@ def _kill_first_worker(proc, timeout=240):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_retried_and_the_results_are_unchanged(work, local):
-    proc = subprocess.Popen(_search(work, "retried", "--executor", "ray"),
+def test_a_killed_worker_is_retried_and_the_results_are_unchanged(work, local, cluster):
+    proc = subprocess.Popen(_search(work, "retried", *_ray(cluster)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _kill_first_worker(proc)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
@@ -87,8 +116,8 @@ def test_a_killed_worker_is_retried_and_the_results_are_unchanged(work, local):
 
 
 @pytest.mark.slow
-def test_a_worker_lost_beyond_its_retries_is_recorded_failed(work):
-    proc = subprocess.Popen(_search(work, "lost", "--executor", "ray", "--max-retries", "0"),
+def test_a_worker_lost_beyond_its_retries_is_recorded_failed(work, cluster):
+    proc = subprocess.Popen(_search(work, "lost", *_ray(cluster), "--max-retries", "0"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _kill_first_worker(proc)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
@@ -98,13 +127,14 @@ def test_a_worker_lost_beyond_its_retries_is_recorded_failed(work):
 
 
 @pytest.mark.slow
-def test_demo_space_on_two_workers_survives_a_killed_driver(work):
-    """The demo space (36 architectures, ε = 9: 4 candidates) on a local cluster of
-    2 CPUs, i.e. 2 workers; the driver is killed once a candidate is journalled,
-    and the resumed search submits only the rest and matches a local run."""
-    demo = dict(space=DEMO, epsilon="9")
+def test_four_candidates_on_two_nodes_survive_a_killed_driver(work, cluster):
+    """Four candidates on the two one-CPU nodes; the driver is killed once a
+    candidate is journalled, and the resumed search submits only the rest and
+    matches a local run."""
+    (work / "four.toml").write_text(SPACE.replace("intermediate = [24]", "intermediate = [24, 48]"))
+    demo = dict(space=str(work / "four.toml"), epsilon="1")
     subprocess.run(_search(work, "demo-local", **demo), check=True, capture_output=True)
-    proc = subprocess.Popen(_search(work, "demo-ray", "--executor", "ray", **demo),
+    proc = subprocess.Popen(_search(work, "demo-ray", *_ray(cluster), **demo),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = work / "demo-ray" / "journal.jsonl"
     from conftest import kill_when
@@ -112,7 +142,7 @@ def test_demo_space_on_two_workers_survives_a_killed_driver(work):
     kill_when(proc, lambda: journal.is_file() and '"event": "done"' in journal.read_text())
     before = len([e for e in _events(work / "demo-ray") if e["event"] == "done"])
     assert 1 <= before < 4
-    r = subprocess.run(_search(work, "demo-ray", "--executor", "ray", **demo),
+    r = subprocess.run(_search(work, "demo-ray", *_ray(cluster), **demo),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"4 candidates; {before} already done" in r.stdout
@@ -142,9 +172,10 @@ def _trials(out):
 
 
 @pytest.mark.slow
-def test_glue_grid_on_ray_equals_the_local_grid_and_resumes(tmp_path, shared_data):
+def test_glue_grid_on_ray_equals_the_local_grid_and_resumes(tmp_path, shared_data,
+                                                            cluster):
     subprocess.run(_glue(tmp_path / "local"), check=True, capture_output=True)
-    r = subprocess.run(_glue(tmp_path / "ray", "--executor", "ray"), capture_output=True,
+    r = subprocess.run(_glue(tmp_path / "ray", *_ray(cluster)), capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     local, ray_ = _trials(tmp_path / "local"), _trials(tmp_path / "ray")
@@ -160,7 +191,7 @@ def test_glue_grid_on_ray_equals_the_local_grid_and_resumes(tmp_path, shared_dat
     gone.unlink()
     (redo / "metrics.json").unlink()
     (tmp_path / "ray" / "glue.csv").unlink()
-    r = subprocess.run(_glue(tmp_path / "ray", "--executor", "ray"), capture_output=True,
+    r = subprocess.run(_glue(tmp_path / "ray", *_ray(cluster)), capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     assert _trials(tmp_path / "ray") == local
@@ -168,7 +199,7 @@ def test_glue_grid_on_ray_equals_the_local_grid_and_resumes(tmp_path, shared_dat
 
 
 @pytest.mark.slow
-def test_a_retried_task_continues_from_the_shared_storage(work):
+def test_a_retried_task_continues_from_the_shared_storage(work, cluster):
     """With --storage, the candidate's checkpoints are where every worker sees them:
     the task retried after its worker's death continues from the last one."""
     from conftest import has_checkpoint
@@ -177,7 +208,7 @@ def test_a_retried_task_continues_from_the_shared_storage(work):
     ref = subprocess.run([*_search(work, "steady"), *args], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     store = work / "store"
-    proc = subprocess.Popen([*_search(work, "stored", "--executor", "ray", "--storage",
+    proc = subprocess.Popen([*_search(work, "stored", *_ray(cluster), "--storage",
                                       str(store)), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240

@@ -65,6 +65,7 @@ class Timing:
     model_flops_per_s: float
     resumed_from: int = 0  # the step its training continued from after a kill (0: fresh)
     compile_busy_s: float = 0.0  # its compiles' own duration, overlapped with other work or not
+    node: str = ""  # the Ray node that trained it (empty: this process)
 
 
 def groups(archs: list[Arch], n_trials: int, group_size: int | None) -> list[list[Arch]]:

@@ -62,7 +62,12 @@ def _train_one(teacher, data, reference, settings, arch: Arch, checkpoints: str 
                                checkpoints=Path(checkpoints) if checkpoints else None,
                                checkpoint_every=checkpoint_every)
     ev = trainer([arch])[arch]
-    return ev, out.get("timing")
+    timing = out.get("timing")
+    if timing is not None:
+        import ray
+
+        timing = dataclasses.replace(timing, node=ray.get_runtime_context().get_node_id())
+    return ev, timing
 
 
 @dataclasses.dataclass
