@@ -339,11 +339,15 @@ def plot(res, pick: str, path: Path) -> None:
     me = res[res["model"] == pick]
     ax.scatter(me["latency_ms"], me["average"], marker="*", s=300, c="gold",
                edgecolors="black", zorder=5, label="search's pick (W-optimum)")
-    for r in res[res["average"].notna()].itertuples():
+    for k, r in enumerate(res[res["average"].notna()].itertuples()):
         short = r.role.split(",")[0] if r.role != "candidate" else ""
         ax.annotate(f"{r.model} {short}".strip(), (r.latency_ms, r.average),
-                    textcoords="offset points", xytext=(4, 3), fontsize=6)
-    ax.set_xscale("log")
+                    textcoords="offset points", xytext=(4, 3 if k % 2 else -9), fontsize=6)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")  # plain numbers on the ticks, not powers of ten
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("CPU latency, batch 1, length 128 (ms, log)")
     ax.set_ylabel("GLUE dev average")
     ax.set_title("Bort in small: pretrained students, quality against speed")
