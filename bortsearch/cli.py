@@ -26,8 +26,11 @@ def _positive_int(text: str) -> int:
 def cmd_space(args) -> None:
     from bortsearch.search.space import load_space, space_table
 
-    table = space_table(load_space(args.file), args.vocab_size, args.batch_size, args.seq_len,
+    space = load_space(args.file)
+    table = space_table(space, args.vocab_size, args.batch_size, args.seq_len,
                         args.inference_scope)
+    if args.latency:
+        table[f"latency_ms_{args.latency}"] = _latencies(space, table, args)
     if args.csv:
         sys.stdout.write(table.to_csv(index=False))
     else:
@@ -35,6 +38,26 @@ def cmd_space(args) -> None:
               f"(flops of the {args.inference_scope} at batch {args.batch_size}, "
               f"length {args.seq_len})")
         print(table.to_string(index=False))
+
+
+def _latencies(space, table, args) -> list[float]:
+    """`space --latency RUNTIME`: each architecture's measured median latency (ms)."""
+    from bortsearch.model.proxies import measure_latency
+    from bortsearch.model.arch import row_size
+    from bortsearch.train.fit import progress_bar
+
+    if args.latency != "xla":
+        from bortsearch.deploy.onnx_export import require_onnx
+
+        require_onnx()
+    archs = {a.size: a for a in space.architectures(vocab_size=args.vocab_size)}
+    out = []
+    for row in progress_bar(iterable=list(table.itertuples()), desc=f"latency ({args.latency})",
+                            unit="arch", disable=args.csv):
+        m = measure_latency(archs[row_size(row)], args.batch_size, args.seq_len,
+                            scope=args.inference_scope, runtime=args.latency)
+        out.append(1e3 * m["median_s"])
+    return out
 
 
 def _positive_float(text: str) -> float:
@@ -369,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_SEQ_LEN})")
     p.add_argument("--inference-scope", choices=["encoder", "mlm"], default="encoder",
                    help="FLOPs of the encoder alone (default) or with the masked-LM head")
+    p.add_argument("--latency", choices=RUNTIMES, default=None,
+                   help="also measure each architecture's latency (median ms, random "
+                        "weights, this machine) in xla, onnx or onnx-int8")
     p.add_argument("--csv", action="store_true", help="print CSV and nothing else")
     p.set_defaults(func=cmd_space)
 

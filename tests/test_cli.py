@@ -72,3 +72,16 @@ def test_finetune_and_glue_commands_report_bad_input_on_one_line(tmp_path, capsy
         err = capsys.readouterr().err
         assert err.startswith("bortsearch: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists() and not (tmp_path / "g").exists()
+
+
+def test_space_latency_column_in_each_runtime(tmp_path, capsys):
+    """`space --latency RUNTIME` measures every architecture, ALBERT's axes included."""
+    from io import StringIO
+
+    f = tmp_path / "s.toml"
+    f.write_text('name = "s"\nlayers = [1, 2]\nheads = [2]\nhidden = [32]\nintermediate = [64]\n'
+                 'embedding = [16, "H"]\ngroups = ["D"]\nvocab_size = 300\n')
+    for runtime in ("xla", "onnx-int8"):
+        assert main(["space", str(f), "--csv", "--seq-len", "16", "--latency", runtime]) == 0
+        table = pd.read_csv(StringIO(capsys.readouterr().out))
+        assert len(table) == 4 and (table[f"latency_ms_{runtime}"] > 0).all()
