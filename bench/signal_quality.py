@@ -15,9 +15,11 @@ metric × Θ ⊆ grid × initialisation) it prints:
 - whether the W-optimum at s is the arg-max of the untrained part, and whether
   it is the W-optimum after 5·s.
 
-Spaces: `demo` (search_spaces/demo.toml, the embedded corpus, the demo teacher)
-and `narrow` (search_spaces/narrow.toml, WikiText-2 from ../shared/data when present,
-else the embedded corpus, its maximum point trained 800 steps). Not a test: it
+Spaces: `demo` (search_spaces/demo.toml, the embedded corpus, the demo teacher),
+`narrow` (search_spaces/narrow.toml, WikiText-2 from ../shared/data when present,
+else the embedded corpus, its maximum point trained 800 steps) and `bort_small`
+(search_spaces/bort_small.toml, the reference teacher of bench/teacher_reference.py
+on the Gutenberg books). Not a test: it
 asserts nothing. Usage: python bench/signal_quality.py [demo|narrow ...] [--steps S]
 """
 
@@ -36,6 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 GRID = (1e-3, 3e-3, 1e-2)
+GUTENBERG = ROOT.parent / "shared" / "data" / "gutenberg" / "train.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # teacher_reference, for bort_small
 
 
 def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out: Path,
@@ -43,9 +47,17 @@ def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out:
     from bortsearch.search.run import SearchConfig, run_search
 
     corpus = (str(WIKI),) if space != "demo" and WIKI.is_file() else None
+    teacher = None
+    if space == "bort_small":  # the reference teacher (bench/teacher_reference.py) and its books
+        from teacher_reference import default_out
+
+        teacher = str(default_out("cpu") / "stage2")
+        corpus = (str(GUTENBERG),)
+        if not (Path(teacher) / "bortsearch.json").is_file():
+            sys.exit(f"no reference teacher in {teacher}: run `make teacher-reference` first")
     cfg = SearchConfig(space=str(ROOT / "search_spaces" / f"{space}.toml"), corpus=corpus,
-                       steps=steps, lrs=tuple(grid), seeds=seeds, init=init, epsilon=epsilon,
-                       teacher_steps=600 if space == "demo" else 800)
+                       teacher=teacher, steps=steps, lrs=tuple(grid), seeds=seeds, init=init,
+                       epsilon=epsilon, teacher_steps=600 if space == "demo" else 800)
     lrs = "" if tuple(grid) == GRID else "-lr" + "_".join(f"{x:g}" for x in grid)
     run_dir = out / f"{space}-{init}-s{steps}-n{seeds}-e{epsilon}{lrs}"
     t0 = time.perf_counter()
