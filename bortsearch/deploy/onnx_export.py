@@ -276,9 +276,10 @@ def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "m
     """Median wall-clock of ONNX Runtime running the model's graph (float32, or
     dynamically quantised int8) at batch x seq_len, with `threads` intra-op threads
     (None: every core); the same fields as `proxies.measure_latency`."""
-    import statistics
     import tempfile
     import time
+
+    from bortsearch.model.proxies import time_calls
 
     _, ort = require_onnx()
     rng = np.random.default_rng(seed)
@@ -294,14 +295,6 @@ def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "m
             path = Path(d) / INT8_NAME
         sess = session(path, threads)
     prepare_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
-    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "repeats": repeats,
+    return {**time_calls(lambda: sess.run(None, feeds), repeats, warmup),
             "compile_s": prepare_s, "batch": batch, "seq_len": seq_len, "scope": scope,
             "threads": threads or os.cpu_count(), "onnxruntime": ort.__version__}

@@ -171,12 +171,19 @@ def _predict(params, batch, *, arch: Arch, num_labels: int):
 
 def predict(arch: Arch, num_labels: int, params, data: Encoded, max_length: int) -> np.ndarray:
     """Class ids (or regression values) for every row, batched by length."""
+    return _predictions(data, max_length, num_labels, EVAL_BATCH, lambda batch: np.asarray(
+        _predict(params, batch, arch=arch, num_labels=num_labels)))
+
+
+def _predictions(data: Encoded, max_length: int, num_labels: int, pad_to: int | None,
+                 logits_of) -> np.ndarray:
+    """Rows sorted by length, EVAL_BATCH at a time (padded to `pad_to` rows, or
+    not at all), through `logits_of(batch)`; class ids or regression values."""
     order = np.argsort(data.lengths, kind="stable")
     out = np.zeros(len(order), np.float32 if num_labels == 1 else np.int32)
     for start in range(0, len(order), EVAL_BATCH):
         rows = order[start:start + EVAL_BATCH]
-        logits = np.asarray(_predict(params, data.batch(rows, EVAL_BATCH, max_length),
-                                     arch=arch, num_labels=num_labels))[:len(rows)]
+        logits = logits_of(data.batch(rows, pad_to or len(rows), max_length))[:len(rows)]
         out[rows] = logits[:, 0] if num_labels == 1 else logits.argmax(-1)
     return out
 
@@ -488,8 +495,13 @@ def evaluate_int8(out: Path, task: Task, devs: dict[str, Encoded], max_length: i
 
     dev = scores(out / INT8_NAME)
     first = next(iter(dev))
+    exported = max(grid, key=lambda t: t["score"])  # `finish`'s choice: its graph is the one above
     trials = []
     for t in grid:
+        if t is exported:
+            trials.append({"lr": t["lr"], "seed": t["seed"], "fp32_score": t["score"],
+                           "score": M.score(dev[first], task.spec.metrics)})
+            continue
         trial = _trial_dir(out, t["lr"], t["seed"])
         params = params_from_tensors(model.arch, load_file(str(trial / "best.safetensors")),
                                      trial, f"classify:{task.num_labels}")
@@ -512,16 +524,12 @@ LATENCY_LENGTH = 128
 
 
 def predict_onnx(sess, num_labels: int, data: Encoded, max_length: int) -> np.ndarray:
-    """`predict` through an ONNX Runtime session of the classifier's graph."""
-    order = np.argsort(data.lengths, kind="stable")
-    out = np.zeros(len(order), np.float32 if num_labels == 1 else np.int32)
-    for start in range(0, len(order), EVAL_BATCH):
-        rows = order[start:start + EVAL_BATCH]
-        b = data.batch(rows, len(rows), max_length)
-        logits = sess.run(["logits"], {k: np.asarray(b[k], np.int64) for k in
-                                       ("input_ids", "attention_mask", "token_type_ids")})[0]
-        out[rows] = logits[:, 0] if num_labels == 1 else logits.argmax(-1)
-    return out
+    """`predict` through an ONNX Runtime session of the classifier's graph (no
+    padded rows: its batch axis is dynamic)."""
+    from bortsearch.deploy.onnx_export import run_logits
+
+    return _predictions(data, max_length, num_labels, None, lambda b: run_logits(
+        sess, b["input_ids"], b["attention_mask"], b["token_type_ids"]))
 
 
 def export_classifier(out: Path, encoder: Model, task: Task, trial: Path) -> None:

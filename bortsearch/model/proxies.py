@@ -137,6 +137,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def time_calls(call, repeats: int, warmup: int) -> dict:
+    """`warmup` untimed calls, then the median and inter-quartile range (seconds)
+    of `repeats` timed ones; `call` must return only when its work is done."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "repeats": repeats}
+
+
 RUNTIMES = ("xla", "onnx", "onnx-int8")  # where a measured î runs the forward pass
 
 
@@ -180,18 +194,9 @@ def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAU
     program = _logits if scope == "mlm" else _hidden
     forward = program.lower(arch, params, ids, mask, types).compile()
     compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        forward(params, ids, mask, types).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        forward(params, ids, mask, types).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
     return {
-        "median_s": statistics.median(times),
-        "iqr_s": q3 - q1,
-        "repeats": repeats,
+        **time_calls(lambda: forward(params, ids, mask, types).block_until_ready(),
+                     repeats, warmup),
         "compile_s": compile_s,
         "batch": batch,
         "seq_len": seq_len,
