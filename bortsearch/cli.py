@@ -100,6 +100,22 @@ def _add_training_flags(p, steps: int, lr: float, checkpoint_every: int) -> None
                    help=f"steps between resumable checkpoints (default {checkpoint_every})")
 
 
+def _add_distributed_flags(p) -> None:
+    g = p.add_argument_group("multi-process (data parallel over every device of every "
+                             "process; JAX's own names)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free "
+                   "port, the same on every process; 'auto' under SLURM or Open MPI")
+    g.add_argument("--num-processes", type=_positive_int, help="processes in the job")
+    g.add_argument("--process-id", type=int, help="this process's rank, 0..N-1 (0 writes the "
+                   "files)")
+
+
+def _join_job(args) -> None:
+    from bortsearch.train.distributed import initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def _corpus_and_tokenizer(args):
     from bortsearch.data.corpus import resolve_corpus
     from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
@@ -114,6 +130,7 @@ def cmd_teacher(args) -> None:
     from bortsearch.search.space import load_space
     from bortsearch.train.teacher import TeacherConfig, fit_arch, maximum_point, train_teacher
 
+    _join_job(args)
     if args.init_from:  # continued pretraining: the folder's shape and tokenizer
         from bortsearch.data.corpus import resolve_corpus
         from bortsearch.model.hf import load_checkpoint
@@ -220,6 +237,7 @@ def cmd_pretrain(args) -> None:
     from bortsearch.model.arch import parse_size
     from bortsearch.train.student import PretrainConfig, pretrain
 
+    _join_job(args)
     size = parse_size(args.arch) if args.arch else None
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                          lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
@@ -413,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_fraction, default=t.warmup,
                    help=f"warm-up as a fraction of the steps (default {t.warmup:g})")
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
+    _add_distributed_flags(p)
     p.set_defaults(func=cmd_teacher)
 
     from bortsearch.search.run import SearchConfig
@@ -529,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p, c.batch_size, c.seq_len,
                     corpus_help="corpus to pretrain on (default: the search's)")
     _add_dtype_flag(p)
+    _add_distributed_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
     from bortsearch.downstream.tasks import GLUE
@@ -591,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bortsearch: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        from bortsearch.train.distributed import in_job, leave_failed_job
+
+        if in_job():  # a peer died: say so and leave now, not after JAX's 100 s barrier
+            leave_failed_job(e)
+        raise
     return 0
 
 

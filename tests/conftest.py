@@ -60,3 +60,32 @@ def kill_when(proc, ready, timeout=180.0):
 
 def has_checkpoint(folder: Path) -> bool:
     return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_job(argv: list[str], n: int = 2, per_process=None, env=None):
+    """Start `argv` (a bortsearch command line) as an n-process JAX job on this
+    machine, one CPU device each; `per_process(i)` adds flags to process i."""
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "bortsearch")
+    job = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", str(n)]
+    environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return [subprocess.Popen([exe, *argv, *job, "--process-id", str(i),
+                              *(per_process(i) if per_process else [])],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**environ, **(env or {})})
+            for i in range(n)]
+
+
+def wait_job(procs, timeout=300) -> list[tuple[int, str]]:
+    """(exit code, stderr) of every process of a job."""
+    return [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]

@@ -264,3 +264,42 @@ def test_pretrain_starts_as_the_search_scored(run, tmp_path, flag):
     assert summary["init"] == ("random" if flag else "teacher")
     card = (tmp_path / "s" / "README.md").read_text()
     assert ("from random weights" if flag else "from the teacher's weights") in card
+
+
+@pytest.mark.slow
+def test_two_process_pretraining_equals_one_process_and_survives_a_kill(run, tmp_path):
+    """`pretrain` as a two-process JAX job (one CPU device each): its whole loss
+    curve and its weights equal one process with two devices and the same global
+    batch, bit for bit; SIGKILL of one process stops the other at once with a
+    message, and the restarted job resumes from the last checkpoint to the same
+    weights."""
+    from conftest import launch_job, wait_job
+
+    flags = ["--steps", "200", "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3",
+             "--eval-every", "10", "--checkpoint-every", "10", "--quiet"]
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    one = _pretrain(other, tmp_path / "one", *flags,
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert one.wait(timeout=300) == 0, one.stderr.read()
+
+    size = json.loads((run / "best.json").read_text())["size"]
+    work = run / "pretrain" / "-".join(map(str, size))
+    job = launch_job(["pretrain", str(run), "--out", str(tmp_path / "two"), *flags])
+    kill_when(job[1], lambda: has_checkpoint(work / "checkpoints"))
+    code, err = job[0].wait(timeout=60), job[0].stderr.read()
+    assert code == 1 and "start every process again with the same command" in err, err
+    assert not (tmp_path / "two").exists()
+    assert (work / "metrics.jsonl").read_text()  # it had logged before the kill
+
+    job = launch_job(["pretrain", str(run), "--out", str(tmp_path / "two"), *flags])
+    assert [c for c, _ in wait_job(job)] == [0, 0]
+    assert json.loads((work / "summary.json").read_text())["steps_run"] < 200  # resumed
+    curve = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in
+                 (other / "pretrain" / work.name / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in curve] == list(range(10, 201, 10))
+    assert curve == reference  # "devices": 2 in both
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), \
+        load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

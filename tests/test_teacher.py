@@ -116,3 +116,46 @@ def test_teacher_continues_from_a_folder(teacher, tmp_path, capsys):
     assert "drop --space, --arch and --vocab-size" in capsys.readouterr().err
     assert main(["teacher", "--out", str(tmp_path / "none")]) == 2
     assert "give --space" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_one_process_teacher(tmp_path):
+    """`teacher` as a two-process JAX job (one CPU device each, Gloo between them)
+    writes the same weights, bit for bit, as one process with two devices and the
+    same global batch; a job whose processes disagree is refused by all of them."""
+    from conftest import launch_job, wait_job
+
+    common = [*TINY, "--steps", "12", "--checkpoint-every", "4"]
+    one = _run([*common, "--out", str(tmp_path / "one")],
+               env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert one.wait(timeout=300) == 0, one.stderr.read()
+    job = launch_job(["teacher", *common, "--out", str(tmp_path / "two")])
+    assert [code for code, _ in wait_job(job)] == [0, 0], wait_job(job)
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), \
+        load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    s1, s2 = (json.loads((tmp_path / x / "bortsearch.json").read_text()) for x in ("one", "two"))
+    assert s2["heldout_mlm_ce"] == s1["heldout_mlm_ce"]
+    assert not (tmp_path / ".two.partial").exists()  # process 0 cleaned up once
+
+    bad = launch_job(["teacher", *common, "--out", str(tmp_path / "bad")],
+                     per_process=lambda i: ["--seed", str(i)])
+    for code, err in wait_job(bad):
+        assert code == 2 and "start from different weights or data" in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_job_flags_are_checked_before_any_work(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "t"), *TINY]
+    for flags, message in [
+        (["--num-processes", "2"], "give --coordinator HOST:PORT too"),
+        (["--coordinator", "nowhere"], "give HOST:PORT"),
+        (["--coordinator", "h:99999"], "give HOST:PORT"),
+        (["--coordinator", "h:1234", "--num-processes", "2"], "needs --num-processes N and "
+                                                              "--process-id I"),
+        (["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "2"],
+         "--process-id 2 must be in 0..1"),
+    ]:
+        assert main(["teacher", *out, *flags]) == 2, flags
+        assert message in capsys.readouterr().err, flags
+    assert not (tmp_path / "t").exists()

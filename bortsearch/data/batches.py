@@ -23,6 +23,7 @@ import numpy as np
 
 from bortsearch.data.corpus import Corpus, cache_dir
 from bortsearch.errors import UserError
+from bortsearch.runio import write_json
 from bortsearch.data.tokenizer import Tokenizer
 
 HELDOUT_EVERY = 20
@@ -71,8 +72,8 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: bool = False
     finally:
         bar.close()
     os.replace(tmp, base.with_suffix(".bin"))
-    meta_path.write_text(json.dumps({"dtype": np.dtype(dtype).name, "count": count,
-                                     "corpus": corpus.name}))
+    write_json(meta_path, {"dtype": np.dtype(dtype).name, "count": count,  # whole or absent:
+               "corpus": corpus.name})  # processes of one job may tokenise at once
     return tokenize_corpus(corpus, tokenizer)
 
 

@@ -3,8 +3,10 @@
 Data parallel over every local device: a one-axis mesh ("data") shards each
 batch along its rows and replicates the state; XLA inserts the gradient
 all-reduce. The same code runs on one CPU, several forced host devices, a GPU
-or a TPU host. (Multi-host: call `jax.distributed.initialize()` first; the mesh
-then spans `jax.devices()` of every host.)
+or a TPU host. Multi-process (train/distributed.py): after
+`jax.distributed.initialize`, the mesh spans `jax.devices()` of every process,
+each process places its own rows of the same global batch, and only process 0
+writes the metrics; Orbax writes each checkpoint once for all.
 
 Resumable: Orbax checkpoints of the training state every `checkpoint_every`
 steps; batches are a pure function of the step, so the step is the data
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,11 +41,12 @@ class FitResult:
 
 
 def data_mesh(batch_size: int) -> tuple[NamedSharding, NamedSharding]:
-    """(batch sharding, replicated sharding) over all local devices."""
+    """(batch sharding, replicated sharding) over all devices of all processes."""
     devices = jax.devices()
     if batch_size % len(devices):
+        where = (f" of {jax.process_count()} processes" if jax.process_count() > 1 else "")
         raise UserError(f"--batch-size {batch_size} must be a multiple of the "
-                        f"{len(devices)} devices the batch is split across")
+                        f"{len(devices)} devices{where} the batch is split across")
     mesh = Mesh(np.array(devices), ("data",))
     return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
@@ -97,6 +101,42 @@ def restore_checkpoint(manager, step: int, item, optim: OptimConfig):
     return swap(lambda s: from_legacy(s, optim), old)
 
 
+def place(tree, sharding):
+    """Host arrays onto `sharding`. In a multi-process job every process holds the
+    whole (identical) value and hands over its own devices' part: `device_put`
+    would first all-gather the whole value to check that it is identical, at
+    every step (`_check_processes_agree` checks once, by CRC)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
+
+
+def _check_processes_agree(params, data, step: int) -> None:
+    """Refuse a multi-process job whose processes would train different things: a
+    CRC of the starting weights and of the global batch at `step`, compared
+    across processes (each builds both itself, from its own files and flags)."""
+    import zlib
+
+    from jax.experimental import multihost_utils
+
+    def crc(arrays):
+        value = 0
+        for a in arrays:
+            value = zlib.crc32(np.ascontiguousarray(a).tobytes(), value)
+        return value
+
+    batch = data.train_batch(step)
+    mine = np.array([crc(jax.tree.leaves(jax.device_get(params))),
+                     crc(batch[k] for k in sorted(batch))], np.uint32)
+    try:
+        multihost_utils.assert_equal(mine)
+    except AssertionError:
+        raise UserError("the processes of this job start from different weights or data; "
+                        "give every process the same command, files and corpus (only "
+                        "--process-id differs)") from None
+
+
 def _trim_metrics(path: Path, last_step: int) -> None:
     """Drop journal lines a killed run wrote after its last checkpoint."""
     if path.is_file():
@@ -120,16 +160,22 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
       dtype: the compute dtype of the student's step and the teacher's forward
         (parameters, optimiser and held-out evaluation stay float32).
     """
+    from bortsearch.train.distributed import is_primary
+
     workdir.mkdir(parents=True, exist_ok=True)
     batch_sharding, replicated = data_mesh(data.spec.batch_size)
-    state = jax.device_put(init_state(params, lr, optim), replicated)
+    if jax.process_count() > 1:
+        _check_processes_agree(params, data, 0)
+    state = place(init_state(params, lr, optim), replicated)
     manager = _checkpointer(workdir / "checkpoints")
     start, state = restore_latest(manager, state, optim)
+    primary = is_primary()  # the one process of a multi-process job that logs
     metrics_path = workdir / "metrics.jsonl"
-    _trim_metrics(metrics_path, start)
+    if primary:
+        _trim_metrics(metrics_path, start)
 
-    t_params = jax.device_put(teacher.params, replicated) if teacher is not None else None
-    heldout = [jax.device_put(b, batch_sharding) for b in data.heldout_batches()]
+    t_params = place(teacher.params, replicated) if teacher is not None else None
+    heldout = [place(b, batch_sharding) for b in data.heldout_batches()]
     heldout_teacher = ([teacher_logits(teacher.arch, t_params, b) for b in heldout]
                        if teacher is not None else None)
     flops_per_step = train_flops_per_token(arch, data.spec.seq_len, data.spec.predictions) \
@@ -138,11 +184,11 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
         teacher.arch, data.spec.seq_len, data.spec.predictions) * data.tokens_per_batch()
     last_eval: dict = {}
     bar = progress_bar(total=optim.steps, initial=start, desc=desc, unit="step",
-                       disable=not progress)
+                       disable=not (progress and primary))
     t0, metrics, in_flight = time.perf_counter(), {}, None
-    with open(metrics_path, "a") as log:
+    with open(metrics_path if primary else os.devnull, "a") as log:
         for step in range(start, optim.steps):
-            batch = jax.device_put(data.train_batch(step), batch_sharding)
+            batch = place(data.train_batch(step), batch_sharding)
             targets = (teacher_targets(teacher.arch, t_params, batch, loss_cfg.temperature, dtype)
                        if teacher is not None else None)
             state, metrics = train_step(state, batch, targets, arch=arch, cfg=optim,

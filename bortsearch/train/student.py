@@ -19,6 +19,7 @@ from bortsearch.model.arch import Arch, row_size
 from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
+from bortsearch.train.distributed import is_primary
 from bortsearch.train.fit import fit
 from bortsearch.model.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
 from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
@@ -270,6 +271,8 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
         "teacher_flops_share": result.heldout["teacher_flops_share"],
         "steps_run": result.steps_run,
     }
+    if not is_primary():  # process 0 of a multi-process job writes the files
+        return summary
     from safetensors.numpy import save
 
     write_atomic(work / STUDENT_WEIGHTS, save(export_tensors(Model(arch, result.params))))

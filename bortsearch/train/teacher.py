@@ -19,6 +19,7 @@ from bortsearch.model.arch import Arch
 from bortsearch.data.corpus import Corpus
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError
+from bortsearch.train.distributed import is_primary
 from bortsearch.train.fit import fit
 from bortsearch.model.hf import load_checkpoint, save_checkpoint, weights_sha256
 from bortsearch.model.encoder import Model, init_params
@@ -113,7 +114,8 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
         "frequency_baseline_accuracy": frequency_baseline(data),
         "tokens_per_s": result.heldout["tokens_per_s"],
     }
-    save_checkpoint(Model(arch, result.params, tokenizer), out,
-                    extra_files={"bortsearch.json": json.dumps(summary, indent=2) + "\n"})
-    shutil.rmtree(work, ignore_errors=True)
+    if is_primary():  # one writer in a multi-process job
+        save_checkpoint(Model(arch, result.params, tokenizer), out,
+                        extra_files={"bortsearch.json": json.dumps(summary, indent=2) + "\n"})
+        shutil.rmtree(work, ignore_errors=True)
     return summary
