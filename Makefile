@@ -73,11 +73,13 @@ bench-bort: $(STAMP)
 # from those students, and transformers' sequence-classification logits for them.
 golden: $(STAMP)
 	$(PYTHON) -m venv .golden-venv
-	.golden-venv/bin/python -m pip install --quiet torch 'transformers>=4.45,<6' tokenizers numpy
+	.golden-venv/bin/python -m pip install --quiet torch==2.13.0 'transformers>=4.45,<6' tokenizers numpy
 	.golden-venv/bin/python tests/golden/make_golden.py
 	$(BIN)/python tests/golden/make_student.py
 	.golden-venv/bin/python tests/golden/make_golden.py
 	$(BIN)/python tests/golden/make_classifier.py
+	$(BIN)/python tests/golden/make_sop_student.py
+	.golden-venv/bin/python tests/golden/make_golden_sop.py
 	.golden-venv/bin/python tests/golden/make_golden_classifier.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_albert.py
 

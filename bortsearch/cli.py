@@ -191,7 +191,12 @@ def cmd_search(args) -> None:
     else:
         b = result.best
         error, w = ((b.confirmed_error, b.confirmed_w) if result.confirmed else (b.error, b.w))
-        print(f"chosen: {b.arch.label()}  params {b.proxies.params:,}  {cfg.error} {error:.4f}  "
+        from bortsearch.model.proxies import param_count
+
+        size = (f"params {param_count(b.arch):,}"
+                + (f" ({b.proxies.params:,} non-embedding)" if cfg.size_proxy == "non-embedding"
+                   else ""))
+        print(f"chosen: {b.arch.label()}  {size}  {cfg.error} {error:.4f}  "
               f"W {w:.4g}" + ("  (by the confirmed errors)" if result.confirmed else ""))
     print(f"results: {args.run}/results.csv  plot: {plot}")
 
@@ -242,7 +247,8 @@ def cmd_pretrain(args) -> None:
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                          lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed, dtype=args.dtype, init=args.init)
+                         seed=args.seed, dtype=args.dtype, init=args.init,
+                         objective=args.objective, sop_weight=args.sop_weight)
     s = pretrain(args.run, args.out, size, cfg, corpus=args.corpus, progress=not args.quiet)
     print(f"held-out masked-LM accuracy {s['heldout_accuracy']:.4f} (teacher "
           f"{s['teacher_heldout_accuracy']:.4f}), KD cross-entropy {s['heldout_kd_ce']:.4f}; "
@@ -250,6 +256,8 @@ def cmd_pretrain(args) -> None:
           f", teacher's forward {s['teacher_flops_per_s'] / 1e9:.1f} "
           f"({100 * s['teacher_flops_share']:.0f}% of the FLOPs), "
           f"total {s['total_flops_per_s'] / 1e9:.1f}")
+    if "heldout_sop_accuracy" in s:
+        print(f"held-out sentence-order accuracy {s['heldout_sop_accuracy']:.4f}")
     print(f"exported with weights to {args.out}")
 
 
@@ -462,10 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what î counts: the encoder a downstream student runs (default), or "
                         "the masked-LM model with its vocabulary head")
     p.add_argument("--size-proxy", choices=SIZE_PROXIES, default=c.size_proxy,
-                   help="what p̂ counts: every parameter (default, as the paper), or the "
-                        "non-embedding ones (a large vocabulary's table is memory, not "
-                        "compute); changing it re-scores a finished run, training only "
-                        "candidates it has not trained")
+                   help="what p̂ counts: the non-embedding parameters (default: a "
+                        "vocabulary's table is memory, not compute), or every parameter "
+                        "(as the paper); changing it re-scores a finished run, training "
+                        "only candidates it has not trained")
     p.add_argument("--error", choices=["kl", "ce"], default=c.error,
                    help=f"the error W divides by: kl = ê − H_T, what the student controls, or "
                         f"ce = ê as in the paper (default {c.error})")
@@ -530,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also model_quantized.onnx: ONNX Runtime's dynamic quantisation")
     p.set_defaults(func=cmd_onnx)
 
-    from bortsearch.train.student import PretrainConfig
+    from bortsearch.train.student import OBJECTIVES, PretrainConfig
 
     c = PretrainConfig()
     p = sub.add_parser("pretrain", help="distil the chosen student from the run's teacher")
@@ -545,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from Normal(0, 0.02) or from the teacher's weights (default: "
                         "as the search's candidates started, so the student trained is the "
                         "one the search scored)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=c.objective,
+                   help="mlm: masked-LM distillation (the Bort recipe); mlm+sop: and ALBERT's "
+                        "sentence-order prediction on pairs of consecutive segments, learnt "
+                        "from their labels (default mlm)")
+    p.add_argument("--sop-weight", type=_positive_float, default=c.sop_weight,
+                   help=f"weight of the sentence-order loss (default {c.sop_weight:g})")
     _add_data_flags(p, c.batch_size, c.seq_len,
                     corpus_help="corpus to pretrain on (default: the search's)")
     _add_dtype_flag(p)

@@ -28,6 +28,33 @@ def test_logits_match_transformers_albert(folder):
                                rtol=0)
 
 
+@pytest.mark.parametrize("folder,family", [("sop_albert", "AlbertForPreTraining"),
+                                           ("sop_bert", "BertForPreTraining")])
+def test_sentence_order_head_matches_transformers_pretraining_classes(folder, family):
+    """A student exported with its order head (`pretrain --objective mlm+sop`) is
+    read by transformers' `AutoModelForPreTraining` with every tensor used, and both
+    heads give transformers' logits (tests/golden/make_golden_sop.py) within 1e-4,
+    on padded two-segment inputs; `bortsearch.load` reads the head back."""
+    golden = np.load(GOLDEN / "sop_logits.npz")
+    config = json.loads((GOLDEN / folder / "config.json").read_text())
+    assert config["architectures"] == [family]
+    model = load(GOLDEN / folder)
+    ids, mask, types = (golden[f"{folder}_{k}"] for k in ("ids", "mask", "types"))
+    assert (mask == 0).any() and types.any()
+    np.testing.assert_allclose(model.logits(ids, mask, types), golden[f"{folder}_logits"],
+                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(model.sop_logits(ids, mask, types), golden[f"{folder}_order"],
+                               atol=1e-4, rtol=0)
+    if folder == "sop_albert":
+        assert model.arch.embedding_size == 16 and model.arch.num_groups == 2
+    # written again, the folder is the same tensors under the same names
+    from bortsearch.model.hf import export_tensors, read_tensors
+
+    again, before = export_tensors(model), read_tensors(GOLDEN / folder)
+    assert again.keys() == before.keys()
+    assert all(np.array_equal(again[k], before[k]) for k in again)
+
+
 def test_golden_albert_folders_cover_sharing_factorisation_and_activations():
     shared, groups = load(GOLDEN / "albert_shared"), load(GOLDEN / "albert_groups")
     assert shared.arch.size == (3, 4, 32, 48, 16, 1) and shared.arch.activation == "gelu_new"

@@ -130,3 +130,49 @@ def test_training_a_tokenizer_on_a_bad_file_names_it(tmp_path):
     f.write_bytes(b"fine words\n\xfe")
     with pytest.raises(UserError, match="bad.txt: not UTF-8"):
         train_tokenizer(resolve_corpus([str(f)]), 300)
+
+
+def test_sentence_order_pairs_on_the_gutenberg_books(shared_data):
+    """ALBERT's SOP examples: two consecutive segments of one document (a paragraph
+    of the books: documents end at blank lines), cut after a sentence end, swapped
+    half the time; `[CLS] A [SEP] B [SEP]` with token types 0 then 1."""
+    from bortsearch.data.batches import sentence_end_ids
+    from bortsearch.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(shared_data.parent / "teachers" / "gutenberg-mini", "bert")
+    corpus = resolve_corpus([str(shared_data / "gutenberg" / "valid.txt")])
+    spec = BatchSpec(batch_size=32, seq_len=64, heldout_batches=4, seed=0)
+    data = load_data(corpus, tok, spec, pairs=True)
+    ends = sentence_end_ids(tok)
+    assert {tok.hf.id_to_token(int(i)) for i in np.flatnonzero(ends)} == {".", "!", "?"}
+
+    swapped, cut_at_sentence = [], 0
+    for seq in data.train_idx[:200]:
+        body = np.asarray(data.tokens[seq * data.window:(seq + 1) * data.window - 1], np.int32)
+        rng = np.random.default_rng(int(seq))
+        ids, types, label = data._pair(body, rng)
+        assert ids[0] == tok.cls_id and ids[-1] == tok.sep_id and len(ids) <= spec.seq_len
+        middle = int(np.flatnonzero(ids == tok.sep_id)[0])
+        a, b = ids[1:middle], ids[middle + 1:-1]
+        assert len(a) and len(b) and tok.sep_id not in np.concatenate([a, b])
+        assert (types == np.r_[np.zeros(middle + 1), np.ones(len(b) + 1)]).all()
+        first, second = (b, a) if label else (a, b)
+        text = np.concatenate([first, second])  # consecutive text of one document:
+        assert any((body[i:i + len(text)] == text).all() for i in range(len(body) - len(text) + 1))
+        cut_at_sentence += bool(ends[first[-1]])
+        swapped.append(label)
+    assert 0.4 < np.mean(swapped) < 0.6
+    assert cut_at_sentence > 0.8 * len(swapped)  # the books' paragraphs have sentence ends
+
+    held = data.heldout_batches()
+    assert held[0].keys() >= {"token_type_ids", "sop_labels"}
+    labels = np.concatenate([h["sop_labels"] for h in held])
+    assert 0.35 < labels.mean() < 0.65
+    for h in held:  # padding after the pair: no attention, no token type, no prediction
+        real = h["attention_mask"].astype(bool)
+        assert not h["token_type_ids"][~real].any()
+        assert (h["input_ids"][~real] == tok.pad_id).all()
+        assert np.take_along_axis(real, h["positions"], 1)[h["weights"] > 0].all()
+    # the same batches again (a pure function of the step)
+    again = load_data(corpus, tok, spec, pairs=True).train_batch(3)
+    assert all((again[k] == data.train_batch(3)[k]).all() for k in again)

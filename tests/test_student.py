@@ -303,3 +303,34 @@ def test_two_process_pretraining_equals_one_process_and_survives_a_kill(run, tmp
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), \
         load_file(str(tmp_path / "two" / "model.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_pretrain_with_sentence_order_prediction(run, tmp_path, capsys):
+    """--objective mlm+sop: batches of ordered or swapped segment pairs, the order
+    head trained from their labels beside distillation, its held-out accuracy
+    logged and summarised, and the head exported as BertForPreTraining's, which
+    `bortsearch.load` reads back with the same weights."""
+    out = tmp_path / "s"
+    assert main(["pretrain", str(run), "--out", str(out), "--objective", "mlm+sop",
+                 *PRETRAIN]) == 0
+    assert "held-out sentence-order accuracy" in capsys.readouterr().out
+    size = json.loads((run / "best.json").read_text())["size"]
+    work = run / "pretrain" / "-".join(map(str, size))
+    metrics = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+    assert all({"sop_ce", "sop_accuracy", "heldout_sop_accuracy"} <= m.keys() for m in metrics)
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["objective"] == "mlm+sop" and 0 <= summary["heldout_sop_accuracy"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForPreTraining"]
+    names = load_file(str(out / "model.safetensors")).keys()
+    assert {"cls.seq_relationship.weight", "bert.pooler.dense.weight"} <= names
+    model = load(out)
+    ids = np.array([[2, 7, 8, 3, 9, 10, 3]])
+    assert model.sop_logits(ids, token_type_ids=[[0, 0, 0, 0, 1, 1, 1]]).shape == (1, 2)
+    assert "sentence-order prediction" in (out / "README.md").read_text()
+    # the same command again: the finished export is recognised, nothing is trained
+    assert main(["pretrain", str(run), "--out", str(out), "--objective", "mlm+sop",
+                 *PRETRAIN]) == 0
+    # another objective for the same student's work folder is refused by name
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "t"), *PRETRAIN]) == 2
+    assert "objective: 'mlm+sop' then, 'mlm' now" in capsys.readouterr().err

@@ -119,8 +119,8 @@ class MLMData:
     """
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, spec: BatchSpec,
-                 source: str = "the corpus"):
-        self.tokens, self.tokenizer, self.spec = tokens, tokenizer, spec
+                 source: str = "the corpus", pairs: bool = False):
+        self.tokens, self.tokenizer, self.spec, self.pairs = tokens, tokenizer, spec, pairs
         window = spec.seq_len - 2
         if spec.seq_len < MIN_SEQ_LEN:
             raise UserError(f"--seq-len {spec.seq_len} is too short; use at least {MIN_SEQ_LEN}")
@@ -145,10 +145,13 @@ class MLMData:
         self._is_special = np.zeros(max(tokenizer.vocab_size, int(special.max()) + 1), bool)
         self._is_special[special] = True
         self._normal_ids = np.flatnonzero(~self._is_special[:tokenizer.vocab_size])
+        if pairs:
+            self._sentence_end = sentence_end_ids(tokenizer)
 
     def with_seed(self, seed: int) -> MLMData:
         """The same token array and held-out set B, another training order and masking."""
-        return MLMData(self.tokens, self.tokenizer, dataclasses.replace(self.spec, seed=seed))
+        return MLMData(self.tokens, self.tokenizer, dataclasses.replace(self.spec, seed=seed),
+                       pairs=self.pairs)
 
     def unigram_log_probs(self, vocab_size: int, max_tokens: int = 1 << 22) -> np.ndarray:
         """log q(v) over a model's `vocab_size` ids: token frequencies of the corpus
@@ -187,6 +190,33 @@ class MLMData:
         return [self._batch([(k, (2, int(k))) for k in self.heldout_idx[j * b:(j + 1) * b]])
                 for j in range(self.spec.heldout_batches)]
 
+    def _pair(self, body: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, int]:
+        """ALBERT's sentence-order example from one window: (ids, token types, label).
+
+        The window's longest run inside one document (documents end at the
+        separator the tokeniser appends to each) is cut at the sentence end nearest
+        its middle (a token that is ".", "!" or "?"; the middle itself when there is
+        none) into A and B, consecutive text; with probability 0.5 they are swapped
+        (label 1). `[CLS] A [SEP] B [SEP]`, types 0 then 1, padded to the length."""
+        tok = self.tokenizer
+        ends = np.flatnonzero(body == tok.sep_id)
+        bounds = np.concatenate([[-1], ends, [len(body)]])
+        k = int(np.argmax(np.diff(bounds)))
+        doc = body[bounds[k] + 1:bounds[k + 1]][:self.window - 1]  # room for the middle [SEP]
+        if len(doc) < 2:
+            doc = np.resize(body[body != tok.sep_id], 2) if (body != tok.sep_id).any() \
+                else np.full(2, tok.mask_id, np.int32)
+        stops = 1 + np.flatnonzero(self._sentence_end[doc[:-1]])  # cut after a sentence end
+        middle = len(doc) // 2
+        cut = int(stops[np.argmin(np.abs(stops - middle))]) if len(stops) else max(1, middle)
+        a, b = doc[:cut], doc[cut:]
+        label = int(rng.random() < 0.5)
+        if label:
+            a, b = b, a
+        ids = np.concatenate([[tok.cls_id], a, [tok.sep_id], b, [tok.sep_id]]).astype(np.int32)
+        types = np.concatenate([np.zeros(len(a) + 2, np.int32), np.ones(len(b) + 1, np.int32)])
+        return ids, types, label
+
     def _batch(self, rows) -> dict[str, np.ndarray]:
         spec, tok = self.spec, self.tokenizer
         length, p = spec.seq_len, spec.predictions
@@ -197,11 +227,22 @@ class MLMData:
             "labels": np.zeros((len(rows), p), np.int32),
             "weights": np.zeros((len(rows), p), np.float32),
         }
+        if self.pairs:
+            out["token_type_ids"] = np.zeros((len(rows), length), np.int32)
+            out["sop_labels"] = np.zeros(len(rows), np.int32)
         for r, (seq, seed) in enumerate(rows):
             body = np.asarray(self.tokens[seq * self.window:(seq + 1) * self.window], np.int32)
-            ids = np.concatenate([[tok.cls_id], body, [tok.sep_id]]).astype(np.int32)
             rng = np.random.default_rng(seed)
-            candidates = 1 + np.flatnonzero(~self._is_special[body])
+            if self.pairs:
+                ids, types, out["sop_labels"][r] = self._pair(body[:-1], rng)
+                n_real = len(ids)
+                ids = np.concatenate([ids, np.full(length - n_real, tok.pad_id, np.int32)])
+                out["token_type_ids"][r, :n_real] = types
+                out["attention_mask"][r, n_real:] = 0
+                candidates = np.flatnonzero(~self._is_special[ids[:n_real]])
+            else:
+                ids = np.concatenate([[tok.cls_id], body, [tok.sep_id]]).astype(np.int32)
+                candidates = 1 + np.flatnonzero(~self._is_special[body])
             n = min(p, max(1, round(spec.mask_prob * len(candidates))), len(candidates))
             chosen = np.sort(rng.choice(candidates, n, replace=False))
             labels = ids[chosen]
@@ -217,8 +258,22 @@ class MLMData:
         return out
 
 
+def sentence_end_ids(tokenizer: Tokenizer) -> np.ndarray:
+    """A mask over the vocabulary: the tokens that end a sentence (".", "!", "?",
+    alone or with the word-start mark of WordPiece, byte-level BPE or SentencePiece)."""
+    marks = {".", "!", "?"}
+    vocab = tokenizer.hf.get_vocab()
+    out = np.zeros(max(tokenizer.vocab_size, max(vocab.values()) + 1), bool)
+    for piece, i in vocab.items():
+        if piece.lstrip("Ġ▁").removeprefix("##") in marks:
+            out[i] = True
+    return out
+
+
 def load_data(corpus: Corpus, tokenizer: Tokenizer, spec: BatchSpec,
-              progress: bool = False) -> MLMData:
-    """Tokenise (once) and wrap a corpus as masked-LM batches."""
+              progress: bool = False, pairs: bool = False) -> MLMData:
+    """Tokenise (once) and wrap a corpus as masked-LM batches (with `pairs`, ALBERT's
+    sentence-order pairs: `token_type_ids` and `sop_labels` besides)."""
     tokens = tokenize_corpus(corpus, tokenizer, progress)
-    return MLMData(tokens, tokenizer, spec, source=f"corpus {corpus.name or corpus.files[0]}")
+    return MLMData(tokens, tokenizer, spec, source=f"corpus {corpus.name or corpus.files[0]}",
+                   pairs=pairs)

@@ -244,6 +244,7 @@ class Encoder(nn.Module):
     num_labels: int = 0
     dropout: float = 0.1
     dtype: Any = "float32"
+    sop: bool = False  # also ALBERT's sentence-order head: returns (MLM logits, B x 2)
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None,
@@ -289,10 +290,18 @@ class Encoder(nn.Module):
             return classify(arch, self.num_labels, x_BxLxH, rate, deterministic, dt)
         if not self.head:
             return x_BxLxH.astype(jnp.float32)
+        first_BxH = x_BxLxH[:, 0]
         if positions_BxP is not None:
             x_BxLxH = jnp.take_along_axis(x_BxLxH, positions_BxP[:, :, None], axis=1)
-        return MLMHead(arch, dt, name="head")(x_BxLxH,
-                                               self.variables["params"]["embeddings"]["word"])
+        logits = MLMHead(arch, dt, name="head")(x_BxLxH,
+                                                self.variables["params"]["embeddings"]["word"])
+        if not self.sop:
+            return logits
+        # ALBERT's sentence-order head (AlbertForPreTraining): tanh(pooler(x₀)), then
+        # dropout and a 2-way classifier; BERT's NSP head has the same form.
+        pooled_BxH = jnp.tanh(_dense(arch.hidden, "pooler", dt)(first_BxH))
+        drop = nn.Dropout(rate, deterministic=deterministic)
+        return logits, _dense(2, "sop", dt)(drop(pooled_BxH)).astype(jnp.float32)
 
 
 class Layer(_Part):
@@ -366,7 +375,7 @@ class _RobertaClassifier(nn.Module):
         return _dense(self.num_labels, "out_proj", self.dtype)(x_BxH)
 
 
-def init_params(arch: Arch, seed: int = 0, num_labels: int = 0) -> Params:
+def init_params(arch: Arch, seed: int = 0, num_labels: int = 0, sop: bool = False) -> Params:
     """Parameters drawn from Normal(0, 0.02) (biases 0, LayerNorm 1/0) for a seed.
 
     Drawn with NumPy from the shape tree, each leaf from its own stream keyed by
@@ -382,7 +391,7 @@ def init_params(arch: Arch, seed: int = 0, num_labels: int = 0) -> Params:
         fill = 1.0 if names[-1] == "scale" else 0.0
         return np.full(leaf.shape, fill, np.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, param_shapes(arch, num_labels))
+    return jax.tree_util.tree_map_with_path(draw, param_shapes(arch, num_labels, sop))
 
 
 def teacher_layers(student_layers: int, teacher_layers: int) -> list[int]:
@@ -398,7 +407,7 @@ INITS = ("random", "teacher")  # how a student starts: `init_params` or `inherit
 
 
 def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
-                   seed: int = 0) -> Params:
+                   seed: int = 0, sop: bool = False) -> Params:
     """A student initialised from the teacher's weights [ours, after the weight
     inheritance of DynaBERT and AutoTinyBERT]: layers chosen by `teacher_layers`,
     and in every tensor the leading block of each axis (the first H hidden units,
@@ -421,7 +430,7 @@ def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
         out[block] = theirs[block]
         return out
 
-    params = jax.tree_util.tree_map_with_path(take, init_params(arch, seed))
+    params = jax.tree_util.tree_map_with_path(take, init_params(arch, seed, sop=sop))
     if arch.embedding is not None and arch.embedding_size < teacher_arch.embedding_size:
         params = _svd_embeddings(arch, teacher_arch, teacher_params, params)
     return params
@@ -485,17 +494,21 @@ def param_size(params) -> int:
     return sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(params))
 
 
-def _init(arch: Arch, num_labels: int, key):  # traced by `param_shapes` only
+def _init(arch: Arch, num_labels: int, sop: bool, key):  # traced by `param_shapes` only
     ids = jnp.zeros((1, 2), jnp.int32)
-    return Encoder(arch, num_labels=num_labels).init(key, ids, jnp.ones_like(ids))
+    return Encoder(arch, num_labels=num_labels, sop=sop).init(key, ids, jnp.ones_like(ids))
 
 
 @functools.lru_cache(maxsize=256)
-def param_shapes(arch: Arch, num_labels: int = 0) -> Params:
+def param_shapes(arch: Arch, num_labels: int = 0, sop: bool = False) -> Params:
     """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating it
     (with a classification head of `num_labels` outputs instead of the masked-LM
-    head when that is > 0)."""
-    return jax.eval_shape(functools.partial(_init, arch, num_labels), jax.random.key(0))
+    head when that is > 0; with the sentence-order head besides it for `sop`)."""
+    return jax.eval_shape(functools.partial(_init, arch, num_labels, sop), jax.random.key(0))
+
+
+def has_sop_head(params: Params) -> bool:
+    return "sop" in params["params"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -506,6 +519,11 @@ def _logits(arch: Arch, params, input_ids, attention_mask, token_type_ids):
 @functools.partial(jax.jit, static_argnums=0)
 def _hidden(arch: Arch, params, input_ids, attention_mask, token_type_ids):
     return Encoder(arch, head=False).apply(params, input_ids, attention_mask, token_type_ids)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sop_logits(arch: Arch, params, input_ids, attention_mask, token_type_ids):
+    return Encoder(arch, sop=True).apply(params, input_ids, attention_mask, token_type_ids)[1]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -537,6 +555,22 @@ class Model:
     def logits(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         """Masked-LM logits (batch x length x vocabulary), or a classifier's
         (batch x labels), as NumPy float32."""
+        program = (functools.partial(_classify, self.arch, self.num_labels) if self.num_labels
+                   else functools.partial(_logits, self.arch))
+        return np.asarray(program(self.params, *self._inputs(input_ids, attention_mask,
+                                                              token_type_ids)))
+
+    def sop_logits(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        """The sentence-order head's logits (batch x 2: in order, swapped) of a model
+        pretrained with `--objective mlm+sop`."""
+        if not has_sop_head(self.params):
+            raise ValueError("this model has no sentence-order head (pretrain it with "
+                             "--objective mlm+sop)")
+        return np.asarray(_sop_logits(self.arch, self.params,
+                                      *self._inputs(input_ids, attention_mask, token_type_ids)))
+
+    @staticmethod
+    def _inputs(input_ids, attention_mask, token_type_ids):
         input_ids = np.asarray(input_ids, dtype=np.int32)
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
@@ -544,12 +578,8 @@ class Model:
             attention_mask = np.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = np.zeros_like(input_ids)
-        program = (functools.partial(_classify, self.arch, self.num_labels) if self.num_labels
-                   else functools.partial(_logits, self.arch))
-        out = program(self.params, input_ids,
-                      np.asarray(attention_mask, np.int32).reshape(input_ids.shape),
-                      np.asarray(token_type_ids, np.int32).reshape(input_ids.shape))
-        return np.asarray(out)
+        return (input_ids, np.asarray(attention_mask, np.int32).reshape(input_ids.shape),
+                np.asarray(token_type_ids, np.int32).reshape(input_ids.shape))
 
     @property
     def num_params(self) -> int:

@@ -157,11 +157,33 @@ def classifier_names(arch: Arch) -> Names:
             for hf in ("dense", "out_proj") for w, ours in (("weight", "kernel"), ("bias", "bias"))}
 
 
-def hf_names(arch: Arch, num_labels: int = 0) -> Names:
+def sop_names(arch: Arch) -> Names:
+    """The sentence-order head as transformers' pretraining classes hold it:
+    `AlbertForPreTraining.sop_classifier`, or the same form as
+    `BertForPreTraining`'s NSP head; RoBERTa has no pretraining class (empty)."""
+    if arch.albert:
+        head = "sop_classifier.classifier"
+    elif arch.model_type == "bert":
+        head = "cls.seq_relationship"
+    else:
+        return {}
+    return {**pooler_names(arch), f"{head}.weight": (("sop", "kernel"), None, True),
+            f"{head}.bias": (("sop", "bias"), None, False)}
+
+
+def hf_names(arch: Arch, num_labels: int = 0, sop: bool = False) -> Names:
     """Every tensor of the masked-LM model (or, with `num_labels`, of the
-    sequence classifier) by its Hugging Face name."""
+    sequence classifier; with `sop`, the pretraining model's order head too) by
+    its Hugging Face name."""
     head = classifier_names(arch) if num_labels else mlm_head_names(arch)
-    return {**encoder_names(arch), **head}
+    return {**encoder_names(arch), **head, **(sop_names(arch) if sop else {})}
+
+
+def exports_sop(model: Model) -> bool:
+    """Whether `model`'s folder carries its sentence-order head (`…ForPreTraining`)."""
+    from bortsearch.model.encoder import has_sop_head
+
+    return not model.num_labels and has_sop_head(model.params) and bool(sop_names(model.arch))
 
 
 def _legacy_rename(name: str) -> str:
@@ -406,7 +428,8 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool | str = True,
                             for a in config.get("architectures") or [])
         num_labels = len(config.get("id2label") or {0: 0, 1: 1}) if is_classifier else 0
         part = f"classify:{num_labels}" if num_labels else "mlm"
-    params = params_from_tensors(arch, read_tensors(d), d, part)
+    pretraining = any(a.endswith("ForPreTraining") for a in config.get("architectures") or [])
+    params = params_from_tensors(arch, read_tensors(d), d, part, sop=pretraining)
     tokenizer = None
     if with_tokenizer == "if-present":
         from bortsearch.data.tokenizer import has_tokenizer_files
@@ -440,13 +463,16 @@ def has_mlm_head(arch: Arch, tensors: dict) -> bool:
     return f"{head['transform.dense']}.weight" in tensors
 
 
-def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "mlm"):
+def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "mlm",
+                        sop: bool = False):
     """Our parameter tree from Hugging Face tensors.
 
     part: "mlm" — the masked-LM model, every tensor accounted for; "encoder" —
       the embeddings and layers, plus BERT's pooler when the checkpoint has one,
       whatever head it carries (an MLM head, a classifier, none); or "classify:N"
       — the sequence classifier with N outputs.
+    sop: with "mlm", also the sentence-order head where the tensors hold it (a
+      `…ForPreTraining` folder).
     """
     tensors = _normalise(arch, {_legacy_rename(k): v for k, v in tensors.items()})
     head = _head_names(arch)
@@ -461,6 +487,7 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         for suffix in ("weight", "bias"):
             tensors.pop(f"{ALBERT_MAP}.{suffix}", None)
     num_labels = int(part.split(":")[1]) if part.startswith("classify:") else 0
+    sop = part == "mlm" and sop and all(n in tensors for n in sop_names(arch))
     if part == "encoder":
         names = encoder_names(arch)
         pooler = pooler_names(arch)
@@ -470,7 +497,7 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         extra = [n for n in tensors if n.startswith(base) and n not in names
                  and not n.endswith(UNUSED_SUFFIXES)]
     else:
-        names = hf_names(arch, num_labels)
+        names = hf_names(arch, num_labels, sop)
         if part == "mlm" and not has_mlm_head(arch, tensors) and \
                 all(n in tensors for n in encoder_names(arch)):
             raise UserError(
@@ -489,7 +516,7 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         raise UserError(f"{source}: unknown tensors: {', '.join(extra[:5])}"
                         f"{' ...' if len(extra) > 5 else ''} ({len(extra)} in all); "
                         f"the weights do not match config.json")
-    shapes = param_shapes(arch, num_labels or (2 if part == "encoder" else 0))["params"]
+    shapes = param_shapes(arch, num_labels or (2 if part == "encoder" else 0), sop)["params"]
     params: dict = {}
     for name, (path, layer, transpose) in names.items():
         value = np.asarray(tensors[name], np.float32)
@@ -522,7 +549,8 @@ def export_tensors(model: Model, num_labels: int = 0) -> dict[str, np.ndarray]:
     the masked-LM model, or with `num_labels` the sequence classifier."""
     p = jax.tree.map(np.asarray, model.params["params"])
     out = {}
-    for name, (path, layer, transpose) in hf_names(model.arch, num_labels).items():
+    sop = not num_labels and exports_sop(model)
+    for name, (path, layer, transpose) in hf_names(model.arch, num_labels, sop).items():
         node = p
         for key in path:
             node = node[key]
@@ -546,7 +574,11 @@ def write_hf_folder(folder: Path, arch: Arch, tokenizer=None, params=None,
     from safetensors.numpy import save
 
     folder = Path(folder)
-    (folder / "config.json").write_text(json.dumps(config_from_arch(arch, tokenizer), indent=2))
+    config = config_from_arch(arch, tokenizer)
+    if params is not None and exports_sop(Model(arch, params)):
+        config["architectures"] = [config["architectures"][0].replace("ForMaskedLM",
+                                                                      "ForPreTraining")]
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
     if params is not None:  # written by Python, not by safetensors' save_file (mode 0600)
         (folder / "model.safetensors").write_bytes(
             save(export_tensors(Model(arch, params)), metadata={"format": "pt"}))

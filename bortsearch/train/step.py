@@ -52,6 +52,7 @@ class LossConfig:
     ce_weight: float = 0.1
     kd_weight: float = 0.5
     temperature: float = 2.0
+    sop_weight: float = 1.0  # + sop_weight · CE(sentence order), on batches of pairs
 
 
 class TrainState(NamedTuple):
@@ -147,15 +148,26 @@ def from_legacy(old: TrainState, cfg: OptimConfig) -> TrainState:
 
 
 def student_logits(arch: Arch, params, batch, dtype: str = "float32"):
-    """Logits at the masked positions: B x P x V, float32 (computed in `dtype`)."""
-    return Encoder(arch, dtype=dtype).apply(params, batch["input_ids"], batch["attention_mask"],
-                                            None, batch["positions"])
+    """Logits at the masked positions: B x P x V, float32 (computed in `dtype`);
+    on a batch of sentence-order pairs (`sop_labels`), (those, the order head's B x 2)."""
+    sop = "sop_labels" in batch
+    return Encoder(arch, dtype=dtype, sop=sop).apply(
+        params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+        batch["positions"])
+
+
+def teacher_view(batch):
+    """What the teacher is shown of a batch: the tokens alone. On sentence-order
+    pairs it sees one segment's token types, as it was trained (its type-1 row
+    was never trained), and it has no order head: the student learns the order
+    from the labels alone."""
+    return {k: v for k, v in batch.items() if k not in ("token_type_ids", "sop_labels")}
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def teacher_logits(arch: Arch, params, batch):
     """The frozen teacher's float32 logits at the masked positions, once per batch."""
-    return student_logits(arch, params, batch)
+    return student_logits(arch, params, teacher_view(batch))
 
 
 class Targets(NamedTuple):
@@ -179,7 +191,7 @@ def teacher_targets(arch: Arch, params, batch, temperature: float,
                     dtype: str = "float32") -> Targets:
     """The frozen teacher's `Targets` on a batch: its forward (in `dtype`) and its
     float32 softmax in one program."""
-    return distill_targets(student_logits(arch, params, batch, dtype), temperature)
+    return distill_targets(student_logits(arch, params, teacher_view(batch), dtype), temperature)
 
 
 def _true_and_max(logits_BxPxV, labels_BxP):
@@ -214,20 +226,34 @@ def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
     One row max serves both log-sum-exps and the accuracy. The model computes in
     `dtype`; its logits, and everything here, are float32."""
     logits_BxPxV = student_logits(arch, params, batch, dtype)
+    sop_term = 0.0
+    if "sop_labels" in batch:  # ALBERT's sentence-order prediction, from its labels
+        logits_BxPxV, order_Bx2 = logits_BxPxV
+        sop_ce, sop_hits = _order_loss(order_Bx2, batch["sop_labels"])
+        sop_term = (loss_cfg.sop_weight if loss_cfg is not None else 1.0) * sop_ce
     w_BxP = batch["weights"]
     true_BxP, max_BxP = _true_and_max(logits_BxPxV, batch["labels"])
     ce = _weighted_mean(_logsumexp(logits_BxPxV, max_BxP) - true_BxP, w_BxP)
     accuracy = _weighted_mean(_hits(true_BxP, max_BxP), w_BxP)
     metrics = {"ce": ce, "accuracy": accuracy}
+    if "sop_labels" in batch:
+        metrics |= {"sop_ce": sop_ce, "sop_accuracy": sop_hits.mean()}
     if targets is None:
-        return ce, metrics
+        return ce + sop_term, metrics
     tau = loss_cfg.temperature
     z_BxPxV = logits_BxPxV / tau
     kl_BxP = (targets.neg_entropy_BxP - (targets.probs_BxPxV * z_BxPxV).sum(-1)
               + _logsumexp(z_BxPxV, max_BxP / tau))
     kl = _weighted_mean(kl_BxP, w_BxP) * tau**2
     metrics["kl"] = kl
-    return loss_cfg.ce_weight * ce + loss_cfg.kd_weight * kl, metrics
+    return loss_cfg.ce_weight * ce + loss_cfg.kd_weight * kl + sop_term, metrics
+
+
+def _order_loss(order_Bx2, labels_B):
+    """Cross-entropy of the order head and its hits (a tie counts as a hit)."""
+    true_B = jnp.take_along_axis(order_Bx2, labels_B[:, None], -1)[:, 0]
+    lse_B = jax.nn.logsumexp(order_Bx2, -1)
+    return (lse_B - true_B).mean(), (true_B >= order_Bx2.max(-1)).astype(jnp.float32)
 
 
 def apply_gradients(state: TrainState, grads, cfg: OptimConfig) -> TrainState:
@@ -271,11 +297,16 @@ def train_step_many(states: TrainState, batches, targets: Targets | None = None,
 
 def _eval_sums(arch: Arch, params, batch, teacher_BxPxV=None):
     logits_BxPxV = student_logits(arch, params, batch)
+    extra = {}
+    if "sop_labels" in batch:
+        logits_BxPxV, order_Bx2 = logits_BxPxV
+        extra = {"pairs": jnp.float32(order_Bx2.shape[0]),
+                 "sop_correct": _order_loss(order_Bx2, batch["sop_labels"])[1].sum()}
     logp = jax.nn.log_softmax(logits_BxPxV)
     w = batch["weights"]
     nll = -jnp.take_along_axis(logp, batch["labels"][..., None], -1)[..., 0]
     hits = _hits(*_true_and_max(logits_BxPxV, batch["labels"]))
-    sums = {"n": w.sum(), "correct": (hits * w).sum(), "nll": (nll * w).sum()}
+    sums = {"n": w.sum(), "correct": (hits * w).sum(), "nll": (nll * w).sum(), **extra}
     if teacher_BxPxV is not None:
         t_logp = jax.nn.log_softmax(teacher_BxPxV)
         t_p = jnp.exp(t_logp)
@@ -325,6 +356,8 @@ def evaluate(arch: Arch, params, batches, teacher_outputs=None) -> dict[str, flo
             total[k] = total.get(k, 0.0) + float(v)
     n = max(total["n"], 1.0)
     out = {"accuracy": total["correct"] / n, "mlm_ce": total["nll"] / n}
+    if "pairs" in total:
+        out["sop_accuracy"] = total["sop_correct"] / max(total["pairs"], 1.0)
     if "kd_ce" in total:
         out["kd_ce"] = total["kd_ce"] / n
     return out

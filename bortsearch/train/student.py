@@ -27,9 +27,10 @@ from bortsearch.model.proxies import effective_param_count, forward_flops, param
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.train.teacher import check_seq_len
 from bortsearch.data.tokenizer import load_tokenizer
-from bortsearch.train.step import LossConfig, OptimConfig, evaluate
+from bortsearch.train.step import LossConfig, OptimConfig, evaluate, teacher_view
 
 STUDENT_WEIGHTS = "student.safetensors"
+OBJECTIVES = ("mlm", "mlm+sop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,8 @@ class PretrainConfig:
     seed: int = 0
     dtype: str = "float32"  # compute dtype (bfloat16: accelerators); parameters float32
     init: str | None = None  # "teacher" or "random"; None: as the run's candidates were
+    objective: str = "mlm"  # "mlm+sop": ALBERT's sentence-order prediction besides
+    sop_weight: float = 1.0  # the order loss's weight beside the distillation loss
 
     def __post_init__(self):
         check_ranges(positive=[("--lr", self.lr)],
@@ -60,7 +63,8 @@ class PretrainConfig:
                          ("--steps", self.steps), ("--batch-size", self.batch_size),
                          ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
                          ("--checkpoint-every", self.checkpoint_every))],
-                     choices=[("--dtype", self.dtype, DTYPES)]
+                     choices=[("--dtype", self.dtype, DTYPES),
+                              ("--objective", self.objective, OBJECTIVES)]
                      + ([("--init", self.init, INITS)] if self.init is not None else []))
 
 def _run_files(run: Path) -> tuple[dict, dict]:
@@ -150,6 +154,16 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
                   f"Held-out masked-LM accuracy {summary['heldout_accuracy']:.4f} "
                   f"(teacher {summary['teacher_heldout_accuracy']:.4f}); KD cross-entropy "
                   f"{summary['heldout_kd_ce']:.4f}.", ""]
+        if summary.get("objective") == "mlm+sop":
+            lines += [f"With ALBERT's sentence-order prediction (SOP) besides, from its labels "
+                      f"(the teacher has no such head): held-out order accuracy "
+                      f"{summary['heldout_sop_accuracy']:.4f}."
+                      + (" The order head is not exported (RoBERTa has no pretraining class "
+                         "in transformers)." if arch.model_type == "roberta" and not arch.albert
+                         else " The order head is exported as transformers' "
+                         + ("`AlbertForPreTraining` has it (`sop_classifier`)." if arch.albert
+                            else "`BertForPreTraining` has its NSP head "
+                                 "(`cls.seq_relationship`).")), ""]
         lines += ["Load it with `transformers.AutoModelForMaskedLM.from_pretrained(folder)` or "
                   "`bortsearch.load(folder)`.", ""]
     else:
@@ -183,7 +197,8 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
     if params is None and (wdir / STUDENT_WEIGHTS).is_file():
         from safetensors.numpy import load_file
 
-        params = params_from_tensors(arch, load_file(str(wdir / STUDENT_WEIGHTS)), wdir)
+        params = params_from_tensors(arch, load_file(str(wdir / STUDENT_WEIGHTS)), wdir,
+                                     sop=True)  # the order head, if it was trained with one
         summary = json.loads((wdir / "summary.json").read_text())
     if onnx and params is None:
         raise UserError(f"{arch.label()} has no pretrained weights in {run} to put in an ONNX "
@@ -246,20 +261,23 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
                     **dataclasses.asdict(cfg)},
                    f"the pretraining in {work}",
                    f"re-run with the same flags, or remove {work} to start over")
+    sop = cfg.objective == "mlm+sop"
     data = load_data(corpus_obj, teacher.tokenizer,
-                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
+                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress,
+                     pairs=sop)
     optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
                         adam_eps=cfg.adam_eps, clip=cfg.clip)
-    loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature)
-    start = (inherit_params(arch, teacher.arch, teacher.params, cfg.seed) if cfg.init == "teacher"
-             else init_params(arch, cfg.seed))
+    loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature, cfg.sop_weight)
+    start = (inherit_params(arch, teacher.arch, teacher.params, cfg.seed, sop=sop)
+             if cfg.init == "teacher" else init_params(arch, cfg.seed, sop=sop))
     result = fit(arch, data, optim, cfg.lr, start, work, teacher=teacher,
                  loss_cfg=loss, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                  progress=progress, desc=f"pretrain {arch.label()}", dtype=cfg.dtype)
-    heldout = data.heldout_batches()
+    heldout = [teacher_view(b) for b in data.heldout_batches()]
     teacher_eval = evaluate(teacher.arch, teacher.params, heldout)
     summary = {
-        "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init,
+        "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "objective": cfg.objective,
+        **({"heldout_sop_accuracy": result.heldout["sop_accuracy"]} if sop else {}),
         "heldout_accuracy": result.heldout["accuracy"],
         "heldout_mlm_ce": result.heldout["mlm_ce"],
         "heldout_kd_ce": result.heldout["kd_ce"],
