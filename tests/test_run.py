@@ -45,12 +45,14 @@ def test_end_to_end_search_and_show(space, teacher, tmp_path, capsys):
         arch = Arch(r.layers, r.heads, r.hidden, r.intermediate, vocab_size=300, max_positions=64)
         assert r.params == param_count(arch) and r.effective_params == effective_param_count(arch)
         assert r.inference == forward_flops(arch, 1, 32, "encoder")
-        if r.status == "done":
-            w = ((t["params"] - r.params) / t["params"]) * \
+        if r.status == "done":  # p̂ is the non-embedding count by default
+            w = ((t["p_hat"] - r.effective_params) / t["p_hat"]) * \
                 ((t["inference"] - r.inference) / t["inference"]) / r.error
             assert r.w_coefficient == pytest.approx(w, rel=1e-9)
+    assert t["p_hat"] == effective_param_count(Arch.from_dict(t["arch"]))
     done = table[table["status"] == "done"]
-    assert list(done["pareto"]) == pareto_front(list(zip(done["params"], done["inference"], done["error"])))
+    assert list(done["pareto"]) == pareto_front(
+        list(zip(done["effective_params"], done["inference"], done["error"])))
     best = json.loads((run / "best.json").read_text())
     top = done.loc[done["w_coefficient"].idxmax()]
     assert best["size"] == [int(top.layers), int(top.heads), int(top.hidden), int(top.intermediate)]
