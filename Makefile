@@ -31,11 +31,13 @@ $(DEMO_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 demo: $(DEMO_STAMP)
 	$(BIN)/bortsearch search --space search_spaces/demo.toml --run runs/demo --epsilon 6
 
+# One pytest worker per core (pytest-xdist), each test file on one worker: the
+# suite is mostly compiles and subprocesses, so two cores halve it.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
