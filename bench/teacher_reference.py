@@ -78,7 +78,7 @@ def train(out: Path, profile: str, corpus: list[str], progress: bool) -> Path:
     from bortsearch.data.tokenizer import train_tokenizer
     from bortsearch.model.hf import load_checkpoint
     from bortsearch.search.space import load_space
-    from bortsearch.train.teacher import TeacherConfig, fit_arch, train_teacher
+    from bortsearch.train.teacher import TeacherConfig, train_teacher
 
     corpus_obj = resolve_corpus(corpus)
     previous = None
@@ -90,8 +90,8 @@ def train(out: Path, profile: str, corpus: list[str], progress: bool) -> Path:
                                             seed=st["seed"]))
         if previous is None:
             tokenizer = train_tokenizer(corpus_obj, VOCAB if profile != "toy" else 512)
-            arch = fit_arch(load_space(space_file(out)), tokenizer, SIZE if profile != "toy"
-                            else (2, 2, 32, 64))
+            arch = load_space(space_file(out)).sized(tokenizer.vocab_size, SIZE if profile != "toy"
+                                                     else (2, 2, 32, 64))
             train_teacher(stage, arch, corpus_obj, tokenizer, cfg, progress=progress)
         else:
             start = load_checkpoint(previous)

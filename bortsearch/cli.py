@@ -128,7 +128,7 @@ def cmd_teacher(args) -> None:
     from bortsearch.model.arch import parse_size
     from bortsearch.data.batches import BatchSpec
     from bortsearch.search.space import load_space
-    from bortsearch.train.teacher import TeacherConfig, fit_arch, maximum_point, train_teacher
+    from bortsearch.train.teacher import TeacherConfig, train_teacher
 
     _join_job(args)
     if args.init_from:  # continued pretraining: the folder's shape and tokenizer
@@ -148,8 +148,8 @@ def cmd_teacher(args) -> None:
         space = load_space(args.space)
         size = parse_size(args.arch) if args.arch else None
         corpus, tokenizer = _corpus_and_tokenizer(args)
-        arch = (fit_arch(space, tokenizer, size) if size
-                else maximum_point(space, tokenizer, args.seq_len))
+        arch = (space.sized(tokenizer.vocab_size, size) if size
+                else space.maximum_point(tokenizer.vocab_size, args.seq_len))
     cfg = TeacherConfig(steps=args.steps, lr=args.lr, warmup=args.warmup,
                         checkpoint_every=args.checkpoint_every,
                         batch=BatchSpec(args.batch_size, args.seq_len, seed=args.seed))
@@ -316,7 +316,7 @@ def cmd_finetune(args) -> None:
             print(f"  lr {lr}: median score over seeds {med['score']:.4f}")
     if "int8" in m:
         q = m["int8"]
-        print(f"int8 (ONNX Runtime): " + ", ".join(f"{k} {v:.4f}" for k, v in q["dev"].items())
+        print("int8 (ONNX Runtime): " + ", ".join(f"{k} {v:.4f}" for k, v in q["dev"].items())
               + f"; {q['latency_ms']:.2f} ms against {q['fp32_latency_ms']:.2f} ms float32 at "
               f"batch 1, length {q['latency_length']}")
     print(f"fine-tuned model: {args.out} (metrics.json; loads with "

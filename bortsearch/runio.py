@@ -137,3 +137,14 @@ def exclusive(folder: str | Path, what: str):
         yield
     finally:
         f.close()  # releases the lock
+
+
+def enable_compilation_cache() -> None:
+    """XLA's persistent cache: a repeated shape compiles once per machine (used by
+    the search, and by Ray workers on their own machines)."""
+    import jax
+
+    from bortsearch.data.corpus import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bortsearch import UserError, load
+from bortsearch import load
 from bortsearch.cli import main
 from bortsearch.deploy.onnx_export import run_logits, session
 

@@ -27,7 +27,7 @@ def _ray_trial(encoder, task, train, devs, cfg, lr: float, seed: int):
     from pathlib import Path
 
     from bortsearch.downstream.finetune import run_trial
-    from bortsearch.search.run import enable_compilation_cache
+    from bortsearch.runio import enable_compilation_cache
 
     enable_compilation_cache()
     with tempfile.TemporaryDirectory(prefix="bortsearch-trial-") as d:

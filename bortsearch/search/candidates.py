@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import INITS, Model, inherit_params, init_params, param_shapes
+from bortsearch.model.encoder import Model, inherit_params, init_params, param_shapes
 from bortsearch.model.proxies import param_count
 from bortsearch.search.algorithm import FAILED, Evaluation, summarise
 from bortsearch.train.step import (LossConfig, OptimConfig, Targets, eval_sums_many, init_state,

@@ -51,7 +51,7 @@ def _train_one(teacher, data, reference, settings, arch: Arch, checkpoints: str 
     from pathlib import Path
 
     from bortsearch.search.candidates import CandidateTrainer
-    from bortsearch.search.run import enable_compilation_cache
+    from bortsearch.runio import enable_compilation_cache
 
     enable_compilation_cache()  # the worker machine's own persistent cache
 

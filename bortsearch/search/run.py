@@ -28,7 +28,8 @@ import pandas as pd
 
 from bortsearch.model.arch import Arch
 from bortsearch.search.audit import diagnose
-from bortsearch.search.candidates import INITS, CandidateSettings, HeldOut, Timing
+from bortsearch.model.encoder import INITS
+from bortsearch.search.candidates import CandidateSettings, HeldOut, Timing
 from bortsearch.data.corpus import cache_dir, resolve_corpus
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.errors import UserError, check_ranges
@@ -38,12 +39,13 @@ from bortsearch.model.encoder import DTYPES
 from bortsearch.model.proxies import (RUNTIMES, SCOPES, SIZE_PROXIES, effective_param_count,
                                      forward_flops,
                                      measure_latency, param_count, size_proxy)
-from bortsearch.runio import (atomic_dir, check_settings, exclusive, write_atomic,
+from bortsearch.runio import (atomic_dir, check_settings, enable_compilation_cache, exclusive,
+                              write_atomic,
                               write_json)
 from bortsearch.search.algorithm import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
                                confirm, summarise, w_coefficient)
 from bortsearch.search.space import load_space
-from bortsearch.train.teacher import TeacherConfig, check_seq_len, maximum_point, train_teacher
+from bortsearch.train.teacher import TeacherConfig, check_seq_len, train_teacher
 from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from bortsearch.train.step import LossConfig
 
@@ -109,14 +111,6 @@ class SearchConfig:
         return self.confirm_steps or 5 * self.steps
 
 
-def enable_compilation_cache() -> None:
-    """XLA's persistent cache: a repeated shape compiles once per machine."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
-
-
 class Journal:
     """The append-only event log of a run; each line is flushed and fsynced."""
 
@@ -158,7 +152,7 @@ def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
         teacher = load_checkpoint(cfg.teacher)
         return teacher, Path(cfg.teacher)
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
-    arch = maximum_point(space, tokenizer, cfg.seq_len)
+    arch = space.maximum_point(tokenizer.vocab_size, cfg.seq_len)
     tcfg = TeacherConfig(steps=cfg.teacher_steps,
                          batch=BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed))
     key = hashlib.sha256(json.dumps([arch.to_dict(), corpus.fingerprint(), cfg.vocab_size,

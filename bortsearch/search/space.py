@@ -93,6 +93,15 @@ class SearchSpace:
                 out.append(arch)
         return out
 
+    def maximum_point(self, vocab_size: int, seq_len: int = DEFAULT_SEQ_LEN) -> Arch:
+        """T: the architecture of Ξ with the largest (p̂, î), for this vocabulary."""
+        return max(self.architectures(vocab_size=vocab_size),
+                   key=lambda a: size_order(a, seq_len=seq_len))
+
+    def sized(self, vocab_size: int, size: tuple[int, ...]) -> Arch:
+        """`size` (D, A, H, I[, E, G]) in this space's family, for this vocabulary."""
+        return self.base_arch(vocab_size=vocab_size).with_size(*size)
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -24,7 +24,6 @@ from bortsearch.train.fit import fit
 from bortsearch.model.hf import load_checkpoint, save_checkpoint, weights_sha256
 from bortsearch.model.encoder import Model, init_params
 from bortsearch.runio import check_settings
-from bortsearch.search.space import SearchSpace, size_order
 from bortsearch.data.tokenizer import Tokenizer
 from bortsearch.train.step import OptimConfig, frequency_baseline
 
@@ -39,16 +38,6 @@ class TeacherConfig:
     batch: BatchSpec = BatchSpec()
     eval_every: int = 100
     checkpoint_every: int = 100
-
-
-def maximum_point(space: SearchSpace, tokenizer: Tokenizer, seq_len: int) -> Arch:
-    """T: the architecture of Ξ with the largest (p̂, î), for this tokenizer."""
-    archs = space.architectures(vocab_size=tokenizer.vocab_size)
-    return max(archs, key=lambda a: size_order(a, seq_len=seq_len))
-
-
-def fit_arch(space: SearchSpace, tokenizer: Tokenizer, size: tuple[int, int, int, int]) -> Arch:
-    return space.base_arch(vocab_size=tokenizer.vocab_size).with_size(*size)
 
 
 def check_seq_len(arch: Arch, seq_len: int) -> None:
