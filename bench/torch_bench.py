@@ -26,7 +26,11 @@ two sides' peaks, so that no implementation doing those FLOPs at that peak beats
 torch by more. Without torch and transformers (`pip install torch transformers`, or
 `make golden`'s .golden-venv) only bortsearch's side runs.
 
-    python bench/torch_bench.py [--gpu] [--only candidate,infer] [--rounds 10]
+With `--compile`, the candidate and inference rows also time the transformers model
+under torch.compile (inductor; the optimiser step eager), and print jax's speed-up
+over it.
+
+    python bench/torch_bench.py [--gpu] [--only candidate,infer] [--rounds 10] [--compile]
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def parse():
                    help=f"comma-separated workloads among {', '.join(WORKLOADS)}")
     p.add_argument("--rounds", type=int, default=10, help="measured rounds per side (median)")
     p.add_argument("--quick", action="store_true", help="fewer shapes (vocabulary 4096 only)")
+    p.add_argument("--compile", action="store_true",
+                   help="a third side: the same transformers model under torch.compile "
+                        "(inductor; the optimiser step stays eager)")
     return p.parse_args()
 
 
@@ -222,11 +229,17 @@ def torch_mlm_logits(model, t):
     return model.cls(picked)
 
 
-def torch_distill(arch: Arch, batch, teacher: Arch | None, teacher_out=None):
+def maybe_compiled(module, compiled: bool):
+    """`module` itself, or its torch.compile'd forward (the parameters shared)."""
+    return torch.compile(module) if compiled else module
+
+
+def torch_distill(arch: Arch, batch, teacher: Arch | None, teacher_out=None, compiled=False):
     from transformers import BertForMaskedLM
 
     model = BertForMaskedLM(bert_config(arch)).to(DEVICE).train()
     opt, sched = adamw(model, 1e-3, 1e-6, 1000, 50)
+    forward = maybe_compiled(lambda t: torch_mlm_logits(model, t), compiled)
     t = tensors(batch)
     teacher_model = (BertForMaskedLM(bert_config(teacher)).to(DEVICE).eval()
                      if teacher is not None else None)
@@ -242,7 +255,7 @@ def torch_distill(arch: Arch, batch, teacher: Arch | None, teacher_out=None):
                 t_logp = torch.log_softmax(torch_mlm_logits(teacher_model, t) / tau, -1)
         else:
             t_logp = fixed
-        logits = torch_mlm_logits(model, t)
+        logits = forward(t)
         w = t["weights"]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), t["labels"],
                                                 reduction="none")
@@ -258,10 +271,11 @@ def torch_distill(arch: Arch, batch, teacher: Arch | None, teacher_out=None):
     return torch_runner(step)
 
 
-def torch_infer(arch: Arch, ids):
+def torch_infer(arch: Arch, ids, compiled=False):
     from transformers import BertModel
 
-    model = BertModel(bert_config(arch), add_pooling_layer=False).to(DEVICE).eval()
+    model = maybe_compiled(BertModel(bert_config(arch), add_pooling_layer=False).to(DEVICE).eval(),
+                           compiled)
     t = torch.tensor(ids, dtype=torch.long, device=DEVICE)
     mask = torch.ones_like(t)
 
@@ -316,7 +330,7 @@ def cases(rng):
                 yield ("candidate", f"{size} V{vocab}", 3, B * L,
                        step_flops(arch, B * L, L, predictions(L)),
                        lambda a=arch, b=batch, t=t_out: jax_distill(a, b, None, t),
-                       lambda a=arch, b=batch, t=t_out: torch_distill(a, b, None, t))
+                       lambda a=arch, b=batch, t=t_out, c=False: torch_distill(a, b, None, t, c))
     if "pretrain" in only:
         student, teacher = Arch(2, 4, 64, 256, vocab_size=4096), Arch(3, 4, 128, 512, vocab_size=4096)
         batch = mlm_batch(rng, 4096, B, L)
@@ -330,7 +344,8 @@ def cases(rng):
             arch = Arch(*size, vocab_size=30522)
             ids = rng.integers(5, 30522, (1, 128)).astype(np.int32)
             yield ("infer", f"{size} b1 L128", 10, 128, step_flops(arch, 128, 128, 0, train=False),
-                   lambda a=arch, i=ids: jax_infer(a, i), lambda a=arch, i=ids: torch_infer(a, i))
+                   lambda a=arch, i=ids: jax_infer(a, i),
+                   lambda a=arch, i=ids, c=False: torch_infer(a, i, c))
     if "finetune" in only:
         for size in ((3, 4, 128, 512),) if ARGS.quick else ((3, 4, 128, 512), (4, 4, 256, 1024)):
             arch = Arch(*size, vocab_size=30522)
@@ -414,6 +429,8 @@ def main():
         sides = {"jax": make_jax()}
         if HAVE_TORCH:
             sides["torch"] = make_torch()
+            if ARGS.compile and workload in ("candidate", "infer"):
+                sides["compiled"] = make_torch(c=True)
         t = measure(sides, steps)
         row = (f"{workload:<10} {label:<44} {1e3 * t['jax'][0]:>9.2f} {1e3 * t['jax'][1]:>8.2f}")
         if HAVE_TORCH:
@@ -424,6 +441,9 @@ def main():
                 f" {100 * flops / t['jax'][0] / peaks['jax']:>6.0f}%")
         if HAVE_TORCH:
             row += f" {t['torch'][0] / t['jax'][0]:>8.2f}x {t['torch'][0] * peak / flops:>6.2f}x"
+        if "compiled" in t:
+            row += (f"  torch.compile {1e3 * t['compiled'][0]:.2f} ms: "
+                    f"{t['compiled'][0] / t['jax'][0]:.2f}x")
         print(row, flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

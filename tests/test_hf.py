@@ -172,3 +172,47 @@ def test_a_folder_without_tokenizer_files_loads_for_logits_but_not_to_tokenise(t
                                LOGITS["bert_logits"], atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="no tokenizer files.*copy the teacher's tokenizer"):
         load_checkpoint(d)  # a teacher or an encoder to fine-tune needs them
+
+
+def test_albert_sentencepiece_tokenizer_from_spiece_model_alone(tmp_path):
+    """An ALBERT folder whose tokenizer is only SentencePiece's spiece.model (as the
+    released ALBERT checkpoints ship it) loads, and encodes every text, single and
+    paired, to transformers' ids (its AlbertTokenizer converts the same file)."""
+    pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from bortsearch import Arch, resolve_corpus
+    from bortsearch.data.tokenizer import load_tokenizer
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(list(resolve_corpus(None).documents())[:1500]))
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "spiece"), vocab_size=300,
+        model_type="unigram", pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>",
+        unk_piece="<unk>", bos_piece="[CLS]", eos_piece="[SEP]",
+        user_defined_symbols=["[MASK]"], minloglevel=2)
+    folder = tmp_path / "albert"
+    save_checkpoint(Model.init(Arch(2, 2, 32, 64, vocab_size=300, embedding=16, groups=1,
+                                    max_positions=64)), folder)
+    shutil.copy(tmp_path / "spiece.model", folder / "spiece.model")
+    assert not (folder / "tokenizer.json").exists()
+
+    ours = load(folder).tokenizer
+    assert ours is not None and ours.family == "albert" and ours.vocab_size == 300
+    theirs = AutoTokenizer.from_pretrained(folder)
+    texts = ["Hello world, this is ``a'' test.", "Café naïve résumé: 1,000,000 items,  spaced",
+             "The [MASK] sat [SEP] on <pad> the mat.", "  leading\tand\ntrailing  ", "",
+             *list(resolve_corpus(None).documents())[1500:1520]]
+    for t in texts:
+        assert ours.hf.encode(t).ids == theirs(t)["input_ids"], t
+    pair = ours.hf.encode(texts[0], texts[1])
+    assert pair.ids == theirs(texts[0], texts[1])["input_ids"]
+    assert pair.type_ids[-1] == 1 and pair.type_ids[0] == 0
+    # keep_accents and do_lower_case from tokenizer_config.json, as transformers reads them
+    (folder / "tokenizer_config.json").write_text(json.dumps({"keep_accents": True,
+                                                              "do_lower_case": False}))
+    cased = load_tokenizer(folder, "albert")
+    theirs = AutoTokenizer.from_pretrained(folder)
+    for t in texts[:3]:
+        assert cased.hf.encode(t).ids == theirs(t)["input_ids"], t

@@ -101,31 +101,44 @@ class Tokenizer:
         (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
 
+# What a folder's tokenizer is read from, in this order of preference.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"),
+                   ("spiece.model",))
+
+
+def tokenizer_files(directory: str | Path) -> tuple[str, ...] | None:
+    """The files `load_tokenizer` reads in a checkpoint folder; None if it has none."""
+    d = Path(directory)
+    return next((names for names in TOKENIZER_FILES
+                 if all((d / n).is_file() for n in names)), None)
+
+
 def has_tokenizer_files(directory: str | Path) -> bool:
     """Whether a checkpoint folder has tokenizer files that `load_tokenizer` reads."""
-    d = Path(directory)
-    return ((d / "tokenizer.json").is_file() or (d / "vocab.txt").is_file()
-            or ((d / "vocab.json").is_file() and (d / "merges.txt").is_file()))
+    return tokenizer_files(directory) is not None
 
 
 def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
     """A checkpoint directory's tokenizer: tokenizer.json, else vocab.txt, else
-    vocab.json + merges.txt."""
+    vocab.json + merges.txt, else ALBERT's SentencePiece spiece.model."""
     d = Path(directory)
     lowercase = _lowercase(d)
+    files = tokenizer_files(d)
     try:
-        if (d / "tokenizer.json").is_file():
+        if files is None:
+            raise UserError(f"{d}: no tokenizer files (tokenizer.json, vocab.txt, "
+                            f"vocab.json + merges.txt, or spiece.model); copy the teacher's "
+                            f"tokenizer files into the folder")
+        if files[0] == "tokenizer.json":
             hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
-        elif (d / "vocab.txt").is_file():
+        elif files[0] == "vocab.txt":
             hf = _wordpiece(models.WordPiece.from_file(str(d / "vocab.txt"), unk_token="[UNK]"),
                             lowercase)
-        elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+        elif files[0] == "vocab.json":
             hf = _byte_level_bpe(models.BPE.from_file(str(d / "vocab.json"),
                                                       str(d / "merges.txt")))
         else:
-            raise UserError(f"{d}: no tokenizer files (tokenizer.json, vocab.txt, or "
-                            f"vocab.json + merges.txt); copy the teacher's tokenizer files "
-                            f"into the folder")
+            hf = _sentencepiece(d / "spiece.model", lowercase, _keep_accents(d))
     except Exception as e:
         if isinstance(e, UserError):
             raise
@@ -139,6 +152,60 @@ def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
         # RobertaTokenizerFast adds `<s> A </s></s> B </s>` whatever tokenizer.json says
         _post_process(hf, family)
     return tok
+
+
+def _keep_accents(d: Path) -> bool:
+    try:
+        return bool(json.loads((d / "tokenizer_config.json").read_text()).get("keep_accents",
+                                                                                False))
+    except (OSError, ValueError):
+        return False
+
+
+def _sentencepiece(path: Path, lowercase: bool, keep_accents: bool) -> tokenizers.Tokenizer:
+    """ALBERT's SentencePiece (unigram) vocabulary as a `tokenizers` pipeline, built
+    as transformers converts `AlbertTokenizer`: "``" and "''" to '"', NFKD without
+    accents (unless keep_accents), lowercase (unless do_lower_case is false), the
+    model's own precompiled normalisation, runs of spaces to one; split at
+    whitespace, "▁" word starts; the special tokens whole;
+    a piece ending in digit-and-comma scored 100 lower. Needs the `sentencepiece`
+    package (its model protobuf)."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise UserError(f"{path.parent}: its tokenizer is a SentencePiece spiece.model, which "
+                        f"needs the sentencepiece package: pip install 'bortsearch[spiece]' "
+                        f"(or save the tokenizer with tokenizer.json)") from None
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    if proto.trainer_spec.model_type != 1:  # UNIGRAM
+        raise UserError(f"{path}: a SentencePiece model of type "
+                        f"{proto.trainer_spec.model_type}, not unigram as ALBERT's")
+
+    def score(piece) -> float:
+        p = piece.piece
+        return piece.score - (100 if len(p) >= 2 and p[-1] == "," and p[-2].isdigit() else 0)
+
+    hf = tokenizers.Tokenizer(models.Unigram([(p.piece, score(p)) for p in proto.pieces],
+                                             proto.trainer_spec.unk_id,
+                                             proto.trainer_spec.byte_fallback))
+    steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+    if not keep_accents:
+        steps += [normalizers.NFKD(), normalizers.StripAccents()]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    if proto.normalizer_spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
+    steps.append(normalizers.Replace(tokenizers.Regex(" {2,}"), " "))
+    hf.normalizer = normalizers.Sequence(steps)
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    hf.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    # whole wherever they appear in a text, as AlbertTokenizer has them
+    hf.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
+                           for t in SPECIAL["albert"].values() if hf.token_to_id(t) is not None])
+    return hf
 
 
 def _lowercase(d: Path) -> bool:

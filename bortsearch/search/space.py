@@ -146,7 +146,10 @@ def space_from_dict(data: dict, source: str = "<space>") -> SearchSpace:
                         f"use one of bert, roberta")
     if model_type == "roberta" and ("embedding" in values or "groups" in values):
         raise UserError(f"{source}: the embedding and groups axes (ALBERT's) need "
-                        f"model_type = \"bert\"; remove them or the roberta model_type")
+                        f"model_type = \"bert\": a student with them is exported as an ALBERT "
+                        f"model, which counts positions from 0 where RoBERTa counts from the "
+                        f"padding id + 1, and which transformers does not pair with a "
+                        f"byte-level BPE tokenizer; remove the axes or the roberta model_type")
     for value in values.get("embedding", ()):
         if value != "H" and value > max(values["hidden"]):
             raise UserError(f"{source}: embedding = {value} is larger than every hidden "
