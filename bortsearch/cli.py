@@ -156,7 +156,8 @@ def cmd_teacher(args) -> None:
     print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}"
           + (f", continuing {args.init_from}" if args.init_from else ""))
     summary = train_teacher(args.out, arch, corpus, tokenizer, cfg, progress=not args.quiet,
-                            init_from=args.init_from)
+                            init_from=args.init_from,
+                            init_model=start if args.init_from else None)
     print(f"held-out masked-LM accuracy {summary['heldout_accuracy']:.3f} "
           f"(frequency baseline {summary['frequency_baseline_accuracy']:.3f}); "
           f"checkpoint: {args.out}")

@@ -165,9 +165,16 @@ def test_real_sst2_beats_the_majority_class_and_exports_a_classifier(tiny, share
     enc = encode(model.tokenizer, task.dev, 64, model.arch)
     pred = predict(model.arch, 2, model.params, enc, 64)
     assert (pred == task.dev.y).mean() == pytest.approx(m["dev"]["accuracy"])
-    again = finetune(tiny, "sst2", shared_data / "glue", tmp_path / "out",
-                     FinetuneConfig(**SMALL), progress=False)
-    assert again == m  # finished: returned at once
+    import bortsearch.downstream.finetune as ft
+
+    real_encode = ft.encode
+    ft.encode = lambda *a, **k: pytest.fail("a finished run tokenised its splits again")
+    try:
+        again = finetune(tiny, "sst2", shared_data / "glue", tmp_path / "out",
+                         FinetuneConfig(**SMALL), progress=False)
+    finally:
+        ft.encode = real_encode
+    assert again == m  # finished: returned at once, nothing encoded
     # int8 added to the finished run, without training: the ONNX graphs beside the model
     q = finetune(tiny, "sst2", shared_data / "glue", tmp_path / "out",
                  FinetuneConfig(**SMALL), progress=False, int8=True)

@@ -313,20 +313,28 @@ def fingerprint_model(folder: Path) -> str:
 
 @dataclasses.dataclass
 class Job:
-    """One (model, task) fine-tuning, prepared: its data encoded, its grid of
-    (lr, seed) trials and the folder they go in. `metrics` is set when `out`
-    already holds a finished run."""
+    """One (model, task) fine-tuning, prepared: its grid of (lr, seed) trials and
+    the folder they go in. `metrics` is set when `out` already holds a finished
+    run. Its splits are encoded (`train`, `devs`) by `encode()`, when something
+    needs them: a finished run read back never tokenises them."""
 
     model: Path
     out: Path
     cfg: FinetuneConfig
     task: Task
     encoder: Model
-    train: Encoded
-    devs: dict
     grid: list
     metrics: dict | None = None
     t_start: float = 0.0
+    train: Encoded | None = None
+    devs: dict | None = None
+
+    def encode(self) -> Job:
+        if self.train is None:
+            tok, length, arch = self.encoder.tokenizer, self.cfg.max_length, self.encoder.arch
+            self.train = encode(tok, self.task.train, length, arch)
+            self.devs = {k: encode(tok, v, length, arch) for k, v in self.task.devs.items()}
+        return self
 
     def pending(self) -> list[tuple[float, int]]:
         """The (lr, seed) trials not finished yet."""
@@ -366,11 +374,10 @@ def prepare(model: str | Path, task: str, data: str | Path, out: str | Path,
     check_settings(out / "settings.json", settings, f"the fine-tuning in {out}",
                    "choose a new --out folder, or remove it to start over" if finished else
                    f"re-run with the same flags, or remove {out} to start over")
-    train = encode(encoder.tokenizer, tsk.train, cfg.max_length, arch)
-    devs = {k: encode(encoder.tokenizer, v, cfg.max_length, arch) for k, v in tsk.devs.items()}
     grid = [(lr, cfg.seed + k) for lr in cfg.lrs for k in range(cfg.seeds)]
     metrics = json.loads((out / "metrics.json").read_text()) if finished else None
-    return Job(model, out, cfg, tsk, encoder, train, devs, grid, metrics, t_start)
+    job = Job(model, out, cfg, tsk, encoder, grid, metrics, t_start)
+    return job if finished else job.encode()
 
 
 def run_trials(jobs: list[Job], executor=None, progress: bool = True) -> None:
@@ -381,6 +388,8 @@ def run_trials(jobs: list[Job], executor=None, progress: bool = True) -> None:
     todo = [(job, lr, seed) for job in jobs if job.metrics is None for lr, seed in job.pending()]
     if not todo:
         return
+    for job, _, _ in todo:
+        job.encode()
     bar = progress_bar(total=sum(job.steps_per_trial for job, _, _ in todo), unit="step",
                        desc=f"finetune {jobs[0].task.name}" if len(jobs) == 1 else "finetune",
                        disable=not progress)
@@ -426,9 +435,11 @@ def finish(job: Job, int8: bool = False) -> dict:
     if job.metrics is not None:
         metrics = job.metrics
         if int8 and "int8" not in metrics:
-            metrics["int8"] = evaluate_int8(out, tsk, job.devs, cfg.max_length, metrics["grid"])
+            metrics["int8"] = evaluate_int8(out, tsk, job.encode().devs, cfg.max_length,
+                                            metrics["grid"])
             write_json(out / "metrics.json", metrics)
         return metrics
+    job.encode()
     trials = [run_trial(job.encoder, tsk, job.train, job.devs, cfg, lr, seed,
                         _trial_dir(out, lr, seed)) for lr, seed in job.grid]  # read back
     best = max(trials, key=lambda t: t["score"])  # ties: the earlier in the grid

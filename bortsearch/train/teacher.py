@@ -49,21 +49,22 @@ def check_seq_len(arch: Arch, seq_len: int) -> None:
 
 def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokenizer,
                   cfg: TeacherConfig, progress: bool = True,
-                  init_from: str | Path | None = None) -> dict:
+                  init_from: str | Path | None = None, init_model: Model | None = None) -> dict:
     """Train `arch` with the masked-LM objective and write it to `out`.
 
     Returns the summary also written to `out/bortsearch.json`: settings, held-out
     masked-LM accuracy and the frequency baseline. If `out` already holds a
     finished teacher with the same settings, nothing is trained. `init_from`, a
     masked-LM folder of the same architecture, continues its training (a fresh
-    warm-up and decay over `cfg.steps`) instead of starting from Normal(0, 0.02).
+    warm-up and decay over `cfg.steps`) instead of starting from Normal(0, 0.02);
+    `init_model`, that folder already loaded (it is then not read again).
     """
     out = Path(out)
     check_seq_len(arch, cfg.batch.seq_len)
     start = init_params(arch, cfg.batch.seed)
     init_hash = None
     if init_from is not None:
-        model = load_checkpoint(init_from, with_tokenizer=False)
+        model = init_model or load_checkpoint(init_from, with_tokenizer=False)
         if model.arch != arch:
             raise UserError(f"--init-from {init_from}: its architecture {model.arch.label()} "
                             f"is not the teacher's {arch.label()}; give a folder of that shape")
