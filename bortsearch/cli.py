@@ -178,6 +178,7 @@ def cmd_search(args) -> None:
         seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
         teacher_steps=args.teacher_steps, group_size=args.group_size,
+        halving=args.halving or None,
         checkpoint_every=args.checkpoint_every, dtype=args.dtype)
     from bortsearch.search.executors import make_executor
 
@@ -504,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --executor ray: a folder every worker mounts (shared disk, "
                         "NFS) for the candidates' checkpoints, so that a retried task "
                         "continues where its worker died (default: it starts again)")
+    p.add_argument("--halving", type=_fraction, default=c.halving, metavar="FRACTION",
+                   help="successive halving over Θ: after this fraction of --steps, each "
+                        "candidate's θ whose mean error is worse than the best θ's by more "
+                        "than 3 standard errors of seed noise stop training (0: off; "
+                        f"default {c.halving or 0:g})")
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="candidates trained in lockstep on each teacher output (default: "
                         "as many as fit 2 GiB of training state)")

@@ -51,6 +51,20 @@ class CandidateSettings:
     error: str = "kl"  # the error W uses: "kl" (ê − H_T) or "ce" (ê) [paper]
     group_size: int | None = None  # None: as many as fit GROUP_MEMORY_BYTES
     dtype: str = "float32"  # the compute dtype of students and teacher (model.DTYPES)
+    # Successive halving over Θ [ours]: after this fraction of s, every θ whose mean
+    # error over the seeds is worse than the best θ's by more than HALVING_Z standard
+    # errors stops; the rest train on. None (or one θ, or one seed): all run to s.
+    halving: float | None = None
+
+    @property
+    def halving_step(self) -> int | None:
+        if self.halving is None or len(self.lrs) < 2 or self.seeds < 2:
+            return None
+        h = round(self.halving * self.steps)
+        return h if 0 < h < self.steps else None
+
+
+HALVING_Z = 3.0  # a θ stops when its mean error is this many standard errors worse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +80,9 @@ class Timing:
     resumed_from: int = 0  # the step its training continued from after a kill (0: fresh)
     compile_busy_s: float = 0.0  # its compiles' own duration, overlapped with other work or not
     node: str = ""  # the Ray node that trained it (empty: this process)
+    trial_steps: int = 0  # optimiser steps over all its trials (the work; halving saves some)
+    halved_at: int = 0  # the step at which θ were dropped (0: none were)
+    dropped: tuple = ()  # those θ, and their mean error then: ((θ, error), ...)
 
 
 def groups(archs: list[Arch], n_trials: int, group_size: int | None) -> list[list[Arch]]:
@@ -238,7 +255,8 @@ class CandidateTrainer:
                 results[arch] = self._fail(arch, f"could not compile: {_short(e)}")
                 continue
             live[arch] = dict(state=state, step=step, evaluate=compiled[arch]["evaluate"],
-                              losses=[], compile_s=own, compile_busy_s=own, train_s=0.0)
+                              losses=[], compile_s=own, compile_busy_s=own, train_s=0.0,
+                              kept=None, dropped={}, halved_at=0, eval_ready=False)
         wall, own = time.perf_counter() - t0, sum(c["compile_s"] for c in live.values())
         for arch, c in live.items():
             c["compile_s"] = wall * c["compile_s"] / max(own, 1e-9)
@@ -257,27 +275,26 @@ class CandidateTrainer:
                 t0 = time.perf_counter()
                 try:
                     c["state"], metrics = c["step"](c["state"], batch, targets)
-                    c["losses"].append(jax.block_until_ready(metrics["loss"]))
+                    c["losses"].append(self._widen(c, np.asarray(metrics["loss"])))
                 except Exception as e:  # noqa: BLE001
                     del live[arch]
                     results[arch] = self._fail(arch, f"training failed at step {k + 1}: {_short(e)}")
                     continue
                 c["train_s"] += time.perf_counter() - t0
+                if k + 1 == s.halving_step and c["kept"] is None:
+                    self._halve(arch, c, k + 1)
                 if c["manager"] is not None and (k + 1) % self.checkpoint_every == 0 \
                         and k + 1 < s.steps:
                     self._save(c, k + 1)
             self.on_step(len(live))
         for arch in list(live):
             c = live[arch]
-            t0 = time.perf_counter()
             try:
-                c["evaluate"], own = c["evaluate"].result()
+                self._evaluator(c)
             except Exception as e:  # noqa: BLE001
                 del live[arch]
                 results[arch] = self._fail(arch, f"could not compile: {_short(e)}")
                 continue
-            c["compile_s"] += time.perf_counter() - t0  # waited for, if it was not ready
-            c["compile_busy_s"] += own
             t0 = time.perf_counter()
             results[arch] = self._finish(arch, c)
             timing = self._timing(arch, c, teacher_s / max(len(live), 1), time.perf_counter() - t0)
@@ -290,6 +307,70 @@ class CandidateTrainer:
     def _folder(self, arch: Arch) -> Path:
         return self.checkpoints / "-".join(map(str, arch.size))
 
+    def _evaluator(self, c: dict):
+        """The candidate's compiled held-out evaluation, waited for once."""
+        if not c["eval_ready"]:
+            t0 = time.perf_counter()
+            c["evaluate"], own = c["evaluate"].result()
+            c["compile_s"] += time.perf_counter() - t0  # waited for, if it was not ready
+            c["compile_busy_s"] += own
+            c["eval_ready"] = True
+        return c["evaluate"]
+
+    def _widen(self, c: dict, per_trial):
+        """Per-trial values (N x kept θ) as N x |Θ|, zeros where a θ was dropped."""
+        if c["kept"] is None:
+            return per_trial
+        full = np.zeros((self.settings.seeds, len(self.settings.lrs)), per_trial.dtype)
+        full[:, c["kept"]] = per_trial
+        return full
+
+    def _heldout_errors(self, c: dict, params) -> tuple[np.ndarray, np.ndarray]:
+        """ê and KL of every trial (N x |Θ|) on the held-out batches B."""
+        program = self._evaluator(c)
+        sums = [program(params, b, t) for b, t in zip(self.heldout, self.heldout_teacher)]
+        n = np.maximum(sum(np.asarray(x["n"]) for x in sums), 1.0)
+        return (sum(np.asarray(x["kd_ce"]) for x in sums) / n,
+                sum(np.asarray(x["kl"]) for x in sums) / n)
+
+    def _halve(self, arch: Arch, c: dict, step: int) -> None:
+        """Successive halving at `step`: measure every trial on B, keep the θ whose
+        mean error is within HALVING_Z standard errors of the best θ's, and go on
+        with those alone (a state and a compiled step of fewer θ). The decision is
+        written beside the checkpoints before the first one after it."""
+        s = self.settings
+        ce, kl = self._heldout_errors(c, c["state"].params)
+        err = kl if s.error == "kl" else ce
+        mean = err.mean(0)
+        se = err.std(0, ddof=1) / np.sqrt(s.seeds)
+        finite = np.isfinite(mean) & np.isfinite(se)
+        if not finite.any():
+            return
+        best = int(np.flatnonzero(finite)[np.argmin(mean[finite])])
+        keep = [i for i in range(len(s.lrs)) if finite[i] and
+                mean[i] - mean[best] <= HALVING_Z * float(np.hypot(se[i], se[best]))]
+        if len(keep) == len(s.lrs):
+            return
+        dropped = {i: float(mean[i]) for i in range(len(s.lrs)) if i not in keep}
+        if c["manager"] is not None:
+            from bortsearch.runio import write_json
+
+            write_json(self._folder(arch) / "halving.json",
+                       {"at": step, "kept": keep, "dropped": {str(i): e for i, e in dropped.items()}})
+        self._reduce(arch, c, keep, dropped, step)
+
+    def _reduce(self, arch: Arch, c: dict, keep: list[int], dropped: dict, step: int) -> None:
+        """Go on with the θ of `keep` only: their states and a step compiled for them."""
+        t0 = time.perf_counter()
+        c["state"] = jax.tree.map(lambda x: x[:, np.asarray(keep)], c["state"])
+        c["step"] = train_step_many.lower(c["state"], *self._step_inputs, arch=arch,
+                                          cfg=self.optim, loss_cfg=self.settings.loss,
+                                          dtype=self.settings.dtype).compile()
+        own = time.perf_counter() - t0
+        c["compile_s"] += own
+        c["compile_busy_s"] += own
+        c["kept"], c["dropped"], c["halved_at"] = keep, dropped, step
+
     def _restore(self, arch: Arch, c: dict) -> None:
         """Continue a candidate from its last checkpoint, if it has one."""
         c["start"], c["manager"] = 0, None
@@ -301,6 +382,14 @@ class CandidateTrainer:
         k = c["manager"].latest_step()
         if not k:
             return
+        halving = self._folder(arch) / "halving.json"
+        if halving.is_file():  # θ were dropped: the checkpoints after it hold the rest
+            import json
+
+            h = json.loads(halving.read_text())
+            if h["at"] <= k:
+                self._reduce(arch, c, h["kept"], {int(i): e for i, e in h["dropped"].items()},
+                             h["at"])
         item = {"state": c["state"], "losses": jax.ShapeDtypeStruct(
             (k, self.settings.seeds, len(self.settings.lrs)), np.float32)}
         saved = restore_checkpoint(c["manager"], k, item, self.optim)
@@ -317,14 +406,18 @@ class CandidateTrainer:
         """ê and KL of every trial on B; a trial whose loss became NaN has none."""
         s = self.settings
         losses = np.stack([np.asarray(x) for x in c["losses"]])  # steps x N x |Θ|
-        sums = [c["evaluate"](c["state"].params, b, t)
-                for b, t in zip(self.heldout, self.heldout_teacher)]
-        n = np.maximum(sum(np.asarray(x["n"]) for x in sums), 1.0)
-        ce = sum(np.asarray(x["kd_ce"]) for x in sums) / n
-        kl = sum(np.asarray(x["kl"]) for x in sums) / n
+        params = c["state"].params
+        if c["kept"] is not None:  # the evaluation is compiled for every θ: fill the gaps
+            slots = np.asarray([c["kept"].index(i) if i in c["kept"] else 0
+                                for i in range(len(s.lrs))])
+            params = jax.tree.map(lambda x: x[:, slots], params)
+        ce, kl = self._heldout_errors(c, params)
         trials, reasons = [], []
         for j in range(s.seeds):
             for i, lr in enumerate(s.lrs):
+                if i in c["dropped"]:  # stopped by halving: no error at s
+                    trials.append((lr, j, math.nan, math.nan))
+                    continue
                 finite = np.isfinite(losses[:, j, i])
                 if not finite.all():
                     first = int(np.argmin(finite)) + 1
@@ -334,7 +427,8 @@ class CandidateTrainer:
                 if not (np.isfinite(ce[j, i]) and np.isfinite(kl[j, i])):
                     reasons.append(f"held-out error is NaN with lr {lr:g}, seed {j}")
                 trials.append((lr, j, float(ce[j, i]), float(kl[j, i])))
-        return summarise(trials, s.lrs, s.error, "; ".join(reasons))
+        ev = summarise(trials, s.lrs, s.error, "; ".join(reasons))
+        return ev
 
     def _fail(self, arch: Arch, reason: str) -> Evaluation:
         ev = Evaluation(FAILED, reason=reason)
@@ -342,13 +436,19 @@ class CandidateTrainer:
         return ev
 
     def _timing(self, arch: Arch, c: dict, teacher_s: float, eval_s: float) -> Timing:
-        spec = self.data.spec
-        steps = self.settings.steps - c.get("start", 0)  # trained by this process
-        tokens = steps * self.data.tokens_per_batch() * self.n_trials
+        spec, s = self.data.spec, self.settings
+        start = c.get("start", 0)  # trained by this process from here
+        h = c["halved_at"] or s.steps
+        kept = len(c["kept"]) if c["kept"] is not None else len(s.lrs)
+        trial_steps = s.seeds * (max(0, h - start) * len(s.lrs)
+                                 + (s.steps - max(start, h)) * kept)
+        tokens = trial_steps * self.data.tokens_per_batch()
         flops = train_flops_per_token(arch, spec.seq_len, spec.predictions) * tokens
         train_s = max(c["train_s"], 1e-9)
         return Timing(c["compile_s"], c["train_s"], teacher_s, eval_s, tokens / train_s,
-                      flops / train_s, c.get("start", 0), c["compile_busy_s"])
+                      flops / train_s, start, c["compile_busy_s"], trial_steps=trial_steps,
+                      halved_at=c["halved_at"],
+                      dropped=tuple((s.lrs[i], e) for i, e in sorted(c["dropped"].items())))
 
 
 def error_baselines(heldout, heldout_teacher, log_q_V) -> dict[str, float]:

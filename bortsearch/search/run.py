@@ -87,6 +87,7 @@ class SearchConfig:
     max_inference: float | None = None
     teacher_steps: int = TeacherConfig.steps
     group_size: int | None = None
+    halving: float | None = None  # successive halving over Θ at this fraction of s [ours]
     checkpoint_every: int = 50  # candidates' training states, for a resume mid-group
     dtype: str = "float32"  # compute dtype of the brief training (bfloat16: accelerators)
 
@@ -218,7 +219,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
         "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
         "seeds": cfg.seeds, "init": cfg.init,
-        "dtype": cfg.dtype,
+        "dtype": cfg.dtype, "halving": cfg.halving,
     }
     # Everything that can fail on the user's input is checked before the run folder
     # is written: a corpus too short for one batch, say.
@@ -297,7 +298,7 @@ class JournalledEvaluator:
         settings = CandidateSettings(steps=self.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
                                      seed=cfg.seed, seeds=cfg.seeds, init=cfg.init,
                                      error=cfg.error, group_size=cfg.group_size,
-                                     dtype=cfg.dtype)
+                                     dtype=cfg.dtype, halving=cfg.halving)
         self.bar = progress_bar(total=len(archs), initial=len(out), desc="candidates",
                                 unit="cand", disable=not self.progress,
                                 bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} "
