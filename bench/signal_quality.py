@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # teacher_reference, f
 
 
 def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out: Path,
-        grid=GRID) -> Path:
+        grid=GRID, **extra) -> Path:
+    """The search's run folder for these settings (run, or resumed from the cache);
+    `extra`: more `SearchConfig` settings (e.g. halving), named in the folder."""
     from bortsearch.search.run import SearchConfig, run_search
 
     corpus = (str(WIKI),) if space != "demo" and WIKI.is_file() else None
@@ -57,9 +59,11 @@ def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out:
             sys.exit(f"no reference teacher in {teacher}: run `make teacher-reference` first")
     cfg = SearchConfig(space=str(ROOT / "search_spaces" / f"{space}.toml"), corpus=corpus,
                        teacher=teacher, steps=steps, lrs=tuple(grid), seeds=seeds, init=init,
-                       epsilon=epsilon, teacher_steps=600 if space == "demo" else 800)
+                       epsilon=epsilon, teacher_steps=600 if space == "demo" else 800,
+                       **extra)
     lrs = "" if tuple(grid) == GRID else "-lr" + "_".join(f"{x:g}" for x in grid)
-    run_dir = out / f"{space}-{init}-s{steps}-n{seeds}-e{epsilon}{lrs}"
+    more = "".join(f"-{k}{v}" for k, v in sorted(extra.items()))
+    run_dir = out / f"{space}-{init}-s{steps}-n{seeds}-e{epsilon}{lrs}{more}"
     t0 = time.perf_counter()
     run_search(run_dir, cfg, progress=False, log=lambda *a: None)
     print(f"  [{run_dir.name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
