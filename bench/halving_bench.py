@@ -62,8 +62,13 @@ def main() -> None:
             # W ∝ 1/error: its relative noise is the error's; both candidates' noise
             sigma = math.hypot(w0 * s0 / e0, w1 * s1 / e1)
             gap = f"{(w0 - w1) / sigma:.1f} σ below the full optimum's W"
-        done = {k: journal(v) for k, v in runs.items()}
-        work = {k: sum(e["timing"].get("trial_steps", 0) or 2 * 2 * 200
+        # the candidates of each run's answer (a cached run may hold more: re-scored)
+        trained = {k: {(r.layers, r.heads, r.hidden, r.intermediate)
+                       for r in pd.read_csv(v / "results.csv").itertuples() if r.status == "done"}
+                   for k, v in runs.items()}
+        done = {k: {a: e for a, e in journal(v).items() if a in trained[k]}
+                for k, v in runs.items()}
+        work = {k: sum(e["timing"].get("trial_steps", 0) or 2 * 2 * 200  # older: all to s
                        for e in d.values() if "timing" in e) for k, d in done.items()}
         stopped = [e for e in done["halving"].values() if e["timing"].get("halved_at")]
         wrong = [a for a, e in done["halving"].items() if e["timing"].get("halved_at")

@@ -60,9 +60,9 @@ def run(space: str, init: str, steps: int, seeds: int, epsilon: int | None, out:
     cfg = SearchConfig(space=str(ROOT / "search_spaces" / f"{space}.toml"), corpus=corpus,
                        teacher=teacher, steps=steps, lrs=tuple(grid), seeds=seeds, init=init,
                        epsilon=epsilon, teacher_steps=600 if space == "demo" else 800,
-                       **extra)
+                       **{"halving": None, **extra})  # every trial to s unless asked
     lrs = "" if tuple(grid) == GRID else "-lr" + "_".join(f"{x:g}" for x in grid)
-    more = "".join(f"-{k}{v}" for k, v in sorted(extra.items()))
+    more = "".join(f"-{k}{v}" for k, v in sorted(extra.items()) if v is not None)
     run_dir = out / f"{space}-{init}-s{steps}-n{seeds}-e{epsilon}{lrs}{more}"
     t0 = time.perf_counter()
     run_search(run_dir, cfg, progress=False, log=lambda *a: None)

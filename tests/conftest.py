@@ -89,3 +89,26 @@ def launch_job(argv: list[str], n: int = 2, per_process=None, env=None):
 def wait_job(procs, timeout=300) -> list[tuple[int, str]]:
     """(exit code, stderr) of every process of a job."""
     return [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, teacher):
+    """A finished search over TINY_SPACE with the session's teacher (copy it: `run`)."""
+    from bortsearch.cli import main
+
+    d = tmp_path_factory.mktemp("run")
+    (d / "space.toml").write_text(TINY_SPACE)
+    assert main(["search", "--space", str(d / "space.toml"), "--run", str(d / "run"),
+                 "--teacher", str(teacher), "--epsilon", "4", "--steps", "5", "--batch-size",
+                 "8", "--seq-len", "32", "--quiet"]) == 0
+    return d / "run"
+
+
+@pytest.fixture
+def run(finished_run, tmp_path):
+    """A copy of `finished_run` that a test may change."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy

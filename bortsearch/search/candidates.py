@@ -193,9 +193,22 @@ class CandidateTrainer:
                                            self.heldout_teacher[0]).compile()
             return program, time.perf_counter() - t0
 
+        def reduced(arch):  # the step for one θ fewer, which halving will need
+            t0 = time.perf_counter()
+            state = jobs[arch]["step"].result()[0]  # done: the pool runs jobs in order
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                (x.shape[0], lrs - 1, *x.shape[2:]), x.dtype), state)
+            program = train_step_many.lower(abstract, *self._step_inputs, arch=arch,
+                                            cfg=self.optim, loss_cfg=self.settings.loss,
+                                            dtype=self.settings.dtype).compile()
+            return program, time.perf_counter() - t0
+
         jobs = {arch: {"step": pool.submit(step, arch)} for arch in archs}
         for arch in archs:
             jobs[arch]["evaluate"] = pool.submit(evaluate, arch)
+        if self.settings.halving_step is not None:
+            for arch in archs:
+                jobs[arch]["reduced"] = pool.submit(reduced, arch)
         return jobs
 
     @functools.cached_property
@@ -256,7 +269,8 @@ class CandidateTrainer:
                 continue
             live[arch] = dict(state=state, step=step, evaluate=compiled[arch]["evaluate"],
                               losses=[], compile_s=own, compile_busy_s=own, train_s=0.0,
-                              kept=None, dropped={}, halved_at=0, eval_ready=False)
+                              kept=None, dropped={}, halved_at=0, eval_ready=False,
+                              reduced=compiled[arch].get("reduced"))
         wall, own = time.perf_counter() - t0, sum(c["compile_s"] for c in live.values())
         for arch, c in live.items():
             c["compile_s"] = wall * c["compile_s"] / max(own, 1e-9)
@@ -282,7 +296,13 @@ class CandidateTrainer:
                     continue
                 c["train_s"] += time.perf_counter() - t0
                 if k + 1 == s.halving_step and c["kept"] is None:
-                    self._halve(arch, c, k + 1)
+                    try:
+                        self._halve(arch, c, k + 1)
+                    except Exception as e:  # noqa: BLE001 -- as a failed step
+                        del live[arch]
+                        results[arch] = self._fail(arch, f"halving failed at step {k + 1}: "
+                                                         f"{_short(e)}")
+                        continue
                 if c["manager"] is not None and (k + 1) % self.checkpoint_every == 0 \
                         and k + 1 < s.steps:
                     self._save(c, k + 1)
@@ -363,11 +383,14 @@ class CandidateTrainer:
         """Go on with the θ of `keep` only: their states and a step compiled for them."""
         t0 = time.perf_counter()
         c["state"] = jax.tree.map(lambda x: x[:, np.asarray(keep)], c["state"])
-        c["step"] = train_step_many.lower(c["state"], *self._step_inputs, arch=arch,
-                                          cfg=self.optim, loss_cfg=self.settings.loss,
-                                          dtype=self.settings.dtype).compile()
-        own = time.perf_counter() - t0
-        c["compile_s"] += own
+        if c.get("reduced") is not None and len(keep) == len(self.settings.lrs) - 1:
+            c["step"], own = c["reduced"].result()  # compiled beside the training
+        else:
+            c["step"] = train_step_many.lower(c["state"], *self._step_inputs, arch=arch,
+                                              cfg=self.optim, loss_cfg=self.settings.loss,
+                                              dtype=self.settings.dtype).compile()
+            own = time.perf_counter() - t0
+        c["compile_s"] += time.perf_counter() - t0  # waited for
         c["compile_busy_s"] += own
         c["kept"], c["dropped"], c["halved_at"] = keep, dropped, step
 

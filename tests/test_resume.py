@@ -1,0 +1,108 @@
+"""A search killed at any moment resumes where it stopped: a killed process, a
+lockstep group killed between checkpoints, a kill after successive halving. (Apart
+from test_run.py so that the two files run on two pytest workers side by side.)"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import has_checkpoint, kill_when
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_results(space, teacher, tmp_path):
+    exe = Path(sys.executable).parent / "bortsearch"
+    # ε = 2: 4 of the 8 architectures, each its own group
+    args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "2",
+            "--group-size", "1", "--steps", "40", "--batch-size", "8", "--seq-len", "32", "--quiet"]
+    subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    journal = run / "journal.jsonl"
+    kill_when(proc, lambda: journal.is_file() and journal.read_text().count('"event": "done"') >= 2)
+    done_before = journal.read_text().count('"event": "done"')
+    assert 2 <= done_before < 4, "the kill must land mid-search"
+    assert not (run / "results.csv").exists()
+    subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
+    events = [json.loads(l) for l in journal.read_text().splitlines()]
+    done = [tuple(e["arch"]) for e in events if e["event"] == "done"]
+    assert len(done) == len(set(done)) == 4  # nothing finished was trained again
+    assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_group_killed_mid_training_resumes_from_its_checkpoints(space, teacher, tmp_path):
+    """All 4 candidates (ε = 2) train as one lockstep group; killed after a checkpoint
+    and before any finished, the search continues from the checkpoints (not from
+    step 0) and ends with the results of an uninterrupted run."""
+    exe = Path(sys.executable).parent / "bortsearch"
+    args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "2",
+            "--steps", "60", "--checkpoint-every", "10", "--batch-size", "8", "--seq-len", "32",
+            "--seeds", "1", "--quiet"]
+    subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    folder = run / "candidates" / "search-60"
+    kill_when(proc, lambda: folder.is_dir() and sum(has_checkpoint(d) for d in folder.iterdir()
+                                                    if d.is_dir()) == 4)
+    journal = run / "journal.jsonl"
+    assert '"event": "done"' not in journal.read_text()  # nothing had finished
+    subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
+    events = [json.loads(line) for line in journal.read_text().splitlines()]
+    done = [e for e in events if e["event"] == "done"]
+    assert len(done) == 4 and all(e["timing"]["resumed_from"] >= 10 for e in done)
+    assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+    assert not any(folder.iterdir())  # each candidate's checkpoints go once it is journalled
+
+
+@pytest.mark.slow
+def test_halving_stops_the_worse_lr_and_resumes_after_a_kill(space, teacher, tmp_path):
+    """--halving 0.5: at s/2 every candidate measures its trials on B and stops the θ
+    whose mean error is worse than the best θ's by more than 3 seed standard errors
+    (here 3e-2 against 1e-3: all four), journalling when, which θ and its error then,
+    and the work done (trial steps); killed after the halving, the search resumes from
+    the reduced checkpoints and ends with the uninterrupted run's results."""
+    exe = Path(sys.executable).parent / "bortsearch"
+    args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "2",
+            "--steps", "40", "--checkpoint-every", "10", "--batch-size", "8", "--seq-len", "32",
+            "--lr", "1e-3", "--lr", "3e-2", "--halving", "0.5", "--quiet"]
+    subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
+                   capture_output=True)
+    whole = [json.loads(line) for line in
+             (tmp_path / "whole" / "journal.jsonl").read_text().splitlines()]
+    done = [e for e in whole if e["event"] == "done"]
+    assert len(done) == 4
+    for e in done:
+        t = e["timing"]
+        assert t["halved_at"] == 20 and [lr for lr, _ in t["dropped"]] == [3e-2]
+        assert t["trial_steps"] == 2 * (20 * 2 + 20 * 1)  # 2 seeds; 25% less than 160
+        assert e["best_lr"] == 1e-3
+        assert all(ce is None and kl is None for lr, _, ce, kl in e["trials"] if lr == 3e-2)
+        # the stopped θ was worse then than the kept θ ends
+        assert t["dropped"][0][1] > e["error"]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    folder = run / "candidates" / "search-40"
+
+    def halved_and_saved(d):
+        return (d / "halving.json").is_file() and (d / "30").is_dir()
+
+    kill_when(proc, lambda: folder.is_dir() and sum(halved_and_saved(d) for d in folder.iterdir()
+                                                    if d.is_dir()) == 4)
+    assert '"event": "done"' not in (run / "journal.jsonl").read_text()
+    subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
+    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e["event"] == "done"]
+    assert len(resumed) == 4
+    assert all(e["timing"]["resumed_from"] >= 30 and e["timing"]["halved_at"] == 20
+               for e in resumed)
+    assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
