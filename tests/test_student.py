@@ -1,7 +1,6 @@
 """Export and pretraining of the chosen student."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from bortsearch import load
 from bortsearch.cli import main
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-EXE = str(Path(sys.executable).parent / "bortsearch")
 PRETRAIN = ["--steps", "12", "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3",
             "--eval-every", "4", "--checkpoint-every", "4", "--quiet"]
 
