@@ -66,43 +66,47 @@ def test_a_group_killed_mid_training_resumes_from_its_checkpoints(space, teacher
 def test_halving_stops_the_worse_lr_and_resumes_after_a_kill(space, teacher, tmp_path):
     """--halving 0.5: at s/2 every candidate measures its trials on B and stops the θ
     whose mean error is worse than the best θ's by more than 3 seed standard errors
-    (here 3e-2 against 1e-3: all four), journalling when, which θ and its error then,
-    and the work done (trial steps); killed after the halving, the search resumes from
-    the reduced checkpoints and ends with the uninterrupted run's results."""
+    (3e-2 against 1e-3 here; whether that is beyond the noise depends on the
+    candidate), journalling when, which θ and its error then, and the work done
+    (trial steps); killed after the halving, the search resumes from the reduced
+    checkpoints and ends with the uninterrupted run's results."""
     exe = Path(sys.executable).parent / "bortsearch"
     args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "2",
             "--steps", "40", "--checkpoint-every", "10", "--batch-size", "8", "--seq-len", "32",
             "--lr", "1e-3", "--lr", "3e-2", "--halving", "0.5", "--quiet"]
     subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
                    capture_output=True)
-    whole = [json.loads(line) for line in
-             (tmp_path / "whole" / "journal.jsonl").read_text().splitlines()]
-    done = [e for e in whole if e["event"] == "done"]
-    assert len(done) == 4
-    for e in done:
+    whole = {tuple(e["arch"]): e for e in map(json.loads, (tmp_path / "whole" / "journal.jsonl")
+                                              .read_text().splitlines()) if e["event"] == "done"}
+    assert len(whole) == 4
+    halved = [e for e in whole.values() if e["timing"]["halved_at"]]
+    assert halved, "3e-2 was within the noise of 1e-3 for every candidate"
+    for e in whole.values():
         t = e["timing"]
-        assert t["halved_at"] == 20 and [lr for lr, _ in t["dropped"]] == [3e-2]
-        assert t["trial_steps"] == 2 * (20 * 2 + 20 * 1)  # 2 seeds; 25% less than 160
-        assert e["best_lr"] == 1e-3
-        assert all(ce is None and kl is None for lr, _, ce, kl in e["trials"] if lr == 3e-2)
-        # the stopped θ was worse then than the kept θ ends
-        assert t["dropped"][0][1] > e["error"]
+        if t["halved_at"]:
+            (lr, error_then), = t["dropped"]
+            assert t["halved_at"] == 20 and lr != e["best_lr"]
+            assert t["trial_steps"] == 2 * (20 * 2 + 20 * 1)  # 2 seeds; 25% less than 160
+            assert all(ce is None and kl is None for x, _, ce, kl in e["trials"] if x == lr)
+            assert error_then > e["error"]  # worse then than the kept θ ends
+        else:
+            assert t["trial_steps"] == 2 * 40 * 2 and t["dropped"] == []
+            assert all(kl is not None for *_, kl in e["trials"])
 
     run = tmp_path / "killed"
     proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     folder = run / "candidates" / "search-40"
-
-    def halved_and_saved(d):
-        return (d / "halving.json").is_file() and (d / "30").is_dir()
-
-    kill_when(proc, lambda: folder.is_dir() and sum(halved_and_saved(d) for d in folder.iterdir()
+    kill_when(proc, lambda: folder.is_dir() and sum((d / "30").is_dir() for d in folder.iterdir()
                                                     if d.is_dir()) == 4)
     assert '"event": "done"' not in (run / "journal.jsonl").read_text()
+    assert sum((d / "halving.json").is_file() for d in folder.iterdir()) == len(halved)
     subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
-    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
-    resumed = [e for e in events if e["event"] == "done"]
-    assert len(resumed) == 4
-    assert all(e["timing"]["resumed_from"] >= 30 and e["timing"]["halved_at"] == 20
-               for e in resumed)
+    resumed = {tuple(e["arch"]): e for e in map(json.loads, (run / "journal.jsonl")
+                                                .read_text().splitlines()) if e["event"] == "done"}
+    assert resumed.keys() == whole.keys()
+    for a, e in resumed.items():
+        assert e["timing"]["resumed_from"] >= 30
+        assert e["timing"]["halved_at"] == whole[a]["timing"]["halved_at"]
+        assert e["trials"] == whole[a]["trials"]
     assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
