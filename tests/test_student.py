@@ -213,6 +213,15 @@ def test_pretrain_with_sentence_order_prediction(run, tmp_path, capsys):
     ids = np.array([[2, 7, 8, 3, 9, 10, 3]])
     assert model.sop_logits(ids, token_type_ids=[[0, 0, 0, 0, 1, 1, 1]]).shape == (1, 2)
     assert "sentence-order prediction" in (out / "README.md").read_text()
+    # the held-out order accuracy, recomputed with NumPy from the exported weights
+    from bortsearch import BatchSpec, load_data, resolve_corpus
+
+    data = load_data(resolve_corpus(None), model.tokenizer, BatchSpec(8, 32, seed=0), pairs=True)
+    hits = []
+    for b in data.heldout_batches():
+        order = model.sop_logits(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        hits += list(order[np.arange(len(order)), b["sop_labels"]] >= order.max(-1))
+    assert summary["heldout_sop_accuracy"] == pytest.approx(np.mean(hits), abs=1e-9)
     # the same command again: the finished export is recognised, nothing is trained
     assert main(["pretrain", str(run), "--out", str(out), "--objective", "mlm+sop",
                  *PRETRAIN]) == 0

@@ -299,9 +299,8 @@ class Encoder(nn.Module):
             return logits
         # ALBERT's sentence-order head (AlbertForPreTraining): tanh(pooler(x₀)), then
         # dropout and a 2-way classifier; BERT's NSP head has the same form.
-        pooled_BxH = jnp.tanh(_dense(arch.hidden, "pooler", dt)(first_BxH))
         drop = nn.Dropout(rate, deterministic=deterministic)
-        return logits, _dense(2, "sop", dt)(drop(pooled_BxH)).astype(jnp.float32)
+        return logits, _dense(2, "sop", dt)(drop(_pooled(arch, first_BxH, dt))).astype(jnp.float32)
 
 
 class Layer(_Part):
@@ -358,10 +357,16 @@ def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: b
     drop = nn.Dropout(rate, deterministic=deterministic)
     x_BxH = x_BxLxH[:, 0]
     if arch.model_type != "roberta":
-        pooled_BxH = jnp.tanh(_dense(arch.hidden, "pooler", dtype)(x_BxH))
-        return _dense(num_labels, "classifier", dtype)(drop(pooled_BxH)).astype(jnp.float32)
+        return _dense(num_labels, "classifier", dtype)(drop(_pooled(arch, x_BxH, dtype))).astype(
+            jnp.float32)
     return _RobertaClassifier(num_labels, arch.hidden, dtype, name="classifier")(
         drop(x_BxH), drop).astype(jnp.float32)
+
+
+def _pooled(arch: Arch, x_BxH, dtype):
+    """BERT's and ALBERT's pooler, tanh(pooler(x₀)), under the caller's "pooler" name
+    (the classifier's and the sentence-order head's: one pretrained, both read it)."""
+    return jnp.tanh(_dense(arch.hidden, "pooler", dtype)(x_BxH))
 
 
 class _RobertaClassifier(nn.Module):

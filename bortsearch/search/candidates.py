@@ -180,10 +180,7 @@ class CandidateTrainer:
         def step(arch):
             t0 = time.perf_counter()
             state = self._initial_state(arch)
-            program = train_step_many.lower(state, *self._step_inputs, arch=arch,
-                                            cfg=self.optim, loss_cfg=self.settings.loss,
-                                            dtype=self.settings.dtype).compile()
-            return state, program, time.perf_counter() - t0
+            return state, self._compile_step(arch, state), time.perf_counter() - t0
 
         def evaluate(arch):
             t0 = time.perf_counter()
@@ -198,10 +195,7 @@ class CandidateTrainer:
             state = jobs[arch]["step"].result()[0]  # done: the pool runs jobs in order
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
                 (x.shape[0], lrs - 1, *x.shape[2:]), x.dtype), state)
-            program = train_step_many.lower(abstract, *self._step_inputs, arch=arch,
-                                            cfg=self.optim, loss_cfg=self.settings.loss,
-                                            dtype=self.settings.dtype).compile()
-            return program, time.perf_counter() - t0
+            return self._compile_step(arch, abstract), time.perf_counter() - t0
 
         jobs = {arch: {"step": pool.submit(step, arch)} for arch in archs}
         for arch in archs:
@@ -210,6 +204,13 @@ class CandidateTrainer:
             for arch in archs:
                 jobs[arch]["reduced"] = pool.submit(reduced, arch)
         return jobs
+
+    def _compile_step(self, arch: Arch, state):
+        """The training step of `arch` compiled for states of `state`'s shapes (any
+        number of seeds and θ)."""
+        return train_step_many.lower(state, *self._step_inputs, arch=arch, cfg=self.optim,
+                                     loss_cfg=self.settings.loss,
+                                     dtype=self.settings.dtype).compile()
 
     @functools.cached_property
     def _step_inputs(self):
@@ -289,7 +290,7 @@ class CandidateTrainer:
                 t0 = time.perf_counter()
                 try:
                     c["state"], metrics = c["step"](c["state"], batch, targets)
-                    c["losses"].append(self._widen(c, np.asarray(metrics["loss"])))
+                    c["losses"].append(self._widen(c, jax.block_until_ready(metrics["loss"])))
                 except Exception as e:  # noqa: BLE001
                     del live[arch]
                     results[arch] = self._fail(arch, f"training failed at step {k + 1}: {_short(e)}")
@@ -338,11 +339,12 @@ class CandidateTrainer:
         return c["evaluate"]
 
     def _widen(self, c: dict, per_trial):
-        """Per-trial values (N x kept θ) as N x |Θ|, zeros where a θ was dropped."""
+        """Per-trial values (N x kept θ) as N x |Θ|, zeros where a θ was dropped
+        (before any was: as they are, on the device)."""
         if c["kept"] is None:
             return per_trial
-        full = np.zeros((self.settings.seeds, len(self.settings.lrs)), per_trial.dtype)
-        full[:, c["kept"]] = per_trial
+        full = np.zeros((self.settings.seeds, len(self.settings.lrs)), np.float32)
+        full[:, c["kept"]] = np.asarray(per_trial)
         return full
 
     def _heldout_errors(self, c: dict, params) -> tuple[np.ndarray, np.ndarray]:
@@ -386,9 +388,7 @@ class CandidateTrainer:
         if c.get("reduced") is not None and len(keep) == len(self.settings.lrs) - 1:
             c["step"], own = c["reduced"].result()  # compiled beside the training
         else:
-            c["step"] = train_step_many.lower(c["state"], *self._step_inputs, arch=arch,
-                                              cfg=self.optim, loss_cfg=self.settings.loss,
-                                              dtype=self.settings.dtype).compile()
+            c["step"] = self._compile_step(arch, c["state"])
             own = time.perf_counter() - t0
         c["compile_s"] += time.perf_counter() - t0  # waited for
         c["compile_busy_s"] += own
@@ -450,8 +450,7 @@ class CandidateTrainer:
                 if not (np.isfinite(ce[j, i]) and np.isfinite(kl[j, i])):
                     reasons.append(f"held-out error is NaN with lr {lr:g}, seed {j}")
                 trials.append((lr, j, float(ce[j, i]), float(kl[j, i])))
-        ev = summarise(trials, s.lrs, s.error, "; ".join(reasons))
-        return ev
+        return summarise(trials, s.lrs, s.error, "; ".join(reasons))
 
     def _fail(self, arch: Arch, reason: str) -> Evaluation:
         ev = Evaluation(FAILED, reason=reason)

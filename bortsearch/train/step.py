@@ -226,18 +226,17 @@ def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
     One row max serves both log-sum-exps and the accuracy. The model computes in
     `dtype`; its logits, and everything here, are float32."""
     logits_BxPxV = student_logits(arch, params, batch, dtype)
-    sop_term = 0.0
+    sop_term, metrics = 0.0, {}
     if "sop_labels" in batch:  # ALBERT's sentence-order prediction, from its labels
         logits_BxPxV, order_Bx2 = logits_BxPxV
         sop_ce, sop_hits = _order_loss(order_Bx2, batch["sop_labels"])
         sop_term = (loss_cfg.sop_weight if loss_cfg is not None else 1.0) * sop_ce
+        metrics = {"sop_ce": sop_ce, "sop_accuracy": sop_hits.mean()}
     w_BxP = batch["weights"]
     true_BxP, max_BxP = _true_and_max(logits_BxPxV, batch["labels"])
     ce = _weighted_mean(_logsumexp(logits_BxPxV, max_BxP) - true_BxP, w_BxP)
     accuracy = _weighted_mean(_hits(true_BxP, max_BxP), w_BxP)
-    metrics = {"ce": ce, "accuracy": accuracy}
-    if "sop_labels" in batch:
-        metrics |= {"sop_ce": sop_ce, "sop_accuracy": sop_hits.mean()}
+    metrics = {"ce": ce, "accuracy": accuracy, **metrics}
     if targets is None:
         return ce + sop_term, metrics
     tau = loss_cfg.temperature
@@ -250,10 +249,11 @@ def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
 
 
 def _order_loss(order_Bx2, labels_B):
-    """Cross-entropy of the order head and its hits (a tie counts as a hit)."""
-    true_B = jnp.take_along_axis(order_Bx2, labels_B[:, None], -1)[:, 0]
-    lse_B = jax.nn.logsumexp(order_Bx2, -1)
-    return (lse_B - true_B).mean(), (true_B >= order_Bx2.max(-1)).astype(jnp.float32)
+    """Cross-entropy of the order head and its hits (a tie counts as a hit): the
+    masked-LM loss's own pieces, with one "position" per row."""
+    order_Bx1x2 = order_Bx2[:, None]
+    true_Bx1, max_Bx1 = _true_and_max(order_Bx1x2, labels_B[:, None])
+    return (_logsumexp(order_Bx1x2, max_Bx1) - true_Bx1).mean(), _hits(true_Bx1, max_Bx1)[:, 0]
 
 
 def apply_gradients(state: TrainState, grads, cfg: OptimConfig) -> TrainState:
