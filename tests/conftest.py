@@ -9,6 +9,20 @@ import pytest
 # models cheap across test files.
 os.environ.setdefault("BORTSEARCH_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
 
+# XLA's backend at optimisation level 0 for the suite (every subprocess inherits it):
+# the tests' models are tiny, so compiling is most of their work, and level 0
+# compiles about a third faster; the numerics the tests check are unchanged within
+# their tolerances. `BORTSEARCH_TEST_XLA_OPT=default` runs the suite as users compile.
+TEST_XLA_FLAGS = ("" if os.environ.get("BORTSEARCH_TEST_XLA_OPT") == "default"
+                  else "--xla_backend_optimization_level=0")
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def xla_flags(devices: int = 1) -> str:
+    """XLA_FLAGS for a subprocess: the suite's, with `devices` CPU devices."""
+    many = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+    return f"{TEST_XLA_FLAGS} {many}".strip()
+
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
@@ -78,7 +92,7 @@ def launch_job(argv: list[str], n: int = 2, per_process=None, env=None):
 
     exe = str(Path(sys.executable).parent / "bortsearch")
     job = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", str(n)]
-    environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    environ = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     return [subprocess.Popen([exe, *argv, *job, "--process-id", str(i),
                               *(per_process(i) if per_process else [])],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

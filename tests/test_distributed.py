@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import has_checkpoint, kill_when
+from conftest import has_checkpoint, kill_when, xla_flags
 
 EXE = str(Path(sys.executable).parent / "bortsearch")
 
@@ -57,7 +57,7 @@ def test_two_devices_give_the_one_device_loss(run, tmp_path):
     shutil.copytree(run, other)
     one = _pretrain(run, tmp_path / "one", *flags)
     two = _pretrain(other, tmp_path / "two", *flags,
-                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                    env={"XLA_FLAGS": xla_flags(2)})
     assert one.wait(timeout=300) == 0, one.stderr.read()
     assert two.wait(timeout=300) == 0, two.stderr.read()
     m1, m2 = _last_metrics(run), _last_metrics(other)
@@ -82,7 +82,7 @@ def test_two_process_pretraining_equals_one_process_and_survives_a_kill(run, tmp
     other = tmp_path / "other"
     shutil.copytree(run, other)
     one = _pretrain(other, tmp_path / "one", *flags,
-                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                    env={"XLA_FLAGS": xla_flags(2)})
     assert one.wait(timeout=300) == 0, one.stderr.read()
 
     size = json.loads((run / "best.json").read_text())["size"]

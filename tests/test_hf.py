@@ -27,6 +27,32 @@ def test_logits_match_transformers(folder, key):
     np.testing.assert_allclose(model.logits(ids, mask), LOGITS[f"{key}_logits"], atol=1e-4, rtol=0)
 
 
+DEFAULT_OPT = """
+import sys
+import numpy as np
+from bortsearch import load
+golden, key = sys.argv[1], sys.argv[2]
+gold = np.load(golden + "/logits.npz")
+model = load(golden + "/" + key + "_tiny")
+err = np.abs(model.logits(gold[key + "_ids"], gold[key + "_mask"]) - gold[key + "_logits"]).max()
+print(err)
+"""
+
+
+def test_logits_match_transformers_as_users_compile():
+    """The suite compiles at XLA's optimisation level 0 (conftest.py); the product
+    compiles at XLA's default, where the logits match transformers too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for key in ("bert", "roberta"):
+        out = subprocess.run([sys.executable, "-c", DEFAULT_OPT, str(GOLDEN), key], env=env,
+                             capture_output=True, text=True, check=True)
+        assert float(out.stdout.split()[-1]) < 1e-4
+
+
 def test_golden_checkpoints_cover_both_families_and_decoders():
     bert, roberta = load(GOLDEN / "bert_tiny"), load(GOLDEN / "roberta_tiny")
     assert (bert.arch.model_type, bert.arch.tie_decoder, bert.arch.type_vocab_size) == ("bert", True, 2)

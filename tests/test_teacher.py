@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 from bortsearch import load
 from bortsearch.cli import main
-from conftest import has_checkpoint, kill_when
+from conftest import has_checkpoint, kill_when, xla_flags
 
 SPACE = str(Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml")
 TINY = ["--space", SPACE, "--arch", "1,2,32,64", "--vocab-size", "300", "--batch-size", "8",
@@ -127,7 +127,7 @@ def test_two_processes_train_the_one_process_teacher(tmp_path):
 
     common = [*TINY, "--steps", "12", "--checkpoint-every", "4"]
     one = _run([*common, "--out", str(tmp_path / "one")],
-               env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+               env={**os.environ, "XLA_FLAGS": xla_flags(2)})
     assert one.wait(timeout=300) == 0, one.stderr.read()
     job = launch_job(["teacher", *common, "--out", str(tmp_path / "two")])
     assert [code for code, _ in wait_job(job)] == [0, 0], wait_job(job)
