@@ -9,6 +9,11 @@ from bortsearch.allocator import keep_freed_memory
 
 keep_freed_memory()
 
+# Also before a backend starts: deterministic GPU programs (bortsearch/determinism.py).
+from bortsearch.determinism import deterministic_gpu_programs
+
+deterministic_gpu_programs()
+
 # ruff: noqa: E402
 
 from bortsearch.data.batches import BatchSpec, MLMData, load_data

@@ -114,7 +114,10 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
 
 
 def hardware_fingerprint() -> dict:
-    """What a measured latency depends on: device, CPU, cores, jax version."""
+    """What a measured latency depends on: device, CPU, cores, jax version (and on
+    a GPU whether its programs are deterministic: bortsearch/determinism.py)."""
+    from bortsearch.determinism import flag_value
+
     device = jax.devices()[0]
     return {
         "platform": device.platform,
@@ -123,6 +126,7 @@ def hardware_fingerprint() -> dict:
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "jax": jax.__version__,
+        **({"deterministic_ops": bool(flag_value())} if device.platform == "gpu" else {}),
     }
 
 
