@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/torch_bench.py
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/onnx_bench.py
+	$(BIN)/python bench/latency_fit.py
 
 # Does training decide the answer, above seed noise? (bench/signal_quality.py; about
 # 1.5 hours on 2 CPU cores at these settings; its results are in bench/RESULTS.md.)

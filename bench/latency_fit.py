@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 CACHE = Path(os.environ.get("BORTSEARCH_CACHE", Path.home() / ".cache" / "bortsearch"))
 RUNTIMES = ("xla", "onnx", "onnx-int8")
 B, L, SCOPE = 1, 128, "encoder"
+STAT = min if os.environ.get("LFIT_STAT") == "min" else statistics.median
 
 
 def parse():
@@ -73,29 +74,20 @@ def key(a) -> str:
 
 
 def feature_sets():
-    """name -> features(arch) (per call, per layer, ...); the first is today's model."""
+    """name -> features(arch): today's model (`latency_model.features`) and the two
+    it replaced, for comparison."""
     from bortsearch.model.latency_model import features
-    from bortsearch.model.proxies import SOFTMAX_FLOPS, forward_flops
 
-    def parts(a):
-        total = float(forward_flops(a, B, L, SCOPE))
-        attn = a.layers * 4.0 * B * L * L * a.hidden  # scores and the weighted sum
-        scores = float(a.layers * a.heads * B * L * L)
-        linear = total - attn - SOFTMAX_FLOPS * scores  # products with the weights
-        act = float(a.layers * B * L * (a.hidden + a.intermediate))
-        return total, linear, attn, scores, act
+    def before(a):  # the model until 2026-11-28: call, D, FLOPs, D·A·L²
+        f = features(a, B, L, SCOPE)
+        return np.array([f[0], f[1], f[2] + f[3] + SOFTMAX_FLOPS * f[4], f[4]])
 
-    def split(a):
-        _, linear, attn, scores, _ = parts(a)
-        return np.array([1.0, a.layers, linear, attn, scores])
+    from bortsearch.model.proxies import SOFTMAX_FLOPS
 
-    def split_act(a):
-        _, linear, attn, scores, act = parts(a)
-        return np.array([1.0, a.layers, linear, attn, scores, act])
-
-    return {"today (call, D, FLOPs, D·A·L²)": lambda a: features(a, B, L, SCOPE),
-            "split (call, D, weight FLOPs, attention FLOPs, D·A·L²)": split,
-            "split + activations D·L·(H+I)": split_act}
+    return {"before (call, D, FLOPs, D·A·L²)": before,
+            "split FLOPs (call, D, weight FLOPs, attention FLOPs, D·A·L²)":
+                lambda a: features(a, B, L, SCOPE)[:5],
+            "today: split + activations D·L·(H+I)": lambda a: features(a, B, L, SCOPE)}
 
 
 def evaluate(archs, times, pick, feats) -> dict:
@@ -105,7 +97,7 @@ def evaluate(archs, times, pick, feats) -> dict:
     T = max(archs, key=lambda a: forward_flops(a, B, L, SCOPE))
     fit_on = sample([a for a in archs if a != T], 8, B, L, SCOPE) + [T]
     held = [a for a in archs if a not in fit_on]
-    med = {a: statistics.median(times[key(a)]) for a in archs}
+    med = {a: STAT(times[key(a)]) for a in archs}
     x = np.stack([feats(a) for a in fit_on])
     c = _nnls(x, np.array([med[a] for a in fit_on]))
     pred = {a: float(feats(a) @ c) for a in archs}
@@ -118,7 +110,8 @@ def evaluate(archs, times, pick, feats) -> dict:
 
 def floor(archs, times, pick) -> dict:
     """Round-to-round spread of the measured speed-up of T over each architecture:
-    each round's against the median of the others (what a perfect model would miss)."""
+    each round's against the median of the others (what a perfect model would miss):
+    the median and worst over the architectures and rounds, and the pick's median."""
     from bortsearch.model.proxies import forward_flops
 
     T = max(archs, key=lambda a: forward_flops(a, B, L, SCOPE))
@@ -134,7 +127,7 @@ def floor(archs, times, pick) -> dict:
                 statistics.median(times[key(a)][i] for i in rest)
             (pick_devs if a == pick else devs).append(abs(one / others - 1))
     return {"median": float(np.median(devs)), "max": float(np.max(devs)),
-            "pick": float(np.max(pick_devs)) if pick_devs else float("nan")}
+            "pick": float(np.median(pick_devs)) if pick_devs else float("nan")}
 
 
 def main():
@@ -155,7 +148,7 @@ def main():
     for rt in RUNTIMES:
         fl = floor(archs, got[rt], pick)
         lines.append(f"| {rt} | round-to-round spread (the floor) | {100 * fl['median']:.1f}% | "
-                     f"{100 * fl['max']:.0f}% | ±{100 * fl['pick']:.1f}% |")
+                     f"{100 * fl['max']:.0f}% | {100 * fl['pick']:.1f}% |")
         for name, feats in feature_sets().items():
             e = evaluate(archs, got[rt], pick, feats)
             res.setdefault(rt, {})[name] = e

@@ -191,10 +191,17 @@ def test_latency_model_recovers_known_costs_and_reports_its_held_out_error():
     base = Arch(2, 2, 64, 128, vocab_size=1000, max_positions=128)
     archs = [base.with_size(d, a, h, i) for d in (1, 2, 4) for a in (2, 4) for h in (64, 128)
              for i in (128, 512)]
-    truth = np.array([2e-4, 5e-5, 1e-11, 3e-10])  # per call, per layer, per FLOP, per score
+    # per call, per layer, per weight FLOP, per attention FLOP, per score, per activation
+    truth = np.array([2e-4, 5e-5, 1e-11, 4e-11, 3e-10, 2e-9])
     seconds = [float(features(a, 1, 128, "encoder") @ truth) for a in archs]
     model = fit_latency(archs, seconds, 1, 128, "encoder")
     np.testing.assert_allclose(model.coef, truth, rtol=1e-6)
+    # the terms, computed independently of forward_flops for one architecture
+    a = archs[-1]  # <4, 4, 128, 512>
+    d, l, h, i = a.layers, 128, a.hidden, a.intermediate
+    np.testing.assert_allclose(features(a, 1, 128, "encoder"),
+                               [1, d, d * (8 * l * h * h + 4 * l * h * i), d * 4 * l * l * h,
+                                d * a.heads * l * l, d * l * (h + i)])
     assert max(map(abs, model.loo_errors)) < 1e-6
     # FLOPs alone cannot: a per-layer cost makes deep-narrow slower than its FLOPs say
     flops_only = [forward_flops(a, 1, 128, "encoder") for a in archs]

@@ -210,6 +210,7 @@ def test_measured_inference_is_journalled_and_not_measured_again(space, teacher,
 @pytest.mark.slow
 def test_fitted_latency_model_predicts_every_architecture(space, teacher, tmp_path, capsys):
     from bortsearch.model.latency_model import FEATURES, features, fit_latency
+    from bortsearch.search.run import LATENCY_ROUNDS
 
     run = tmp_path / "r"
     assert _search(space, run, teacher, "--epsilon", "8", "--inference", "fitted",
@@ -220,18 +221,29 @@ def test_fitted_latency_model_predicts_every_architecture(space, teacher, tmp_pa
     assert latency and all(e["runtime"] == "onnx" for e in latency)
     best = json.loads((run / "best.json").read_text())
     lm = best["latency_model"]
-    assert lm["features"] == list(FEATURES) and lm["measured"] == len(latency)
+    # each architecture of the sample measured in LATENCY_ROUNDS interleaved rounds
+    rounds = {}
+    for e in latency:
+        rounds.setdefault(tuple(e["arch"]), []).append(e["median_s"])
+    assert {len(v) for v in rounds.values()} == {LATENCY_ROUNDS}
+    assert [tuple(e["arch"]) for e in latency[:len(rounds)]] == list(rounds)  # round by round
+    assert lm["features"] == list(FEATURES) and lm["measured"] == len(rounds)
     assert all(c >= 0 for c in lm["coef"]) and best["inference_kind"] == "fitted"
-    # the model again from the journalled measurements, and î = its predictions
+    # the model again from the journalled measurements (medians over the rounds), and
+    # î = its predictions
     teacher_arch = load(teacher).arch
-    archs = [teacher_arch.with_size(*e["arch"]) for e in latency]
-    again = fit_latency(archs, [e["median_s"] for e in latency], 1, 32, "encoder")
+    archs = [teacher_arch.with_size(*k) for k in rounds]
+    again = fit_latency(archs, [float(np.median(v)) for v in rounds.values()], 1, 32, "encoder")
     np.testing.assert_allclose(again.coef, lm["coef"], rtol=1e-9)
     table = pd.read_csv(run / "results.csv")
     for r in table.itertuples():
         arch = teacher_arch.with_size(r.layers, r.heads, r.hidden, r.intermediate)
         assert r.inference == pytest.approx(features(arch, 1, 32, "encoder") @ lm["coef"])
     assert lm["loo_max_rel_error"] == pytest.approx(max(map(abs, again.loo_errors)))
+    # the speed-up check: the pick and T in turn, the medians of the rounds
+    sp = best["speedup"]
+    assert len(sp["round_speedups"]) == LATENCY_ROUNDS == sp["rounds"]
+    assert min(sp["round_speedups"]) <= sp["measured"] <= max(sp["round_speedups"])
 
 
 def test_an_edited_config_is_a_clear_error(space, teacher, tmp_path, capsys):

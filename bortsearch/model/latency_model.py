@@ -2,15 +2,22 @@
 
 FLOPs alone miss what dominates small models at batch 1: a fixed cost per call
 (dispatch, embedding gather, the runtime's own overhead) and per layer (a dozen
-operator launches, LayerNorms, reshapes), and the attention's element-wise work,
-which grows with the heads A and L². The model is
+operator launches, reshapes); the element-wise work on the activations (LayerNorms,
+GELU, residual adds, and in int8 the quantisation of every product's input), which
+grows with D·L·(H + I); the attention's softmax, which grows with the heads A and L²;
+and the products themselves at two rates: those with the weights (which int8
+quantises, and which are large enough to run near the machine's peak) and the
+attention's scores and weighted sum (in float32 in every runtime, and split into
+A small products). The model is
 
-    latency ≈ c₀ + c₁·D + c₂·FLOPs + c₃·D·A·B·L²
+    latency ≈ c₀ + c₁·D + c₂·weight FLOPs + c₃·attention FLOPs + c₄·D·A·B·L²
+              + c₅·D·B·L·(H + I)
 
 with c ≥ 0 (non-negative least squares: each term is a cost), fitted on the
 measured latencies of a few architectures that span the space's FLOPs, and judged
 by its leave-one-out error on them (each measured architecture predicted by the
-model fitted on the others).
+model fitted on the others). bench/latency_fit.py measures how it predicts the
+rest of a space, against the model without the last two splits.
 """
 
 from __future__ import annotations
@@ -20,14 +27,20 @@ import dataclasses
 import numpy as np
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.proxies import forward_flops
+from bortsearch.model.proxies import SOFTMAX_FLOPS, forward_flops
 
-FEATURES = ("call", "layers", "flops", "attention_scores")
+FEATURES = ("call", "layers", "weight_flops", "attention_flops", "attention_scores",
+            "activations")
 
 
 def features(arch: Arch, batch: int, seq_len: int, scope: str) -> np.ndarray:
-    return np.array([1.0, arch.layers, float(forward_flops(arch, batch, seq_len, scope)),
-                     float(arch.layers * arch.heads * batch * seq_len ** 2)])
+    """The model's terms for one architecture (see the module's docstring)."""
+    d, b, l = arch.layers, batch, seq_len
+    scores = float(d * arch.heads * b * l * l)
+    attention = 4.0 * d * b * l * l * arch.hidden  # the scores and the weighted sum
+    weights = float(forward_flops(arch, b, l, scope)) - attention - SOFTMAX_FLOPS * scores
+    return np.array([1.0, d, weights, attention, scores,
+                     float(d * b * l * (arch.hidden + arch.intermediate))])
 
 
 @dataclasses.dataclass(frozen=True)

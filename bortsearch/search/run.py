@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -362,7 +363,7 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events,
         xi, T = archs[:-1], archs[-1]
         measured = sample(xi, FITTED_SAMPLE, 1, cfg.seq_len, scope)
         measured += [T] if T not in measured else []
-        times = _measured(measured, cfg, journal, events, progress)
+        times = _measured(measured, cfg, journal, events, progress, rounds=LATENCY_ROUNDS)
         model = fit_latency(measured, [times[a] for a in measured], 1, cfg.seq_len, scope)
         return ({a: Proxies(size_proxy(a, cfg.size_proxy), model.predict(a)) for a in archs},
                 model.summary())
@@ -372,10 +373,15 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events,
 
 INFERENCE_KINDS = ("analytic", "measured", "fitted")
 FITTED_SAMPLE = 8  # architectures measured to fit `--inference fitted`, besides T
+LATENCY_ROUNDS = 5  # interleaved rounds for the fitted model's sample and the speed-up check
 
 
-def _measured(archs, cfg: SearchConfig, journal: Journal, events, progress) -> dict:
-    """Measured median latency of each architecture, from the journal or measured now."""
+def _measured(archs, cfg: SearchConfig, journal: Journal, events, progress,
+              rounds: int = 1) -> dict:
+    """Measured median latency of each architecture, from the journal or measured now:
+    with `rounds` > 1, the median over that many rounds, each round over every
+    architecture in turn (starting one further on each round), so that drifts in the
+    machine's load hit all of them alike."""
     scope = cfg.inference_scope
     from bortsearch.train.fit import progress_bar
 
@@ -384,19 +390,22 @@ def _measured(archs, cfg: SearchConfig, journal: Journal, events, progress) -> d
 
         require_onnx()
     # a run resumed with another --runtime measures again; each runtime's own figures
-    known = {tuple(e["arch"]): e["median_s"] for e in events
-             if e["event"] == "latency" and e.get("runtime", "xla") == cfg.runtime}
-    out = {}
-    for a in progress_bar(iterable=archs, desc=f"measuring latency ({cfg.runtime})", unit="arch",
-                          disable=not progress):
-        if a.size not in known:
-            m = measure_latency(a, batch=1, seq_len=cfg.seq_len, scope=scope, runtime=cfg.runtime)
-            known[a.size] = m["median_s"]
-            journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
-                            "iqr_s": m["iqr_s"], "hardware": m["hardware"],
-                            **({"runtime": cfg.runtime} if cfg.runtime != "xla" else {})})
-        out[a] = known[a.size]
-    return out
+    known: dict = {}
+    for e in events:
+        if e["event"] == "latency" and e.get("runtime", "xla") == cfg.runtime:
+            known.setdefault(tuple(e["arch"]), []).append(e["median_s"])
+    archs = list(dict.fromkeys(archs))  # T may be in Ξ too
+    todo = [(r, a) for r in range(rounds)
+            for a in archs[r % len(archs):] + archs[:r % len(archs)]
+            if len(known.get(a.size, [])) <= r]
+    for _, a in progress_bar(iterable=todo, desc=f"measuring latency ({cfg.runtime})",
+                             unit="arch", disable=not progress or not todo):
+        m = measure_latency(a, batch=1, seq_len=cfg.seq_len, scope=scope, runtime=cfg.runtime)
+        known.setdefault(a.size, []).append(m["median_s"])
+        journal.append({"event": "latency", "arch": _key(a), "median_s": m["median_s"],
+                        "iqr_s": m["iqr_s"], "hardware": m["hardware"],
+                        **({"runtime": cfg.runtime} if cfg.runtime != "xla" else {})})
+    return {a: statistics.median(known[a.size][:rounds]) for a in archs}
 
 
 def _inference_text(value: float, kind: str) -> str:
@@ -446,11 +455,15 @@ def _speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal,
     if known:
         measured = known[-1]["measured"]
     else:
-        times = [measure_latency(a, 1, cfg.seq_len, repeats=10, scope=cfg.inference_scope,
-                                 runtime=runtime) for a in (best.arch, T)]
-        measured = {"best_s": times[0]["median_s"], "maximum_point_s": times[1]["median_s"],
-                    "iqr_s": [times[0]["iqr_s"], times[1]["iqr_s"]],
-                    "hardware": times[0]["hardware"]}
+        # the two in turn, LATENCY_ROUNDS times: load drifts hit both alike
+        rounds = [[measure_latency(a, 1, cfg.seq_len, repeats=10, scope=cfg.inference_scope,
+                                   runtime=runtime) for a in (best.arch, T)]
+                  for _ in range(LATENCY_ROUNDS)]
+        best_s, t_s = ([r[i]["median_s"] for r in rounds] for i in (0, 1))
+        measured = {"best_s": statistics.median(best_s), "maximum_point_s": statistics.median(t_s),
+                    "iqr_s": [statistics.median(r[i]["iqr_s"] for r in rounds) for i in (0, 1)],
+                    "rounds": LATENCY_ROUNDS, "round_speedups": [t / b for t, b in zip(t_s, best_s)],
+                    "hardware": rounds[0][0]["hardware"]}
         journal.append({"event": "speedup", "key": key, "measured": measured})
     return {"predicted": predicted, "measured": measured["maximum_point_s"] / measured["best_s"],
             "scope": cfg.inference_scope, "runtime": runtime, **measured}

@@ -78,6 +78,12 @@ def _pm(value: float, se: float) -> str:
     return f"{value:.4f}" + (f" ± {se:.4f}" if not pd.isna(se) else "")
 
 
+def _rounds(sp: dict) -> str:
+    """How far the measured speed-up moved between its interleaved rounds."""
+    r = sp.get("round_speedups")
+    return f"; median of {len(r)} rounds, {min(r):.2f}–{max(r):.2f}x" if r else ""
+
+
 def reliability(best: dict) -> str:
     """The run's reliability report (what decided the pick, noise, warnings), with
     the W-optimum's predicted and measured speed-up over the maximum point."""
@@ -90,7 +96,7 @@ def reliability(best: dict) -> str:
                         f"{sp['predicted']:.2f}x by î, measured {sp['measured']:.2f}x "
                         f"({1e3 * sp['best_s']:.2f} ms against {1e3 * sp['maximum_point_s']:.2f} "
                         f"ms at batch 1 on {sp['hardware']['device_kind']}, "
-                        f"{sp.get('runtime', 'xla')})")
+                        f"{sp.get('runtime', 'xla')}{_rounds(sp)})")
     lm = best.get("latency_model")
     if lm:
         lines.insert(1 if sp else 0,
