@@ -33,7 +33,6 @@ sys.path.insert(0, str(HERE.parent))
 CACHE = Path(os.environ.get("BORTSEARCH_CACHE", Path.home() / ".cache" / "bortsearch"))
 RUNTIMES = ("xla", "onnx", "onnx-int8")
 B, L, SCOPE = 1, 128, "encoder"
-STAT = min if os.environ.get("LFIT_STAT") == "min" else statistics.median
 
 
 def parse():
@@ -57,9 +56,13 @@ def measure(archs, args) -> dict:
         order = [(rt, a) for rt in RUNTIMES for a in archs]
         random.Random(r).shuffle(order)
         todo = [(rt, a) for rt, a in order if len(got.get(rt, {}).get(key(a), [])) <= r]
+        t0 = time.time()
         for n, (rt, a) in enumerate(todo):
             m = measure_latency(a, B, L, repeats=args.repeats, scope=SCOPE, runtime=rt)
             got.setdefault(rt, {}).setdefault(key(a), []).append(m["median_s"])
+            if n == len(todo) - 1:  # the round's load and time, for the report
+                got.setdefault("rounds", []).append(
+                    {"load": os.getloadavg()[0], "seconds": time.time() - t0})
             if n % 20 == 0 or n == len(todo) - 1:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(got))
@@ -97,7 +100,7 @@ def evaluate(archs, times, pick, feats) -> dict:
     T = max(archs, key=lambda a: forward_flops(a, B, L, SCOPE))
     fit_on = sample([a for a in archs if a != T], 8, B, L, SCOPE) + [T]
     held = [a for a in archs if a not in fit_on]
-    med = {a: STAT(times[key(a)]) for a in archs}
+    med = {a: statistics.median(times[key(a)]) for a in archs}
     x = np.stack([feats(a) for a in fit_on])
     c = _nnls(x, np.array([med[a] for a in fit_on]))
     pred = {a: float(feats(a) @ c) for a in archs}
@@ -137,11 +140,11 @@ def main():
 
     archs = list(load_space(args.space).architectures(vocab_size=8192))
     pick = next(a for a in archs if key(a) == args.pick.replace(",", "-"))
-    t0 = time.time()
     got = measure(archs, args)
+    loads = [r["load"] for r in got.get("rounds", [])] or [float("nan")]
     lines = [f"`bench/latency_fit.py` on {Path(args.space).name} ({len(archs)} architectures; "
-             f"{args.rounds} rounds, median of {args.repeats} calls each; "
-             f"{time.time() - t0:.0f} s; load {os.getloadavg()[0]:.1f} at the end)", "",
+             f"{args.rounds} rounds, median of {args.repeats} calls each, every core; "
+             f"load {min(loads):.1f}–{max(loads):.1f} at the rounds' ends)", "",
              "| runtime | model | held-out median error | held-out worst | pick "
              f"⟨{args.pick}⟩ |", "|---|---|---|---|---|"]
     res = {}
