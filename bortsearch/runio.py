@@ -147,4 +147,7 @@ def enable_compilation_cache() -> None:
     from bortsearch.data.corpus import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+    # programs that compile faster than this are not worth a file (the test suite,
+    # whose tiny programs recompile in many subprocesses, sets 0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get("BORTSEARCH_CACHE_MIN_COMPILE_S", "0.3")))

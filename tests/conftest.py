@@ -16,6 +16,9 @@ os.environ.setdefault("BORTSEARCH_CACHE", str(Path(__file__).resolve().parent.pa
 TEST_XLA_FLAGS = ("" if os.environ.get("BORTSEARCH_TEST_XLA_OPT") == "default"
                   else "--xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+# Every compiled program goes to the shared cache, however fast it compiled: the same
+# tiny programs compile again in many subprocesses.
+os.environ.setdefault("BORTSEARCH_CACHE_MIN_COMPILE_S", "0")
 
 
 def xla_flags(devices: int = 1) -> str:
