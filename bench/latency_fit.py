@@ -80,12 +80,11 @@ def feature_sets():
     """name -> features(arch): today's model (`latency_model.features`) and the two
     it replaced, for comparison."""
     from bortsearch.model.latency_model import features
+    from bortsearch.model.proxies import forward_flops
 
     def before(a):  # the model until 2026-11-28: call, D, FLOPs, D·A·L²
-        f = features(a, B, L, SCOPE)
-        return np.array([f[0], f[1], f[2] + f[3] + SOFTMAX_FLOPS * f[4], f[4]])
-
-    from bortsearch.model.proxies import SOFTMAX_FLOPS
+        return np.array([1.0, a.layers, float(forward_flops(a, B, L, SCOPE)),
+                         float(a.layers * a.heads * B * L * L)])
 
     return {"before (call, D, FLOPs, D·A·L²)": before,
             "split FLOPs (call, D, weight FLOPs, attention FLOPs, D·A·L²)":
@@ -93,11 +92,16 @@ def feature_sets():
             "today: split + activations D·L·(H+I)": lambda a: features(a, B, L, SCOPE)}
 
 
-def evaluate(archs, times, pick, feats) -> dict:
-    from bortsearch.model.latency_model import _nnls, sample
+def maximum_point(archs):
     from bortsearch.model.proxies import forward_flops
 
-    T = max(archs, key=lambda a: forward_flops(a, B, L, SCOPE))
+    return max(archs, key=lambda a: forward_flops(a, B, L, SCOPE))
+
+
+def evaluate(archs, times, pick, feats) -> dict:
+    from bortsearch.model.latency_model import _nnls, sample
+
+    T = maximum_point(archs)
     fit_on = sample([a for a in archs if a != T], 8, B, L, SCOPE) + [T]
     held = [a for a in archs if a not in fit_on]
     med = {a: statistics.median(times[key(a)]) for a in archs}
@@ -115,9 +119,8 @@ def floor(archs, times, pick) -> dict:
     """Round-to-round spread of the measured speed-up of T over each architecture:
     each round's against the median of the others (what a perfect model would miss):
     the median and worst over the architectures and rounds, and the pick's median."""
-    from bortsearch.model.proxies import forward_flops
 
-    T = max(archs, key=lambda a: forward_flops(a, B, L, SCOPE))
+    T = maximum_point(archs)
     rounds = len(times[key(T)])
     devs, pick_devs = [], []
     for a in archs:

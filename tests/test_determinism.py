@@ -12,11 +12,15 @@ from bortsearch.determinism import FLAG, OPT_OUT, deterministic_gpu_programs, fl
 PROBE = "import os, bortsearch; print(os.environ.get('XLA_FLAGS', ''))"
 
 
-def _flags_after_import(**env) -> str:
+def _run(program: str, **env) -> str:
+    """`program`'s output in a fresh process without the suite's XLA_FLAGS or opt-out."""
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OPT_OUT)}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env},
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+    return subprocess.run([sys.executable, "-c", program], env={**base, **env},
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _flags_after_import(**env) -> str:
+    return _run(PROBE, **env)
 
 
 def test_import_turns_deterministic_gpu_programs_on_and_keeps_other_flags():
@@ -61,9 +65,4 @@ print(hashlib.sha256(b"".join(np.asarray(g).tobytes() for g in jax.tree.leaves(g
 
 def test_the_flag_changes_nothing_on_the_cpu():
     """The embedding gradient (a scatter-add) and the rest, bit for bit."""
-    def run(**env):
-        base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OPT_OUT)}
-        return subprocess.run([sys.executable, "-c", GRADIENT], env={**base, **env},
-                              capture_output=True, text=True, check=True).stdout.strip()
-
-    assert run() == run(**{OPT_OUT: "1"})
+    assert _run(GRADIENT) == _run(GRADIENT, **{OPT_OUT: "1"})
