@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from bortsearch.train.distributed import in_job, leave_failed_job
 
-        if in_job():  # a peer died: say so and leave now, not after JAX's 100 s barrier
+        if in_job():  # a peer died: say so and leave now, not after JAX's shutdown barrier
             leave_failed_job(e)
         raise
     return 0

@@ -78,7 +78,7 @@ def test_two_process_pretraining_equals_one_process_and_survives_a_kill(run, tmp
     from conftest import launch_job, wait_job
 
     flags = ["--steps", "200", "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3",
-             "--eval-every", "10", "--checkpoint-every", "10", "--quiet"]
+             "--eval-every", "10", "--checkpoint-every", "100", "--quiet"]
     other = tmp_path / "other"
     shutil.copytree(run, other)
     one = _pretrain(other, tmp_path / "one", *flags,
@@ -88,12 +88,12 @@ def test_two_process_pretraining_equals_one_process_and_survives_a_kill(run, tmp
     size = json.loads((run / "best.json").read_text())["size"]
     work = run / "pretrain" / "-".join(map(str, size))
     job = launch_job(["pretrain", str(run), "--out", str(tmp_path / "two"), *flags])
-    # killed once the second checkpoint is written: by then both processes have run an
-    # evaluation, so every collective's connections exist. (A kill during the first
-    # evaluation's set-up once left process 0 waiting past 60 s: see the closing note.)
-    ckpt = work / "checkpoints"
-    kill_when(job[1], lambda: ckpt.is_dir() and any(p.name.isdigit() and int(p.name) >= 20
-                                                     for p in ckpt.iterdir()))
+    # killed between checkpoints (once step 110 is logged, past the checkpoint at 100),
+    # so that process 0 is training: it fails at its next collective at once. (At a
+    # checkpoint's barrier it learns from the heartbeats: the test below.)
+    metrics = work / "metrics.jsonl"
+    kill_when(job[1], lambda: metrics.is_file() and any(
+        json.loads(line)["step"] >= 110 for line in metrics.read_text().splitlines()[-1:]))
     code, err = job[0].wait(timeout=60), job[0].stderr.read()
     assert code == 1 and "start every process again with the same command" in err, err
     assert not (tmp_path / "two").exists()
@@ -110,3 +110,49 @@ def test_two_process_pretraining_equals_one_process_and_survives_a_kill(run, tmp
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), \
         load_file(str(tmp_path / "two" / "model.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+BARRIER = """
+import sys
+from bortsearch.train import distributed
+distributed.HEARTBEAT_TIMEOUT_S = 3
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+print("joined", flush=True)
+if sys.argv[2] == "0":
+    from orbax.checkpoint import multihost
+    try:
+        multihost.sync_global_processes("after a checkpoint")  # where Orbax waits
+    except Exception as e:  # as the command line does
+        distributed.leave_failed_job(e)
+else:
+    sys.stdin.read()  # never reaches the barrier
+"""
+
+
+def test_a_process_at_a_barrier_learns_of_a_killed_peer_from_the_heartbeats():
+    """Process 1 is killed while process 0 waits at a barrier (as after each
+    checkpoint): process 0 fails within the heartbeat timeout, not JAX's 100 s.
+    Either bortsearch's message (status 1) or, when JAX's error poller is first,
+    JAX's own abort; both name the missed heartbeats."""
+    import time
+
+    from conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", BARRIER, address, str(i)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        assert all(p.stdout.readline().strip() == "joined" for p in procs)
+        time.sleep(0.5)  # process 0 is at the barrier
+        procs[1].kill()
+        t0 = time.time()
+        code = procs[0].wait(timeout=60)
+        err = procs[0].stderr.read()
+        assert time.time() - t0 < 30, err[-2000:]
+        assert code in (1, -6) and "heartbeat" in err, (code, err[-2000:])
+        if code == 1:
+            assert "start every process again with the same command" in err
+    finally:
+        for p in procs:
+            p.kill()

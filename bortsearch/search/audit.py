@@ -26,11 +26,13 @@ ENTROPY_MAX = 0.9
 
 
 def spearman(a, b) -> float:
-    """Rank correlation (NaN with fewer than 3 pairs or a constant side)."""
+    """Rank correlation (NaN with fewer than 3 pairs or a constant side): Pearson's
+    correlation of the average ranks, which is Spearman's rho with ties (pandas'
+    method="spearman" gives the same but imports SciPy's statistics, 0.6 s a process)."""
     a, b = pd.Series(list(a), dtype=float), pd.Series(list(b), dtype=float)
     if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
         return math.nan
-    return float(a.corr(b, method="spearman"))
+    return float(a.rank().corr(b.rank()))
 
 
 def _terms(r: Row, t) -> tuple[float, float, float]:

@@ -44,6 +44,14 @@ def check_flags(coordinator: str | None, num_processes: int | None,
                         f"--num-processes {num_processes}")
 
 
+# How long the coordination service waits for a silent process before it fails the
+# job (JAX's default: 100 s). A killed process is noticed by the others at their next
+# collective at once, but a process waiting at a barrier (Orbax's, as a checkpoint is
+# written) only learns of it from the missed heartbeats. The heartbeats come from a
+# thread of their own, so a long compile or a loaded machine does not delay them.
+HEARTBEAT_TIMEOUT_S = 15
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, timeout_s: int = 300) -> None:
     """Join the job (`jax.distributed.initialize`) before any JAX computation.
@@ -63,7 +71,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
               {"coordinator_address": coordinator, "num_processes": num_processes,
                "process_id": process_id})
     try:
-        jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
+        jax.distributed.initialize(initialization_timeout=timeout_s,
+                                   heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S, **kwargs)
     except (RuntimeError, ValueError) as e:
         where = ("the launcher's environment" if coordinator == AUTO
                  else f"the coordinator {coordinator}")
@@ -95,10 +104,13 @@ def leave_failed_job(error: BaseException) -> None:
     """Say what happened and exit at once, without JAX's shutdown barrier.
 
     When one process of a job dies, the others fail at their next collective
-    (Gloo: "connection closed by peer"); left to itself, JAX would then wait at
-    its shutdown barrier until the heartbeat timeout (100 s) and abort with a
-    page of logs. The checkpoints are written synchronously, so there is nothing
-    to flush: the job resumes from its last one when restarted.
+    (Gloo: "connection closed by peer"), or at a barrier once its heartbeats have
+    stopped for HEARTBEAT_TIMEOUT_S; left to itself, JAX would then wait at its
+    shutdown barrier until the heartbeat timeout and abort with a page of logs.
+    (At a barrier, JAX's own error poller may learn of the failure first; JAX
+    then aborts the process itself, with its logs, as soon.) The checkpoints are
+    written synchronously, so there is nothing to flush: the job resumes from its
+    last one when restarted.
     """
     import os
     import sys
