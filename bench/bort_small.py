@@ -14,7 +14,7 @@ sub-architectures (search_spaces/bort_small.toml):
    teacher (I = 4H, D ∝ H, the teacher's heads) with about the pick's parameters;
    (c) the shape at the space's extremes (full width and fewer layers, or full
    depth and narrow) with about the pick's measured latency; (d) two random
-   architectures within ±20% of the pick's parameters;
+   architectures within ±20% of the pick's parameters (one in the toy profile);
 3. GLUE dev fine-tuning of every student and the teacher (bench/glue_eval.py:
    seeds, mean ± standard error);
 4. the table (params, measured CPU latency at batch 1 and length 128, held-out KL
@@ -78,6 +78,7 @@ class Profile:
     glue_length: int = 128
     glue_candidates: bool = False  # fine-tune every trained candidate too (GLUE's Spearman)
     int8: bool = True  # also each classifier quantised to int8 in ONNX Runtime (issue 22)
+    random_rivals: int = 2  # rivals (d)
 
 
 PROFILES = {
@@ -87,7 +88,7 @@ PROFILES = {
     "toy": Profile(search_steps=4, search_seq_len=32, search_batch=8, epsilon=4, confirm=2,
                    confirm_steps=4, pretrain_steps=4, pretrain_batch=8, pretrain_seq_len=32,
                    glue_tasks=(("rte", 2),), glue_train=32, glue_epochs=1,
-                   glue_length=32, glue_candidates=True),
+                   glue_length=32, glue_candidates=True, random_rivals=1),
 }
 
 
@@ -133,7 +134,7 @@ def latencies(archs, work: Path) -> dict:
     return {a.size: known[",".join(map(str, a.size))] for a in archs}
 
 
-def rivals(xi, teacher, pick, latency: dict, seed: int = 0) -> dict:
+def rivals(xi, teacher, pick, latency: dict, seed: int = 0, n_random: int = 2) -> dict:
     """The students a person would choose, by name: (a) to (d) of the docstring."""
     from bortsearch.model.proxies import param_count
 
@@ -158,10 +159,10 @@ def rivals(xi, teacher, pick, latency: dict, seed: int = 0) -> dict:
     pool = [a for a in xi if a.size not in taken and a.size != teacher.size
             and abs(size[a.size] / size[pick.size] - 1) <= 0.2]
     rng = np.random.default_rng(seed)
-    if len(pool) < 2:  # widen to the nearest by parameters
+    if len(pool) < n_random:  # widen to the nearest by parameters
         pool = sorted((a for a in xi if a.size not in taken and a.size != teacher.size),
-                      key=lambda a: near(a, size[pick.size]))[:2]
-    for k, j in enumerate(rng.choice(len(pool), min(2, len(pool)), replace=False)):
+                      key=lambda a: near(a, size[pick.size]))[:n_random]
+    for k, j in enumerate(rng.choice(len(pool), min(n_random, len(pool)), replace=False)):
         out[f"(d) random {k + 1}"] = pool[int(j)]
     return out
 
@@ -223,7 +224,7 @@ def experiment(out: Path, profile: str, teacher: Path | None, progress: bool) ->
     roles: dict[tuple, list[str]] = {}
     roles.setdefault(pick.size, []).append("W-optimum")
     roles.setdefault(cpick.size, []).append("confirmed pick")
-    for name, a in rivals(xi, T, pick, latency).items():
+    for name, a in rivals(xi, T, pick, latency, n_random=p.random_rivals).items():
         roles.setdefault(a.size, []).append(name)
     trained = table[table["status"] == "done"]
     for r in trained.itertuples():

@@ -1,5 +1,5 @@
-"""A search killed at any moment resumes where it stopped: a killed process, a
-lockstep group killed between checkpoints, a kill after successive halving. (Apart
+"""A search killed at any moment resumes where it stopped: a process killed between
+groups, and a lockstep group killed between checkpoints after successive halving. (Apart
 from test_run.py so that the two files run on two pytest workers side by side.)"""
 
 import json
@@ -36,40 +36,16 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(space, teacher, tm
 
 
 @pytest.mark.slow
-def test_a_group_killed_mid_training_resumes_from_its_checkpoints(space, teacher, tmp_path):
-    """All 4 candidates (ε = 2) train as one lockstep group; killed after a checkpoint
-    and before any finished, the search continues from the checkpoints (not from
-    step 0) and ends with the results of an uninterrupted run."""
-    exe = Path(sys.executable).parent / "bortsearch"
-    args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "2",
-            "--steps", "60", "--checkpoint-every", "10", "--batch-size", "8", "--seq-len", "32",
-            "--seeds", "1", "--quiet"]
-    subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
-                   capture_output=True)
-    run = tmp_path / "killed"
-    proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    folder = run / "candidates" / "search-60"
-    kill_when(proc, lambda: folder.is_dir() and sum(has_checkpoint(d) for d in folder.iterdir()
-                                                    if d.is_dir()) == 4)
-    journal = run / "journal.jsonl"
-    assert '"event": "done"' not in journal.read_text()  # nothing had finished
-    subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
-    events = [json.loads(line) for line in journal.read_text().splitlines()]
-    done = [e for e in events if e["event"] == "done"]
-    assert len(done) == 4 and all(e["timing"]["resumed_from"] >= 10 for e in done)
-    assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
-    assert not any(folder.iterdir())  # each candidate's checkpoints go once it is journalled
-
-
-@pytest.mark.slow
 def test_halving_stops_the_worse_lr_and_resumes_after_a_kill(space, teacher, tmp_path):
     """--halving 0.5: at s/2 every candidate measures its trials on B and stops the θ
     whose mean error is worse than the best θ's by more than 3 seed standard errors
     (3e-2 against 1e-3 here; whether that is beyond the noise depends on the
     candidate), journalling when, which θ and its error then, and the work done
-    (trial steps); killed after the halving, the search resumes from the reduced
-    checkpoints and ends with the uninterrupted run's results."""
+    (trial steps). All 4 candidates (ε = 2) train as one lockstep group; killed
+    after a checkpoint past the halving and before any finished, the search
+    continues from the checkpoints (the reduced ones where θ were dropped, the
+    whole ones elsewhere), not from step 0, and ends with the uninterrupted run's
+    results; each candidate's checkpoints go once it is journalled."""
     exe = Path(sys.executable).parent / "bortsearch"
     args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "2",
             "--steps", "40", "--checkpoint-every", "10", "--batch-size", "8", "--seq-len", "32",
@@ -110,3 +86,4 @@ def test_halving_stops_the_worse_lr_and_resumes_after_a_kill(space, teacher, tmp
         assert e["timing"]["halved_at"] == whole[a]["timing"]["halved_at"]
         assert e["trials"] == whole[a]["trials"]
     assert (run / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+    assert not any(folder.iterdir())
