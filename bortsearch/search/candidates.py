@@ -304,9 +304,9 @@ class CandidateTrainer:
                         results[arch] = self._fail(arch, f"halving failed at step {k + 1}: "
                                                          f"{_short(e)}")
                         continue
-                if c["manager"] is not None and (k + 1) % self.checkpoint_every == 0 \
+                if self.checkpoints is not None and (k + 1) % self.checkpoint_every == 0 \
                         and k + 1 < s.steps:
-                    self._save(c, k + 1)
+                    self._save(arch, c, k + 1)
             self.on_step(len(live))
         for arch in list(live):
             c = live[arch]
@@ -320,8 +320,9 @@ class CandidateTrainer:
             results[arch] = self._finish(arch, c)
             timing = self._timing(arch, c, teacher_s / max(len(live), 1), time.perf_counter() - t0)
             self.on_done(arch, results[arch], timing)
-            if c["manager"] is not None:  # journalled: its checkpoints are no longer needed
-                c["manager"].close()
+            if self.checkpoints is not None:  # journalled: its checkpoints are no longer needed
+                if c["manager"] is not None:
+                    c["manager"].close()
                 shutil.rmtree(self._folder(arch), ignore_errors=True)
         return results
 
@@ -374,7 +375,7 @@ class CandidateTrainer:
         if len(keep) == len(s.lrs):
             return
         dropped = {i: float(mean[i]) for i in range(len(s.lrs)) if i not in keep}
-        if c["manager"] is not None:
+        if self.checkpoints is not None:
             from bortsearch.runio import write_json
 
             write_json(self._folder(arch) / "halving.json",
@@ -384,7 +385,7 @@ class CandidateTrainer:
     def _reduce(self, arch: Arch, c: dict, keep: list[int], dropped: dict, step: int) -> None:
         """Go on with the θ of `keep` only: their states and a step compiled for them."""
         t0 = time.perf_counter()
-        c["state"] = jax.tree.map(lambda x: x[:, np.asarray(keep)], c["state"])
+        c["state"] = take_trials(c["state"], np.asarray(keep))
         if c.get("reduced") is not None and len(keep) == len(self.settings.lrs) - 1:
             c["step"], own = c["reduced"].result()  # compiled beside the training
         else:
@@ -399,9 +400,12 @@ class CandidateTrainer:
         c["start"], c["manager"] = 0, None
         if self.checkpoints is None:
             return
+        folder = self._folder(arch)
+        if not (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
+            return  # nothing saved yet: Orbax (1 s to import) waits for the first save
         from bortsearch.train.fit import _checkpointer, restore_checkpoint
 
-        c["manager"] = _checkpointer(self._folder(arch))
+        c["manager"] = _checkpointer(folder)
         k = c["manager"].latest_step()
         if not k:
             return
@@ -418,9 +422,13 @@ class CandidateTrainer:
         saved = restore_checkpoint(c["manager"], k, item, self.optim)
         c["state"], c["losses"], c["start"] = saved["state"], list(saved["losses"]), k
 
-    def _save(self, c: dict, step: int) -> None:
+    def _save(self, arch: Arch, c: dict, step: int) -> None:
         import orbax.checkpoint as ocp
 
+        if c["manager"] is None:
+            from bortsearch.train.fit import _checkpointer
+
+            c["manager"] = _checkpointer(self._folder(arch))
         losses = np.stack([np.asarray(x, np.float32) for x in c["losses"]])
         c["manager"].save(step, args=ocp.args.StandardSave({"state": c["state"],
                                                             "losses": losses}))
@@ -433,7 +441,7 @@ class CandidateTrainer:
         if c["kept"] is not None:  # the evaluation is compiled for every θ: fill the gaps
             slots = np.asarray([c["kept"].index(i) if i in c["kept"] else 0
                                 for i in range(len(s.lrs))])
-            params = jax.tree.map(lambda x: x[:, slots], params)
+            params = take_trials(params, slots)
         ce, kl = self._heldout_errors(c, params)
         trials, reasons = [], []
         for j in range(s.seeds):
@@ -471,6 +479,14 @@ class CandidateTrainer:
                       flops / train_s, start, c["compile_busy_s"], trial_steps=trial_steps,
                       halved_at=c["halved_at"],
                       dropped=tuple((s.lrs[i], e) for i, e in sorted(c["dropped"].items())))
+
+
+@jax.jit
+def take_trials(tree, index):
+    """The trials `index` (axis 1: N x |Θ| x ...) of every leaf, as one compiled
+    program: one leaf at a time, each gather would be a program of its own (64 for
+    a candidate's training state)."""
+    return jax.tree.map(lambda x: x[:, index], tree)
 
 
 def error_baselines(heldout, heldout_teacher, log_q_V) -> dict[str, float]:
