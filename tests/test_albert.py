@@ -246,17 +246,15 @@ def test_albert_space_search_pretrain_resume_and_export(teacher, tmp_path, capsy
     exe = str(Path(sys.executable).parent / "bortsearch")
     flags = ["--arch", "4,2,64,128,32,2", "--steps", "60", "--batch-size", "8", "--seq-len",
              "32", "--lr", "1e-3", "--eval-every", "20", "--checkpoint-every", "10", "--quiet"]
-    whole = subprocess.run([exe, "pretrain", str(run), "--out", str(tmp_path / "whole"), *flags,
-                            "--seed", "0"], capture_output=True, text=True)
-    assert whole.returncode == 0, whole.stderr
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "whole"), *flags, "--seed",
+                 "0"]) == 0
     work = run / "pretrain" / "4-2-64-128-32-2"
     (work.parent / "whole").mkdir()
     os.replace(work, work.parent / "whole" / work.name)
     proc = subprocess.Popen([exe, "pretrain", str(run), "--out", str(tmp_path / "s"), *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, lambda: has_checkpoint(work / "checkpoints"))
-    assert subprocess.run([exe, "pretrain", str(run), "--out", str(tmp_path / "s"), *flags],
-                          capture_output=True).returncode == 0
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), *flags]) == 0
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
     b = load_file(str(tmp_path / "s" / "model.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

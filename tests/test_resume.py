@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bortsearch.cli import main
 from conftest import has_checkpoint, kill_when
 
 
@@ -50,8 +51,7 @@ def test_halving_stops_the_worse_lr_and_resumes_after_a_kill(space, teacher, tmp
     args = ["search", "--space", str(space), "--teacher", str(teacher), "--epsilon", "2",
             "--steps", "40", "--checkpoint-every", "10", "--batch-size", "8", "--seq-len", "32",
             "--lr", "1e-3", "--lr", "3e-2", "--halving", "0.5", "--quiet"]
-    subprocess.run([str(exe), *args, "--run", str(tmp_path / "whole")], check=True,
-                   capture_output=True)
+    assert main([*args, "--run", str(tmp_path / "whole")]) == 0  # in this process: no start-up
     whole = {tuple(e["arch"]): e for e in map(json.loads, (tmp_path / "whole" / "journal.jsonl")
                                               .read_text().splitlines()) if e["event"] == "done"}
     assert len(whole) == 4
@@ -77,7 +77,7 @@ def test_halving_stops_the_worse_lr_and_resumes_after_a_kill(space, teacher, tmp
                                                     if d.is_dir()) == 4)
     assert '"event": "done"' not in (run / "journal.jsonl").read_text()
     assert sum((d / "halving.json").is_file() for d in folder.iterdir()) == len(halved)
-    subprocess.run([str(exe), *args, "--run", str(run)], check=True, capture_output=True)
+    assert main([*args, "--run", str(run)]) == 0
     resumed = {tuple(e["arch"]): e for e in map(json.loads, (run / "journal.jsonl")
                                                 .read_text().splitlines()) if e["event"] == "done"}
     assert resumed.keys() == whole.keys()
