@@ -27,7 +27,8 @@ import dataclasses
 import numpy as np
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.proxies import SOFTMAX_FLOPS, forward_flops
+from bortsearch.model.proxies import (attention_flops, attention_scores, forward_flops,
+                                       weight_flops)
 
 FEATURES = ("call", "layers", "weight_flops", "attention_flops", "attention_scores",
             "activations")
@@ -36,11 +37,9 @@ FEATURES = ("call", "layers", "weight_flops", "attention_flops", "attention_scor
 def features(arch: Arch, batch: int, seq_len: int, scope: str) -> np.ndarray:
     """The model's terms for one architecture (see the module's docstring)."""
     d, b, l = arch.layers, batch, seq_len
-    scores = float(d * arch.heads * b * l * l)
-    attention = 4.0 * d * b * l * l * arch.hidden  # the scores and the weighted sum
-    weights = float(forward_flops(arch, b, l, scope)) - attention - SOFTMAX_FLOPS * scores
-    return np.array([1.0, d, weights, attention, scores,
-                     float(d * b * l * (arch.hidden + arch.intermediate))])
+    return np.array([1.0, d, weight_flops(arch, b, l, scope), attention_flops(arch, b, l),
+                     attention_scores(arch, b, l), d * b * l * (arch.hidden + arch.intermediate)],
+                    dtype=float)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,15 +102,34 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
     `scope="encoder"` is what a student deployed downstream runs (the head is
     dropped for classification); `"mlm"` is the masked-LM model as trained.
     """
+    return (weight_flops(arch, batch, seq_len, scope) + attention_flops(arch, batch, seq_len)
+            + SOFTMAX_FLOPS * attention_scores(arch, batch, seq_len))
+
+
+def weight_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
+                 scope: str = "mlm") -> int:
+    """The part of `forward_flops` in products with the weights (what int8 quantises):
+    the projections, the feed-forward block, ALBERT's E→H and the masked-LM head."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")
     b, l, h, i, v = batch, seq_len, arch.hidden, arch.intermediate, arch.vocab_size
     e = arch.embedding_size
-    per_layer = (8 * b * l * h * h + 4 * b * l * l * h + 4 * b * l * h * i
-                 + SOFTMAX_FLOPS * b * arch.heads * l * l)
     projection = 2 * b * l * e * h if arch.albert else 0
     head = 2 * b * l * h * e + 2 * b * l * e * v if scope == "mlm" else 0
-    return projection + arch.layers * per_layer + head
+    return projection + arch.layers * (8 * b * l * h * h + 4 * b * l * h * i) + head
+
+
+def attention_flops(arch: Arch, batch: int = DEFAULT_BATCH,
+                    seq_len: int = DEFAULT_SEQ_LEN) -> int:
+    """The part of `forward_flops` in the attention's scores and softmax-weighted sum
+    (4·B·L²·H a layer application)."""
+    return arch.layers * 4 * batch * seq_len * seq_len * arch.hidden
+
+
+def attention_scores(arch: Arch, batch: int = DEFAULT_BATCH,
+                     seq_len: int = DEFAULT_SEQ_LEN) -> int:
+    """The attention scores of a forward pass, D·A·B·L² (each costs SOFTMAX_FLOPS)."""
+    return arch.layers * arch.heads * batch * seq_len * seq_len
 
 
 def hardware_fingerprint() -> dict:
