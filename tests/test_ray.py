@@ -27,11 +27,33 @@ FOUR = SPACE.replace("intermediate = [24]", "intermediate = [24, 48]")
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_home(tmp_path_factory):
+    """Ray's state kept apart from the user's for the module: every process (the
+    nodes, each search) sees a temporary home folder and this module's own token in
+    the environment. The home holds a stale `~/.ray/auth_token`, as a local
+    `ray.init()` leaves one: with the environment's token set, it cannot change the
+    result (a head node reads such a file and turns token authentication on, while
+    a node joining with `ray start --address` does not send it)."""
+    import secrets
+
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        yield home
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(ray_home):
     """One cluster for the module (each search connects to it, instead of starting
     its own): a head node and a second node, one CPU each."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = dict(os.environ)
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     head = subprocess.run([RAY, "start", "--head", "--port", "0", "--include-dashboard",
                            "false", *common], capture_output=True, text=True, env=env)
@@ -225,3 +247,28 @@ def test_a_killed_worker_is_retried_and_continues_from_the_shared_storage(work, 
     assert (work / "stored" / "results.csv").read_bytes() == \
         (work / "steady" / "results.csv").read_bytes()
     assert not [d for d in store.glob("*/*/*") if has_checkpoint(d)]  # cleaned up when done
+
+
+@pytest.mark.slow
+def test_ray_leaves_the_home_folder_alone_and_names_a_missing_token(work, cluster, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(home)
+    # the module's cluster uses token authentication, and this search has no token
+    r = subprocess.run(_search(work, "no-token", *_ray(cluster)), env=env,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2, r.stderr
+    # Ray's own C++ client logs its retries first; the last line is the message
+    assert "Traceback" not in r.stderr
+    assert "uses token authentication" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert "RAY_AUTH_TOKEN=" in r.stderr.strip().splitlines()[-1]
+    assert not (work / "no-token" / "results.csv").exists()
+    # a local cluster of its own (not the module's, which `ray.init()` would join):
+    # token authentication on, no token file written
+    r = subprocess.run(_search(work, "own", "--executor", "ray"),
+                       env={**env, "RAY_ADDRESS": "local"},
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert (work / "own" / "results.csv").is_file()
+    assert not (home / ".ray").exists(), sorted(map(str, home.rglob("*")))

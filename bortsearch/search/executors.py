@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -70,6 +71,26 @@ def _train_one(teacher, data, reference, settings, arch: Arch, checkpoints: str 
     return ev, timing
 
 
+def _local_cluster_token() -> None:
+    """Token authentication for a local cluster without a file in the home folder.
+
+    A local `ray.init()` turns Ray's token authentication on and, when no token is
+    set, writes one to `~/.ray/auth_token`; every later `ray start --head` on the
+    machine then reads it and turns authentication on, while nodes that join with
+    `ray start --address` do not send it (Ray 2.60). A fresh token in this process's
+    environment, which the local cluster's processes inherit, keeps authentication
+    on and writes nothing. A token or mode the user set, and a token file that is
+    there already (a cluster started with `ray start` on this machine, which
+    `ray.init()` joins, may need it), are left as they are."""
+    import secrets
+    from pathlib import Path
+
+    if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
+                                          "RAY_AUTH_TOKEN_PATH")) \
+            and not (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # ray.init sets the mode
+
+
 @dataclasses.dataclass
 class RayExecutor:
     """Candidates as Ray tasks, one per candidate.
@@ -102,15 +123,26 @@ class RayExecutor:
             # would otherwise each claim 75% of its memory.
             # Workers keep freed memory as this process does (bortsearch/allocator.py).
             env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **tunables()}
+            if self.address is None:
+                _local_cluster_token()
             try:
                 ray.init(address=self.address, include_dashboard=False,
                          ignore_reinit_error=True, log_to_driver=False,
                          logging_level=logging.WARNING, runtime_env={"env_vars": env})
             except (ConnectionError, ValueError, RuntimeError) as e:
+                if "InvalidAuthToken" in repr(e.__cause__ or e.__context__):
+                    where = (f"--ray-address {self.address}" if self.address else
+                             "the Ray cluster on this machine (`ray start`)")
+                    raise UserError(
+                        f"{where}: the cluster uses token "
+                        f"authentication and refused this process's token (none, or another "
+                        f"cluster's); give the cluster's token: RAY_AUTH_TOKEN=TOKEN, or "
+                        f"RAY_AUTH_TOKEN_PATH=FILE (default ~/.ray/auth_token)") from None
                 raise UserError(f"--ray-address {self.address}: cannot connect to a Ray "
                                 f"cluster ({e}); start one with `ray start --head`, or leave "
                                 f"--ray-address out to start a local one") from None
         return ray
+
 
     def resources(self, ray) -> dict:
         """What each task declares: as given, else one GPU where there are GPUs."""
