@@ -118,16 +118,15 @@ def mlm_quality(model, corpus: str | Path, unigram_log_q, batches: int = 16,
     from bortsearch.data.batches import BatchSpec, load_data
     from bortsearch.data.corpus import resolve_corpus
     from bortsearch.search.candidates import error_baselines
-    from bortsearch.train.step import evaluate, teacher_logits
+    from bortsearch.train.step import mlm_quality as quality_of, teacher_logits
 
     data = load_data(resolve_corpus([str(corpus)]), model.tokenizer,
                      BatchSpec(batch_size, seq_len, seed=0, heldout_batches=1))
     n = min(batches, data.train_sequences // batch_size)
     held = [data.train_batch(k) for k in range(n)]
-    quality = evaluate(model.arch, model.params, held)
+    quality = quality_of(model.arch, model.params, data, held, unigram_log_q)
     logits = [teacher_logits(model.arch, model.params, b) for b in held]
     base = error_baselines(held, logits, unigram_log_q)
     positions = int(sum(b["weights"].sum() for b in held))
-    return {"accuracy": quality["accuracy"], "mlm_ce": quality["mlm_ce"],
-            "pseudo_perplexity": math.exp(quality["mlm_ce"]), "positions": positions,
+    return {**quality, "pseudo_perplexity": math.exp(quality["mlm_ce"]), "positions": positions,
             "teacher_entropy": base["teacher_entropy"], "unigram_kl": base["unigram_kl"]}

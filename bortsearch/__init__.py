@@ -36,7 +36,7 @@ from bortsearch.model.proxies import (
 from bortsearch.search.run import SearchConfig, read_results, run_search
 from bortsearch.search.show import audit, show
 from bortsearch.search.space import SearchSpace, load_space, space_table
-from bortsearch.train.student import PretrainConfig, export, pretrain
+from bortsearch.train.student import PretrainConfig, export, pretrain, pretrain_many
 from bortsearch.train.teacher import TeacherConfig, train_teacher
 
 __all__ = [
@@ -44,6 +44,6 @@ __all__ = [
     "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
     "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
     "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",
-    "PretrainConfig", "SearchConfig", "export", "pretrain", "read_results", "run_search", "save_checkpoint", "show", "space_table",
+    "PretrainConfig", "SearchConfig", "export", "pretrain", "pretrain_many", "read_results", "run_search", "save_checkpoint", "show", "space_table",
     "train_teacher", "train_tokenizer",
 ]

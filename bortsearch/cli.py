@@ -13,14 +13,28 @@ import sys
 from bortsearch.errors import UserError
 
 
-def _positive_int(text: str) -> int:
+# `teacher --init-from` an encoder without a masked-LM head: steps of the new head
+# alone before the whole model trains (a head drawn at random would otherwise send
+# large gradients into the pretrained encoder at the first steps).
+NEW_HEAD_STEPS = 100
+
+
+def _int_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "positive")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "non-negative")
 
 
 def cmd_space(args) -> None:
@@ -131,14 +145,19 @@ def cmd_teacher(args) -> None:
     from bortsearch.train.teacher import TeacherConfig, train_teacher
 
     _join_job(args)
+    new_head = False
     if args.init_from:  # continued pretraining: the folder's shape and tokenizer
         from bortsearch.data.corpus import resolve_corpus
-        from bortsearch.model.hf import load_checkpoint
+        from bortsearch.model.hf import (has_mlm_head_files, load_checkpoint,
+                                         load_encoder_with_new_head)
 
         if args.space or args.arch or args.vocab_size:
             raise UserError("--init-from takes the architecture and tokenizer of its folder; "
                             "drop --space, --arch and --vocab-size")
-        start = load_checkpoint(args.init_from)
+        load_checkpoint(args.init_from, with_tokenizer=False, part="encoder")  # checks it
+        new_head = not has_mlm_head_files(args.init_from)
+        start = (load_encoder_with_new_head(args.init_from, args.seed) if new_head
+                 else load_checkpoint(args.init_from))
         corpus, tokenizer, arch = resolve_corpus(args.corpus, args.text_field), \
             start.tokenizer, start.arch
     else:
@@ -150,17 +169,33 @@ def cmd_teacher(args) -> None:
         corpus, tokenizer = _corpus_and_tokenizer(args)
         arch = (space.sized(tokenizer.vocab_size, size) if size
                 else space.maximum_point(tokenizer.vocab_size, args.seq_len))
+    head_steps = args.head_steps if args.head_steps is not None else \
+        (NEW_HEAD_STEPS if new_head else 0)
+    body_lr = args.body_lr if args.body_lr is not None else \
+        (args.lr / 10 if new_head else None)
     cfg = TeacherConfig(steps=args.steps, lr=args.lr, warmup=args.warmup,
                         checkpoint_every=args.checkpoint_every,
-                        batch=BatchSpec(args.batch_size, args.seq_len, seed=args.seed))
-    print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}"
-          + (f", continuing {args.init_from}" if args.init_from else ""))
+                        batch=BatchSpec(args.batch_size, args.seq_len, seed=args.seed),
+                        head_steps=head_steps, body_lr=body_lr)
+    how = ""
+    if args.init_from:
+        how = (f", a new masked-LM head on the encoder of {args.init_from} ({head_steps} "
+               f"steps of the head alone, then the whole model with the encoder at lr "
+               f"{body_lr if body_lr is not None else args.lr:g})" if new_head
+               else f", continuing {args.init_from}")
+    print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}{how}")
     summary = train_teacher(args.out, arch, corpus, tokenizer, cfg, progress=not args.quiet,
                             init_from=args.init_from,
                             init_model=start if args.init_from else None)
-    print(f"held-out masked-LM accuracy {summary['heldout_accuracy']:.3f} "
-          f"(frequency baseline {summary['frequency_baseline_accuracy']:.3f}); "
-          f"checkpoint: {args.out}")
+    q = summary["heldout"]
+    if "kept" in summary:
+        print(f"kept the {summary['kept']} stage's weights (the lower held-out "
+              f"cross-entropy at [MASK] positions)")
+    print(f"held-out masked-LM accuracy at [MASK] positions {q['mask_accuracy']:.3f} "
+          f"(always the most frequent token: {q['mask_frequency_baseline']:.3f}), "
+          f"perplexity {q['mask_perplexity']:.1f}, {q['mask_unigram_gap']:.2f} nats better "
+          f"than token frequencies; at every selected position {q['accuracy']:.3f} "
+          f"(baseline {q['frequency_baseline']:.3f}); checkpoint: {args.out}")
 
 
 def cmd_search(args) -> None:
@@ -242,24 +277,36 @@ def cmd_onnx(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from bortsearch.model.arch import parse_size
-    from bortsearch.train.student import PretrainConfig, pretrain
+    from bortsearch.train.student import PretrainConfig, pretrain_many
 
     _join_job(args)
-    size = parse_size(args.arch) if args.arch else None
+    sizes = [parse_size(a) for a in args.arch] if args.arch else [None]
+    if len(set(sizes)) < len(sizes):
+        raise UserError("the same --arch is given twice; give each student once")
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                          lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                          seed=args.seed, dtype=args.dtype, init=args.init,
                          objective=args.objective, sop_weight=args.sop_weight)
-    s = pretrain(args.run, args.out, size, cfg, corpus=args.corpus, progress=not args.quiet)
-    print(f"held-out masked-LM accuracy {s['heldout_accuracy']:.4f} (teacher "
-          f"{s['teacher_heldout_accuracy']:.4f}), KD cross-entropy {s['heldout_kd_ce']:.4f}; "
-          f"{s['tokens_per_s']:.0f} tokens/s; GFLOP/s: student {s['model_flops_per_s'] / 1e9:.1f}"
-          f", teacher's forward {s['teacher_flops_per_s'] / 1e9:.1f} "
-          f"({100 * s['teacher_flops_share']:.0f}% of the FLOPs), "
+    from pathlib import Path
+
+    outs = {size: Path(args.out) if len(sizes) == 1 else Path(args.out) / "-".join(map(str, size))
+            for size in sizes}
+    summaries = pretrain_many(args.run, outs, cfg, corpus=args.corpus, progress=not args.quiet)
+    for (size, out), s in zip(outs.items(), summaries):
+        print(f"{out.name if len(sizes) > 1 else 'held-out'}: masked-LM accuracy "
+              f"{s['heldout_accuracy']:.4f} (teacher {s['teacher_heldout_accuracy']:.4f}), at "
+              f"[MASK] positions {s.get('heldout_mask_accuracy', float('nan')):.4f} (teacher "
+              f"{s.get('teacher_heldout_mask_accuracy', float('nan')):.4f}), KD cross-entropy "
+              f"{s['heldout_kd_ce']:.4f}")
+        if "heldout_sop_accuracy" in s:
+            print(f"held-out sentence-order accuracy {s['heldout_sop_accuracy']:.4f}")
+    s = summaries[0]
+    print(f"{s['tokens_per_s']:.0f} tokens/s; GFLOP/s: student{'s' if len(sizes) > 1 else ''} "
+          f"{sum(x['model_flops_per_s'] for x in summaries) / 1e9:.1f}, teacher's forward "
+          f"{s['teacher_flops_per_s'] / 1e9:.1f} ({100 * s['teacher_flops_share']:.0f}% of the "
+          f"FLOPs, once per batch for {len(sizes)} student{'s' if len(sizes) > 1 else ''}), "
           f"total {s['total_flops_per_s'] / 1e9:.1f}")
-    if "heldout_sop_accuracy" in s:
-        print(f"held-out sentence-order accuracy {s['heldout_sop_accuracy']:.4f}")
     print(f"exported with weights to {args.out}")
 
 
@@ -434,10 +481,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the checkpoint folder to write (must not "
                    "exist, or hold an unfinished run of the same settings)")
     p.add_argument("--arch", help="train D,A,H,I instead of the space's maximum point")
-    p.add_argument("--init-from", metavar="DIR", help="continue training this masked-LM "
+    p.add_argument("--init-from", metavar="DIR", help="continue training this checkpoint "
                    "folder (its shape and tokenizer; a fresh warm-up and decay) instead of "
-                   "a space's maximum point from random weights")
+                   "a space's maximum point from random weights: a masked-LM folder, or an "
+                   "encoder without a masked-LM head (a bare BertModel/RobertaModel/"
+                   "AlbertModel export, a sentence-transformers folder, a classifier), "
+                   "which gets a new head tied to its word embeddings")
     _add_training_flags(p, t.steps, t.lr, t.checkpoint_every)
+    p.add_argument("--head-steps", type=_non_negative_int, default=None,
+                   help=f"steps that train the masked-LM head alone, the encoder frozen, "
+                        f"before --steps of the whole model; the better of the two on the "
+                        f"held-out set is kept (default {NEW_HEAD_STEPS} for a new head, "
+                        f"else 0)")
+    p.add_argument("--body-lr", type=_positive_float, default=None,
+                   help="the encoder's peak learning rate while the whole model trains "
+                        "(default: --lr / 10 for a new head on a pretrained encoder, else "
+                        "--lr)")
     p.add_argument("--warmup", type=_fraction, default=t.warmup,
                    help=f"warm-up as a fraction of the steps (default {t.warmup:g})")
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
@@ -550,8 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = PretrainConfig()
     p = sub.add_parser("pretrain", help="distil the chosen student from the run's teacher")
     p.add_argument("run", help="a finished search run folder")
-    p.add_argument("--out", required=True, help="the export folder to write at the end")
-    p.add_argument("--arch", help="pretrain D,A,H,I instead of the run's W-optimum")
+    p.add_argument("--out", required=True, help="the export folder to write at the end (with "
+                   "several --arch: a folder holding one export per student, OUT/D-A-H-I)")
+    p.add_argument("--arch", action="append", metavar="D,A,H,I",
+                   help="pretrain D,A,H,I instead of the run's W-optimum; repeat it to "
+                        "pretrain several students under one budget in one group, paying "
+                        "the teacher's forward pass once per batch for all of them (each "
+                        "ends as it would alone)")
     _add_training_flags(p, c.steps, c.lr, c.checkpoint_every)
     _add_optim_flags(p, c.warmup, c.weight_decay)
     p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,

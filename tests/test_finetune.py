@@ -130,7 +130,7 @@ def headless(tiny, tmp_path_factory):
 
 
 def test_headless_checkpoints_fine_tune_but_cannot_teach(tiny, headless):
-    with pytest.raises(UserError, match="no masked-LM head.*BertForMaskedLM.*bortsearch finetune"):
+    with pytest.raises(UserError, match="no masked-LM head.*bortsearch teacher --init-from"):
         load_checkpoint(headless)
     enc = load_checkpoint(headless, part="encoder").params["params"]
     full = load_checkpoint(tiny).params["params"]

@@ -228,3 +228,47 @@ def test_pretrain_with_sentence_order_prediction(run, tmp_path, capsys):
     # another objective for the same student's work folder is refused by name
     assert main(["pretrain", str(run), "--out", str(tmp_path / "t"), *PRETRAIN]) == 2
     assert "objective: 'mlm+sop' then, 'mlm' now" in capsys.readouterr().err
+
+
+def test_students_pretrained_in_one_group_equal_separate_runs(run, tmp_path, monkeypatch,
+                                                              capsys):
+    """`pretrain --arch A --arch B` computes the teacher's outputs once per batch for
+    both, and each student ends bit for bit as its own run does."""
+    import shutil
+
+    import bortsearch.train.fit as fit_module
+
+    calls = []
+    real = fit_module.teacher_targets
+    monkeypatch.setattr(fit_module, "teacher_targets",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    group_run = tmp_path / "group-run"
+    shutil.copytree(run, group_run)
+    sizes = ["1,2,16,32", "2,2,32,64"]
+    common = ["--steps", "6", "--eval-every", "3", "--batch-size", "8", "--seq-len", "32",
+              "--quiet"]
+    for size in sizes:
+        assert main(["pretrain", str(run), "--arch", size, "--out", str(tmp_path / size),
+                     *common]) == 0
+    assert len(calls) == 12
+    calls.clear()
+    argv = ["pretrain", str(group_run), *[a for s in sizes for a in ("--arch", s)],
+            "--out", str(tmp_path / "group"), *common]
+    assert main(argv) == 0
+    assert len(calls) == 6  # once per batch for both students
+    out = capsys.readouterr().out
+    assert "once per batch for 2 students" in out
+    for size in sizes:
+        name = size.replace(",", "-")
+        alone = (tmp_path / size / "model.safetensors").read_bytes()
+        assert (tmp_path / "group" / name / "model.safetensors").read_bytes() == alone
+        lines = [(r / "pretrain" / name / "metrics.jsonl").read_text().splitlines()
+                 for r in (run, group_run)]
+        assert lines[0] == lines[1] and len(lines[0]) == 2
+        summary = json.loads((group_run / "pretrain" / name / "summary.json").read_text())
+        assert summary["group_size"] == 2 and summary["heldout_mask_accuracy"] >= 0
+    # the same command again finds both exports and trains nothing
+    assert main(argv) == 0 and len(calls) == 6
+    assert main(["pretrain", str(group_run), "--arch", sizes[0], "--arch", sizes[0], "--out",
+                 str(tmp_path / "twice"), *common]) == 2
+    assert "the same --arch is given twice" in capsys.readouterr().err

@@ -131,6 +131,11 @@ def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
                             f"tokenizer files into the folder")
         if files[0] == "tokenizer.json":
             hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+            # A saved padding or truncation setting (sentence-transformers folders pad
+            # and cut at 128) would cut every document of a corpus: transformers sets
+            # both per call, and so does the code here.
+            hf.no_padding()
+            hf.no_truncation()
         elif files[0] == "vocab.txt":
             hf = _wordpiece(models.WordPiece.from_file(str(d / "vocab.txt"), unk_token="[UNK]"),
                             lowercase)

@@ -500,12 +500,13 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         names = hf_names(arch, num_labels, sop)
         if part == "mlm" and not has_mlm_head(arch, tensors) and \
                 all(n in tensors for n in encoder_names(arch)):
+            family = _CLASS[_base(arch)]
             raise UserError(
-                f"{source}: the checkpoint has no masked-LM head (it is a bare "
-                f"{'BertModel' if arch.model_type == 'bert' else 'RobertaModel'} export, such "
-                f"as a sentence-embedding model, or a fine-tuned classifier); a teacher must "
-                f"be a {'Bert' if arch.model_type == 'bert' else 'Roberta'}ForMaskedLM "
-                f"checkpoint. Such a model can still be fine-tuned: `bortsearch finetune`")
+                f"{source}: the checkpoint has no masked-LM head (a bare {family}Model "
+                f"export, such as a sentence-embedding model, or a fine-tuned classifier), "
+                f"and a teacher needs one; give it one on your corpus with `bortsearch "
+                f"teacher --init-from {source} --out TEACHER --corpus TEXT`, then use "
+                f"--teacher TEACHER")
         extra = [n for n in tensors if n not in names and not n.endswith(UNUSED_SUFFIXES)]
     missing = [n for n in names if n not in tensors]
     if missing:
@@ -599,6 +600,41 @@ def save_checkpoint(model: Model, directory: str | Path, tokenizer=None,
 
     with atomic_dir(directory) as tmp:
         write_hf_folder(tmp, model.arch, tokenizer or model.tokenizer, model.params, extra_files)
+
+
+def has_mlm_head_files(directory: str | Path) -> bool:
+    """Whether a checkpoint folder's weights include a masked-LM head (read from
+    the tensor names alone where the weights are safetensors)."""
+    d = Path(directory)
+    config = json.loads((d / "config.json").read_text())
+    arch = arch_from_config(config, str(d / "config.json"))
+    if (d / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(d / "model.safetensors"), "numpy") as f:
+                names = dict.fromkeys(f.keys())
+        except Exception as e:
+            raise UserError(f"{d / 'model.safetensors'}: the weights file is truncated or "
+                            f"corrupt ({e}); download or copy it again") from None
+    else:
+        names = read_tensors(d)
+    return has_mlm_head(arch, _normalise(arch, {_legacy_rename(k): v for k, v in names.items()}))
+
+
+def load_encoder_with_new_head(directory: str | Path, seed: int = 0) -> Model:
+    """A folder's encoder (any BERT/RoBERTa/ALBERT export: a bare `…Model`, a
+    sentence-transformers folder whose model files sit at its root, a classifier)
+    with a new masked-LM head: the family's own head, its decoder tied to the word
+    embeddings, drawn from Normal(0, 0.02) for `seed`. The tokenizer comes from the
+    folder (an error if it has none)."""
+    from bortsearch.model.encoder import init_params
+
+    model = load_checkpoint(directory, with_tokenizer=True, part="encoder")
+    fresh = init_params(model.arch, seed)["params"]
+    body = {k: v for k, v in model.params["params"].items() if k in fresh}
+    params = {"params": {**body, "head": fresh["head"]}}
+    return Model(model.arch, params, model.tokenizer)
 
 
 def load(directory: str | Path) -> Model:

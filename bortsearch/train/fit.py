@@ -145,6 +145,17 @@ def _trim_metrics(path: Path, last_step: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
+@dataclasses.dataclass
+class Member:
+    """One model of a group trained on the same batches: what it is, where it
+    starts, and its own work folder (checkpoints, `metrics.jsonl`)."""
+
+    arch: Arch
+    params: object
+    workdir: Path
+    desc: str = "training"
+
+
 def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, *,
         teacher=None, loss_cfg: LossConfig | None = None, eval_every: int = 100,
         checkpoint_every: int = 100, progress: bool = True, desc: str = "training",
@@ -160,75 +171,124 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
       dtype: the compute dtype of the student's step and the teacher's forward
         (parameters, optimiser and held-out evaluation stay float32).
     """
+    return fit_group([Member(arch, params, workdir, desc)], data, optim, lr, teacher=teacher,
+                     loss_cfg=loss_cfg, eval_every=eval_every,
+                     checkpoint_every=checkpoint_every, progress=progress, dtype=dtype)[0]
+
+
+class _Trainee:
+    """A member's live state in `fit_group`: its train state, checkpoints and log."""
+
+    def __init__(self, m: Member, data, optim: OptimConfig, lr: float, replicated,
+                 primary: bool):
+        m.workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_count() > 1:
+            _check_processes_agree(m.params, data, 0)
+        self.member = m
+        self.manager = _checkpointer(m.workdir / "checkpoints")
+        self.start, self.state = restore_latest(
+            self.manager, place(init_state(m.params, lr, optim), replicated), optim)
+        metrics_path = m.workdir / "metrics.jsonl"
+        if primary:
+            _trim_metrics(metrics_path, self.start)
+        self.log = open(metrics_path if primary else os.devnull, "a")
+        self.flops_per_step = train_flops_per_token(m.arch, data.spec.seq_len,
+                                                    data.spec.predictions) \
+            * data.tokens_per_batch()
+        self.last_eval: dict = {}
+        self.metrics: dict = {}
+
+
+def fit_group(members: list[Member], data, optim: OptimConfig, lr: float, *, teacher=None,
+              loss_cfg: LossConfig | None = None, eval_every: int = 100,
+              checkpoint_every: int = 100, progress: bool = True,
+              dtype: str = "float32") -> list[FitResult]:
+    """`fit` for several models on one batch stream: each batch is placed, and the
+    teacher's outputs on it computed, once for all of them, then each member takes
+    its own step (the same compiled step a lone `fit` runs, so each result is the
+    one `fit` gives that member alone). Each member resumes from its own folder; a
+    step is computed for the members that have not yet taken it."""
     from bortsearch.train.distributed import is_primary
 
-    workdir.mkdir(parents=True, exist_ok=True)
     batch_sharding, replicated = data_mesh(data.spec.batch_size)
-    if jax.process_count() > 1:
-        _check_processes_agree(params, data, 0)
-    state = place(init_state(params, lr, optim), replicated)
-    manager = _checkpointer(workdir / "checkpoints")
-    start, state = restore_latest(manager, state, optim)
     primary = is_primary()  # the one process of a multi-process job that logs
-    metrics_path = workdir / "metrics.jsonl"
-    if primary:
-        _trim_metrics(metrics_path, start)
-
+    group = [_Trainee(m, data, optim, lr, replicated, primary) for m in members]
     t_params = place(teacher.params, replicated) if teacher is not None else None
     heldout = [place(b, batch_sharding) for b in data.heldout_batches()]
     heldout_teacher = ([teacher_logits(teacher.arch, t_params, b) for b in heldout]
                        if teacher is not None else None)
-    flops_per_step = train_flops_per_token(arch, data.spec.seq_len, data.spec.predictions) \
-        * data.tokens_per_batch()
     teacher_flops_per_step = 0.0 if teacher is None else forward_flops_per_token(
         teacher.arch, data.spec.seq_len, data.spec.predictions) * data.tokens_per_batch()
-    last_eval: dict = {}
-    bar = progress_bar(total=optim.steps, initial=start, desc=desc, unit="step",
+    first = min(t.start for t in group)
+    desc = members[0].desc if len(members) == 1 else f"{len(members)} students"
+    bar = progress_bar(total=optim.steps, initial=first, desc=desc, unit="step",
                        disable=not (progress and primary))
-    t0, metrics, in_flight = time.perf_counter(), {}, None
-    with open(metrics_path if primary else os.devnull, "a") as log:
-        for step in range(start, optim.steps):
+    t0, in_flight, teacher_steps = time.perf_counter(), None, 0
+    try:
+        for step in range(first, optim.steps):
+            due = [t for t in group if t.start <= step]
             batch = place(data.train_batch(step), batch_sharding)
-            targets = (teacher_targets(teacher.arch, t_params, batch, loss_cfg.temperature, dtype)
-                       if teacher is not None else None)
-            state, metrics = train_step(state, batch, targets, arch=arch, cfg=optim,
-                                        loss_cfg=loss_cfg if teacher is not None else None,
-                                        dtype=dtype)
+            targets = None
+            if teacher is not None:
+                targets = teacher_targets(teacher.arch, t_params, batch,
+                                          loss_cfg.temperature, dtype)
+                teacher_steps += 1
+            for t in due:
+                t.state, t.metrics = train_step(
+                    t.state, batch, targets, arch=t.member.arch, cfg=optim,
+                    loss_cfg=loss_cfg if teacher is not None else None, dtype=dtype)
             # One step in flight: the host prepares batch k+1 while step k runs, and
             # the bar reports finished steps rather than queued ones.
             jax.block_until_ready(in_flight)
-            in_flight = metrics["loss"]
+            in_flight = [t.metrics["loss"] for t in due]
             done = step + 1
-            if done % eval_every == 0 or done == optim.steps:
-                last_eval = evaluate(arch, state.params, heldout, heldout_teacher)
-                record = {"step": done, "devices": jax.device_count(),
-                          **{k: float(v) for k, v in metrics.items()},
-                          **{f"heldout_{k}": v for k, v in last_eval.items()}}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                shown = {"loss": f"{record['loss']:.3f}", "acc": f"{last_eval['accuracy']:.3f}"}
-                if "kd_ce" in last_eval:
-                    shown["kd"] = f"{last_eval['kd_ce']:.3f}"
-                bar.set_postfix(shown, refresh=False)
-            if done % checkpoint_every == 0 or done == optim.steps:
-                manager.save(done, args=_save_args(state))
+            for t in due:
+                if done % eval_every == 0 or done == optim.steps:
+                    _log_eval(t, done, heldout, heldout_teacher, bar if t is due[0] else None)
+                if done % checkpoint_every == 0 or done == optim.steps:
+                    t.manager.save(done, args=_save_args(t.state))
             bar.update(1)
-    jax.block_until_ready(state)
+        jax.block_until_ready([t.state for t in group])
+    finally:
+        for t in group:
+            t.log.close()
     seconds = time.perf_counter() - t0
     bar.close()
-    manager.close()
-    if not last_eval:  # resumed after the last step: evaluate what was restored
-        last_eval = evaluate(arch, state.params, heldout, heldout_teacher)
-    ran = optim.steps - start
-    per_s = ran / max(seconds, 1e-9)
-    last_eval = {**last_eval, "tokens_per_s": per_s * data.tokens_per_batch(),
-                 # the student's training FLOPs; the teacher's forward apart, then both
-                 "model_flops_per_s": per_s * flops_per_step,
-                 "teacher_flops_per_s": per_s * teacher_flops_per_step,
-                 "total_flops_per_s": per_s * (flops_per_step + teacher_flops_per_step),
-                 "teacher_flops_share": teacher_flops_per_step
-                 / (flops_per_step + teacher_flops_per_step)}
-    return FitResult(jax.device_get(state.params), last_eval, seconds, ran)
+    results = []
+    for t in group:
+        t.manager.close()
+        if not t.last_eval:  # resumed after the last step: evaluate what was restored
+            t.last_eval = evaluate(t.member.arch, t.state.params, heldout, heldout_teacher)
+        ran = optim.steps - t.start
+        per_s = (optim.steps - first) / max(seconds, 1e-9)  # the group's steps per second
+        teacher_per_s = teacher_steps * teacher_flops_per_step / max(seconds, 1e-9)
+        students = sum(x.flops_per_step * (optim.steps - x.start) for x in group) \
+            / max(seconds, 1e-9)
+        last = {**t.last_eval, "tokens_per_s": per_s * data.tokens_per_batch(),
+                # this student's training FLOPs; the teacher's forward apart (paid once
+                # for the group), then the group's total
+                "model_flops_per_s": ran * t.flops_per_step / max(seconds, 1e-9),
+                "teacher_flops_per_s": teacher_per_s,
+                "total_flops_per_s": students + teacher_per_s,
+                "teacher_flops_share": teacher_per_s / max(students + teacher_per_s, 1e-30),
+                "group_size": len(group)}
+        results.append(FitResult(jax.device_get(t.state.params), last, seconds, ran))
+    return results
+
+
+def _log_eval(t: _Trainee, done: int, heldout, heldout_teacher, bar) -> None:
+    """Evaluate a member on the held-out set and append the line to its journal."""
+    t.last_eval = evaluate(t.member.arch, t.state.params, heldout, heldout_teacher)
+    record = {"step": done, "devices": jax.device_count(),
+              **{k: float(v) for k, v in t.metrics.items()},
+              **{f"heldout_{k}": v for k, v in t.last_eval.items()}}
+    t.log.write(json.dumps(record) + "\n")
+    t.log.flush()
+    if bar is not None:
+        shown = {"loss": f"{record['loss']:.3f}", "acc": f"{t.last_eval['accuracy']:.3f}"}
+        if "kd_ce" in t.last_eval:
+            shown["kd"] = f"{t.last_eval['kd_ce']:.3f}"
+        bar.set_postfix(shown, refresh=False)
 
 
 def _save_args(state):

@@ -38,6 +38,10 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.999
     clip: float = 1.0
+    # The learning rate of everything but the masked-LM head, as a multiple of the
+    # head's: 0 freezes the encoder (a new head trained alone), 0.1 gives a
+    # pretrained encoder a tenth of a new head's rate.
+    body_lr_scale: float = 1.0
 
     @property
     def warmup_steps(self) -> int:
@@ -261,8 +265,19 @@ def apply_gradients(state: TrainState, grads, cfg: OptimConfig) -> TrainState:
     flat_grads, unravel = ravel_pytree(grads)
     updates, opt_state = optimizer(cfg).update(flat_grads, state.opt_state,
                                                _decayed(state.params))
-    params = optax.apply_updates(state.params, unravel(-state.lr * updates))
+    steps = unravel(-state.lr * updates)
+    if cfg.body_lr_scale != 1.0:
+        steps = _scale_body(steps, cfg.body_lr_scale)
+    params = optax.apply_updates(state.params, steps)
     return TrainState(state.step + 1, params, opt_state, state.lr)
+
+
+def _scale_body(updates, scale: float):
+    """`updates` with every subtree but the masked-LM head's multiplied by `scale`
+    (after weight decay, so a scale of 0 leaves those parameters exactly as they were)."""
+    inner = updates["params"]
+    return {**updates, "params": {k: v if k == "head" else jax.tree.map(lambda x: x * scale, v)
+                                  for k, v in inner.items()}}
 
 
 def _step(state: TrainState, batch, targets: Targets | None, arch: Arch, cfg: OptimConfig,
@@ -363,15 +378,56 @@ def evaluate(arch: Arch, params, batches, teacher_outputs=None) -> dict[str, flo
     return out
 
 
-def frequency_baseline(data) -> float:
-    """Held-out accuracy of always predicting the most frequent training token."""
+def _most_frequent_label(data) -> int:
+    """The most frequent target of the first training batches (up to 20)."""
     batches = [data.train_batch(i)
                for i in range(min(20, max(1, data.train_sequences // data.spec.batch_size)))]
-    sample = np.concatenate([b["labels"][b["weights"] > 0] for b in batches])
-    top = np.bincount(sample).argmax()
-    held = data.heldout_batches()
+    return int(np.bincount(np.concatenate([b["labels"][b["weights"] > 0]
+                                           for b in batches])).argmax())
+
+
+def frequency_baseline(data, batches=None) -> float:
+    """Accuracy on `batches` (default: the held-out set) of always predicting the
+    most frequent training token."""
+    top = _most_frequent_label(data)
+    held = data.heldout_batches() if batches is None else batches
     hits = sum(float(((b["labels"] == top) * b["weights"]).sum()) for b in held)
     return hits / max(sum(float(b["weights"].sum()) for b in held), 1.0)
+
+
+def at_mask(batch, mask_id: int) -> dict:
+    """`batch` with its prediction weights kept only where the input holds [MASK].
+
+    BERT's masking leaves 10% of the targets unchanged in the input, where a model
+    scores by copying; at [MASK] positions (80%) it must predict from context."""
+    shown = np.take_along_axis(np.asarray(batch["input_ids"]), np.asarray(batch["positions"]), 1)
+    return {**batch, "weights": np.asarray(batch["weights"]) * (shown == mask_id)}
+
+
+def mlm_quality(arch: Arch, params, data, batches=None, log_q_V=None) -> dict[str, float]:
+    """What a masked-LM model knows, on `batches` (default: the held-out set B).
+
+    `accuracy`/`mlm_ce` count every selected position (the convention of training's
+    metrics); the `mask_` figures count only the positions the input shows as
+    [MASK], beside two context-free baselines on the same positions: always the
+    most frequent training token (`mask_frequency_baseline`) and the corpus's
+    add-one-smoothed token frequencies (`mask_unigram_ce`).
+    `mask_unigram_gap` = `mask_unigram_ce` − `mask_mlm_ce`, in nats: how much
+    context is worth to the model; `mask_perplexity` = exp(`mask_mlm_ce`). The
+    frequencies are `data`'s unless `log_q_V` gives others (a training corpus's,
+    when `batches` come from other text)."""
+    batches = data.heldout_batches() if batches is None else batches
+    masked = [at_mask(b, data.tokenizer.mask_id) for b in batches]
+    every, at = evaluate(arch, params, batches), evaluate(arch, params, masked)
+    log_q = data.unigram_log_probs(arch.vocab_size) if log_q_V is None else log_q_V
+    n = sum(float(b["weights"].sum()) for b in masked)
+    unigram = sum(float((-log_q[b["labels"]] * b["weights"]).sum()) for b in masked) / max(n, 1)
+    return {"accuracy": every["accuracy"], "mlm_ce": every["mlm_ce"],
+            "frequency_baseline": frequency_baseline(data, batches),
+            "mask_predictions": n, "mask_accuracy": at["accuracy"],
+            "mask_mlm_ce": at["mlm_ce"], "mask_perplexity": float(np.exp(at["mlm_ce"])),
+            "mask_frequency_baseline": frequency_baseline(data, masked),
+            "mask_unigram_ce": unigram, "mask_unigram_gap": unigram - at["mlm_ce"]}
 
 
 def forward_flops_per_token(arch: Arch, seq_len: int, predictions: int) -> float:

@@ -27,7 +27,7 @@ from bortsearch.model.proxies import effective_param_count, forward_flops, param
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.train.teacher import check_seq_len
 from bortsearch.data.tokenizer import load_tokenizer
-from bortsearch.train.step import LossConfig, OptimConfig, evaluate, teacher_view
+from bortsearch.train.step import LossConfig, OptimConfig, evaluate, mlm_quality, teacher_view
 
 STUDENT_WEIGHTS = "student.safetensors"
 OBJECTIVES = ("mlm", "mlm+sop")
@@ -150,10 +150,14 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         lines += ["## Pretraining", "",
                   f"Distillation against the teacher for {summary['steps']} steps from "
                   f"{start} "
-                  f"(0.1 · CE + 0.5 · τ² · KL, τ = 2; AdamW lr {summary['lr']:g}).",
+                  f"({_loss_text(summary.get('loss'))}; AdamW lr {summary['lr']:g}).",
                   f"Held-out masked-LM accuracy {summary['heldout_accuracy']:.4f} "
                   f"(teacher {summary['teacher_heldout_accuracy']:.4f}); KD cross-entropy "
-                  f"{summary['heldout_kd_ce']:.4f}.", ""]
+                  f"{summary['heldout_kd_ce']:.4f}."
+                  + (f" At [MASK] positions only: {summary['heldout_mask_accuracy']:.4f} "
+                     f"(teacher {summary['teacher_heldout_mask_accuracy']:.4f}; always the "
+                     f"most frequent token {summary['heldout_mask_frequency_baseline']:.4f})."
+                     if "heldout_mask_accuracy" in summary else ""), ""]
         if summary.get("objective") == "mlm+sop":
             lines += [f"With ALBERT's sentence-order prediction (SOP) besides, from its labels "
                       f"(the teacher has no such head): held-out order accuracy "
@@ -172,6 +176,13 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
                   "them); `bortsearch pretrain` trains the student and exports it with weights.",
                   ""]
     return "\n".join(lines)
+
+
+def _loss_text(loss: dict | None) -> str:
+    """The distillation loss as the summary records it (older summaries: the defaults)."""
+    loss = loss or dataclasses.asdict(LossConfig())
+    return (f"{loss['ce_weight']:g} · CE + {loss['kd_weight']:g} · τ² · KL, "
+            f"τ = {loss['temperature']:g}")
 
 
 def export(run: str | Path, out: str | Path, size=None, params=None,
@@ -240,27 +251,53 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
     `checkpoint_every` steps, `metrics.jsonl`); the same command after a kill
     resumes there. Returns the summary written into the model card.
     """
-    run, out = Path(run), Path(out)
-    arch = student_arch(run, size)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        finished = _finished_export(weights_dir(run, arch), out)
-        if finished is not None:  # the same command again: this run's export is there
-            return finished
-        raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
+    return pretrain_many(run, {size: out}, cfg, corpus, progress)[0]
+
+
+def pretrain_many(run: str | Path, outs: dict, cfg: PretrainConfig = PretrainConfig(),
+                  corpus: list[str] | None = None, progress: bool = True) -> list[dict]:
+    """`pretrain` for several students under one budget, in one group: each batch
+    and the teacher's outputs on it are computed once for all of them (the
+    teacher's forward is most of the work when the students are small), and each
+    student ends as it would alone. `outs` maps a size (None: the run's pick) to
+    its export folder; returns the summaries in that order."""
+    run = Path(run)
+    archs = [student_arch(run, size) for size in outs]
+    if len(set(archs)) < len(archs):
+        raise UserError("the same --arch is given twice; give each student once")
+    todo, summaries = [], {}
+    for arch, out in zip(archs, map(Path, outs.values())):
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            finished = _finished_export(weights_dir(run, arch), out)
+            if finished is None:
+                raise UserError(f"--out {out}: exists and is not empty; choose a new folder")
+            summaries[arch] = finished  # the same command again: this export is there
+        else:
+            todo.append((arch, out))
+    if todo:
+        summaries.update(_pretrain_group(run, todo, cfg, corpus, progress))
+    return [summaries[a] for a in archs]
+
+
+def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress: bool) -> dict:
+    from bortsearch.train.fit import Member, fit_group
+
     _, search = _run_files(run)
     # the search scored students started as its candidates were (runs older than
     # --init trained them from random weights)
     cfg = dataclasses.replace(cfg, init=cfg.init or search.get("init", "random"))
     teacher = load_checkpoint(run / "teacher")
-    check_seq_len(arch, cfg.seq_len)
+    for arch, _ in todo:
+        check_seq_len(arch, cfg.seq_len)
     specs = corpus if corpus is not None else search.get("corpus")
     corpus_obj = resolve_corpus(list(specs) if specs else None, search.get("text_field", "text"))
-    work = weights_dir(run, arch)
-    check_settings(work / "settings.json",
-                   {"arch": arch.to_dict(), "corpus": corpus_obj.fingerprint(),
-                    **dataclasses.asdict(cfg)},
-                   f"the pretraining in {work}",
-                   f"re-run with the same flags, or remove {work} to start over")
+    for arch, _ in todo:
+        work = weights_dir(run, arch)
+        check_settings(work / "settings.json",
+                       {"arch": arch.to_dict(), "corpus": corpus_obj.fingerprint(),
+                        **dataclasses.asdict(cfg)},
+                       f"the pretraining in {work}",
+                       f"re-run with the same flags, or remove {work} to start over")
     sop = cfg.objective == "mlm+sop"
     data = load_data(corpus_obj, teacher.tokenizer,
                      BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress,
@@ -268,32 +305,48 @@ def pretrain(run: str | Path, out: str | Path, size=None, cfg: PretrainConfig = 
     optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
                         adam_eps=cfg.adam_eps, clip=cfg.clip)
     loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature, cfg.sop_weight)
-    start = (inherit_params(arch, teacher.arch, teacher.params, cfg.seed, sop=sop)
-             if cfg.init == "teacher" else init_params(arch, cfg.seed, sop=sop))
-    result = fit(arch, data, optim, cfg.lr, start, work, teacher=teacher,
-                 loss_cfg=loss, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-                 progress=progress, desc=f"pretrain {arch.label()}", dtype=cfg.dtype)
+
+    def start(arch):
+        return (inherit_params(arch, teacher.arch, teacher.params, cfg.seed, sop=sop)
+                if cfg.init == "teacher" else init_params(arch, cfg.seed, sop=sop))
+
+    members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}")
+               for arch, _ in todo]
+    results = fit_group(members, data, optim, cfg.lr, teacher=teacher, loss_cfg=loss,
+                        eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+                        progress=progress, dtype=cfg.dtype)
     heldout = [teacher_view(b) for b in data.heldout_batches()]
     teacher_eval = evaluate(teacher.arch, teacher.params, heldout)
-    summary = {
-        "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "objective": cfg.objective,
-        **({"heldout_sop_accuracy": result.heldout["sop_accuracy"]} if sop else {}),
-        "heldout_accuracy": result.heldout["accuracy"],
-        "heldout_mlm_ce": result.heldout["mlm_ce"],
-        "heldout_kd_ce": result.heldout["kd_ce"],
-        "teacher_heldout_accuracy": teacher_eval["accuracy"],
-        "tokens_per_s": result.heldout["tokens_per_s"],
-        "model_flops_per_s": result.heldout["model_flops_per_s"],
-        "teacher_flops_per_s": result.heldout["teacher_flops_per_s"],
-        "total_flops_per_s": result.heldout["total_flops_per_s"],
-        "teacher_flops_share": result.heldout["teacher_flops_share"],
-        "steps_run": result.steps_run,
-    }
-    if not is_primary():  # process 0 of a multi-process job writes the files
-        return summary
-    from safetensors.numpy import save
+    teacher_quality = mlm_quality(teacher.arch, teacher.params, data, heldout)
+    out_summaries = {}
+    for (arch, out), result in zip(todo, results):
+        work = weights_dir(run, arch)
+        quality = mlm_quality(arch, result.params, data)
+        summary = {
+            "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "objective": cfg.objective,
+            "loss": dataclasses.asdict(loss),
+            **({"heldout_sop_accuracy": result.heldout["sop_accuracy"]} if sop else {}),
+            "heldout_accuracy": result.heldout["accuracy"],
+            "heldout_mlm_ce": result.heldout["mlm_ce"],
+            "heldout_kd_ce": result.heldout["kd_ce"],
+            "heldout_mask_accuracy": quality["mask_accuracy"],
+            "heldout_mask_frequency_baseline": quality["mask_frequency_baseline"],
+            "teacher_heldout_accuracy": teacher_eval["accuracy"],
+            "teacher_heldout_mask_accuracy": teacher_quality["mask_accuracy"],
+            "tokens_per_s": result.heldout["tokens_per_s"],
+            "model_flops_per_s": result.heldout["model_flops_per_s"],
+            "teacher_flops_per_s": result.heldout["teacher_flops_per_s"],
+            "total_flops_per_s": result.heldout["total_flops_per_s"],
+            "teacher_flops_share": result.heldout["teacher_flops_share"],
+            "group_size": result.heldout["group_size"],
+            "steps_run": result.steps_run,
+        }
+        out_summaries[arch] = summary
+        if not is_primary():  # process 0 of a multi-process job writes the files
+            continue
+        from safetensors.numpy import save
 
-    write_atomic(work / STUDENT_WEIGHTS, save(export_tensors(Model(arch, result.params))))
-    write_json(work / "summary.json", summary)
-    export(run, out, arch.size, result.params, summary)
-    return summary
+        write_atomic(work / STUDENT_WEIGHTS, save(export_tensors(Model(arch, result.params))))
+        write_json(work / "summary.json", summary)
+        export(run, out, arch.size, result.params, summary)
+    return out_summaries

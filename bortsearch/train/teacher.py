@@ -15,6 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from bortsearch.model.arch import Arch
 from bortsearch.data.corpus import Corpus
 from bortsearch.data.batches import BatchSpec, load_data
@@ -25,12 +27,17 @@ from bortsearch.model.hf import load_checkpoint, save_checkpoint, weights_sha256
 from bortsearch.model.encoder import Model, init_params
 from bortsearch.runio import check_settings
 from bortsearch.data.tokenizer import Tokenizer
-from bortsearch.train.step import OptimConfig, frequency_baseline
+from bortsearch.train.step import OptimConfig, mlm_quality
 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-    """How the maximum point is trained (defaults sized for the demo on 2 cores)."""
+    """How the maximum point is trained (defaults sized for the demo on 2 cores).
+
+    `head_steps` > 0 first trains the masked-LM head alone, the rest frozen (a new
+    head on a pretrained encoder), then the whole model for `steps` with the
+    encoder at `body_lr` (default `lr`); the better of the two on the held-out
+    set, at [MASK] positions, is kept."""
 
     steps: int = 600
     lr: float = 1e-3
@@ -38,6 +45,8 @@ class TeacherConfig:
     batch: BatchSpec = BatchSpec()
     eval_every: int = 100
     checkpoint_every: int = 100
+    head_steps: int = 0
+    body_lr: float | None = None
 
 
 def check_seq_len(arch: Arch, seq_len: int) -> None:
@@ -53,11 +62,13 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
     """Train `arch` with the masked-LM objective and write it to `out`.
 
     Returns the summary also written to `out/bortsearch.json`: settings, held-out
-    masked-LM accuracy and the frequency baseline. If `out` already holds a
-    finished teacher with the same settings, nothing is trained. `init_from`, a
-    masked-LM folder of the same architecture, continues its training (a fresh
+    masked-LM quality (`mlm_quality`: every selected position, and [MASK]
+    positions beside the frequency and unigram baselines). If `out` already holds
+    a finished teacher with the same settings, nothing is trained. `init_from`, a
+    checkpoint folder of the same architecture, continues its training (a fresh
     warm-up and decay over `cfg.steps`) instead of starting from Normal(0, 0.02);
-    `init_model`, that folder already loaded (it is then not read again).
+    `init_model`, that folder already loaded (it is then not read again; a bare
+    encoder comes with a new head, `load_encoder_with_new_head`).
     """
     out = Path(out)
     check_seq_len(arch, cfg.batch.seq_len)
@@ -69,12 +80,14 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
             raise UserError(f"--init-from {init_from}: its architecture {model.arch.label()} "
                             f"is not the teacher's {arch.label()}; give a folder of that shape")
         start, init_hash = model.params, weights_sha256(init_from)
+    staged = {"head_steps": cfg.head_steps, "body_lr": cfg.body_lr} \
+        if cfg.head_steps or cfg.body_lr is not None else {}
     settings = {
         "arch": arch.to_dict(), "corpus": corpus.fingerprint(),
         "tokenizer": hashlib.sha256(tokenizer.hf.to_str().encode()).hexdigest()[:16],
         "steps": cfg.steps, "lr": cfg.lr, "warmup": cfg.warmup,
         "batch": dataclasses.asdict(cfg.batch),
-        **({"init_from": init_hash} if init_hash else {}),
+        **({"init_from": init_hash} if init_hash else {}), **staged,
     }
     summary_path = out / "bortsearch.json"
     if summary_path.is_file():
@@ -88,24 +101,66 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose another --out or remove it")
     data = load_data(corpus, tokenizer, cfg.batch, progress=progress)  # before writing
+    check_vocabulary(data, arch, corpus)
     work = out.parent / f".{out.name}.partial"
-    started = (work / "checkpoints").is_dir() and any((work / "checkpoints").iterdir())
+    started = work.is_dir() and any(has_checkpoints(d) for d in (work, work / "head",
+                                                                  work / "whole"))
     check_settings(work / "settings.json", settings, f"the unfinished teacher in {work}",
                    f"re-run with the same settings, or remove {work} to start over", started)
-    optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup)
-    result = fit(arch, data, optim, cfg.lr, start, work,
-                 eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-                 progress=progress, desc=f"teacher {arch.label()}")
+    kw = dict(eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+              progress=progress)
+    stages = []
+    if cfg.head_steps:
+        head = fit(arch, data, OptimConfig(steps=cfg.head_steps, warmup=cfg.warmup,
+                                           body_lr_scale=0.0),
+                   cfg.lr, start, work / "head", desc=f"teacher {arch.label()} head", **kw)
+        stages.append(("head", head))
+        start = head.params
+    body_scale = 1.0 if cfg.body_lr is None else cfg.body_lr / cfg.lr
+    whole = fit(arch, data, OptimConfig(steps=cfg.steps, warmup=cfg.warmup,
+                                        body_lr_scale=body_scale),
+                cfg.lr, start, work / "whole" if cfg.head_steps else work,
+                desc=f"teacher {arch.label()}", **kw)
+    stages.append(("whole", whole))
+    quality = {name: mlm_quality(arch, r.params, data) for name, r in stages}
+    kept = min(quality, key=lambda name: quality[name]["mask_mlm_ce"])
+    result = dict(stages)[kept]
     summary = {
         "settings": settings,
         "corpus_name": corpus.name,
-        "heldout_accuracy": result.heldout["accuracy"],
-        "heldout_mlm_ce": result.heldout["mlm_ce"],
-        "frequency_baseline_accuracy": frequency_baseline(data),
+        "heldout_accuracy": quality[kept]["accuracy"],
+        "heldout_mlm_ce": quality[kept]["mlm_ce"],
+        "frequency_baseline_accuracy": quality[kept]["frequency_baseline"],
+        "heldout": quality[kept],
         "tokens_per_s": result.heldout["tokens_per_s"],
+        **({"stages": {name: {**quality[name], "steps": r.steps_run,
+                              "train_seconds": r.train_seconds} for name, r in stages},
+            "kept": kept} if len(stages) > 1 else {}),
     }
     if is_primary():  # one writer in a multi-process job
         save_checkpoint(Model(arch, result.params, tokenizer), out,
                         extra_files={"bortsearch.json": json.dumps(summary, indent=2) + "\n"})
         shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def has_checkpoints(workdir: Path) -> bool:
+    folder = workdir / "checkpoints"
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def check_vocabulary(data, arch: Arch, corpus: Corpus) -> None:
+    """Refuse a corpus the teacher's vocabulary cannot read: nearly every token
+    unknown (text in another script or language than the tokenizer's)."""
+    tok = data.tokenizer
+    name = getattr(tok.hf.model, "unk_token", None)  # byte-level BPE has none
+    unk = tok.hf.token_to_id(name) if name else None
+    if unk is None:
+        return
+    sample = np.asarray(data.tokens[:1 << 20])
+    share = float((sample == unk).mean()) if len(sample) else 0.0
+    if share > 0.2:
+        raise UserError(f"corpus {corpus.name}: {100 * share:.0f}% of its tokens are unknown "
+                        f"to the teacher's vocabulary of {arch.vocab_size} (its unknown token "
+                        f"is {name!r}); give text in the language and "
+                        f"script the tokenizer was made for")
