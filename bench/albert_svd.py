@@ -1,4 +1,4 @@
-"""Issue 23, item 2: is the E axis a fair contest? Factorised students (E < H)
+"""Is the E axis a fair contest? Factorised students (E < H)
 against their unfactorised twin, trained as the search trains candidates (s
 steps, Θ, two seeds, from the teacher's weights), once with the truncated-SVD
 start (`encoder._svd_embeddings`, the default since 2026-11-28) and once with
@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE.parent))
 CACHE = Path(os.environ.get("BORTSEARCH_CACHE", Path.home() / ".cache" / "bortsearch"))
 
 SPACE = """name = "albert-svd"
-description = "Factorised students of the reference teacher against their twin (issue 23)"
+description = "Factorised students of the reference teacher against their twin"
 model_type = "bert"
 layers = [2]
 heads = [4]

@@ -77,7 +77,7 @@ class Profile:
     glue_lr: float = 1e-4
     glue_length: int = 128
     glue_candidates: bool = False  # fine-tune every trained candidate too (GLUE's Spearman)
-    int8: bool = True  # also each classifier quantised to int8 in ONNX Runtime (issue 22)
+    int8: bool = True  # also each classifier quantised to int8 in ONNX Runtime
     random_rivals: int = 2  # rivals (d)
 
 

@@ -1,4 +1,4 @@
-"""Does bfloat16 training change the search's answer? (issue 11, `--dtype bfloat16`)
+"""Does bfloat16 training change the search's answer? (`--dtype bfloat16`)
 
 Runs the demo search (`search_spaces/demo.toml`, the embedded corpus, every default:
 ε = 3 → 12 candidates, s = 200, 2 seeds × Θ = {1e-3, 3e-3}, teacher init) once with

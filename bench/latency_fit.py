@@ -1,5 +1,5 @@
 """How well does a latency model fitted on a few measured architectures predict the
-rest, in each runtime? (issue 22: `--inference fitted`.)
+rest, in each runtime? (`--inference fitted`.)
 
     python bench/latency_fit.py [--space S] [--rounds 3] [--repeats 15] [--out DIR]
 

@@ -1,4 +1,4 @@
-"""Does ALBERT's sentence-order prediction help the student downstream? (issue 23)
+"""Does ALBERT's sentence-order prediction help the student downstream?
 
 With the Bort-in-small benchmark's search run and budget (`make bench-bort` first,
 the CPU profile): pretrain one student with `--objective mlm+sop` under exactly the

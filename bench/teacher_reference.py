@@ -1,6 +1,6 @@
 """The reference teacher: a BERT-Mini-shaped masked LM that knows some English.
 
-The recipe (issue 21), one command, resumable (re-run it after a kill, or in a
+The recipe, one command, resumable (re-run it after a kill, or in a
 later session on the same machine: the work lives in the cache, not in runs/):
 
     make teacher-reference                  # the CPU profile, about 1.5 h on 2 cores

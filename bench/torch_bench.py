@@ -5,7 +5,7 @@ Workloads (each the same model, batch and length on both sides):
   layer      one BERT layer, forward + backward (B 32, L 64, H 64, A 2, I 128)
   candidate  the search's candidate step: B 32, L 64, distillation at the 10 masked
              positions per row (the Bort loss, teacher logits given), AdamW, clip 1;
-             the four shapes of issue 11 at vocabulary 4096 and 30522
+             four shapes at vocabulary 4096 and 30522
   pretrain   a pretraining step with the teacher's forward in it: the demo's
              W-optimum ⟨2,4,64,256⟩ distilled from its maximum point ⟨3,4,128,512⟩
   infer      batch-1 inference of the encoder (no head), length 128, as the search's

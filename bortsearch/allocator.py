@@ -4,7 +4,7 @@ XLA's CPU backend allocates each execution's temporaries as one block (61 MB for
 step of the demo's smallest candidate, more for larger ones) and frees it when the
 step ends. glibc serves a block that large with mmap and returns it with munmap,
 so every step touches fresh pages: 15,800 page faults and 25 ms of kernel time in
-a 57 ms candidate step, half of the step (issue 11). With one arena, no mmap for
+a 57 ms candidate step, half of the step. With one arena, no mmap for
 large blocks and freed memory kept up to 1 GiB, the block is reused: the same
 step takes 0.2 ms of kernel time.
 

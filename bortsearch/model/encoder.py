@@ -73,7 +73,7 @@ def matmul(x_MxK, w_KxN):
     at full speed only when the transposed operand is the narrower one; otherwise
     (an FFN's outer kernel, the tied decoder) it is 1.2-3x slower, so the product is
     taken the other way round, (dyᵀ·x)ᵀ, behind an optimisation barrier that keeps
-    the simplifier from folding the transpose back into the dot (issue 11).
+    the simplifier from folding the transpose back into the dot.
     """
     return x_MxK @ w_KxN
 
@@ -128,7 +128,7 @@ class Dense(nn.Module):
     The leading axes are flattened first, so forward and backward are plain 2-D
     matrix products. Given B x L x H, `nn.Dense` contracts the kernel's gradient
     over two axes at once, which XLA's CPU backend runs at about half the speed of
-    the 2-D product: the encoder layer's backward took 1.4x as long (issue 11).
+    the 2-D product: the encoder layer's backward took 1.4x as long.
     """
 
     features: int

@@ -161,7 +161,7 @@ class CandidateTrainer:
         # a GPU host the CPU is otherwise idle while a group trains). One program
         # at a time: XLA already compiles each on several threads, and two at once
         # contend for the one malloc arena (allocator.py): the demo's 12 steps were
-        # ready after 54 s on two threads against 42 s on one (issue 11).
+        # ready after 54 s on two threads against 42 s on one.
         with ThreadPoolExecutor(max_workers=1) as pool:
             compiling = self.compile_group(plan[0], pool) if plan else {}
             for i, group in enumerate(plan):
