@@ -1,0 +1,180 @@
+"""The rules and the statistics of `bench/bort_small_protocol.md`, as functions.
+
+Everything the protocol decides by rule lives here, apart from the pipeline that
+trains: which students are the rivals (from the pick and the space alone), which
+of them are the pick's nearest, latency in interleaved rounds, the two-level
+bootstrap of a score over pretraining and fine-tuning seeds, the test that
+decides (wins / loses / cannot tell), "no greater latency" within the noise, the
+front, and Spearman's ρ with its permutation p-value. Pure NumPy except the
+latency rounds; tests/test_bench_bort.py plants results and checks each verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+BERT_TINY, BERT_MINI = (2, 2, 128, 512), (4, 4, 256, 1024)
+HEAD_SIZE = 32  # the MiniLM teacher's, and BERT's small family's
+
+
+def rivals_by_rule(space: Sequence, teacher, pick, size: Callable, flops: Callable,
+                   seed: int = 0, n_random: int = 2) -> dict[str, object]:
+    """The protocol's rivals of `pick`, by role: (a) smallest, (b) uniform shrink,
+    (c) the teacher cut to the pick's depth at full width, (d) BERT-Tiny and
+    BERT-Mini where the space holds them, (e) random within ±20% of the pick's
+    size, and the control (f), the pick from random weights (the same shape).
+
+    Args:
+      space: the space's architectures (`Arch`); `teacher`, `pick`: `Arch`es.
+      size, flops: an architecture's size proxy p̂ and its FLOPs.
+    """
+    target = size(pick)
+    out = {"(a) smallest": min(space, key=lambda a: (size(a), flops(a), a.size))}
+    shrinks = []
+    for h in range(2 * HEAD_SIZE, teacher.hidden + 1, HEAD_SIZE):
+        depth = min(range(1, teacher.layers + 1),
+                    key=lambda d: (abs(d / teacher.layers - h / teacher.hidden), d))
+        shrinks.append(teacher.with_size(depth, h // HEAD_SIZE, h, 4 * h))
+    out["(b) uniform shrink"] = min(shrinks, key=lambda a: (abs(size(a) - target), a.size))
+    out["(c) teacher cut to the pick's depth"] = teacher.with_size(
+        pick.layers, teacher.heads, teacher.hidden, teacher.intermediate)
+    held = {a.size: a for a in space}
+    for name, shape in (("(d) BERT-Tiny", BERT_TINY), ("(d) BERT-Mini", BERT_MINI)):
+        if shape in held:
+            out[name] = held[shape]
+    taken = {pick.size, *(a.size for a in out.values())}
+    pool = sorted((a for a in space if a.size not in taken
+                   and abs(size(a) / target - 1) <= 0.2), key=lambda a: a.size)
+    rng = np.random.default_rng(seed)
+    for k, j in enumerate(rng.choice(len(pool), min(n_random, len(pool)), replace=False)):
+        out[f"(e) random {k + 1}"] = pool[int(j)]
+    out["(f) control: the pick from random weights"] = pick
+    return out
+
+
+def nearest_rivals(pick, rivals: dict, size: Callable, k: int = 2) -> list[str]:
+    """The `k` roles among (a)–(e) whose p̂ is nearest the pick's (ties: role order)."""
+    roles = [r for r in rivals if r[:3] in ("(a)", "(b)", "(c)", "(d)", "(e)")]
+    return sorted(roles, key=lambda r: (abs(size(rivals[r]) - size(pick)), r))[:k]
+
+
+def interleaved_latency(models: dict, measure: Callable, rounds: int = 15,
+                        seed: int = 0) -> list[dict]:
+    """`measure(model) -> seconds` for every model once a round, in a fresh random
+    order each round; one row per round and model (with the load average)."""
+    import os
+
+    rng = np.random.default_rng(seed)
+    names = list(models)
+    rows = []
+    for r in range(rounds):
+        for j in rng.permutation(len(names)):
+            name = names[int(j)]
+            rows.append({"round": r, "model": name, "seconds": float(measure(models[name])),
+                         "load_average": os.getloadavg()[0]})
+    return rows
+
+
+def latency_summary(rows: list[dict], n: int = 10_000, seed: int = 0) -> dict[str, dict]:
+    """Each model's median over rounds and its 95% bootstrap interval (rounds resampled)."""
+    by_model = _by_model(rows)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, x in by_model.items():
+        boot = np.median(x[rng.integers(0, len(x), (n, len(x)))], axis=1)
+        out[name] = {"median": float(np.median(x)), "lo": float(np.quantile(boot, 0.025)),
+                     "hi": float(np.quantile(boot, 0.975))}
+    return out
+
+
+def no_greater_latency(rows: list[dict], rival: str, pick: str, n: int = 10_000,
+                       seed: int = 0) -> tuple[bool, tuple[float, float]]:
+    """Whether `rival` is no slower than `pick` within the noise: the 95% bootstrap
+    interval of the ratio of medians, rounds resampled jointly (a round measures
+    both), includes or lies below 1. Returns (verdict, interval)."""
+    by_model = _by_model(rows)
+    a, b = by_model[rival], by_model[pick]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (n, len(a)))
+    ratio = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    lo, hi = float(np.quantile(ratio, 0.025)), float(np.quantile(ratio, 0.975))
+    return lo <= 1.0, (lo, hi)
+
+
+def _by_model(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Seconds per model, in round order (rounds align across models)."""
+    out: dict[str, list] = {}
+    for row in sorted(rows, key=lambda r: r["round"]):
+        out.setdefault(row["model"], []).append(row["seconds"])
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def two_level_bootstrap(trials: dict, n: int = 10_000, seed: int = 0) -> np.ndarray:
+    """`n` bootstrap means of a score over its trials, `trials` = {pretraining seed:
+    [score of each fine-tuning seed]}: pretraining seeds resampled first, then the
+    fine-tuning seeds within each drawn one."""
+    rng = np.random.default_rng(seed)
+    groups = [np.asarray(v, float) for _, v in sorted(trials.items())]
+    means = np.empty(n)
+    for i in range(n):
+        drawn = [groups[j] for j in rng.integers(0, len(groups), len(groups))]
+        means[i] = np.mean([g[rng.integers(0, len(g), len(g))].mean() for g in drawn])
+    return means
+
+
+def score_interval(trials: dict, n: int = 10_000, seed: int = 0) -> dict:
+    """A model's mean score over its trials and its 95% two-level bootstrap interval."""
+    boot = two_level_bootstrap(trials, n, seed)
+    flat = [x for v in trials.values() for x in v]
+    return {"mean": float(np.mean(flat)), "lo": float(np.quantile(boot, 0.025)),
+            "hi": float(np.quantile(boot, 0.975)), "trials": len(flat)}
+
+
+def decide(pick_trials: dict, rival_trials: dict, n: int = 10_000, seed: int = 0) -> dict:
+    """The test that decides: the margin pick − rival, its 95% interval from two
+    independent two-level bootstraps, and the verdict: "wins" (the interval's lower
+    end above 0), "loses" (its upper end below 0), else "cannot tell"."""
+    diff = two_level_bootstrap(pick_trials, n, seed) - two_level_bootstrap(rival_trials, n,
+                                                                           seed + 1)
+    lo, hi = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
+    mean = float(np.mean([x for v in pick_trials.values() for x in v])
+                 - np.mean([x for v in rival_trials.values() for x in v]))
+    verdict = "wins" if lo > 0 else "loses" if hi < 0 else "cannot tell"
+    return {"margin": mean, "lo": lo, "hi": hi, "verdict": verdict}
+
+
+def on_front(latency: dict[str, dict], score: dict[str, dict]) -> dict[str, bool]:
+    """A model is on the front unless another is faster (its latency interval wholly
+    below) and better (its score interval wholly above)."""
+    return {m: not any(latency[o]["hi"] < latency[m]["lo"] and score[o]["lo"] > score[m]["hi"]
+                       for o in latency if o != m)
+            for m in latency}
+
+
+def spearman(x: Sequence[float], y: Sequence[float], n: int = 10_000,
+             seed: int = 0) -> tuple[float, float]:
+    """Spearman's ρ (average ranks for ties) and its two-sided permutation p-value."""
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    rho = _pearson(rx, ry)
+    rng = np.random.default_rng(seed)
+    perms = np.array([_pearson(rx, rng.permutation(ry)) for _ in range(n)])
+    p = float((np.sum(np.abs(perms) >= abs(rho) - 1e-12) + 1) / (n + 1))
+    return rho, p
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=float)
+    for v in np.unique(x):  # ties share their average rank
+        ranks[x == v] = ranks[x == v].mean()
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom else float("nan")
