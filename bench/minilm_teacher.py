@@ -17,6 +17,7 @@ on the same texts for comparison. Writes bench/results/minilm_teacher-PROFILE.js
 
     python bench/minilm_teacher.py                  # cpu profile
     python bench/minilm_teacher.py --profile toy    # seconds, the same code path
+    python bench/minilm_teacher.py --glue           # and SST-2 dev: teacher, encoder, random
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -88,6 +91,51 @@ def quality(folder: Path, train_corpus: str, batches: int, seq_len: int) -> dict
             for name, path in texts.items()}
 
 
+GLUE = {"cpu": dict(task="sst2", rows=1000, seeds=3, epochs=3, lr=1e-4, length=64),
+        "toy": dict(task="rte", rows=32, seeds=2, epochs=1, lr=1e-4, length=32)}
+
+
+def glue(teacher: Path, work: Path, profile: str, progress: bool) -> dict:
+    """Fine-tuned on a GLUE task by one fixed recipe (no choice made on dev): the new
+    teacher, the original encoder it came from, and the same shape from random
+    weights. Each trial's score is its last epoch's dev score; per model, the scores
+    of every seed, their mean and a 95% t-interval over seeds."""
+    from glue_eval import GLUE_DATA, glue_folder
+    from scipy import stats
+
+    from bortsearch.downstream.finetune import FinetuneConfig, finetune
+    from bortsearch.model.encoder import Model, init_params
+    from bortsearch.model.hf import load_checkpoint, save_checkpoint
+
+    g = GLUE[profile]
+    twin = work / "random-init"
+    if not (twin / "config.json").is_file():
+        model = load_checkpoint(teacher)
+        save_checkpoint(Model(model.arch, init_params(model.arch, 0), model.tokenizer), twin)
+    models = {"MiniLM + new head (the teacher)": teacher,
+              "all-MiniLM-L6-v2 as published": minilm_folder(), "same shape, random init": twin}
+    cfg = FinetuneConfig(lrs=(g["lr"],), epochs=g["epochs"], seeds=g["seeds"],
+                         max_length=g["length"], max_train_samples=g["rows"])
+    out = {"recipe": g, "models": {}}
+    for name, folder in models.items():
+        run = work / "glue" / name.split(" ")[0].lower().replace("+", "") / g["task"]
+        result = finetune(folder, g["task"], glue_folder(work, GLUE_DATA), run, cfg,
+                          progress=progress)
+        scores = []
+        for seed in range(g["seeds"]):
+            evals = [json.loads(line) for line in
+                     (run / "trials" / f"lr{g['lr']:g}-seed{seed}" / "evals.jsonl")
+                     .read_text().splitlines()]
+            scores.append(100 * evals[-1]["score"])
+        mean = float(np.mean(scores))
+        half = float(stats.t.ppf(0.975, len(scores) - 1) * np.std(scores, ddof=1)
+                     / np.sqrt(len(scores)))
+        out["models"][name] = {"scores": scores, "mean": mean, "lo": mean - half,
+                               "hi": mean + half}
+        out["majority"] = 100 * result["majority_score"]
+    return out
+
+
 def table(rows: dict[str, dict]) -> str:
     lines = ["| teacher | text | accuracy at [MASK] | most frequent token | CE at [MASK] "
              "| perplexity | unigram CE | unigram gap (nats) | accuracy, every selected "
@@ -108,12 +156,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="the teacher folder (default: the cache's "
                    "teachers/minilm-gutenberg-PROFILE, which outlives a work tree)")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--glue", action="store_true", help="also fine-tune the teacher, the "
+                   "original encoder and the same shape from random weights on a GLUE task")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     pr = PROFILES[args.profile]
     corpus = str(GUTENBERG / ("valid.txt" if args.profile == "toy" else "train.txt"))
     out = args.out or default_out(args.profile)
     summary, cost = adapt(out, args.profile, corpus, args.quiet)
+    glue_result = glue(out, out.parent / f"{out.name}-bench", args.profile,
+                       not args.quiet) if args.glue else None
     rows = {"MiniLM + new head": quality(out, corpus, pr["eval_batches"], pr["seq_len"])}
     if INTERIM.is_dir():
         rows["interim gutenberg-mini"] = quality(INTERIM, corpus, pr["eval_batches"],
@@ -121,7 +173,7 @@ def main(argv=None) -> int:
     report = {"profile": args.profile, "settings": summary["settings"],
               "stages": summary.get("stages"), "kept": summary.get("kept"),
               "cost_this_call": cost, "load_average": os.getloadavg(), "quality": rows,
-              "device": "CPU (2 cores)"}
+              "device": "CPU (2 cores)", "glue": glue_result}
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"minilm_teacher-{args.profile}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -132,6 +184,13 @@ def main(argv=None) -> int:
               f"{st['mask_mlm_ce']:.3f}")
     print(f"kept: {summary.get('kept')}")
     print(table(rows))
+    if glue_result:
+        g = glue_result["recipe"]
+        print(f"\n{g['task']} dev, last epoch of {g['epochs']} ({g['rows']} training rows, lr "
+              f"{g['lr']:g}, {g['seeds']} seeds; majority class {glue_result['majority']:.1f}):")
+        for name, m in glue_result["models"].items():
+            print(f"- {name}: {m['mean']:.1f} (95% interval {m['lo']:.1f} to {m['hi']:.1f}; "
+                  f"seeds {', '.join(f'{x:.1f}' for x in m['scores'])})")
     print(f"raw: {path}")
     return 0
 
