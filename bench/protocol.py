@@ -1,8 +1,8 @@
 """The rules and the statistics of `bench/bort_small_protocol.md`, as functions.
 
 Everything the protocol decides by rule lives here, apart from the pipeline that
-trains: which students are the rivals (from the pick and the space alone), which
-of them are the pick's nearest, latency in interleaved rounds, the two-level
+trains: which students are the rivals (from the pick and the space alone), latency
+in interleaved rounds, the two-level
 bootstrap of a score over pretraining and fine-tuning seeds, the test that
 decides (wins / loses / cannot tell), "no greater latency" within the noise, the
 front, and Spearman's ρ with its permutation p-value. Pure NumPy except the
@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 BERT_TINY, BERT_MINI = (2, 2, 128, 512), (4, 4, 256, 1024)
-HEAD_SIZE = 32  # the MiniLM teacher's, and BERT's small family's
 
 
 def rivals_by_rule(space: Sequence, teacher, pick, size: Callable, flops: Callable,
@@ -32,12 +31,16 @@ def rivals_by_rule(space: Sequence, teacher, pick, size: Callable, flops: Callab
       size, flops: an architecture's size proxy p̂ and its FLOPs.
     """
     target = size(pick)
-    out = {"(a) smallest": min(space, key=lambda a: (size(a), flops(a), a.size))}
+    out = {"(a) smallest": min((a for a in space if a.size != pick.size),
+                               key=lambda a: (size(a), flops(a), a.size))}
+    head = teacher.hidden // teacher.heads  # the teacher's head size (MiniLM's: 32)
     shrinks = []
-    for h in range(2 * HEAD_SIZE, teacher.hidden + 1, HEAD_SIZE):
+    for h in range(2 * head, teacher.hidden + 1, head):
+        # D/D_T nearest H/H_T, in integers (|H_T·D − D_T·H|); a tie takes the smaller D
         depth = min(range(1, teacher.layers + 1),
-                    key=lambda d: (abs(d / teacher.layers - h / teacher.hidden), d))
-        shrinks.append(teacher.with_size(depth, h // HEAD_SIZE, h, 4 * h))
+                    key=lambda d: (abs(teacher.hidden * d - teacher.layers * h), d))
+        shrinks.append(teacher.with_size(depth, h // head, h, 4 * h))
+    shrinks = [a for a in shrinks if a.size != pick.size]
     out["(b) uniform shrink"] = min(shrinks, key=lambda a: (abs(size(a) - target), a.size))
     out["(c) teacher cut to the pick's depth"] = teacher.with_size(
         pick.layers, teacher.heads, teacher.hidden, teacher.intermediate)
@@ -45,6 +48,7 @@ def rivals_by_rule(space: Sequence, teacher, pick, size: Callable, flops: Callab
     for name, shape in (("(d) BERT-Tiny", BERT_TINY), ("(d) BERT-Mini", BERT_MINI)):
         if shape in held:
             out[name] = held[shape]
+    out = {role: a for role, a in out.items() if a.size != pick.size}  # the pick is no rival
     taken = {pick.size, *(a.size for a in out.values())}
     pool = sorted((a for a in space if a.size not in taken
                    and abs(size(a) / target - 1) <= 0.2), key=lambda a: a.size)
@@ -53,12 +57,6 @@ def rivals_by_rule(space: Sequence, teacher, pick, size: Callable, flops: Callab
         out[f"(e) random {k + 1}"] = pool[int(j)]
     out["(f) control: the pick from random weights"] = pick
     return out
-
-
-def nearest_rivals(pick, rivals: dict, size: Callable, k: int = 2) -> list[str]:
-    """The `k` roles among (a)–(e) whose p̂ is nearest the pick's (ties: role order)."""
-    roles = [r for r in rivals if r[:3] in ("(a)", "(b)", "(c)", "(d)", "(e)")]
-    return sorted(roles, key=lambda r: (abs(size(rivals[r]) - size(pick)), r))[:k]
 
 
 def interleaved_latency(models: dict, measure: Callable, rounds: int = 15,
@@ -123,6 +121,40 @@ def two_level_bootstrap(trials: dict, n: int = 10_000, seed: int = 0) -> np.ndar
         drawn = [groups[j] for j in rng.integers(0, len(groups), len(groups))]
         means[i] = np.mean([g[rng.integers(0, len(g), len(g))].mean() for g in drawn])
     return means
+
+
+def task_bootstrap(by_task: dict[str, dict], n: int = 10_000, seed: int = 0) -> np.ndarray:
+    """`n` bootstrap means of a score averaged over tasks, `by_task` = {task: {pretraining
+    seed: [fine-tuning scores]}}. One pretrained checkpoint is fine-tuned on every task,
+    so each resample draws the pretraining seeds once for all tasks, then each task's
+    fine-tuning seeds within them."""
+    rng = np.random.default_rng(seed)
+    tasks = [{k: np.asarray(v, float) for k, v in t.items()} for _, t in sorted(by_task.items())]
+    keys = sorted(tasks[0])
+    means = np.empty(n)
+    for i in range(n):
+        drawn = [keys[j] for j in rng.integers(0, len(keys), len(keys))]
+        means[i] = np.mean([np.mean([t[k][rng.integers(0, len(t[k]), len(t[k]))].mean()
+                                     for k in drawn]) for t in tasks])
+    return means
+
+
+def task_interval(by_task: dict[str, dict], n: int = 10_000, seed: int = 0) -> dict:
+    """A model's score averaged over tasks, with its 95% bootstrap interval."""
+    boot = task_bootstrap(by_task, n, seed)
+    mean = float(np.mean([np.mean([x for v in t.values() for x in v]) for t in by_task.values()]))
+    return {"mean": mean, "lo": float(np.quantile(boot, 0.025)),
+            "hi": float(np.quantile(boot, 0.975))}
+
+
+def decide_tasks(pick: dict[str, dict], rival: dict[str, dict], n: int = 10_000,
+                 seed: int = 0) -> dict:
+    """`decide` for scores averaged over tasks (`task_bootstrap` of each side)."""
+    diff = task_bootstrap(pick, n, seed) - task_bootstrap(rival, n, seed + 1)
+    lo, hi = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
+    margin = task_interval(pick, 10, seed)["mean"] - task_interval(rival, 10, seed)["mean"]
+    verdict = "wins" if lo > 0 else "loses" if hi < 0 else "cannot tell"
+    return {"margin": margin, "lo": lo, "hi": hi, "verdict": verdict}
 
 
 def score_interval(trials: dict, n: int = 10_000, seed: int = 0) -> dict:

@@ -386,10 +386,11 @@ def _most_frequent_label(data) -> int:
                                            for b in batches])).argmax())
 
 
-def frequency_baseline(data, batches=None) -> float:
+def frequency_baseline(data, batches=None, top: int | None = None) -> float:
     """Accuracy on `batches` (default: the held-out set) of always predicting the
-    most frequent training token."""
-    top = _most_frequent_label(data)
+    most frequent training token (`top`, default: the most frequent target of
+    `data`'s first training batches)."""
+    top = _most_frequent_label(data) if top is None else top
     held = data.heldout_batches() if batches is None else batches
     hits = sum(float(((b["labels"] == top) * b["weights"]).sum()) for b in held)
     return hits / max(sum(float(b["weights"].sum()) for b in held), 1.0)
@@ -414,19 +415,21 @@ def mlm_quality(arch: Arch, params, data, batches=None, log_q_V=None) -> dict[st
     add-one-smoothed token frequencies (`mask_unigram_ce`).
     `mask_unigram_gap` = `mask_unigram_ce` − `mask_mlm_ce`, in nats: how much
     context is worth to the model; `mask_perplexity` = exp(`mask_mlm_ce`). The
-    frequencies are `data`'s unless `log_q_V` gives others (a training corpus's,
-    when `batches` come from other text)."""
+    frequencies, and the most frequent token, are `data`'s unless `log_q_V` gives
+    others (a training corpus's, when `batches` come from other text: its most
+    frequent token is then the argmax of `log_q_V`)."""
     batches = data.heldout_batches() if batches is None else batches
     masked = [at_mask(b, data.tokenizer.mask_id) for b in batches]
     every, at = evaluate(arch, params, batches), evaluate(arch, params, masked)
     log_q = data.unigram_log_probs(arch.vocab_size) if log_q_V is None else log_q_V
     n = sum(float(b["weights"].sum()) for b in masked)
     unigram = sum(float((-log_q[b["labels"]] * b["weights"]).sum()) for b in masked) / max(n, 1)
+    top = None if log_q_V is None else int(np.argmax(log_q_V))
     return {"accuracy": every["accuracy"], "mlm_ce": every["mlm_ce"],
-            "frequency_baseline": frequency_baseline(data, batches),
+            "frequency_baseline": frequency_baseline(data, batches, top),
             "mask_predictions": n, "mask_accuracy": at["accuracy"],
             "mask_mlm_ce": at["mlm_ce"], "mask_perplexity": float(np.exp(at["mlm_ce"])),
-            "mask_frequency_baseline": frequency_baseline(data, masked),
+            "mask_frequency_baseline": frequency_baseline(data, masked, top),
             "mask_unigram_ce": unigram, "mask_unigram_gap": unigram - at["mlm_ce"]}
 
 

@@ -1,0 +1,360 @@
+"""Bort in small with the MiniLM teacher, run as `bench/bort_small_protocol.md` states.
+
+The search over search_spaces/bort_minilm.toml with the teacher of
+`make teacher-minilm`; the rivals computed by rule from the pick
+(bench/protocol.py); every student pretrained under one budget (one group, the
+teacher paid once a batch; the random-weights control and the second pretraining
+seed in groups of their own, in copies of the run); fine-tuning with its
+hyper-parameters chosen on held-out training rows and the dev split scored once;
+latency in interleaved rounds, one thread; the deciding test with two-level
+bootstrap intervals. Every phase resumes (re-run the same command). Raw results
+and the report go to bench/results/bort_small-PROFILE/.
+
+    python bench/bort_minilm.py [--profile cpu|gpu|toy] [--out WORK]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import protocol  # noqa: E402
+from glue_eval import GLUE_DATA, SHARED  # noqa: E402
+
+GUTENBERG = SHARED / "data" / "gutenberg" / "train.txt"
+SPACE = ROOT / "search_spaces" / "bort_minilm.toml"
+FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "rte": "RTE"}
+SHORT = {"sst2": 64}  # single short sentences
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    search_steps: int | None = None  # None: the search's defaults
+    search_batch: int = 32
+    search_seq_len: int = 64
+    epsilon: int | None = None
+    pretrain_steps: int = 600
+    pretrain_batch: int = 32
+    pretrain_seq_len: int = 128
+    pretrain_lr: float = 5e-4
+    second_seed_for_all: bool = False  # else: the pick and the rivals (a)-(e)
+    tasks: tuple = ("sst2", "mrpc", "cola", "rte")
+    sst2_rows: int | None = 8000
+    lrs: tuple = (1e-4, 3e-4)
+    epochs: int = 3
+    seeds: int = 5
+    length: int = 128
+    min_gap: float | None = 10.0  # points over the best constant answer (None: keep all)
+    train_rows: int | None = None  # fine-tuning rows a task (None: as the task folders hold)
+    rounds: int = 15
+    n_random: int = 2
+
+
+PROFILES = {
+    "cpu": Profile(),
+    "gpu": Profile(pretrain_steps=4000, second_seed_for_all=True, sst2_rows=None),
+    "toy": Profile(search_steps=4, search_batch=8, search_seq_len=32, epsilon=2,
+                   pretrain_steps=4, pretrain_batch=8, pretrain_seq_len=32, tasks=("rte",),
+                   sst2_rows=None, lrs=(1e-4,), epochs=2, seeds=2, length=32, min_gap=None, train_rows=32,
+                   rounds=3, n_random=1),
+}
+
+
+def name_of(size) -> str:
+    return "-".join(map(str, size))
+
+
+# ---------------------------------------------------------------- 1. teacher, search
+
+
+def teacher_and_space(out: Path, profile: str, quiet: bool) -> tuple[Path, Path, list | None]:
+    if profile == "toy":
+        from bort_small import toy_teacher
+
+        teacher, space = toy_teacher(out / "toy")  # and its 4-architecture space
+        return teacher, space, None
+    from minilm_teacher import adapt, default_out
+
+    teacher = default_out("cpu")
+    adapt(teacher, "cpu", str(GUTENBERG), quiet)
+    return teacher, SPACE, [str(GUTENBERG)]
+
+
+def search(run: Path, space: Path, teacher: Path, corpus, p: Profile, progress: bool):
+    from bortsearch.search.run import SearchConfig, run_search
+
+    extra = {"steps": p.search_steps} if p.search_steps else {}
+    cfg = SearchConfig(space=str(space), teacher=str(teacher), corpus=corpus,
+                       seq_len=p.search_seq_len, batch_size=p.search_batch,
+                       epsilon=p.epsilon, **extra)
+    run_search(run, cfg, progress=progress, log=lambda *a: None)
+    return json.loads((run / "best.json").read_text())
+
+
+# ---------------------------------------------------------------- 2. students
+
+
+def students(run: Path, best: dict, p: Profile):
+    """(pick, roles {size: [role]}, the rivals' sizes (a)–(e), the teacher's Arch)."""
+    import pandas as pd
+
+    from bortsearch.model.arch import Arch, row_size
+    from bortsearch.model.proxies import effective_param_count, forward_flops
+
+    T = Arch.from_dict(best["maximum_point"]["arch"])
+    table = pd.read_csv(run / "results.csv")
+    space = [T.with_size(*row_size(r)) for r in table.itertuples()]
+    pick = T.with_size(*best["size"])
+    flops = lambda a: forward_flops(a, 1, 128, "encoder")  # noqa: E731
+    rivals = protocol.rivals_by_rule(space, T, pick, effective_param_count, flops,
+                                     n_random=p.n_random)
+    near = sorted({a.size for r, a in rivals.items() if not r.startswith("(f)")})
+    roles = {pick.size: ["pick"]}
+    for role, arch in rivals.items():
+        if not role.startswith("(f)"):
+            roles.setdefault(arch.size, []).append(role)
+    for r in table[table["status"] == "done"].itertuples():
+        roles.setdefault(row_size(r), []).append("(g) candidate")
+    roles.pop(T.size, None)
+    return pick, roles, near, T
+
+
+def pretrain_all(run: Path, out: Path, roles: dict, pick, rivals: list, p: Profile,
+                 progress: bool) -> dict:
+    """{(size, variant): export folder}; variant "seed0", "seed1" or "random"."""
+    from bortsearch.train.student import PretrainConfig, pretrain_many
+
+    cfg = PretrainConfig(steps=p.pretrain_steps, batch_size=p.pretrain_batch,
+                         seq_len=p.pretrain_seq_len, lr=p.pretrain_lr,
+                         eval_every=max(1, p.pretrain_steps // 4),
+                         checkpoint_every=max(1, p.pretrain_steps // 4), init="teacher")
+    second = sorted(roles) if p.second_seed_for_all else sorted({pick.size, *rivals})
+    groups = {"seed0": (run, sorted(roles), cfg),
+              "seed1": (out / "run-seed1", second, dataclasses.replace(cfg, seed=1)),
+              "random": (out / "run-control", [pick.size], dataclasses.replace(cfg, init="random"))}
+    folders = {}
+    for variant, (where, sizes, c) in groups.items():
+        if where != run and not (where / "best.json").is_file():
+            shutil.copytree(run, where, ignore=shutil.ignore_patterns("pretrain"))
+        outs = {s: out / "students" / variant / name_of(s) for s in sizes}
+        pretrain_many(where, outs, c, progress=progress)
+        folders.update({(s, variant): f for s, f in outs.items()})
+    return folders
+
+
+# ---------------------------------------------------------------- 3. fine-tuning
+
+
+def task_folders(work: Path, tasks, p: Profile) -> tuple[Path, Path]:
+    """Two GLUE folders with the same training rows: `held`, whose dev.tsv is the
+    held-out part of each training split (selection), and `final`, whose dev.tsv is
+    the task's dev split (scored once)."""
+    from bortsearch.runio import write_atomic
+
+    held, final = work / "glue-heldout", work / "glue-final"
+    for task in tasks:
+        src = GLUE_DATA / FOLDERS[task]
+        if (final / FOLDERS[task] / "dev.tsv").is_file():
+            continue
+        if task == "cola":  # its val.tsv is the held-out part
+            head, train = [], (src / "train.tsv").read_text(encoding="utf-8").splitlines(True)
+            heldout = (src / "val.tsv").read_text(encoding="utf-8").splitlines(True)
+        else:
+            lines = (src / "train.tsv").read_text(encoding="utf-8-sig").splitlines(True)
+            head, rows = lines[:1], lines[1:]
+            order = np.random.default_rng(0).permutation(len(rows))
+            k = min(2000, len(rows) // 10)
+            keep = sorted(order[k:])
+            train, heldout = [rows[i] for i in keep], [rows[i] for i in sorted(order[:k])]
+        if task == "sst2" and p.sst2_rows:
+            train = train[:p.sst2_rows]
+        dev = (src / "dev.tsv").read_text(encoding="utf-8-sig").splitlines(True)
+        for folder, rows in ((held, heldout), (final, dev[len(head):])):
+            d = folder / FOLDERS[task]
+            d.mkdir(parents=True, exist_ok=True)
+            write_atomic(d / "train.tsv", "".join(head + train))
+            write_atomic(d / "dev.tsv", "".join(head + rows))
+    return held, final
+
+
+def _last_scores(run: Path, lr: float, seeds: int) -> list[list[float]]:
+    """Per seed, the score after each epoch (from the trial's evals.jsonl)."""
+    return [[100 * json.loads(line)["score"] for line in
+             (run / "trials" / f"lr{lr:g}-seed{s}" / "evals.jsonl").read_text().splitlines()]
+            for s in range(seeds)]
+
+
+def finetune_model(folder: Path, task: str, held: Path, final: Path, work: Path,
+                   p: Profile, progress: bool) -> dict:
+    """Select (lr, epochs) on the held-out rows by the mean over seeds; then train
+    that recipe again and score the last epoch on dev, once per seed."""
+    from bortsearch.downstream.finetune import FinetuneConfig, finetune
+
+    length = SHORT.get(task, p.length) if p.length >= 64 else p.length
+    cfg = FinetuneConfig(lrs=p.lrs, epochs=p.epochs, seeds=p.seeds, max_length=length,
+                         max_train_samples=p.train_rows, max_eval_samples=p.train_rows)
+    sel = finetune(folder, task, held, work / "select", cfg, progress=progress)
+    grid = {(lr, e + 1): float(np.mean([s[e] for s in _last_scores(work / "select", lr,
+                                                                     p.seeds)]))
+            for lr in p.lrs for e in range(p.epochs)}
+    lr, epochs = max(grid, key=lambda k: (grid[k], -k[1], -k[0]))  # ties: fewer epochs, lower lr
+    chosen = dataclasses.replace(cfg, lrs=(lr,), epochs=epochs)
+    fin = finetune(folder, task, final, work / "final", chosen, progress=progress)
+    dev = [s[-1] for s in _last_scores(work / "final", lr, p.seeds)]
+    return {"heldout": grid, "lr": lr, "epochs": epochs, "dev": dev,
+            "heldout_majority": 100 * sel["majority_score"],
+            "dev_majority": 100 * fin["majority_score"]}
+
+
+# ---------------------------------------------------------------- 4. latency
+
+
+def latency(archs: dict, work: Path, rounds: int) -> list[dict]:
+    """Interleaved rounds in a subprocess with XLA on one thread (cached)."""
+    path = work / "latency.json"
+    if not path.is_file():
+        spec = work / "latency-archs.json"
+        spec.write_text(json.dumps({k: a.to_dict() for k, a in archs.items()}))
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD}"}
+        subprocess.run([sys.executable, __file__, "--measure", str(spec), str(path),
+                        str(rounds)], check=True, env=env)
+    return json.loads(path.read_text())
+
+
+def _measure(spec: str, out: str, rounds: int) -> None:
+    from bortsearch.downstream.glue import cpu_latency
+    from bortsearch.model.arch import Arch
+    from bortsearch.runio import write_json
+
+    archs = {k: Arch.from_dict(v) for k, v in json.loads(Path(spec).read_text()).items()}
+    write_json(Path(out), protocol.interleaved_latency(
+        archs, lambda a: cpu_latency(a)["median_s"], rounds=rounds))
+
+
+# ---------------------------------------------------------------- 5. the answer
+
+
+def experiment(out: Path, profile: str, progress: bool, results: Path | None = None) -> dict:
+    import pandas as pd
+
+    from bortsearch.model.proxies import effective_param_count
+    from bortsearch.runio import write_json
+
+    p = PROFILES[profile]
+    out.mkdir(parents=True, exist_ok=True)
+    timing, t0 = {}, time.time()
+    teacher, space, corpus = teacher_and_space(out, profile, not progress)
+    run = out / "run"
+    best = search(run, space, teacher, corpus, p, progress)
+    timing["search_s"] = time.time() - t0
+    if not best.get("size"):
+        return {"verdict": "the search chose no architecture", "reason": best.get("reason")}
+    pick, roles, near, T = students(run, best, p)
+    t1 = time.time()
+    folders = pretrain_all(run, out, roles, pick, near, p, progress)
+    timing["pretrain_s"] = time.time() - t1
+    t2 = time.time()
+    held, final = task_folders(out, p.tasks, p)
+    models = {("teacher", "seed0"): run / "teacher",
+              **{(name_of(s), v): f for (s, v), f in folders.items()}}
+    ft_rows = []
+    for (name, variant), folder in models.items():
+        for task in p.tasks:
+            r = finetune_model(folder, task, held, final, out / "ft" / variant / name / task,
+                               p, progress)
+            for seed, score in enumerate(r["dev"]):
+                ft_rows.append({"model": name, "variant": variant, "task": task,
+                                "ft_seed": seed, "dev": score, "lr": r["lr"],
+                                "epochs": r["epochs"],
+                                "heldout_best": r["heldout"][(r["lr"], r["epochs"])],
+                                "heldout_majority": r["heldout_majority"],
+                                "dev_majority": r["dev_majority"]})
+    timing["finetune_s"] = time.time() - t2
+    ft = pd.DataFrame(ft_rows)
+    # tasks the teacher clears the best constant answer on, by the held-out rows
+    t_rows = ft[ft["model"] == "teacher"].groupby("task").first()
+    tasks = [t for t in p.tasks if p.min_gap is None
+             or t_rows.loc[t, "heldout_best"] - t_rows.loc[t, "heldout_majority"] >= p.min_gap]
+    archs = {"teacher": T, **{name_of(s): T.with_size(*s) for s in roles}}
+    lat_rows = latency(archs, out, p.rounds)
+    lat = protocol.latency_summary(lat_rows)
+
+    def trials(name, variants=("seed0", "seed1")):
+        sub = ft[(ft["model"] == name) & ft["variant"].isin(variants)]
+        return {t: {v: list(g["dev"]) for v, g in sub[sub["task"] == t].groupby("variant")}
+                for t in tasks}
+
+    names = ["teacher", *(name_of(s) for s in roles)]
+    score = {n: protocol.task_interval(trials(n)) for n in names} if tasks else {}
+    pk = name_of(pick.size)
+    rivals = [name_of(s) for s, rs in roles.items()
+              if any(r[:3] in ("(a)", "(b)", "(c)", "(d)", "(e)") for r in rs) and s != pick.size]
+    admissible = {r: protocol.no_greater_latency(lat_rows, r, pk) for r in rivals}
+    answer = {"pick": pk, "tasks": tasks, "timing": timing, "latency": lat, "score": score,
+              "admissible": {r: {"no_greater": a, "ratio_interval": i}
+                             for r, (a, i) in admissible.items()}}
+    ok = [r for r in rivals if admissible[r][0]]
+    if tasks and ok:
+        best_rival = max(ok, key=lambda r: score[r]["mean"])
+        answer["best_rival"] = best_rival
+        answer["decision"] = protocol.decide_tasks(trials(pk), trials(best_rival))
+        answer["teacher_bought"] = protocol.decide_tasks(trials(pk, ("seed0",)),
+                                                         trials(pk, ("random",)))
+        answer["front"] = protocol.on_front({n: lat[n] for n in names if n != "teacher"},
+                                            {n: score[n] for n in names if n != "teacher"})
+        cands = [name_of(s) for s, rs in roles.items() if "(g) candidate" in rs]
+        table = pd.read_csv(run / "results.csv").set_index(
+            ["layers", "heads", "hidden", "intermediate"])
+        err = [float(table.loc[tuple(int(x) for x in c.split("-")), "error"]) for c in cands]
+        answer["spearman_error"] = protocol.spearman([-e for e in err],
+                                                     [score[c]["mean"] for c in cands])
+        answer["spearman_candidates"] = len(cands)
+    results = results or ROOT / "bench" / "results" / f"bort_small-{profile}"
+    results.mkdir(parents=True, exist_ok=True)
+    for f in ("results.csv", "best.json", "search.json"):
+        shutil.copy(run / f, results / f)
+    pd.DataFrame([{"model": name_of(s), "roles": "; ".join(rs),
+                   "p_hat": effective_param_count(T.with_size(*s))}
+                  for s, rs in roles.items()]).to_csv(results / "students.csv", index=False)
+    ft.to_csv(results / "finetune.csv", index=False)
+    pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
+    write_json(results / "answer.json", answer)
+    return answer
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--measure":
+        _measure(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    ap.add_argument("--out", type=Path, help="work folder (default: the cache's "
+                    "bort-minilm-PROFILE)")
+    ap.add_argument("--results", type=Path, help="raw results and the answer (default "
+                    "bench/results/bort_small-PROFILE)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    from bortsearch.data.corpus import cache_dir
+
+    out = args.out or cache_dir() / f"bort-minilm-{args.profile}"
+    answer = experiment(out, args.profile, not args.quiet, args.results)
+    print(json.dumps({k: answer.get(k) for k in ("pick", "tasks", "best_rival", "decision",
+                                                 "teacher_bought", "spearman_error")},
+                     indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
