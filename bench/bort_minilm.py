@@ -331,7 +331,58 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     ft.to_csv(results / "finetune.csv", index=False)
     pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
     write_json(results / "answer.json", answer)
+    report(answer, roles, T, results)
     return answer
+
+
+def report(answer: dict, roles: dict, T, results: Path) -> None:
+    """report.md (a row a model: roles, p̂, latency and score with their intervals, on
+    the front) and front.png (score against latency, front marked, pick highlighted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bortsearch.model.proxies import effective_param_count
+    from bortsearch.runio import write_atomic
+
+    lat, score, front = answer["latency"], answer["score"], answer.get("front", {})
+    role = {"teacher": "teacher", **{name_of(s): "; ".join(r) for s, r in roles.items()}}
+    lines = [f"Bort in small (bench/bort_small_protocol.md), tasks {', '.join(answer['tasks'])}; "
+             "latency ms at batch 1, length 128, one thread (median over rounds, 95% interval); "
+             "score: the tasks' mean dev score (95% two-level bootstrap interval).", "",
+             "| model | roles | p̂ | latency ms | score | front |", "|---|---|---|---|---|---|"]
+    order = sorted(lat, key=lambda m: lat[m]["median"])
+    for m in order:
+        size = T.size if m == "teacher" else tuple(int(x) for x in m.split("-"))
+        sc = score.get(m)
+        cell = f"{sc['mean']:.1f} ({sc['lo']:.1f} to {sc['hi']:.1f})" if sc else "—"
+        lines.append(f"| {m} | {role[m]} | {effective_param_count(T.with_size(*size)):,} | "
+                     f"{1e3 * lat[m]['median']:.2f} ({1e3 * lat[m]['lo']:.2f} to "
+                     f"{1e3 * lat[m]['hi']:.2f}) | {cell} | {'yes' if front.get(m) else ''} |")
+    d = answer.get("decision")
+    lines += ["", f"The pick {answer['pick']} against the best rival of no greater latency, "
+              f"{answer['best_rival']}: {d['margin']:+.2f} points (95% interval {d['lo']:+.2f} "
+              f"to {d['hi']:+.2f}): {d['verdict']}." if d else
+              "No rival of no greater latency, or no task qualified: no margin."]
+    write_atomic(results / "report.md", "\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in order:
+        if m not in score:
+            continue
+        x, y = 1e3 * lat[m]["median"], score[m]["mean"]
+        ax.errorbar(x, y, yerr=[[y - score[m]["lo"]], [score[m]["hi"] - y]],
+                    xerr=[[x - 1e3 * lat[m]["lo"]], [1e3 * lat[m]["hi"] - x]],
+                    fmt="*" if m == answer["pick"] else "o",
+                    color="tab:red" if m == answer["pick"] else
+                    "tab:green" if front.get(m) else "tab:gray", ms=12 if m == answer["pick"] else 5)
+        ax.annotate(m, (x, y), fontsize=6)
+    ax.set_xlabel("CPU latency, ms (batch 1, length 128, one thread)")
+    ax.set_ylabel("mean dev score")
+    ax.set_title("pick (red star), front (green)")
+    fig.tight_layout()
+    fig.savefig(results / "front.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -88,6 +88,8 @@ def test_bort_in_small_follows_its_protocol(tmp_path):
         assert d["verdict"] == ("wins" if d["lo"] > 0 else "loses" if d["hi"] < 0
                                 else "cannot tell")
         assert answer["admissible"][rival]["no_greater"]
+    assert (results / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert answer["pick"] in (results / "report.md").read_text()
 
 
 def _protocol():
