@@ -65,10 +65,10 @@ class Profile:
 PROFILES = {
     "cpu": Profile(),
     "gpu": Profile(pretrain_steps=4000, second_seed_for_all=True, sst2_rows=None),
-    "toy": Profile(search_steps=4, search_batch=8, search_seq_len=32, epsilon=2,
+    "toy": Profile(search_steps=4, search_batch=8, search_seq_len=32, epsilon=4,
                    pretrain_steps=4, pretrain_batch=8, pretrain_seq_len=32, tasks=("rte",),
-                   sst2_rows=None, lrs=(1e-4,), epochs=2, seeds=2, length=32, min_gap=None, train_rows=32,
-                   rounds=3, n_random=1),
+                   sst2_rows=None, lrs=(1e-4,), epochs=1, seeds=2, length=32, min_gap=None, train_rows=32,
+                   rounds=2, n_random=1),
 }
 
 

@@ -1,9 +1,16 @@
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# The suite keeps out of the user's home folder: what libraries write there (Ray's
+# token file, ONNX Runtime's telemetry database, matplotlib's cache) goes to one
+# temporary home for the session, which every worker and subprocess inherits.
+os.environ.setdefault("BORTSEARCH_TEST_HOME", tempfile.mkdtemp(prefix="bortsearch-home-"))
+os.environ["HOME"] = os.environ["BORTSEARCH_TEST_HOME"]
 
 # A shared persistent compilation cache keeps repeated compiles of the same tiny
 # models cheap across test files.

@@ -256,7 +256,9 @@ def test_ray_leaves_the_home_folder_alone_and_names_a_missing_token(work, cluste
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(home)
     # the module's cluster uses token authentication, and this search has no token
-    r = subprocess.run(_search(work, "no-token", *_ray(cluster)), env=env,
+    # (Ray's client retries for 20 s before it gives up; 2 here)
+    r = subprocess.run(_search(work, "no-token", *_ray(cluster)),
+                       env={**env, "RAY_gcs_server_port_wait_time_s": "2"},
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 2, r.stderr
     # Ray's own C++ client logs its retries first; the last line is the message
