@@ -36,7 +36,7 @@ GUTENBERG = SHARED / "data" / "gutenberg" / "train.txt"
 SPACE = ROOT / "search_spaces" / "bort_minilm.toml"
 FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "rte": "RTE"}
 SHORT = {"sst2": 64}  # single short sentences
-ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,6 @@ def students(run: Path, best: dict, p: Profile):
             roles.setdefault(arch.size, []).append(role)
     for r in table[table["status"] == "done"].itertuples():
         roles.setdefault(row_size(r), []).append("(g) candidate")
-    roles.pop(T.size, None)
     return pick, roles, near, T
 
 
@@ -223,7 +222,10 @@ def finetune_model(folder: Path, task: str, held: Path, final: Path, work: Path,
 
 def latency(archs: dict, work: Path, rounds: int) -> list[dict]:
     """Interleaved rounds in a subprocess with XLA on one thread (cached)."""
-    path = work / "latency.json"
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(sorted(archs)).encode()).hexdigest()[:12]
+    path = work / f"latency-{rounds}-{key}.json"  # another set of models measures again
     if not path.is_file():
         spec = work / "latency-archs.json"
         spec.write_text(json.dumps({k: a.to_dict() for k, a in archs.items()}))
@@ -238,9 +240,11 @@ def _measure(spec: str, out: str, rounds: int) -> None:
     from bortsearch.model.arch import Arch
     from bortsearch.runio import write_json
 
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as torch_bench
     archs = {k: Arch.from_dict(v) for k, v in json.loads(Path(spec).read_text()).items()}
-    write_json(Path(out), protocol.interleaved_latency(
-        archs, lambda a: cpu_latency(a)["median_s"], rounds=rounds))
+    rows = protocol.interleaved_latency(archs, lambda a: cpu_latency(a)["median_s"],
+                                        rounds=rounds)
+    write_json(Path(out), [{**r, "cores": sorted(os.sched_getaffinity(0))} for r in rows])
 
 
 # ---------------------------------------------------------------- 5. the answer
@@ -249,89 +253,123 @@ def _measure(spec: str, out: str, rounds: int) -> None:
 def experiment(out: Path, profile: str, progress: bool, results: Path | None = None) -> dict:
     import pandas as pd
 
-    from bortsearch.model.proxies import effective_param_count
+    from bortsearch.model.proxies import effective_param_count, forward_flops
     from bortsearch.runio import write_json
 
     p = PROFILES[profile]
     out.mkdir(parents=True, exist_ok=True)
+    results = results or ROOT / "bench" / "results" / f"bort_small-{profile}"
+    results.mkdir(parents=True, exist_ok=True)
     timing, t0 = {}, time.time()
     teacher, space, corpus = teacher_and_space(out, profile, not progress)
     run = out / "run"
     best = search(run, space, teacher, corpus, p, progress)
     timing["search_s"] = time.time() - t0
-    if not best.get("size"):
-        return {"verdict": "the search chose no architecture", "reason": best.get("reason")}
-    pick, roles, near, T = students(run, best, p)
+    for f in ("results.csv", "best.json", "search.json"):
+        shutil.copy(run / f, results / f)
+    if not best.get("size"):  # the protocol's answer: the search could not tell
+        answer = {"verdict": "the search chose no architecture", "reason": best.get("reason")}
+        write_json(results / "answer.json", answer)
+        return answer
+    pick, roles, rivals_sizes, T = students(run, best, p)
     t1 = time.time()
-    folders = pretrain_all(run, out, roles, pick, near, p, progress)
+    folders = pretrain_all(run, out, roles, pick, rivals_sizes, p, progress)
     timing["pretrain_s"] = time.time() - t1
     t2 = time.time()
     held, final = task_folders(out, p.tasks, p)
+    pk = name_of(pick.size)
+    control = f"{pk}-random"
     models = {("teacher", "seed0"): run / "teacher",
-              **{(name_of(s), v): f for (s, v), f in folders.items()}}
-    ft_rows = []
+              **{(control if v == "random" else name_of(s), v): f
+                 for (s, v), f in folders.items()}}
+    ft_rows, sel_rows = [], []
+
+    def tune(name, variant, folder, task):
+        r = finetune_model(folder, task, held, final, out / "ft" / variant / name / task, p,
+                           progress)
+        for (lr, epochs), mean in r["heldout"].items():
+            sel_rows.append({"model": name, "variant": variant, "task": task, "lr": lr,
+                             "epochs": epochs, "heldout_mean": mean,
+                             "chosen": (lr, epochs) == (r["lr"], r["epochs"])})
+        for seed, score in enumerate(r["dev"]):
+            ft_rows.append({"model": name, "variant": variant, "task": task, "ft_seed": seed,
+                            "dev": score, "lr": r["lr"], "epochs": r["epochs"],
+                            "heldout_best": r["heldout"][(r["lr"], r["epochs"])],
+                            "heldout_majority": r["heldout_majority"],
+                            "dev_majority": r["dev_majority"]})
+        return r
+
+    # the teacher first: the tasks it clears the constant answer on, by the held-out rows
+    gaps = {}
+    for t in p.tasks:
+        r = tune("teacher", "seed0", run / "teacher", t)
+        gaps[t] = r["heldout"][(r["lr"], r["epochs"])] - r["heldout_majority"]
+    tasks = [t for t in p.tasks if p.min_gap is None or gaps[t] >= p.min_gap]
     for (name, variant), folder in models.items():
-        for task in p.tasks:
-            r = finetune_model(folder, task, held, final, out / "ft" / variant / name / task,
-                               p, progress)
-            for seed, score in enumerate(r["dev"]):
-                ft_rows.append({"model": name, "variant": variant, "task": task,
-                                "ft_seed": seed, "dev": score, "lr": r["lr"],
-                                "epochs": r["epochs"],
-                                "heldout_best": r["heldout"][(r["lr"], r["epochs"])],
-                                "heldout_majority": r["heldout_majority"],
-                                "dev_majority": r["dev_majority"]})
+        for task in tasks if name != "teacher" else ():
+            tune(name, variant, folder, task)
     timing["finetune_s"] = time.time() - t2
     ft = pd.DataFrame(ft_rows)
-    # tasks the teacher clears the best constant answer on, by the held-out rows
-    t_rows = ft[ft["model"] == "teacher"].groupby("task").first()
-    tasks = [t for t in p.tasks if p.min_gap is None
-             or t_rows.loc[t, "heldout_best"] - t_rows.loc[t, "heldout_majority"] >= p.min_gap]
-    archs = {"teacher": T, **{name_of(s): T.with_size(*s) for s in roles}}
+    archs = {"teacher": T, control: pick, **{name_of(s): T.with_size(*s) for s in roles}}
     lat_rows = latency(archs, out, p.rounds)
     lat = protocol.latency_summary(lat_rows)
 
-    def trials(name, variants=("seed0", "seed1")):
+    def trials(name, variants=("seed0", "seed1", "random")):
         sub = ft[(ft["model"] == name) & ft["variant"].isin(variants)]
         return {t: {v: list(g["dev"]) for v, g in sub[sub["task"] == t].groupby("variant")}
                 for t in tasks}
 
-    names = ["teacher", *(name_of(s) for s in roles)]
+    names = ["teacher", control, *(name_of(s) for s in roles)]
     score = {n: protocol.task_interval(trials(n)) for n in names} if tasks else {}
-    pk = name_of(pick.size)
     rivals = [name_of(s) for s, rs in roles.items()
               if any(r[:3] in ("(a)", "(b)", "(c)", "(d)", "(e)") for r in rs) and s != pick.size]
     admissible = {r: protocol.no_greater_latency(lat_rows, r, pk) for r in rivals}
-    answer = {"pick": pk, "tasks": tasks, "timing": timing, "latency": lat, "score": score,
-              "admissible": {r: {"no_greater": a, "ratio_interval": i}
-                             for r, (a, i) in admissible.items()}}
+    answer = {"pick": pk, "tasks": tasks, "task_gaps": gaps, "timing": timing, "latency": lat,
+              "score": score, "admissible": {r: {"no_greater": a, "ratio_interval": i}
+                                             for r, (a, i) in admissible.items()},
+              "speed_up_over_teacher": protocol.no_greater_latency(lat_rows, "teacher", pk)[1]}
     ok = [r for r in rivals if admissible[r][0]]
-    if tasks and ok:
-        best_rival = max(ok, key=lambda r: score[r]["mean"])
-        answer["best_rival"] = best_rival
-        answer["decision"] = protocol.decide_tasks(trials(pk), trials(best_rival))
+    answer["steps_not_taken"] = [why for why, missing in (
+        ("no task qualified", not tasks), ("no rival of no greater latency", not ok)) if missing]
+    if tasks:
+        if ok:
+            best_rival = max(ok, key=lambda r: score[r]["mean"])
+            answer["best_rival"] = best_rival
+            answer["decision"] = protocol.decide_tasks(trials(pk), trials(best_rival))
         answer["teacher_bought"] = protocol.decide_tasks(trials(pk, ("seed0",)),
-                                                         trials(pk, ("random",)))
-        answer["front"] = protocol.on_front({n: lat[n] for n in names if n != "teacher"},
-                                            {n: score[n] for n in names if n != "teacher"})
+                                                         trials(control))
+        answer["kept_against_teacher"] = protocol.decide_tasks(trials(pk), trials("teacher"))
+        others = [n for n in names if n != "teacher"]
+        answer["front"] = protocol.on_front({n: lat[n] for n in others},
+                                            {n: score[n] for n in others})
         cands = [name_of(s) for s, rs in roles.items() if "(g) candidate" in rs]
         table = pd.read_csv(run / "results.csv").set_index(
             ["layers", "heads", "hidden", "intermediate"])
-        err = [float(table.loc[tuple(int(x) for x in c.split("-")), "error"]) for c in cands]
-        answer["spearman_error"] = protocol.spearman([-e for e in err],
-                                                     [score[c]["mean"] for c in cands])
+        row = {c: table.loc[tuple(int(x) for x in c.split("-"))] for c in cands}
+        down = [score[c]["mean"] for c in cands]
+        answer["spearman_error"] = protocol.spearman([-float(row[c]["error"]) for c in cands],
+                                                     down)
+        w = [float(row[c]["w_coefficient"]) for c in cands]
+        finite = [i for i, x in enumerate(w) if np.isfinite(x)]
+        answer["spearman_w"] = protocol.spearman([w[i] for i in finite],
+                                                 [down[i] for i in finite])
         answer["spearman_candidates"] = len(cands)
-    results = results or ROOT / "bench" / "results" / f"bort_small-{profile}"
-    results.mkdir(parents=True, exist_ok=True)
-    for f in ("results.csv", "best.json", "search.json"):
-        shutil.copy(run / f, results / f)
+        if len(cands) < 8:
+            answer["steps_not_taken"].append(f"only {len(cands)} trained candidates for "
+                                             f"Spearman (the protocol asks for at least 8)")
     pd.DataFrame([{"model": name_of(s), "roles": "; ".join(rs),
-                   "p_hat": effective_param_count(T.with_size(*s))}
-                  for s, rs in roles.items()]).to_csv(results / "students.csv", index=False)
+                   "p_hat": effective_param_count(T.with_size(*s)),
+                   "flops": forward_flops(T.with_size(*s), 1, 128, "encoder")}
+                  for s, rs in roles.items()]
+                 + [{"model": control, "roles": "(f) control: the pick from random weights",
+                     "p_hat": effective_param_count(pick),
+                     "flops": forward_flops(pick, 1, 128, "encoder")}]
+                 ).to_csv(results / "students.csv", index=False)
     ft.to_csv(results / "finetune.csv", index=False)
+    pd.DataFrame(sel_rows).to_csv(results / "selection.csv", index=False)
     pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
     write_json(results / "answer.json", answer)
-    report(answer, roles, T, results)
+    report(answer, {**roles, control: ["(f) control"]}, T, results)
     return answer
 
 
@@ -347,14 +385,15 @@ def report(answer: dict, roles: dict, T, results: Path) -> None:
     from bortsearch.runio import write_atomic
 
     lat, score, front = answer["latency"], answer["score"], answer.get("front", {})
-    role = {"teacher": "teacher", **{name_of(s): "; ".join(r) for s, r in roles.items()}}
+    role = {"teacher": "teacher", **{(k if isinstance(k, str) else name_of(k)): "; ".join(r)
+                                     for k, r in roles.items()}}
     lines = [f"Bort in small (bench/bort_small_protocol.md), tasks {', '.join(answer['tasks'])}; "
              "latency ms at batch 1, length 128, one thread (median over rounds, 95% interval); "
              "score: the tasks' mean dev score (95% two-level bootstrap interval).", "",
              "| model | roles | p̂ | latency ms | score | front |", "|---|---|---|---|---|---|"]
     order = sorted(lat, key=lambda m: lat[m]["median"])
     for m in order:
-        size = T.size if m == "teacher" else tuple(int(x) for x in m.split("-"))
+        size = T.size if m == "teacher" else tuple(int(x) for x in m.split("-")[:4])
         sc = score.get(m)
         cell = f"{sc['mean']:.1f} ({sc['lo']:.1f} to {sc['hi']:.1f})" if sc else "—"
         lines.append(f"| {m} | {role[m]} | {effective_param_count(T.with_size(*size)):,} | "
@@ -364,7 +403,7 @@ def report(answer: dict, roles: dict, T, results: Path) -> None:
     lines += ["", f"The pick {answer['pick']} against the best rival of no greater latency, "
               f"{answer['best_rival']}: {d['margin']:+.2f} points (95% interval {d['lo']:+.2f} "
               f"to {d['hi']:+.2f}): {d['verdict']}." if d else
-              "No rival of no greater latency, or no task qualified: no margin."]
+              "No margin: " + "; ".join(answer.get("steps_not_taken", [])) + "."]
     write_atomic(results / "report.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in order:

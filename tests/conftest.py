@@ -137,14 +137,3 @@ def run(finished_run, tmp_path):
     shutil.copytree(finished_run, copy)
     return copy
 
-
-# The files that take longest, first: pytest-xdist hands whole files (--dist loadfile) to
-# the workers in collection order, so a long file collected last leaves the other
-# worker idle at the end.
-LONGEST_FIRST = ("test_ray.py", "test_bench_bort.py", "test_distributed.py", "test_resume.py",
-                 "test_finetune.py", "test_albert.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within files

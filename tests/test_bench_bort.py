@@ -68,9 +68,14 @@ def test_bort_in_small_follows_its_protocol(tmp_path):
     best = json.loads((results / "best.json").read_text())
     assert answer["pick"] == "-".join(map(str, best["size"]))
     # one budget: every student pretrained for the toy's 4 steps, from the same stream
-    for name in students["model"]:
+    pretrained = [m for m in students["model"] if not m.endswith("-random")]
+    assert len(pretrained) == len(students) - 1  # and the control (f)
+    for name in pretrained:
         summary = json.loads((out / "run" / "pretrain" / name / "summary.json").read_text())
-        assert summary["steps"] == 4 and summary["group_size"] == len(students)
+        assert summary["steps"] == 4 and summary["group_size"] == len(pretrained)
+    control = json.loads((out / "run-control" / "pretrain" / answer["pick"] / "summary.json")
+                         .read_text())
+    assert control["steps"] == 4 and control["init"] == "random"
     for variant in ("run-seed1", "run-control"):
         assert any((out / variant / "pretrain").iterdir())
     ft = pd.read_csv(results / "finetune.csv")
@@ -88,6 +93,9 @@ def test_bort_in_small_follows_its_protocol(tmp_path):
         assert d["verdict"] == ("wins" if d["lo"] > 0 else "loses" if d["hi"] < 0
                                 else "cannot tell")
         assert answer["admissible"][rival]["no_greater"]
+    assert "teacher_bought" in answer and "kept_against_teacher" in answer
+    sel = pd.read_csv(results / "selection.csv")
+    assert (sel.groupby(["model", "variant", "task"])["chosen"].sum() == 1).all()
     assert (results / "front.png").read_bytes()[:4] == b"\x89PNG"
     assert answer["pick"] in (results / "report.md").read_text()
 
