@@ -10,7 +10,7 @@ other child processes that import bortsearch get it too). On CPUs XLA's programs
 are already deterministic and the flag changes nothing.
 
 `BORTSEARCH_GPU_NONDETERMINISTIC=1` leaves it off (faster on some GPU programs; the
-cost has not been measured, as no GPU was lent while this was written); an
+cost has not been measured on a GPU yet); an
 `XLA_FLAGS` that already names the flag is left as the user wrote it.
 """
 
