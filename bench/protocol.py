@@ -142,17 +142,24 @@ def task_bootstrap(by_task: dict[str, dict], n: int = 10_000, seed: int = 0) -> 
 def task_interval(by_task: dict[str, dict], n: int = 10_000, seed: int = 0) -> dict:
     """A model's score averaged over tasks, with its 95% bootstrap interval."""
     boot = task_bootstrap(by_task, n, seed)
-    mean = float(np.mean([np.mean([x for v in t.values() for x in v]) for t in by_task.values()]))
-    return {"mean": mean, "lo": float(np.quantile(boot, 0.025)),
+    return {"mean": _task_mean(by_task), "lo": float(np.quantile(boot, 0.025)),
             "hi": float(np.quantile(boot, 0.975))}
+
+
+def _task_mean(by_task: dict[str, dict]) -> float:
+    """The mean over tasks of each task's mean over all its trials."""
+    return float(np.mean([np.mean([x for v in t.values() for x in v]) for t in by_task.values()]))
 
 
 def decide_tasks(pick: dict[str, dict], rival: dict[str, dict], n: int = 10_000,
                  seed: int = 0) -> dict:
-    """`decide` for scores averaged over tasks (`task_bootstrap` of each side)."""
+    """The test that decides, on scores averaged over tasks: the margin pick − rival,
+    its 95% interval from independent `task_bootstrap`s of both, and the verdict:
+    "wins" (the interval's lower end above 0), "loses" (its upper end below 0), else
+    "cannot tell"."""
     diff = task_bootstrap(pick, n, seed) - task_bootstrap(rival, n, seed + 1)
     lo, hi = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
-    margin = task_interval(pick, 10, seed)["mean"] - task_interval(rival, 10, seed)["mean"]
+    margin = _task_mean(pick) - _task_mean(rival)
     verdict = "wins" if lo > 0 else "loses" if hi < 0 else "cannot tell"
     return {"margin": margin, "lo": lo, "hi": hi, "verdict": verdict}
 
@@ -166,16 +173,8 @@ def score_interval(trials: dict, n: int = 10_000, seed: int = 0) -> dict:
 
 
 def decide(pick_trials: dict, rival_trials: dict, n: int = 10_000, seed: int = 0) -> dict:
-    """The test that decides: the margin pick − rival, its 95% interval from two
-    independent two-level bootstraps, and the verdict: "wins" (the interval's lower
-    end above 0), "loses" (its upper end below 0), else "cannot tell"."""
-    diff = two_level_bootstrap(pick_trials, n, seed) - two_level_bootstrap(rival_trials, n,
-                                                                           seed + 1)
-    lo, hi = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
-    mean = float(np.mean([x for v in pick_trials.values() for x in v])
-                 - np.mean([x for v in rival_trials.values() for x in v]))
-    verdict = "wins" if lo > 0 else "loses" if hi < 0 else "cannot tell"
-    return {"margin": mean, "lo": lo, "hi": hi, "verdict": verdict}
+    """The test that decides, on one task: `decide_tasks` with that task alone."""
+    return decide_tasks({"task": pick_trials}, {"task": rival_trials}, n, seed)
 
 
 def on_front(latency: dict[str, dict], score: dict[str, dict]) -> dict[str, bool]:
