@@ -52,6 +52,7 @@ class Profile:
     second_seed_for_all: bool = False  # else: the pick and the rivals (a)-(e)
     tasks: tuple = ("sst2", "mrpc", "cola", "rte")
     sst2_rows: int | None = 8000
+    heldout_rows: int = 2000  # the held-out part: 10% of a training split, at most this
     lrs: tuple = (1e-4, 3e-4)
     epochs: int = 3
     seeds: int = 5
@@ -63,7 +64,9 @@ class Profile:
 
 
 PROFILES = {
-    "cpu": Profile(),
+    # what 2 CPU cores finish in one working session (bench/bort_small_protocol.md, Changes)
+    "cpu": Profile(pretrain_steps=100, pretrain_batch=16, tasks=("sst2",), sst2_rows=1000,
+                   heldout_rows=500, lrs=(1e-4,)),
     "gpu": Profile(pretrain_steps=4000, second_seed_for_all=True, sst2_rows=None),
     "toy": Profile(search_steps=4, search_batch=8, search_seq_len=32, epsilon=4,
                    pretrain_steps=4, pretrain_batch=8, pretrain_seq_len=32, tasks=("rte",),
@@ -174,7 +177,7 @@ def task_folders(work: Path, tasks, p: Profile) -> tuple[Path, Path]:
             lines = (src / "train.tsv").read_text(encoding="utf-8-sig").splitlines(True)
             head, rows = lines[:1], lines[1:]
             order = np.random.default_rng(0).permutation(len(rows))
-            k = min(2000, len(rows) // 10)
+            k = min(p.heldout_rows, len(rows) // 10)
             keep = sorted(order[k:])
             train, heldout = [rows[i] for i in keep], [rows[i] for i in sorted(order[:k])]
         if task == "sst2" and p.sst2_rows:
@@ -188,37 +191,40 @@ def task_folders(work: Path, tasks, p: Profile) -> tuple[Path, Path]:
     return held, final
 
 
-def _last_scores(run: Path, lr: float, seeds: int) -> list[list[float]]:
-    """Per seed, the score after each epoch (from the trial's evals.jsonl)."""
-    return [[100 * json.loads(line)["score"] for line in
-             (run / "trials" / f"lr{lr:g}-seed{s}" / "evals.jsonl").read_text().splitlines()]
-            for s in range(seeds)]
-
-
 def finetune_model(folder: Path, task: str, held: Path, final: Path, work: Path,
                    p: Profile, progress: bool) -> dict:
-    """Select (lr, epochs) on the held-out rows by the mean over seeds; then train
-    that recipe again and score the last epoch on dev, once per seed."""
-    from bortsearch.downstream.finetune import FinetuneConfig, finetune
+    """Every (lr, seed) trained once for `p.epochs` epochs, its weights after each
+    epoch scored on the held-out rows and on dev; (lr, epochs) chosen by the mean over
+    seeds on the held-out rows alone, and the dev scores read at that choice only."""
+    from bortsearch.downstream import metrics as M
+    from bortsearch.downstream.finetune import FinetuneConfig, prepare, run_trials
+    from bortsearch.downstream.tasks import load_task
 
     length = SHORT.get(task, p.length) if p.length >= 64 else p.length
     cfg = FinetuneConfig(lrs=p.lrs, epochs=p.epochs, seeds=p.seeds, max_length=length,
                          max_train_samples=p.train_rows, max_eval_samples=p.train_rows)
-    finetune(folder, task, held, work / "select", cfg, progress=progress)
-    grid = {(lr, e + 1): float(np.mean([s[e] for s in _last_scores(work / "select", lr,
-                                                                     p.seeds)]))
+    job = prepare(folder, task, held, work, cfg)
+    dev = load_task(task, final, max_train=p.train_rows, max_eval=p.train_rows)
+    job.task = dataclasses.replace(job.task, devs={"heldout": job.task.devs["dev"],
+                                                   "dev": dev.devs["dev"]})
+    job.train = job.devs = None  # encoded again with both evaluation splits
+    run_trials([job], progress=progress)
+    names = job.task.spec.metrics
+    scores = {(lr, s): [{k: 100 * M.score(e[k], names) for k in ("heldout", "dev")}
+                        for e in map(json.loads, (work / "trials" / f"lr{lr:g}-seed{s}" /
+                                                  "evals.jsonl").read_text().splitlines())]
+              for lr in p.lrs for s in range(p.seeds)}
+    grid = {(lr, e + 1): float(np.mean([scores[lr, s][e]["heldout"] for s in range(p.seeds)]))
             for lr in p.lrs for e in range(p.epochs)}
     lr, epochs = max(grid, key=lambda k: (grid[k], -k[1], -k[0]))  # ties: fewer epochs, lower lr
-    chosen = dataclasses.replace(cfg, lrs=(lr,), epochs=epochs)
-    fin = finetune(folder, task, final, work / "final", chosen, progress=progress)
-    dev = [s[-1] for s in _last_scores(work / "final", lr, p.seeds)]
-    return {"heldout": grid, "lr": lr, "epochs": epochs, "dev": dev,
+    return {"heldout": grid, "lr": lr, "epochs": epochs,
+            "dev": [scores[lr, s][epochs - 1]["dev"] for s in range(p.seeds)],
             "heldout_majority": best_constant(task, held, p.train_rows),
-            "dev_majority": 100 * fin["majority_score"]}
+            "dev_majority": best_constant(task, final, p.train_rows)}
 
 
 def best_constant(task: str, folder: Path, rows: int | None) -> float:
-    """The best score × 100 of a constant answer on the held-out rows (every class
+    """The best score × 100 of a constant answer on `folder`'s dev split (every class
     tried, not only the training split's majority: RTE is nearly balanced)."""
     from bortsearch.downstream import metrics as M
     from bortsearch.downstream.tasks import load_task
