@@ -1,6 +1,6 @@
 """bortsearch: optimal BERT sub-architecture extraction (the Bort FPTAS) in JAX.
 
-The public API; see README.md for examples.
+The public API; see README.md and docs/python-api.md for examples.
 """
 
 # First, before JAX starts its threads: freed memory is kept for the next step

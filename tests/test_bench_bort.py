@@ -1,6 +1,7 @@
-"""The issue-21 benchmarks end to end at toy scale, so that they cannot rot:
-the reference-teacher recipe (bench/teacher_reference.py) and Bort in small
-(bench/bort_small.py). Their real settings run by hand (README, bench/RESULTS.md)."""
+"""The teacher and Bort-in-small benchmarks end to end at toy scale, so that they
+cannot rot: the reference-teacher recipe (bench/teacher_reference.py) and Bort in small
+(bench/bort_minilm.py, bench/protocol.py). Their real profiles run by hand
+(bench/README.md)."""
 
 import json
 import math

@@ -77,8 +77,8 @@ class SearchConfig:
     # p̂: the non-embedding parameters [ours] (bench-bort: the same GLUE score as with
     # all parameters for a smaller, faster student), or "params", all of them [paper]
     size_proxy: str = "non-embedding"
-    # The defaults of the next three are chosen by bench/signal_quality.py (README:
-    # "Reading the answer"); the paper's choices are ce, one seed, random.
+    # The defaults of the next three are chosen by bench/signal_quality.py
+    # (docs/reading-the-answer.md); the paper's choices are ce, one seed, random.
     error: str = "kl"  # the error W divides by: "kl" (ê − H_T) or "ce" (ê)
     seeds: int = 2  # trials per θ from seeds seed, seed + 1, ...: 2 measures the noise
     init: str = "teacher"  # students inherit the teacher's weights, or "random" [ours]
