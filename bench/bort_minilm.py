@@ -65,8 +65,8 @@ class Profile:
 
 PROFILES = {
     # what 2 CPU cores finish in one working session (bench/bort_small_protocol.md, Changes)
-    "cpu": Profile(pretrain_steps=100, pretrain_batch=16, tasks=("sst2",), sst2_rows=1000,
-                   heldout_rows=500, lrs=(1e-4,)),
+    "cpu": Profile(pretrain_steps=50, pretrain_batch=16, tasks=("sst2",), sst2_rows=500,
+                   heldout_rows=250, lrs=(1e-4,)),
     "gpu": Profile(pretrain_steps=4000, second_seed_for_all=True, sst2_rows=None),
     "toy": Profile(search_steps=4, search_batch=8, search_seq_len=32, epsilon=4,
                    pretrain_steps=4, pretrain_batch=8, pretrain_seq_len=32, tasks=("rte",),
