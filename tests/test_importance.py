@@ -1,0 +1,141 @@
+"""Importance of heads, feed-forward units and hidden units, and the rewiring that
+puts the important ones first: the rewired model computes the same function for
+every family and head, and the importances move with the units."""
+
+import numpy as np
+import pytest
+
+from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import (Model, _classify, _sop_logits, inherit_params,
+                                      init_params)
+from bortsearch.model.importance import Importance, Orders, importance, rewire
+
+V = 50
+KINDS = {
+    "bert": dict(model_type="bert"),
+    "roberta, untied decoder": dict(model_type="roberta", tie_decoder=False, pad_token_id=1,
+                                    type_vocab_size=1, max_positions=34),
+    "albert, factorised and shared": dict(model_type="albert", embedding=6, groups=1),
+    "albert, two groups, E = H": dict(model_type="albert", embedding=16, groups=2),
+}
+
+
+def _arch(kind, layers=4):
+    kw = {"max_positions": 32, **KINDS[kind]}
+    return Arch(layers=layers, heads=4, hidden=16, intermediate=24, vocab_size=V, **kw)
+
+
+def _params(arch, seed=0, **kw):
+    """Random weights, LayerNorms and biases included (not 1s and 0s)."""
+    rng = np.random.default_rng(seed)
+    import jax
+
+    return jax.tree.map(lambda x: (x + 0.1 * rng.standard_normal(x.shape)).astype(np.float32),
+                        init_params(arch, seed, **kw))
+
+
+def _orders(arch, seed=1):
+    rng = np.random.default_rng(seed)
+    g = arch.num_groups
+    return Orders(np.stack([rng.permutation(arch.heads) for _ in range(g)]),
+                  np.stack([rng.permutation(arch.intermediate) for _ in range(g)]),
+                  rng.permutation(arch.hidden))
+
+
+def _inputs(arch, seed=2):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, V, (2, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0  # padding
+    ids[1, 6:] = arch.pad_token_id
+    return ids, mask, np.zeros_like(ids)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_rewired_model_computes_the_same_function(kind):
+    arch = _arch(kind)
+    ids, mask, types = _inputs(arch)
+    orders = _orders(arch)
+    params = _params(arch)
+    moved = rewire(arch, params, orders)
+    assert not np.allclose(moved["params"]["layers"]["ffn"]["inner"]["kernel"],
+                           params["params"]["layers"]["ffn"]["inner"]["kernel"])
+    np.testing.assert_allclose(Model(arch, moved).logits(ids, mask),
+                               Model(arch, params).logits(ids, mask), atol=1e-5, rtol=1e-5)
+    clf = _params(arch, num_labels=3)  # the sequence-classification head
+    np.testing.assert_allclose(np.asarray(_classify(arch, 3, rewire(arch, clf, orders),
+                                                    ids, mask, types)),
+                               np.asarray(_classify(arch, 3, clf, ids, mask, types)),
+                               atol=1e-5, rtol=1e-5)
+    sop = _params(arch, sop=True)  # the sentence-order head
+    np.testing.assert_allclose(np.asarray(_sop_logits(arch, rewire(arch, sop, orders),
+                                                      ids, mask, types)),
+                               np.asarray(_sop_logits(arch, sop, ids, mask, types)),
+                               atol=1e-5, rtol=1e-5)
+
+
+def _batches(arch, n=2, seed=3):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = rng.integers(3, V, (4, 12)).astype(np.int32)
+        positions = np.stack([rng.choice(12, 3, replace=False) for _ in range(4)]).astype(np.int32)
+        out.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                    "token_type_ids": np.zeros_like(ids), "positions": positions,
+                    "labels": rng.integers(3, V, (4, 3)).astype(np.int32),
+                    "weights": np.ones((4, 3), np.float32)})
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bert", "albert, two groups, E = H"])
+def test_importances_move_with_the_units(kind):
+    """The rewired model's importances are the original's, permuted: so after
+    rewiring into importance order every axis is sorted, most important first."""
+    arch = _arch(kind)
+    params, batches = _params(arch), _batches(arch)
+    imp = importance(arch, params, batches)
+    assert imp.heads.shape == (arch.num_groups, arch.heads)
+    assert imp.ffn.shape == (arch.num_groups, arch.intermediate)
+    assert imp.hidden.shape == (arch.hidden,) and imp.batches == 2
+    assert (imp.heads > 0).all() and (imp.hidden > 0).all()
+    orders = imp.orders()
+    after = importance(arch, rewire(arch, params, orders), batches)
+    np.testing.assert_allclose(after.heads, np.take_along_axis(imp.heads, orders.heads, 1),
+                               rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(after.ffn, np.take_along_axis(imp.ffn, orders.ffn, 1),
+                               rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(after.hidden, imp.hidden[orders.hidden], rtol=1e-3, atol=1e-7)
+    assert (np.diff(after.hidden) <= 1e-6 * after.hidden.max()).all()
+    back = Importance.from_dict(imp.to_dict())
+    np.testing.assert_array_equal(back.orders().ffn, orders.ffn)
+
+
+def test_a_head_that_does_nothing_is_least_important():
+    """A head whose value and output weights are zero cannot change the loss: its
+    importance is 0 and the rewiring puts it last."""
+    arch = _arch("bert", layers=2)
+    params = _params(arch)
+    att = params["params"]["layers"]["attention"]
+    dh = arch.head_dim
+    att["value"]["kernel"][0, :, :dh] = 0  # layer 0, head 0
+    att["value"]["bias"][0, :dh] = 0
+    imp = importance(arch, params, _batches(arch))
+    assert imp.heads[0, 0] == 0 and (imp.heads[0, 1:] > 0).all()
+    assert imp.orders().heads[0, -1] == 0
+
+
+def test_a_student_inherits_the_most_important_units():
+    """Inheritance from the rewired teacher is the leading-block slice of it: the
+    student's feed-forward units are the teacher's most important ones."""
+    arch = _arch("bert")
+    params = _params(arch)
+    imp = importance(arch, params, _batches(arch))
+    orders = imp.orders()
+    student = arch.with_size(4, 4, 16, 8)
+    got = inherit_params(student, arch, rewire(arch, params, orders))
+    inner = params["params"]["layers"]["ffn"]["inner"]["kernel"]  # D x H x I
+    for layer in range(4):
+        top = orders.ffn[layer, :8]
+        np.testing.assert_allclose(got["params"]["layers"]["ffn"]["inner"]["kernel"][layer],
+                                   inner[layer][orders.hidden][:, top])
+        assert set(top) == set(np.argsort(-imp.ffn[layer], kind="stable")[:8])
