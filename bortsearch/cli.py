@@ -210,7 +210,9 @@ def cmd_search(args) -> None:
         inference=args.inference, inference_scope=args.inference_scope, runtime=args.runtime,
         error=args.error,
         size_proxy=args.size_proxy,
-        seeds=args.seeds, init=args.init, confirm=args.confirm, confirm_steps=args.confirm_steps,
+        seeds=args.seeds, init=args.init, inherit=args.inherit,
+        importance_batches=args.importance_batches,
+        confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
         teacher_steps=args.teacher_steps, group_size=args.group_size,
         halving=args.halving or None,
@@ -446,7 +448,7 @@ def _trials_executor(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bortsearch.model.encoder import INITS
+    from bortsearch.model.encoder import INHERITS, INITS
     from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, RUNTIMES, SIZE_PROXIES
 
     parser = _Parser(
@@ -544,6 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=INITS, default=c.init,
                    help=f"students start from Normal(0, 0.02) or inherit the teacher's weights "
                         f"(default {c.init})")
+    p.add_argument("--inherit", choices=INHERITS, default=c.inherit,
+                   help=f"with --init teacher, which heads, feed-forward and hidden units a "
+                        f"student inherits: the teacher's first ones, or its most important "
+                        f"ones on the corpus (measured, cached, recorded in the run's "
+                        f"importance.json); pretrain follows the run (default {c.inherit})")
+    p.add_argument("--importance-batches", type=_positive_int, default=c.importance_batches,
+                   metavar="N", help=f"training batches that measure the importances "
+                                     f"(default {c.importance_batches})")
     p.add_argument("--confirm", type=int, default=c.confirm, metavar="K",
                    help="train the K best by W again for --confirm-steps and choose by those "
                         "errors (default 0: no confirmation)")

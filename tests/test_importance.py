@@ -139,3 +139,44 @@ def test_a_student_inherits_the_most_important_units():
         np.testing.assert_allclose(got["params"]["layers"]["ffn"]["inner"]["kernel"][layer],
                                    inner[layer][orders.hidden][:, top])
         assert set(top) == set(np.argsort(-imp.ffn[layer], kind="stable")[:8])
+
+
+def test_search_inherits_by_importance_and_pretrain_follows(space, teacher, tmp_path, capsys):
+    """`search --inherit importance` records the teacher's importances in the run,
+    trains candidates from the rewired teacher (another table than `first`), is
+    refused when resumed with the other setting, and `pretrain` follows the run."""
+    import json
+
+    import pandas as pd
+
+    from bortsearch import load
+    from bortsearch.cli import main
+
+    def search(run, *extra):
+        return main(["search", "--space", str(space), "--run", str(run), "--teacher",
+                     str(teacher), "--steps", "4", "--batch-size", "8", "--seq-len", "32",
+                     "--epsilon", "4", "--quiet", *extra])
+
+    run, first = tmp_path / "imp", tmp_path / "first"
+    assert search(run, "--inherit", "importance") == 0
+    T = load(teacher).arch
+    imp = Importance.from_dict(json.loads((run / "importance.json").read_text()))
+    assert imp.heads.shape == (T.num_groups, T.heads) and imp.hidden.shape == (T.hidden,)
+    assert json.loads((run / "search.json").read_text())["inherit"] == "importance"
+    assert search(first) == 0
+    a, b = (pd.read_csv(r / "results.csv").dropna(subset=["error"]) for r in (run, first))
+    assert list(a["layers"]) == list(b["layers"]) and not np.allclose(a["error"], b["error"])
+    capsys.readouterr()
+    before = (run / "results.csv").read_text()
+    assert search(run) == 2  # resumed without the flag: refused, naming the setting
+    err = capsys.readouterr().err.strip()
+    assert "inherit: 'importance' then, 'first' now" in err and len(err.splitlines()) == 1
+    assert search(run, "--inherit", "importance") == 0  # the same flags: finished at once
+    assert (run / "results.csv").read_text() == before
+    out = tmp_path / "student"
+    assert main(["pretrain", str(run), "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--seq-len", "32", "--eval-every", "2", "--quiet"]) == 0
+    name = "-".join(map(str, json.loads((run / "best.json").read_text())["size"]))
+    summary = json.loads((run / "pretrain" / name / "summary.json").read_text())
+    assert summary["init"] == "teacher" and summary["inherit"] == "importance"
+    assert "most important heads and units" in (out / "README.md").read_text()

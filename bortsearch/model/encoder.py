@@ -409,6 +409,9 @@ def teacher_layers(student_layers: int, teacher_layers: int) -> list[int]:
 
 
 INITS = ("random", "teacher")  # how a student starts: `init_params` or `inherit_params`
+# which of the teacher's units a student inherits: its leading ones as trained, or the
+# leading ones once the teacher is rewired into importance order (model/importance.py)
+INHERITS = ("first", "importance")
 
 
 def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,

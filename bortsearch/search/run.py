@@ -29,7 +29,8 @@ import pandas as pd
 
 from bortsearch.model.arch import Arch
 from bortsearch.search.audit import diagnose
-from bortsearch.model.encoder import INITS
+from bortsearch.model.encoder import INHERITS, INITS
+from bortsearch.model.importance import Importance, importance, rewire
 from bortsearch.search.candidates import CandidateSettings, HeldOut, Timing
 from bortsearch.data.corpus import cache_dir, resolve_corpus
 from bortsearch.data.batches import BatchSpec, load_data
@@ -82,6 +83,10 @@ class SearchConfig:
     error: str = "kl"  # the error W divides by: "kl" (ê − H_T) or "ce" (ê)
     seeds: int = 2  # trials per θ from seeds seed, seed + 1, ...: 2 measures the noise
     init: str = "teacher"  # students inherit the teacher's weights, or "random" [ours]
+    # which units they inherit: the leading ones ("first"), or the most important ones
+    # ("importance": the teacher rewired into importance order first) [ours]
+    inherit: str = "first"
+    importance_batches: int = 4  # training batches that measure the teacher's importances
     confirm: int = 0  # K: the K best by W are trained again for confirm_steps
     confirm_steps: int | None = None  # None: 5 · steps
     max_params: int | None = None
@@ -107,8 +112,9 @@ class SearchConfig:
                 ("--teacher-steps", self.teacher_steps), ("--vocab-size", self.vocab_size),
                 ("--epsilon", self.epsilon), ("--group-size", self.group_size),
                 ("--confirm-steps", self.confirm_steps),
-                ("--checkpoint-every", self.checkpoint_every)))],
-            choices=[("--dtype", self.dtype, DTYPES)])
+                ("--checkpoint-every", self.checkpoint_every),
+                ("--importance-batches", self.importance_batches)))],
+            choices=[("--dtype", self.dtype, DTYPES), ("--inherit", self.inherit, INHERITS)])
 
     @property
     def long_steps(self) -> int:
@@ -174,6 +180,24 @@ def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
     return load_checkpoint(path), path
 
 
+def teacher_importance(teacher, teacher_path, corpus, data, batches: int, log) -> Importance:
+    """The teacher's head, feed-forward and hidden-unit importances on the first
+    `batches` training batches of the search's corpus; cached, since they depend only
+    on the teacher, the corpus and the batches."""
+    key = hashlib.sha256(json.dumps([weights_sha256(teacher_path), corpus.fingerprint(),
+                                     dataclasses.asdict(data.spec), batches],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / "importance" / f"{key}.json"
+    if path.is_file():
+        return Importance.from_dict(json.loads(path.read_text()))
+    log(f"measuring the teacher's head, feed-forward and hidden-unit importance "
+        f"({batches} batches)")
+    imp = importance(teacher.arch, teacher.params, [data.train_batch(k) for k in range(batches)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, imp.to_dict())
+    return imp
+
+
 def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
                log=print, executor=None) -> Result:
     """Algorithm 1 end to end in `run_dir`, resuming whatever an earlier run finished.
@@ -193,6 +217,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     for flag, value, allowed in (("--inference-scope", cfg.inference_scope, SCOPES),
                                  ("--runtime", cfg.runtime, RUNTIMES),
                                  ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS),
+                                 ("--inherit", cfg.inherit, INHERITS),
                                  ("--size-proxy", cfg.size_proxy, SIZE_PROXIES)):
         if value not in allowed:
             raise UserError(f"{flag} {value!r}: use one of {', '.join(allowed)}")
@@ -222,14 +247,22 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
         "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
         "seeds": cfg.seeds, "init": cfg.init,
-        "dtype": cfg.dtype, "halving": cfg.halving,
+        "dtype": cfg.dtype, "halving": cfg.halving, "inherit": cfg.inherit,
+        **({"importance_batches": cfg.importance_batches} if cfg.inherit == "importance" else {}),
     }
     # Everything that can fail on the user's input is checked before the run folder
     # is written: a corpus too short for one batch, say.
     data = load_data(corpus, teacher.tokenizer,
                      BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
+    imp = None
+    if cfg.inherit == "importance" and cfg.init == "teacher":
+        imp = teacher_importance(teacher, teacher_path, corpus, data, cfg.importance_batches,
+                                 log)
+        teacher = dataclasses.replace(teacher, params=rewire(T, teacher.params, imp.orders()))
     run.mkdir(parents=True, exist_ok=True)
     with exclusive(run, "a search in this run folder"):
+        if imp is not None and not (run / "importance.json").is_file():
+            write_json(run / "importance.json", imp.to_dict())
         return _run_locked(run, cfg, settings, corpus, teacher, teacher_path, T, xi, epsilon,
                            data, progress, log, executor or LocalExecutor())
 

@@ -145,8 +145,9 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         lines += ["## Reliability warnings of the search", ""]
         lines += [f"- {w}" for w in best["warnings"]] + [""]
     if summary:
-        start = ("the teacher's weights" if summary.get("init") == "teacher"
-                 else "random weights")
+        start = ("random weights" if summary.get("init") != "teacher" else
+                 "the teacher's most important heads and units" if
+                 summary.get("inherit") == "importance" else "the teacher's weights")
         lines += ["## Pretraining", "",
                   f"Distillation against the teacher for {summary['steps']} steps from "
                   f"{start} "
@@ -306,8 +307,16 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
                         adam_eps=cfg.adam_eps, clip=cfg.clip)
     loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature, cfg.sop_weight)
 
+    inherit = search.get("inherit", "first")
+    source = teacher.params  # the units a student inherits: the run's --inherit
+    if cfg.init == "teacher" and inherit == "importance":
+        from bortsearch.model.importance import Importance, rewire
+
+        imp = Importance.from_dict(json.loads((run / "importance.json").read_text()))
+        source = rewire(teacher.arch, teacher.params, imp.orders())
+
     def start(arch):
-        return (inherit_params(arch, teacher.arch, teacher.params, cfg.seed, sop=sop)
+        return (inherit_params(arch, teacher.arch, source, cfg.seed, sop=sop)
                 if cfg.init == "teacher" else init_params(arch, cfg.seed, sop=sop))
 
     members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}")
@@ -324,6 +333,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         quality = mlm_quality(arch, result.params, data)
         summary = {
             "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "objective": cfg.objective,
+            **({"inherit": inherit} if cfg.init == "teacher" else {}),
             "loss": dataclasses.asdict(loss),
             **({"heldout_sop_accuracy": result.heldout["sop_accuracy"]} if sop else {}),
             "heldout_accuracy": result.heldout["accuracy"],
