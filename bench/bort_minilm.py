@@ -342,7 +342,13 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     rivals = [name_of(s) for s, rs in roles.items()
               if any(r[:3] in ("(a)", "(b)", "(c)", "(d)", "(e)") for r in rs) and s != pick.size]
     admissible = {r: protocol.no_greater_latency(lat_rows, r, pk) for r in rivals}
-    answer = {"pick": pk, "tasks": tasks, "task_gaps": gaps, "timing": timing, "latency": lat,
+    from bortsearch.model.proxies import hardware_fingerprint
+
+    loads = [r["load_average"] for r in lat_rows]
+    answer = {"profile": profile, "machine": hardware_fingerprint(),
+              "latency_load_average": [min(loads), max(loads)],
+              "pick": pk, "tasks": tasks, "task_gaps": gaps, "min_gap": p.min_gap,
+              "timing": timing, "latency": lat,
               "score": score, "admissible": {r: {"no_greater": a, "ratio_interval": i}
                                              for r, (a, i) in admissible.items()},
               "speed_up_over_teacher": protocol.no_greater_latency(lat_rows, "teacher", pk)[1]}
@@ -388,6 +394,8 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
     write_json(results / "answer.json", answer)
     report(answer, {**roles, control: ["(f) control"]}, T, results)
+    if profile != "toy":
+        update_readme(ROOT / "README.md", profile, (results / "report.md").read_text())
     return answer
 
 
@@ -417,11 +425,7 @@ def report(answer: dict, roles: dict, T, results: Path) -> None:
         lines.append(f"| {m} | {role[m]} | {effective_param_count(T.with_size(*size)):,} | "
                      f"{1e3 * lat[m]['median']:.2f} ({1e3 * lat[m]['lo']:.2f} to "
                      f"{1e3 * lat[m]['hi']:.2f}) | {cell} | {'yes' if front.get(m) else ''} |")
-    d = answer.get("decision")
-    lines += ["", f"The pick {answer['pick']} against the best rival of no greater latency, "
-              f"{answer['best_rival']}: {d['margin']:+.2f} points (95% interval {d['lo']:+.2f} "
-              f"to {d['hi']:+.2f}): {d['verdict']}." if d else
-              "No margin: " + "; ".join(answer.get("steps_not_taken", [])) + "."]
+    lines += ["", *answer_lines(answer)]
     write_atomic(results / "report.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in order:
@@ -440,6 +444,75 @@ def report(answer: dict, roles: dict, T, results: Path) -> None:
     fig.tight_layout()
     fig.savefig(results / "front.png", dpi=120)
     plt.close(fig)
+
+
+def _interval(d: dict, unit: str = "") -> str:
+    return f"{d['margin']:+.1f}{unit} (95% interval {d['lo']:+.1f} to {d['hi']:+.1f})"
+
+
+def answer_lines(answer: dict) -> list[str]:
+    """The answer in words, every figure with its interval (report.md and the README)."""
+    pk, d, out = answer["pick"], answer.get("decision"), []
+    if d:
+        out.append(f"- **The test that decides**: the pick {pk} against the best rival of no "
+                   f"greater latency, {answer['best_rival']}: {_interval(d, ' points')}: "
+                   f"**{d['verdict']}**.")
+    for why in answer.get("steps_not_taken", []):
+        out.append(f"- Not computed: {why}.")
+    if "front" in answer:
+        out.append(f"- On the (latency, score) front: {'yes' if answer['front'].get(pk) else 'no'} "
+                   f"(front: {', '.join(m for m, on in answer['front'].items() if on)}).")
+    if "kept_against_teacher" in answer:
+        t, p_ = answer["score"]["teacher"]["mean"], answer["score"][pk]["mean"]
+        lo, hi = answer["speed_up_over_teacher"]
+        ratio = answer["latency"]["teacher"]["median"] / answer["latency"][pk]["median"]
+        out.append(f"- Against the teacher: {_interval(answer['kept_against_teacher'], ' points')}"
+                   f" ({100 * p_ / t:.1f}% of its score) at {ratio:.2f}× its speed (95% "
+                   f"interval {lo:.2f} to {hi:.2f}).")
+    if "teacher_bought" in answer:
+        out.append(f"- What the teacher's weights bought (the pick against itself from random "
+                   f"weights, seed 0 of each): {_interval(answer['teacher_bought'], ' points')}.")
+    if "spearman_error" in answer:
+        (r1, p1), (r2, p2) = answer["spearman_error"], answer["spearman_w"]
+        out.append(f"- The search's ranking against the downstream one over "
+                   f"{answer['spearman_candidates']} trained candidates: Spearman ρ = {r1:+.2f} "
+                   f"by the error proxy (permutation p = {p1:.3f}), {r2:+.2f} by W (p = {p2:.3f}).")
+    gaps = ", ".join(f"{t} {g:+.1f}" for t, g in answer.get("task_gaps", {}).items())
+    need = answer.get("min_gap")
+    out.append(f"- Tasks: {', '.join(answer['tasks']) or 'none'} (the teacher over the best "
+               f"constant answer on held-out rows: {gaps}"
+               f"{f'; a task needs +{need:g}' if need is not None else ''}).")
+    m, tm = answer.get("machine", {}), answer.get("timing", {})
+    cost = ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in tm.items())
+    out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+               f"{m.get('platform', '?')}; cost: {cost} (wall); load average during the "
+               f"latency rounds {answer.get('latency_load_average', ['?'])[0]:.1f} to "
+               f"{answer.get('latency_load_average', [0, 0])[-1]:.1f}.")
+    return out
+
+
+BEGIN, END = "<!-- bort-small results: begin -->", "<!-- bort-small results: end -->"
+
+
+def update_readme(readme: Path, profile: str, report_md: str) -> None:
+    """The README's result, made from the report by this script (between its markers;
+    one block per profile, the latest run's)."""
+    from bortsearch.runio import write_atomic
+
+    text = readme.read_text()
+    if BEGIN not in text:
+        return
+    head, rest = text.split(BEGIN, 1)
+    body, tail = rest.split(END, 1)
+    blocks = {}
+    for block in body.split("<!-- profile: ")[1:]:
+        name, content = block.split(" -->", 1)
+        blocks[name] = content.strip()
+    blocks[profile] = (f"**{profile.upper()} profile** (`bench/results/bort_small-{profile}/`, "
+                       f"made by `bench/bort_minilm.py --profile {profile}`):\n\n"
+                       + report_md.strip())
+    body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
+    write_atomic(readme, head + BEGIN + body + END + tail)
 
 
 def main(argv=None) -> int:

@@ -198,3 +198,21 @@ def test_interleaved_latency_measures_every_model_once_a_round():
         assert sorted(x["model"] for x in rows if x["round"] == r) == ["a", "b", "c"]
     orders = {tuple(x["model"] for x in rows if x["round"] == r) for r in range(4)}
     assert len(orders) > 1  # a fresh order each round
+
+
+def test_the_readme_result_is_made_from_the_report(tmp_path):
+    """bench/bort_minilm.py writes each profile's report between the README's markers,
+    replacing that profile's earlier block and keeping the others and the text around."""
+    sys.path.insert(0, str(BENCH))
+    import bort_minilm as B
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{B.BEGIN}\n{B.END}\nafter\n")
+    B.update_readme(readme, "cpu", "| a | b |\n\nfirst cpu\n")
+    B.update_readme(readme, "gpu", "gpu table\n")
+    B.update_readme(readme, "cpu", "second cpu\n")
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{B.END}\nafter\n")
+    assert "second cpu" in text and "first cpu" not in text and "gpu table" in text
+    assert text.index("CPU profile") < text.index("GPU profile")
+    assert "`bench/results/bort_small-cpu/`" in text
