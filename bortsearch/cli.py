@@ -211,6 +211,7 @@ def cmd_search(args) -> None:
         error=args.error,
         size_proxy=args.size_proxy,
         seeds=args.seeds, init=args.init, inherit=args.inherit,
+        inherit_layers=args.inherit_layers,
         importance_batches=args.importance_batches,
         confirm=args.confirm, confirm_steps=args.confirm_steps,
         max_params=args.max_params, max_inference=args.max_inference,
@@ -448,7 +449,7 @@ def _trials_executor(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bortsearch.model.encoder import INHERITS, INITS
+    from bortsearch.model.encoder import INHERITS, INITS, LAYER_RULES
     from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, RUNTIMES, SIZE_PROXIES
 
     parser = _Parser(
@@ -551,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"student inherits: the teacher's first ones, or its most important "
                         f"ones on the corpus (measured, cached, recorded in the run's "
                         f"importance.json); pretrain follows the run (default {c.inherit})")
+    p.add_argument("--inherit-layers", choices=LAYER_RULES, default=c.inherit_layers,
+                   help=f"with --init teacher, which teacher layers a shallower student "
+                        f"inherits: TinyBERT's uniform map (the top layer kept), the first "
+                        f"ones, every other one from the first (DistilBERT), or the map whose "
+                        f"inherited student has the lowest KL to the teacher on one held-out "
+                        f"batch; pretrain follows the run (default {c.inherit_layers})")
     p.add_argument("--importance-batches", type=_positive_int, default=c.importance_batches,
                    metavar="N", help=f"training batches that measure the importances "
                                      f"(default {c.importance_batches})")

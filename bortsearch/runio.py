@@ -74,7 +74,7 @@ def atomic_dir(target: str | Path):
 
 # Settings added after runs were first recorded, with what a record without them meant.
 LATER_SETTINGS = {"dtype": "float32", "objective": "mlm", "sop_weight": 1.0, "halving": None,
-                  "inherit": "first"}
+                  "inherit": "first", "inherit_layers": "uniform"}
 
 
 def check_settings(path: str | Path, settings: dict, what: str, fix: str,

@@ -180,3 +180,66 @@ def test_search_inherits_by_importance_and_pretrain_follows(space, teacher, tmp_
     summary = json.loads((run / "pretrain" / name / "summary.json").read_text())
     assert summary["init"] == "teacher" and summary["inherit"] == "importance"
     assert "most important heads and units" in (out / "README.md").read_text()
+
+
+def test_layer_maps_by_rule():
+    from bortsearch.model.encoder import layer_map, teacher_layers
+
+    assert layer_map("uniform", 2, 6) == teacher_layers(2, 6) == [2, 5]
+    assert layer_map("first", 2, 6) == [0, 1]
+    assert layer_map("alternate", 6, 12) == [0, 2, 4, 6, 8, 10]  # DistilBERT's
+    assert layer_map("alternate", 3, 6) == [0, 2, 4]
+    assert layer_map("first", 8, 6) == list(range(6))  # deeper: every teacher layer
+    arch = _arch("bert", layers=4)
+    params = _params(arch)
+    student = arch.with_size(2, 4, 16, 24)
+    got = inherit_params(student, arch, params, layers=[0, 3])
+    q = params["params"]["layers"]["attention"]["query"]["kernel"]
+    np.testing.assert_array_equal(got["params"]["layers"]["attention"]["query"]["kernel"],
+                                  q[[0, 3]])
+    with pytest.raises(ValueError, match="layers"):
+        inherit_params(student, arch, params, layers=[0, 4])
+
+
+def test_measured_layers_find_the_map_that_reproduces_the_teacher():
+    """A teacher whose top layer does nothing (zero output projections: post-LN of a
+    normalised input) computes what its first two layers do; for a 2-layer student the
+    measured map is those two layers, with KL 0, where the uniform map keeps the top."""
+    from bortsearch.model.importance import candidate_layer_maps, measured_layers
+    from bortsearch.train.step import teacher_logits
+
+    import jax
+
+    arch = _arch("bert", layers=3)
+    params = jax.tree.map(lambda x: 5 * x if x.ndim == 3 else x, _params(arch))  # layers matter
+    lay = params["params"]["layers"]
+    lay["ffn_ln"]["scale"][1], lay["ffn_ln"]["bias"][1] = 1, 0  # layer 1's output normalised
+    for ln in ("attention_ln", "ffn_ln"):  # and layer 2 leaves it as it is
+        lay[ln]["scale"][2], lay[ln]["bias"][2] = 1, 0
+    for part in (lay["attention"]["out"], lay["ffn"]["outer"]):
+        part["kernel"][2] = 0
+        part["bias"][2] = 0
+    batch = _batches(arch, 1)[0]
+    student = arch.with_size(2, 4, 16, 24)
+    assert candidate_layer_maps(2, 3) == [[0, 2], [0, 1], [1, 2]]  # uniform, alternate, rest
+    best, kls = measured_layers(student, arch, params, batch,
+                                teacher_logits(arch, params, batch))
+    assert best == [0, 1] and set(kls) == {"1-2", "0-1", "0-2"}
+    assert kls["0-1"] < 1e-4 and min(kls["1-2"], kls["0-2"]) > 100 * kls["0-1"] + 1e-3
+
+
+def test_search_with_measured_layers_and_pretrain_following_it(space, teacher, tmp_path):
+    import json
+
+    from bortsearch.cli import main
+
+    run = tmp_path / "r"
+    assert main(["search", "--space", str(space), "--run", str(run), "--teacher", str(teacher),
+                 "--steps", "2", "--batch-size", "8", "--seq-len", "32", "--epsilon", "4",
+                 "--quiet", "--inherit-layers", "measured"]) == 0
+    assert json.loads((run / "config.json").read_text())["inherit_layers"] == "measured"
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), "--arch", "1,2,16,32",
+                 "--steps", "1", "--batch-size", "8", "--seq-len", "32", "--eval-every", "1",
+                 "--quiet"]) == 0
+    summary = json.loads((run / "pretrain" / "1-2-16-32" / "summary.json").read_text())
+    assert summary["inherit_layers"] == "measured" and summary["inherit"] == "first"

@@ -408,6 +408,27 @@ def teacher_layers(student_layers: int, teacher_layers: int) -> list[int]:
     return [(m + 1) * teacher_layers // student_layers - 1 for m in range(student_layers)]
 
 
+# Which teacher layer (group) each layer (group) of a shallower student inherits
+# (`layer_map`): TinyBERT's uniform map, the first layers, every other layer from
+# the first (DistilBERT's), or the map whose one-batch KL to the teacher is lowest
+# (`importance.measured_layers`).
+LAYER_RULES = ("uniform", "first", "alternate", "measured")
+
+
+def layer_map(rule: str, student_layers: int, teacher_layers_: int) -> list[int]:
+    """The teacher layers a student of `student_layers` inherits by a fixed rule
+    ("uniform", "first" or "alternate"). A student as deep or deeper takes the
+    teacher's layers in order (then random ones)."""
+    s, t = student_layers, teacher_layers_
+    if s >= t or rule == "uniform":
+        return teacher_layers(s, t)
+    if rule == "first":
+        return list(range(s))
+    if rule == "alternate":
+        return [m * t // s for m in range(s)]
+    raise ValueError(f"no fixed layer map {rule!r}: use one of uniform, first, alternate")
+
+
 INITS = ("random", "teacher")  # how a student starts: `init_params` or `inherit_params`
 # which of the teacher's units a student inherits: its leading ones as trained, or the
 # leading ones once the teacher is rewired into importance order (model/importance.py)
@@ -415,14 +436,20 @@ INHERITS = ("first", "importance")
 
 
 def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
-                   seed: int = 0, sop: bool = False) -> Params:
+                   seed: int = 0, sop: bool = False, layers: list[int] | None = None) -> Params:
     """A student initialised from the teacher's weights [ours, after the weight
     inheritance of DynaBERT and AutoTinyBERT]: layers chosen by `teacher_layers`,
     and in every tensor the leading block of each axis (the first H hidden units,
     the first I feed-forward units; heads are contiguous column blocks, so the
     first H columns are the first heads). Whatever the teacher lacks (a wider or
-    deeper student) keeps its Normal(0, 0.02) draw from `init_params(arch, seed)`."""
-    picks = teacher_layers(arch.num_groups, teacher_arch.num_groups)  # a group per layer slot
+    deeper student) keeps its Normal(0, 0.02) draw from `init_params(arch, seed)`.
+    `layers` names the teacher layer (group) of each student layer (group) instead."""
+    picks = (teacher_layers(arch.num_groups, teacher_arch.num_groups) if layers is None
+             else list(layers))  # a group per layer slot
+    if len(picks) != min(arch.num_groups, teacher_arch.num_groups) or not all(
+            0 <= k < teacher_arch.num_groups for k in picks):
+        raise ValueError(f"layers {picks}: need a teacher layer index below "
+                         f"{teacher_arch.num_groups} for each of {arch.num_groups} layers")
 
     def take(path, mine):
         theirs = teacher_params

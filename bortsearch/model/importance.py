@@ -203,3 +203,43 @@ def _has(tree, path) -> bool:
             return False
         tree = tree[k]
     return True
+
+
+def candidate_layer_maps(student_layers: int, teacher_layers: int,
+                         limit: int = 128) -> list[list[int]]:
+    """The layer maps `measured_layers` tries, in order of preference on a tie: the
+    fixed rules (uniform, alternate, first), then every other increasing choice of
+    teacher layers while there are at most `limit` of them."""
+    import itertools
+    import math
+
+    from bortsearch.model.encoder import layer_map
+
+    maps = []
+    for rule in ("uniform", "alternate", "first"):
+        m = layer_map(rule, student_layers, teacher_layers)
+        if m not in maps:
+            maps.append(m)
+    if student_layers < teacher_layers and math.comb(teacher_layers, student_layers) <= limit:
+        maps += [list(c) for c in itertools.combinations(range(teacher_layers), student_layers)
+                 if list(c) not in maps]
+    return maps
+
+
+def measured_layers(arch: Arch, teacher_arch: Arch, teacher_params: Params, batch,
+                    teacher_logits, seed: int = 0) -> tuple[list[int], dict]:
+    """The layer map whose inherited student (before any training) is closest to the
+    teacher: the lowest KL(teacher ‖ student) on one held-out `batch`, over
+    `candidate_layer_maps` (ties: the earlier). Returns the map and every map's KL."""
+    from bortsearch.model.encoder import inherit_params
+    from bortsearch.train.step import eval_sums
+
+    if arch.num_groups >= teacher_arch.num_groups:
+        return list(range(teacher_arch.num_groups)), {}
+    kls = {}
+    for m in candidate_layer_maps(arch.num_groups, teacher_arch.num_groups):
+        params = inherit_params(arch, teacher_arch, teacher_params, seed, layers=m)
+        sums = eval_sums(arch, params, batch, teacher_logits)
+        kls[tuple(m)] = float(sums["kl"]) / max(float(sums["n"]), 1.0)
+    best = min(kls, key=lambda m: kls[m])  # dicts keep order: the earlier wins a tie
+    return list(best), {"-".join(map(str, m)): v for m, v in kls.items()}

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import Model, inherit_params, init_params, param_shapes
+from bortsearch.model.encoder import Model, inherit_params, init_params, layer_map, param_shapes
 from bortsearch.model.proxies import param_count
 from bortsearch.search.algorithm import FAILED, Evaluation, summarise
 from bortsearch.train.step import (LossConfig, OptimConfig, Targets, eval_sums_many, init_state,
@@ -48,6 +48,7 @@ class CandidateSettings:
     seed: int = 0
     seeds: int = 2  # N: trials per θ, from seeds seed, seed + 1, ...
     init: str = "teacher"  # inherit the teacher's weights [ours], or "random" [paper]
+    layers: str = "uniform"  # which teacher layers a shallower student inherits (LAYER_RULES)
     error: str = "kl"  # the error W uses: "kl" (ê − H_T) or "ce" (ê) [paper]
     group_size: int | None = None  # None: as many as fit GROUP_MEMORY_BYTES
     dtype: str = "float32"  # the compute dtype of students and teacher (model.DTYPES)
@@ -225,16 +226,27 @@ class CandidateTrainer:
     def _initial_state(self, arch: Arch):
         """Training states with leading axes N seeds × |Θ|."""
         s, t = self.settings, self.teacher
+        layers = self.layers(arch) if s.init == "teacher" else None
         per_seed = []
         for j in range(s.seeds):
-            params = (inherit_params(arch, t.arch, t.params, s.seed + j) if s.init == "teacher"
-                      else init_params(arch, s.seed + j))
+            params = (inherit_params(arch, t.arch, t.params, s.seed + j, layers=layers)
+                      if s.init == "teacher" else init_params(arch, s.seed + j))
             per_seed.append(init_state(params, 0.0, self.optim))
         stacked = jax.tree.map(
             lambda *xs: np.stack([np.repeat(np.asarray(x)[None], len(s.lrs), 0) for x in xs]),
             *per_seed)
         lr = np.broadcast_to(np.asarray(s.lrs, np.float32), (s.seeds, len(s.lrs)))
         return jax.device_put(stacked._replace(lr=np.ascontiguousarray(lr)))
+
+    def layers(self, arch: Arch) -> list[int]:
+        """The teacher layers `arch` inherits, by the settings' rule."""
+        rule, t = self.settings.layers, self.teacher
+        if rule != "measured":
+            return layer_map(rule, arch.num_groups, t.arch.num_groups)
+        from bortsearch.model.importance import measured_layers
+
+        return measured_layers(arch, t.arch, t.params, self.heldout[0], self.heldout_teacher[0],
+                               self.settings.seed)[0]
 
     def _batches(self, step: int):
         """Batch `step` of every seed's stream: with a leading axis N, and merged

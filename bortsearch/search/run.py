@@ -29,7 +29,7 @@ import pandas as pd
 
 from bortsearch.model.arch import Arch
 from bortsearch.search.audit import diagnose
-from bortsearch.model.encoder import INHERITS, INITS
+from bortsearch.model.encoder import INHERITS, INITS, LAYER_RULES
 from bortsearch.model.importance import Importance, importance, rewire
 from bortsearch.search.candidates import CandidateSettings, HeldOut, Timing
 from bortsearch.data.corpus import cache_dir, resolve_corpus
@@ -87,6 +87,9 @@ class SearchConfig:
     # ("importance": the teacher rewired into importance order first) [ours]
     inherit: str = "first"
     importance_batches: int = 4  # training batches that measure the teacher's importances
+    # which teacher layers a shallower student inherits: TinyBERT's uniform map, the
+    # first ones, every other one (DistilBERT), or the lowest one-batch KL [ours]
+    inherit_layers: str = "uniform"
     confirm: int = 0  # K: the K best by W are trained again for confirm_steps
     confirm_steps: int | None = None  # None: 5 · steps
     max_params: int | None = None
@@ -114,7 +117,8 @@ class SearchConfig:
                 ("--confirm-steps", self.confirm_steps),
                 ("--checkpoint-every", self.checkpoint_every),
                 ("--importance-batches", self.importance_batches)))],
-            choices=[("--dtype", self.dtype, DTYPES), ("--inherit", self.inherit, INHERITS)])
+            choices=[("--dtype", self.dtype, DTYPES), ("--inherit", self.inherit, INHERITS),
+                     ("--inherit-layers", self.inherit_layers, LAYER_RULES)])
 
     @property
     def long_steps(self) -> int:
@@ -248,6 +252,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
         "seeds": cfg.seeds, "init": cfg.init,
         "dtype": cfg.dtype, "halving": cfg.halving, "inherit": cfg.inherit,
+        "inherit_layers": cfg.inherit_layers,
         **({"importance_batches": cfg.importance_batches} if cfg.inherit == "importance" else {}),
     }
     # Everything that can fail on the user's input is checked before the run folder
@@ -333,6 +338,7 @@ class JournalledEvaluator:
         cfg = self.cfg
         settings = CandidateSettings(steps=self.steps, lrs=tuple(cfg.lrs), loss=LossConfig(),
                                      seed=cfg.seed, seeds=cfg.seeds, init=cfg.init,
+                                     layers=cfg.inherit_layers,
                                      error=cfg.error, group_size=cfg.group_size,
                                      dtype=cfg.dtype, halving=cfg.halving)
         self.bar = progress_bar(total=len(archs), initial=len(out), desc="candidates",

@@ -22,7 +22,8 @@ from bortsearch.errors import UserError, check_ranges
 from bortsearch.train.distributed import is_primary
 from bortsearch.train.fit import fit
 from bortsearch.model.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
-from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
+from bortsearch.model.encoder import (DTYPES, INITS, Model, inherit_params, init_params,
+                                      layer_map)
 from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.train.teacher import check_seq_len
@@ -315,8 +316,26 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         imp = Importance.from_dict(json.loads((run / "importance.json").read_text()))
         source = rewire(teacher.arch, teacher.params, imp.orders())
 
+    rule, measuring = search.get("inherit_layers", "uniform"), []
+
+    def layers(arch):  # the teacher layers each student inherits: the run's rule
+        if rule != "measured":
+            return layer_map(rule, arch.num_groups, teacher.arch.num_groups)
+        from bortsearch.model.importance import measured_layers
+        from bortsearch.train.step import teacher_logits
+
+        if not measuring:  # the search's first held-out batch, which it measured on
+            spec = BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"])
+            specs = search.get("corpus")
+            batch = load_data(resolve_corpus(list(specs) if specs else None,
+                                             search.get("text_field", "text")),
+                              teacher.tokenizer, spec, progress=False).heldout_batches()[0]
+            measuring.extend([batch, teacher_logits(teacher.arch, source, batch)])
+        return measured_layers(arch, teacher.arch, source, *measuring, search["seed"])[0]
+
     def start(arch):
-        return (inherit_params(arch, teacher.arch, source, cfg.seed, sop=sop)
+        return (inherit_params(arch, teacher.arch, source, cfg.seed, sop=sop,
+                               layers=layers(arch))
                 if cfg.init == "teacher" else init_params(arch, cfg.seed, sop=sop))
 
     members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}")
@@ -333,7 +352,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         quality = mlm_quality(arch, result.params, data)
         summary = {
             "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "objective": cfg.objective,
-            **({"inherit": inherit} if cfg.init == "teacher" else {}),
+            **({"inherit": inherit, "inherit_layers": rule} if cfg.init == "teacher" else {}),
             "loss": dataclasses.asdict(loss),
             **({"heldout_sop_accuracy": result.heldout["sop_accuracy"]} if sop else {}),
             "heldout_accuracy": result.heldout["accuracy"],
