@@ -214,13 +214,22 @@ def finetune_model(folder: Path, task: str, held: Path, final: Path, work: Path,
                         for e in map(json.loads, (work / "trials" / f"lr{lr:g}-seed{s}" /
                                                   "evals.jsonl").read_text().splitlines())]
               for lr in p.lrs for s in range(p.seeds)}
-    grid = {(lr, e + 1): float(np.mean([scores[lr, s][e]["heldout"] for s in range(p.seeds)]))
-            for lr in p.lrs for e in range(p.epochs)}
-    lr, epochs = max(grid, key=lambda k: (grid[k], -k[1], -k[0]))  # ties: fewer epochs, lower lr
-    return {"heldout": grid, "lr": lr, "epochs": epochs,
-            "dev": [scores[lr, s][epochs - 1]["dev"] for s in range(p.seeds)],
+    return {**choose(scores, p.lrs, p.epochs, p.seeds),
             "heldout_majority": best_constant(task, held, p.train_rows),
             "dev_majority": best_constant(task, final, p.train_rows)}
+
+
+def choose(scores: dict, lrs, epochs: int, seeds: int) -> dict:
+    """The protocol's choice from `scores[lr, seed][epoch - 1] = {"heldout", "dev"}`:
+    (lr, epochs) by the mean over seeds on the held-out rows alone (ties: fewer
+    epochs, then the lower lr), and each seed's dev score at that choice. Nothing
+    else of dev is read."""
+    per_seed = {(lr, e + 1): [scores[lr, s][e]["heldout"] for s in range(seeds)]
+                for lr in lrs for e in range(epochs)}
+    grid = {k: float(np.mean(v)) for k, v in per_seed.items()}
+    lr, n = max(grid, key=lambda k: (grid[k], -k[1], -k[0]))
+    return {"heldout": grid, "heldout_per_seed": per_seed, "lr": lr, "epochs": n,
+            "dev": [scores[lr, s][n - 1]["dev"] for s in range(seeds)]}
 
 
 def best_constant(task: str, folder: Path, rows: int | None) -> float:
@@ -268,6 +277,46 @@ def _measure(spec: str, out: str, rounds: int) -> None:
 # ---------------------------------------------------------------- 5. the answer
 
 
+def commit() -> str:
+    """The commit this script runs from, with "+changes" when the tree differs from it."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+class Cost:
+    """Each phase's wall and CPU time, appended to WORK/cost.jsonl by every invocation
+    that does work in it (a resumed experiment adds up), with the commit it ran."""
+
+    def __init__(self, out: Path):
+        self.path, self.commit = out / "cost.jsonl", commit()
+
+    def __call__(self, phase: str, fn, *args):
+        t0, c0 = time.time(), time.process_time()
+        value = fn(*args)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"phase": phase, "wall_s": time.time() - t0,
+                                "cpu_s": time.process_time() - c0, "commit": self.commit,
+                                "at": time.time()}) + "\n")
+        return value
+
+    def totals(self, run: Path) -> dict:
+        """Wall seconds a phase, over every invocation; the search's from its journal
+        (the first event to the last finished candidate), wherever it was run."""
+        rows = [json.loads(x) for x in self.path.read_text().splitlines()] \
+            if self.path.is_file() else []
+        out = {}
+        for r in rows:
+            out[f"{r['phase']}_s"] = out.get(f"{r['phase']}_s", 0.0) + r["wall_s"]
+        events = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
+        times = [e["time"] for e in events if "time" in e]
+        done = [e["time"] for e in events if e.get("event") in ("done", "failed") and "time" in e]
+        if times and done:
+            out["search_s"] = max(done) - min(times)
+        return out
+
+
 def experiment(out: Path, profile: str, progress: bool, results: Path | None = None) -> dict:
     import pandas as pd
 
@@ -278,11 +327,10 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     out.mkdir(parents=True, exist_ok=True)
     results = results or ROOT / "bench" / "results" / f"bort_small-{profile}"
     results.mkdir(parents=True, exist_ok=True)
-    timing, t0 = {}, time.time()
-    teacher, space, corpus = teacher_and_space(out, profile, not progress)
+    cost = Cost(out)
+    teacher, space, corpus = cost("teacher", teacher_and_space, out, profile, not progress)
     run = out / "run"
-    best = search(run, space, teacher, corpus, p, progress)
-    timing["search_s"] = time.time() - t0
+    best = cost("search", search, run, space, teacher, corpus, p, progress)
     for f in ("results.csv", "best.json", "search.json"):
         shutil.copy(run / f, results / f)
     if not best.get("size"):  # the protocol's answer: the search could not tell
@@ -290,10 +338,7 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
         write_json(results / "answer.json", answer)
         return answer
     pick, roles, rivals_sizes, T = students(run, best, p)
-    t1 = time.time()
-    folders = pretrain_all(run, out, roles, pick, rivals_sizes, p, progress)
-    timing["pretrain_s"] = time.time() - t1
-    t2 = time.time()
+    folders = cost("pretrain", pretrain_all, run, out, roles, pick, rivals_sizes, p, progress)
     held, final = task_folders(out, p.tasks, p)
     pk = name_of(pick.size)
     control = f"{pk}-random"
@@ -308,6 +353,8 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
         for (lr, epochs), mean in r["heldout"].items():
             sel_rows.append({"model": name, "variant": variant, "task": task, "lr": lr,
                              "epochs": epochs, "heldout_mean": mean,
+                             **{f"heldout_seed{s}": x for s, x in
+                                enumerate(r["heldout_per_seed"][lr, epochs])},
                              "chosen": (lr, epochs) == (r["lr"], r["epochs"])})
         for seed, score in enumerate(r["dev"]):
             ft_rows.append({"model": name, "variant": variant, "task": task, "ft_seed": seed,
@@ -317,19 +364,22 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
                             "dev_majority": r["dev_majority"]})
         return r
 
-    # the teacher first: the tasks it clears the constant answer on, by the held-out rows
-    gaps = {}
-    for t in p.tasks:
-        r = tune("teacher", "seed0", run / "teacher", t)
-        gaps[t] = r["heldout"][(r["lr"], r["epochs"])] - r["heldout_majority"]
-    tasks = [t for t in p.tasks if p.min_gap is None or gaps[t] >= p.min_gap]
-    for (name, variant), folder in models.items():
-        for task in tasks if name != "teacher" else ():
-            tune(name, variant, folder, task)
-    timing["finetune_s"] = time.time() - t2
+    def finetune_all():
+        # the teacher first: the tasks it clears the constant answer on, by the held-out rows
+        gaps = {}
+        for t in p.tasks:
+            r = tune("teacher", "seed0", run / "teacher", t)
+            gaps[t] = r["heldout"][(r["lr"], r["epochs"])] - r["heldout_majority"]
+        tasks = [t for t in p.tasks if p.min_gap is None or gaps[t] >= p.min_gap]
+        for (name, variant), folder in models.items():
+            for task in tasks if name != "teacher" else ():
+                tune(name, variant, folder, task)
+        return gaps, tasks
+
+    gaps, tasks = cost("finetune", finetune_all)
     ft = pd.DataFrame(ft_rows)
     archs = {"teacher": T, control: pick, **{name_of(s): T.with_size(*s) for s in roles}}
-    lat_rows = latency(archs, out, p.rounds)
+    lat_rows = cost("latency", latency, archs, out, p.rounds)
     lat = protocol.latency_summary(lat_rows)
 
     def trials(name, variants=("seed0", "seed1", "random")):
@@ -348,7 +398,10 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     answer = {"profile": profile, "machine": hardware_fingerprint(),
               "latency_load_average": [min(loads), max(loads)],
               "pick": pk, "tasks": tasks, "task_gaps": gaps, "min_gap": p.min_gap,
-              "timing": timing, "latency": lat,
+              "timing": cost.totals(run), "commit": cost.commit,
+              "seeds": {"pretraining": {"pick and rivals (a)-(e)": 2,
+                                        "others": 2 if p.second_seed_for_all else 1},
+                        "fine-tuning": p.seeds}, "latency": lat,
               "score": score, "admissible": {r: {"no_greater": a, "ratio_interval": i}
                                              for r, (a, i) in admissible.items()},
               "speed_up_over_teacher": protocol.no_greater_latency(lat_rows, "teacher", pk)[1]}
@@ -474,15 +527,30 @@ def answer_lines(answer: dict) -> list[str]:
                    f"weights, seed 0 of each): {_interval(answer['teacher_bought'], ' points')}.")
     if "spearman_error" in answer:
         (r1, p1), (r2, p2) = answer["spearman_error"], answer["spearman_w"]
-        out.append(f"- The search's ranking against the downstream one over "
-                   f"{answer['spearman_candidates']} trained candidates: Spearman ρ = {r1:+.2f} "
-                   f"by the error proxy (permutation p = {p1:.3f}), {r2:+.2f} by W (p = {p2:.3f}).")
+        n = answer["spearman_candidates"]
+        out.append(f"- The search's ranking against the downstream one over {n} trained "
+                   f"candidates: Spearman ρ = {r1:+.2f} by the error proxy (permutation p = "
+                   f"{p1:.3f}), {r2:+.2f} by W (p = {p2:.3f})"
+                   + (" (fewer than the 8 the protocol asks for: not evidence either way)."
+                      if n < 8 else "."))
+    seeds = answer.get("seeds")
+    if seeds:
+        pre = seeds["pretraining"]
+        out.append(f"- Intervals resample the seeds a model has: {seeds['fine-tuning']} "
+                   f"fine-tuning seeds each; pretraining seeds {pre['pick and rivals (a)-(e)']} "
+                   f"for the pick and the rivals (a)–(e), {pre['others']} for the teacher, the "
+                   f"control and the other candidates"
+                   + (", whose intervals therefore leave out pretraining noise" if
+                      pre["others"] < 2 else "")
+                   + "; with 2 pretraining seeds the percentile bootstrap is narrower than "
+                   "the spread it estimates, so read a verdict near its edge as tentative.")
     gaps = ", ".join(f"{t} {g:+.1f}" for t, g in answer.get("task_gaps", {}).items())
     need = answer.get("min_gap")
     out.append(f"- Tasks: {', '.join(answer['tasks']) or 'none'} (the teacher over the best "
                f"constant answer on held-out rows: {gaps}"
                f"{f'; a task needs +{need:g}' if need is not None else ''}).")
     m, tm = answer.get("machine", {}), answer.get("timing", {})
+    out.append(f"- Ran from commit `{answer.get('commit', '?')}`.")
     cost = ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in tm.items())
     out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
                f"{m.get('platform', '?')}; cost: {cost} (wall); load average during the "

@@ -187,9 +187,12 @@ def on_front(latency: dict[str, dict], score: dict[str, dict]) -> dict[str, bool
 
 def spearman(x: Sequence[float], y: Sequence[float], n: int = 10_000,
              seed: int = 0) -> tuple[float, float]:
-    """Spearman's ρ (average ranks for ties) and its two-sided permutation p-value."""
+    """Spearman's ρ (average ranks for ties) and its two-sided permutation p-value;
+    both NaN where ρ is undefined (fewer than 2 values, or one side constant)."""
     rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
-    rho = _pearson(rx, ry)
+    rho = _pearson(rx, ry) if len(rx) >= 2 else float("nan")
+    if not math.isfinite(rho):
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     perms = np.array([_pearson(rx, rng.permutation(ry)) for _ in range(n)])
     p = float((np.sum(np.abs(perms) >= abs(rho) - 1e-12) + 1) / (n + 1))

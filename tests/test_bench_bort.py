@@ -216,3 +216,32 @@ def test_the_readme_result_is_made_from_the_report(tmp_path):
     assert "second cpu" in text and "first cpu" not in text and "gpu table" in text
     assert text.index("CPU profile") < text.index("GPU profile")
     assert "`bench/results/bort_small-cpu/`" in text
+
+
+def test_the_recipe_is_chosen_on_held_out_rows_and_dev_read_at_the_choice():
+    """Held-out and dev disagree on the best epoch: the choice follows held-out (mean
+    over seeds; ties to fewer epochs, then the lower lr) and each seed's dev score is
+    read at that epoch, whatever dev would have preferred."""
+    sys.path.insert(0, str(BENCH))
+    import bort_minilm as B
+
+    held = {(1e-4, 0): [60, 70, 65], (1e-4, 1): [62, 72, 60],
+            (3e-4, 0): [50, 71, 40], (3e-4, 1): [50, 71, 40]}
+    dev = {(1e-4, 0): [90, 10, 95], (1e-4, 1): [91, 11, 96],
+           (3e-4, 0): [99, 99, 99], (3e-4, 1): [99, 99, 99]}
+    scores = {k: [{"heldout": h, "dev": d} for h, d in zip(held[k], dev[k])] for k in held}
+    got = B.choose(scores, (1e-4, 3e-4), 3, 2)
+    assert (got["lr"], got["epochs"]) == (1e-4, 2) and got["dev"] == [10, 11]
+    assert got["heldout"][(1e-4, 2)] == 71 and got["heldout_per_seed"][(3e-4, 1)] == [50, 50]
+    tie = {k: [{"heldout": 5, "dev": i} for i in range(3)] for k in held}  # all equal
+    assert (B.choose(tie, (1e-4, 3e-4), 3, 2)["lr"], B.choose(tie, (1e-4, 3e-4), 3, 2)["epochs"]) \
+        == (1e-4, 1)
+
+
+def test_spearman_is_undefined_for_a_constant_ranking():
+    p = _protocol()
+    rho, pv = p.spearman([1, 2, 3], [5, 5, 5])
+    assert np.isnan(rho) and np.isnan(pv)
+    assert all(np.isnan(p.spearman([1], [2])))
+    rho, pv = p.spearman([1, 2, 3, 4], [1, 2, 3, 4], n=200)
+    assert rho == pytest.approx(1.0) and 0 < pv <= 1

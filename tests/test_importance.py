@@ -111,8 +111,8 @@ def test_importances_move_with_the_units(kind):
 
 
 def test_a_head_that_does_nothing_is_least_important():
-    """A head whose value and output weights are zero cannot change the loss: its
-    importance is 0 and the rewiring puts it last."""
+    """A head whose value weights are zero has zero context vectors: its gate cannot
+    change the loss, so its importance is 0 and the rewiring puts it last."""
     arch = _arch("bert", layers=2)
     params = _params(arch)
     att = params["params"]["layers"]["attention"]
@@ -243,3 +243,51 @@ def test_search_with_measured_layers_and_pretrain_following_it(space, teacher, t
                  "--quiet"]) == 0
     summary = json.loads((run / "pretrain" / "1-2-16-32" / "summary.json").read_text())
     assert summary["inherit_layers"] == "measured" and summary["inherit"] == "first"
+
+
+@pytest.mark.parametrize("kind", ["bert", "albert, factorised and shared"])
+def test_gate_derivatives_match_finite_differences(kind):
+    """Each importance is |∂L/∂g| of a gate g that scales a unit's parameters: the
+    one-backward-pass sums equal the loss's finite differences in g, for a head, a
+    feed-forward unit and a hidden unit (LayerNorm outputs everywhere, or ALBERT's
+    E→H map), shared layers included."""
+    import jax
+
+    from bortsearch.model.importance import _gate_sums
+    from bortsearch.train.step import loss_and_metrics
+
+    arch = _arch(kind, layers=2)
+    params = jax.tree.map(lambda x: x.astype(np.float64), _params(arch))
+    batch = _batches(arch, 1)[0]
+    with jax.enable_x64(True):
+        loss = lambda q: float(loss_and_metrics(q, arch, batch, None, None)[0])  # noqa: E731
+        grads = jax.grad(lambda q: loss_and_metrics(q, arch, batch, None, None)[0])(params)
+        heads, ffn, hidden = (np.asarray(x) for x in _gate_sums(arch, params, grads))
+
+        def scaled(g, edits):
+            q = jax.tree.map(np.array, params)
+            for path, index in edits:
+                leaf = q["params"]
+                for k in path[:-1]:
+                    leaf = leaf[k]
+                leaf[path[-1]][index] *= g
+            return q
+
+        def derivative(edits, d=3e-2):  # the model computes in float32
+            return (loss(scaled(1 + d, edits)) - loss(scaled(1 - d, edits))) / (2 * d)
+
+        dh = arch.head_dim  # head 1 of group 0: its columns of the value projection
+        head = [(("layers", "attention", "value", "kernel"), (0, slice(None), slice(dh, 2 * dh))),
+                (("layers", "attention", "value", "bias"), (0, slice(dh, 2 * dh)))]
+        assert derivative(head) == pytest.approx(heads[0, 1], rel=2e-2, abs=1e-7)
+        unit = [(("layers", "ffn", "outer", "kernel"), (arch.num_groups - 1, 5, slice(None)))]
+        assert derivative(unit) == pytest.approx(ffn[-1, 5], rel=2e-2, abs=1e-7)
+        k = 3
+        stream = [(("layers", ln, key), (slice(None), k)) for ln in ("attention_ln", "ffn_ln")
+                  for key in ("scale", "bias")]
+        stream += ([(("embeddings", "ln", key), (k,)) for key in ("scale", "bias")]
+                   if arch.embedding is None else
+                   [(("embedding_map", "kernel"), (slice(None), k)),
+                    (("embedding_map", "bias"), (k,))])
+        assert derivative(stream) == pytest.approx(hidden[k], rel=2e-2, abs=1e-7)
+        assert abs(heads[0, 1]) > 1e-6 and abs(ffn[-1, 5]) > 1e-6 and abs(hidden[k]) > 1e-6

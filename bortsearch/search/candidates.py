@@ -239,14 +239,16 @@ class CandidateTrainer:
         return jax.device_put(stacked._replace(lr=np.ascontiguousarray(lr)))
 
     def layers(self, arch: Arch) -> list[int]:
-        """The teacher layers `arch` inherits, by the settings' rule."""
+        """The teacher layers `arch` inherits, by the settings' rule ("measured": on the
+        first training batch, not on the held-out batches that score the candidates)."""
         rule, t = self.settings.layers, self.teacher
         if rule != "measured":
             return layer_map(rule, arch.num_groups, t.arch.num_groups)
         from bortsearch.model.importance import measured_layers
 
-        return measured_layers(arch, t.arch, t.params, self.heldout[0], self.heldout_teacher[0],
-                               self.settings.seed)[0]
+        batch = self.data.train_batch(0)
+        return measured_layers(arch, t.arch, t.params, batch,
+                               teacher_logits(t.arch, t.params, batch), self.settings.seed)[0]
 
     def _batches(self, step: int):
         """Batch `step` of every seed's stream: with a leading axis N, and merged

@@ -184,12 +184,15 @@ def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
     return load_checkpoint(path), path
 
 
+IMPORTANCE_VERSION = 1  # the cache key's: raise it when `importance` measures otherwise
+
+
 def teacher_importance(teacher, teacher_path, corpus, data, batches: int, log) -> Importance:
     """The teacher's head, feed-forward and hidden-unit importances on the first
     `batches` training batches of the search's corpus; cached, since they depend only
     on the teacher, the corpus and the batches."""
-    key = hashlib.sha256(json.dumps([weights_sha256(teacher_path), corpus.fingerprint(),
-                                     dataclasses.asdict(data.spec), batches],
+    key = hashlib.sha256(json.dumps([IMPORTANCE_VERSION, weights_sha256(teacher_path),
+                                     corpus.fingerprint(), dataclasses.asdict(data.spec), batches],
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = cache_dir() / "importance" / f"{key}.json"
     if path.is_file():
@@ -260,9 +263,11 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     data = load_data(corpus, teacher.tokenizer,
                      BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
     imp = None
-    if cfg.inherit == "importance" and cfg.init == "teacher":
-        imp = teacher_importance(teacher, teacher_path, corpus, data, cfg.importance_batches,
-                                 log)
+    if cfg.inherit == "importance":  # the run's own record first, so a resume matches it
+        recorded = run / "importance.json"
+        imp = (Importance.from_dict(json.loads(recorded.read_text())) if recorded.is_file()
+               else teacher_importance(teacher, teacher_path, corpus, data,
+                                       cfg.importance_batches, log))
         teacher = dataclasses.replace(teacher, params=rewire(T, teacher.params, imp.orders()))
     run.mkdir(parents=True, exist_ok=True)
     with exclusive(run, "a search in this run folder"):

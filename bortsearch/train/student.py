@@ -324,12 +324,12 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         from bortsearch.model.importance import measured_layers
         from bortsearch.train.step import teacher_logits
 
-        if not measuring:  # the search's first held-out batch, which it measured on
+        if not measuring:  # the search's first training batch, which it measured on
             spec = BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"])
             specs = search.get("corpus")
             batch = load_data(resolve_corpus(list(specs) if specs else None,
                                              search.get("text_field", "text")),
-                              teacher.tokenizer, spec, progress=False).heldout_batches()[0]
+                              teacher.tokenizer, spec, progress=False).train_batch(0)
             measuring.extend([batch, teacher_logits(teacher.arch, source, batch)])
         return measured_layers(arch, teacher.arch, source, *measuring, search["seed"])[0]
 
