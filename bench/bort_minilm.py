@@ -5,7 +5,7 @@ The search over search_spaces/bort_minilm.toml with the teacher of
 (bench/protocol.py); every student pretrained under one budget (one group, the
 teacher paid once a batch; the random-weights control and the second pretraining
 seed in groups of their own, in copies of the run); fine-tuning with its
-hyper-parameters chosen on held-out training rows and the dev split scored once;
+hyper-parameters chosen on held-out training rows alone, dev read at that choice;
 latency in interleaved rounds, one thread; the deciding test with two-level
 bootstrap intervals. Every phase resumes (re-run the same command). Raw results
 and the report go to bench/results/bort_small-PROFILE/.
@@ -162,7 +162,7 @@ def pretrain_all(run: Path, out: Path, roles: dict, pick, rivals: list, p: Profi
 def task_folders(work: Path, tasks, p: Profile) -> tuple[Path, Path]:
     """Two GLUE folders with the same training rows: `held`, whose dev.tsv is the
     held-out part of each training split (selection), and `final`, whose dev.tsv is
-    the task's dev split (scored once)."""
+    the task's dev split (read only at the held-out choice)."""
     from bortsearch.runio import write_atomic
 
     held, final = work / "glue-heldout", work / "glue-final"
