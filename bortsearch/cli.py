@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --init teacher, which teacher layers a shallower student "
                         f"inherits: TinyBERT's uniform map (the top layer kept), the first "
                         f"ones, every other one from the first (DistilBERT), or the map whose "
-                        f"inherited student has the lowest KL to the teacher on one held-out "
+                        f"inherited student has the lowest KL to the teacher on one training "
                         f"batch; pretrain follows the run (default {c.inherit_layers})")
     p.add_argument("--importance-batches", type=_positive_int, default=c.importance_batches,
                    metavar="N", help=f"training batches that measure the importances "
