@@ -229,8 +229,9 @@ def candidate_layer_maps(student_layers: int, teacher_layers: int,
 def measured_layers(arch: Arch, teacher_arch: Arch, teacher_params: Params, batch,
                     teacher_logits, seed: int = 0) -> tuple[list[int], dict]:
     """The layer map whose inherited student (before any training) is closest to the
-    teacher: the lowest KL(teacher ‖ student) on one `batch` (the search uses its first training batch), over
-    `candidate_layer_maps` (ties: the earlier). Returns the map and every map's KL."""
+    teacher: the lowest KL(teacher ‖ student) on one `batch` (the search's first
+    training batch), over `candidate_layer_maps` (ties: the earlier). Returns the map
+    and every map's KL."""
     from bortsearch.model.encoder import inherit_params
     from bortsearch.train.step import eval_sums
 
