@@ -166,6 +166,13 @@ def task_folders(work: Path, tasks, p: Profile) -> tuple[Path, Path]:
     from bortsearch.runio import write_atomic
 
     held, final = work / "glue-heldout", work / "glue-final"
+    cuts = {"sst2_rows": p.sst2_rows, "heldout_rows": p.heldout_rows}
+    record = work / "glue-cuts.json"
+    if record.is_file() and json.loads(record.read_text()) != cuts:
+        sys.exit(f"{work}: its GLUE rows were cut for other settings "
+                 f"({record.read_text().strip()}, now {json.dumps(cuts)}); remove {held}, "
+                 f"{final}, {work / 'ft'} and {record} to cut them again")
+    record.write_text(json.dumps(cuts))
     for task in tasks:
         src = GLUE_DATA / FOLDERS[task]
         if (final / FOLDERS[task] / "dev.tsv").is_file():

@@ -245,3 +245,19 @@ def test_spearman_is_undefined_for_a_constant_ranking():
     assert all(np.isnan(p.spearman([1], [2])))
     rho, pv = p.spearman([1, 2, 3, 4], [1, 2, 3, 4], n=200)
     assert rho == pytest.approx(1.0) and 0 < pv <= 1
+
+
+def test_task_rows_cut_for_other_settings_are_refused(tmp_path, shared_data):
+    """A work folder whose GLUE rows were cut for another profile is not reused."""
+    import dataclasses
+
+    sys.path.insert(0, str(BENCH))
+    import bort_minilm as B
+
+    p = dataclasses.replace(B.PROFILES["toy"], heldout_rows=20)
+    held, final = B.task_folders(tmp_path, ("rte",), p)
+    rows = (held / "RTE" / "dev.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 20  # the header and the held-out part
+    assert B.task_folders(tmp_path, ("rte",), p) == (held, final)  # the same cut: reused
+    with pytest.raises(SystemExit, match="cut for other settings"):
+        B.task_folders(tmp_path, ("rte",), dataclasses.replace(p, heldout_rows=30))
