@@ -77,8 +77,9 @@ teacher-minilm: $(STAMP)
 
 # Bort in small with the MiniLM teacher, as bench/bort_small_protocol.md states
 # (bench/bort_minilm.py): the search, the rivals by rule, every student pretrained
-# under one budget, GLUE with held-out selection and dev scored once, interleaved
-# latency, the deciding test. Estimated 4 hours on 2 CPU cores; resumable.
+# under one budget, GLUE with selection on held-out rows (dev read at that choice), interleaved
+# latency, the deciding test. The CPU profile costs about 2.5 hours of 2 cores, a
+# working session with nothing else running; resumable (re-run the same command).
 # (bench/bort_small.py is the earlier experiment, with the Gutenberg teacher.)
 bench-bort: $(STAMP)
 	$(BIN)/python bench/bort_minilm.py
