@@ -51,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/latency_fit.py
 
 # Does training decide the answer, above seed noise? (bench/signal_quality.py; about
-# 1.5 hours on 2 CPU cores at these settings; its results are in bench/RESULTS.md.)
+# 1.5 hours on 2 CPU cores at these settings; its results are in bench/results/signal.md.)
 bench-signal: $(STAMP)
 	$(BIN)/python bench/signal_quality.py demo narrow --steps 100 --epsilon 6
 

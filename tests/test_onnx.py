@@ -56,7 +56,7 @@ def test_onnx_runtime_logits_equal_the_models(folder, tmp_path, capsys):
 
 def test_int8_graph_is_smaller_and_close(tmp_path):
     """Dynamic int8 of a trained-shape model: the weights shrink about 4x and the
-    logits stay close (the size of the error on real models is in bench/RESULTS.md)."""
+    logits stay close (the size of the error on real models is in bench/results/onnx_latency.md)."""
     assert main(["onnx", str(GOLDEN / "roberta_tiny"), "--out", str(tmp_path / "o"),
                  "--int8"]) == 0
     o = tmp_path / "o"
