@@ -261,3 +261,22 @@ def test_task_rows_cut_for_other_settings_are_refused(tmp_path, shared_data):
     assert B.task_folders(tmp_path, ("rte",), p) == (held, final)  # the same cut: reused
     with pytest.raises(SystemExit, match="cut for other settings"):
         B.task_folders(tmp_path, ("rte",), dataclasses.replace(p, heldout_rows=30))
+
+
+def test_inherit_bench_pairs_candidates_against_the_default():
+    """bench/inherit_bench.py's summary on planted rows: paired differences against
+    first/uniform, counted beyond 2 standard errors, and the ranking agreement."""
+    sys.path.insert(0, str(BENCH))
+    import inherit_bench as I
+
+    rows = []
+    for (inherit, layers), shift in zip(I.SETTINGS, (0.0, -0.05, 0.0, 0.04)):
+        for k, (kl, se) in enumerate([(0.30, 0.01), (0.20, 0.01), (0.10, 0.001)]):
+            rows.append({"space": "s", "inherit": inherit, "layers": layers, "arch": f"a{k}",
+                         "kl": kl + shift * (k != 2), "kl_se": se, "w": 1.0, "pick": "a2",
+                         "cpu_s": 1.0, "load_average": 0.5})
+    got = {s["setting"]: s for s in I.summarise(rows)}
+    assert got["first/uniform"]["mean_diff"] == 0 and got["first/uniform"]["spearman"] == 1
+    imp = got["importance/uniform"]
+    assert imp["mean_diff"] == pytest.approx(-0.1 / 3) and (imp["better"], imp["worse"]) == (2, 0)
+    assert got["importance/measured"]["worse"] == 2 and got["first/measured"]["better"] == 0
