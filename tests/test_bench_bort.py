@@ -280,3 +280,5 @@ def test_inherit_bench_pairs_candidates_against_the_default():
     imp = got["importance/uniform"]
     assert imp["mean_diff"] == pytest.approx(-0.1 / 3) and (imp["better"], imp["worse"]) == (2, 0)
     assert got["importance/measured"]["worse"] == 2 and got["first/measured"]["better"] == 0
+    text = I.report(I.summarise(rows), rows)
+    assert "| s | importance/uniform | 3 |" in text and "0.1500 ± 0.0100 (-25.0%)" in text
