@@ -244,3 +244,15 @@ def measured_layers(arch: Arch, teacher_arch: Arch, teacher_params: Params, batc
         kls[tuple(m)] = float(sums["kl"]) / max(float(sums["n"]), 1.0)
     best = min(kls, key=lambda m: kls[m])  # dicts keep order: the earlier wins a tie
     return list(best), {"-".join(map(str, m)): v for m, v in kls.items()}
+
+
+def inherited_layers(rule: str, arch: Arch, teacher_arch: Arch, teacher_params: Params,
+                     measuring, seed: int = 0) -> list[int]:
+    """The teacher layers `arch` inherits by `rule` (encoder.LAYER_RULES); for
+    "measured", `measuring()` gives the batch and the teacher's logits on it (called
+    only then, so callers can compute it once for all students)."""
+    from bortsearch.model.encoder import layer_map
+
+    if rule != "measured":
+        return layer_map(rule, arch.num_groups, teacher_arch.num_groups)
+    return measured_layers(arch, teacher_arch, teacher_params, *measuring(), seed)[0]

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import Model, inherit_params, init_params, layer_map, param_shapes
+from bortsearch.model.encoder import Model, inherit_params, init_params, param_shapes
 from bortsearch.model.proxies import param_count
 from bortsearch.search.algorithm import FAILED, Evaluation, summarise
 from bortsearch.train.step import (LossConfig, OptimConfig, Targets, eval_sums_many, init_state,
@@ -241,14 +241,17 @@ class CandidateTrainer:
     def layers(self, arch: Arch) -> list[int]:
         """The teacher layers `arch` inherits, by the settings' rule ("measured": on the
         first training batch, not on the held-out batches that score the candidates)."""
-        rule, t = self.settings.layers, self.teacher
-        if rule != "measured":
-            return layer_map(rule, arch.num_groups, t.arch.num_groups)
-        from bortsearch.model.importance import measured_layers
+        from bortsearch.model.importance import inherited_layers
 
+        t = self.teacher
+        return inherited_layers(self.settings.layers, arch, t.arch, t.params,
+                                lambda: self._layer_batch, self.settings.seed)
+
+    @functools.cached_property
+    def _layer_batch(self):
+        """The first training batch and the teacher's logits on it, once per search."""
         batch = self.data.train_batch(0)
-        return measured_layers(arch, t.arch, t.params, batch,
-                               teacher_logits(t.arch, t.params, batch), self.settings.seed)[0]
+        return batch, teacher_logits(self.teacher.arch, self.teacher.params, batch)
 
     def _batches(self, step: int):
         """Batch `step` of every seed's stream: with a leading axis N, and merged

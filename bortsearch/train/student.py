@@ -11,6 +11,7 @@ ends with such an export.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -22,8 +23,7 @@ from bortsearch.errors import UserError, check_ranges
 from bortsearch.train.distributed import is_primary
 from bortsearch.train.fit import fit
 from bortsearch.model.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
-from bortsearch.model.encoder import (DTYPES, INITS, Model, inherit_params, init_params,
-                                      layer_map)
+from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
 from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.train.teacher import check_seq_len
@@ -316,22 +316,23 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         imp = Importance.from_dict(json.loads((run / "importance.json").read_text()))
         source = rewire(teacher.arch, teacher.params, imp.orders())
 
-    rule, measuring = search.get("inherit_layers", "uniform"), []
+    rule = search.get("inherit_layers", "uniform")
 
-    def layers(arch):  # the teacher layers each student inherits: the run's rule
-        if rule != "measured":
-            return layer_map(rule, arch.num_groups, teacher.arch.num_groups)
-        from bortsearch.model.importance import measured_layers
+    @functools.cache
+    def measuring():  # the search's first training batch, which it measured on
         from bortsearch.train.step import teacher_logits
 
-        if not measuring:  # the search's first training batch, which it measured on
-            spec = BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"])
-            specs = search.get("corpus")
-            batch = load_data(resolve_corpus(list(specs) if specs else None,
-                                             search.get("text_field", "text")),
-                              teacher.tokenizer, spec, progress=False).train_batch(0)
-            measuring.extend([batch, teacher_logits(teacher.arch, source, batch)])
-        return measured_layers(arch, teacher.arch, source, *measuring, search["seed"])[0]
+        spec = BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"])
+        specs = search.get("corpus")
+        batch = load_data(resolve_corpus(list(specs) if specs else None,
+                                         search.get("text_field", "text")),
+                          teacher.tokenizer, spec, progress=False).train_batch(0)
+        return batch, teacher_logits(teacher.arch, source, batch)
+
+    def layers(arch):  # the teacher layers each student inherits: the run's rule
+        from bortsearch.model.importance import inherited_layers
+
+        return inherited_layers(rule, arch, teacher.arch, source, measuring, search["seed"])
 
     def start(arch):
         return (inherit_params(arch, teacher.arch, source, cfg.seed, sop=sop,
