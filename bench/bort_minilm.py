@@ -95,8 +95,68 @@ def teacher_and_space(out: Path, profile: str, quiet: bool) -> tuple[Path, Path,
     return teacher, SPACE, [str(GUTENBERG)]
 
 
+def teacher_entropy(teacher: Path, search: dict) -> float:
+    """The teacher's mean entropy on the held-out batches of a search with these settings
+    (what the search records as `teacher_entropy`)."""
+    from bortsearch.data.batches import BatchSpec, load_data
+    from bortsearch.data.corpus import resolve_corpus
+    from bortsearch.model.hf import load_checkpoint
+    from bortsearch.search.candidates import HeldOut
+
+    model = load_checkpoint(teacher)
+    corpus = resolve_corpus(search["corpus"], search.get("text_field", "text"))
+    data = load_data(corpus, model.tokenizer,
+                     BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"]),
+                     progress=False)
+    return float(HeldOut.of(model, data).baselines["teacher_entropy"])
+
+
+def reuse_search(run: Path, source: Path, teacher: Path) -> dict:
+    """The run folder rebuilt from a finished search's committed answer (its
+    results.csv, best.json and search.json) and the teacher, instead of running the
+    search again (it is deterministic: the same teacher, space and corpus give the
+    same table). What is reused, and the teacher it is paired with, go to
+    run/reused.json and the answer."""
+    import hashlib
+
+    from bortsearch.runio import atomic_dir, write_json
+
+    files = ("results.csv", "best.json", "search.json")
+    missing = [f for f in files if not (source / f).is_file()]
+    if missing:
+        sys.exit(f"--search-from {source}: no {', '.join(missing)}; give the folder a finished "
+                 f"search's results were copied to (bench/results/bort_small-PROFILE)")
+    # the teacher must be the one the search ran with: its entropy on the search's
+    # held-out batches (recorded with the answer) is a fingerprint of its outputs
+    s = json.loads((source / "search.json").read_text())
+    recorded = json.loads((source / "best.json").read_text())["diagnostics"]["teacher_entropy"]
+    entropy = teacher_entropy(teacher, s)
+    if abs(entropy - recorded) > 1e-4 * abs(recorded):
+        sys.exit(f"--search-from {source}: its teacher's entropy on the held-out batches was "
+                 f"{recorded:.6f}, this teacher's is {entropy:.6f}; the search ran with "
+                 f"another teacher: run the search (leave out --search-from)")
+    if not (run / "teacher" / "config.json").is_file():
+        with atomic_dir(run / "teacher") as tmp:
+            shutil.copytree(teacher, tmp, dirs_exist_ok=True)
+    for f in files:
+        shutil.copy(source / f, run / f)
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    weights = hashlib.sha256((teacher / "model.safetensors").read_bytes()).hexdigest()
+    record = json.loads((teacher / "bortsearch.json").read_text())
+    write_json(run / "reused.json", {
+        "from": str(source), "commit": git("log", "-1", "--format=%H", "--", str(source / "best.json")),
+        "teacher_sha256": weights, "teacher_entropy": {"recorded": recorded, "now": entropy},
+        "teacher_record": {k: v for k, v in record.items() if "loss" in k or "acc" in k
+                           or "perplexity" in k or k in ("steps", "head_steps")}})
+    return json.loads((run / "best.json").read_text())
+
+
 def search(run: Path, space: Path, teacher: Path, corpus, p: Profile, progress: bool):
     from bortsearch.search.run import SearchConfig, run_search
+
+    if (run / "reused.json").is_file():  # rebuilt from a finished search (--search-from)
+        return json.loads((run / "best.json").read_text())
 
     extra = {"steps": p.search_steps} if p.search_steps else {}
     cfg = SearchConfig(space=str(space), teacher=str(teacher), corpus=corpus,
@@ -316,7 +376,9 @@ class Cost:
         out = {}
         for r in rows:
             out[f"{r['phase']}_s"] = out.get(f"{r['phase']}_s", 0.0) + r["wall_s"]
-        events = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
+        journal = run / "journal.jsonl"
+        events = [json.loads(x) for x in journal.read_text().splitlines()] \
+            if journal.is_file() else []  # none: the search was reused (--search-from)
         times = [e["time"] for e in events if "time" in e]
         done = [e["time"] for e in events if e.get("event") in ("done", "failed") and "time" in e]
         if times and done:
@@ -324,7 +386,8 @@ class Cost:
         return out
 
 
-def experiment(out: Path, profile: str, progress: bool, results: Path | None = None) -> dict:
+def experiment(out: Path, profile: str, progress: bool, results: Path | None = None,
+               search_from: Path | None = None) -> dict:
     import pandas as pd
 
     from bortsearch.model.proxies import effective_param_count, forward_flops
@@ -337,6 +400,8 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     cost = Cost(out)
     teacher, space, corpus = cost("teacher", teacher_and_space, out, profile, not progress)
     run = out / "run"
+    if search_from is not None and not (run / "best.json").is_file():
+        cost("search-reused", reuse_search, run, search_from, teacher)
     best = cost("search", search, run, space, teacher, corpus, p, progress)
     for f in ("results.csv", "best.json", "search.json"):
         shutil.copy(run / f, results / f)
@@ -406,6 +471,8 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
               "latency_load_average": [min(loads), max(loads)],
               "pick": pk, "tasks": tasks, "task_gaps": gaps, "min_gap": p.min_gap,
               "timing": cost.totals(run), "commit": cost.commit,
+              "search_reused": json.loads((run / "reused.json").read_text())
+              if (run / "reused.json").is_file() else None,
               "seeds": {"pretraining": {"pick and rivals (a)-(e)": 2,
                                         "others": 2 if p.second_seed_for_all else 1},
                         "fine-tuning": p.seeds}, "latency": lat,
@@ -600,12 +667,16 @@ def main(argv=None) -> int:
                     "bort-minilm-PROFILE)")
     ap.add_argument("--results", type=Path, help="raw results and the answer (default "
                     "bench/results/bort_small-PROFILE)")
+    ap.add_argument("--search-from", type=Path, metavar="DIR",
+                    help="reuse the finished search whose results.csv, best.json and "
+                    "search.json are in DIR (e.g. bench/results/bort_small-cpu) instead of "
+                    "running it again; recorded in the answer")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     from bortsearch.data.corpus import cache_dir
 
     out = args.out or cache_dir() / f"bort-minilm-{args.profile}"
-    answer = experiment(out, args.profile, not args.quiet, args.results)
+    answer = experiment(out, args.profile, not args.quiet, args.results, args.search_from)
     print(json.dumps({k: answer.get(k) for k in ("pick", "tasks", "best_rival", "decision",
                                                  "teacher_bought", "spearman_error")},
                      indent=1, default=str))

@@ -99,6 +99,30 @@ def test_bort_in_small_follows_its_protocol(tmp_path):
     assert (sel.groupby(["model", "variant", "task"])["chosen"].sum() == 1).all()
     assert (results / "front.png").read_bytes()[:4] == b"\x89PNG"
     assert answer["pick"] in (results / "report.md").read_text()
+    # --search-from: a finished search's committed answer rebuilds a run folder for the
+    # later phases, checked against the teacher by its entropy on the held-out batches
+    sys.path.insert(0, str(BENCH))
+    import bort_minilm
+
+    teacher = Path(json.loads((results / "search.json").read_text())["teacher_path"])
+    best = bort_minilm.reuse_search(tmp_path / "again", results, teacher)
+    assert best == json.loads((results / "best.json").read_text())
+    reused = json.loads((tmp_path / "again" / "reused.json").read_text())
+    assert reused["teacher_entropy"]["now"] == pytest.approx(
+        reused["teacher_entropy"]["recorded"], rel=1e-4)
+    assert (tmp_path / "again" / "teacher" / "config.json").is_file()
+    assert not (tmp_path / "again" / "journal.jsonl").exists()
+    other = tmp_path / "other-teacher"  # the same shape, other weights: refused
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+    shutil.copytree(teacher, other)
+    w = load_file(str(other / "model.safetensors"))
+    save_file({k: v * 1.5 if v.ndim == 2 else v for k, v in w.items()},
+              str(other / "model.safetensors"))
+    with pytest.raises(SystemExit, match="another teacher"):
+        bort_minilm.reuse_search(tmp_path / "third", results, other)
+    assert not (tmp_path / "third" / "best.json").exists()
 
 
 def _protocol():
