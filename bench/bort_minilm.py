@@ -625,6 +625,13 @@ def answer_lines(answer: dict) -> list[str]:
                f"{f'; a task needs +{need:g}' if need is not None else ''}).")
     m, tm = answer.get("machine", {}), answer.get("timing", {})
     out.append(f"- Ran from commit `{answer.get('commit', '?')}`.")
+    if answer.get("search_reused"):
+        r = answer["search_reused"]
+        e = r["teacher_entropy"]
+        out.append(f"- The search was not run again: its answer committed at `{r['commit'][:7]}` "
+                   f"rebuilt the run folder (`--search-from`), with the teacher made again by "
+                   f"the same command; its entropy on the search's held-out batches is "
+                   f"{e['now']:.6f} nats against the recorded {e['recorded']:.6f}.")
     cost = ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in tm.items())
     out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
                f"{m.get('platform', '?')}; cost: {cost} (wall); load average during the "
