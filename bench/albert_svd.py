@@ -37,6 +37,9 @@ groups = ["D"]
 
 
 def main() -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", type=Path, default=CACHE / "teachers/reference-cpu/stage2")
     ap.add_argument("--steps", type=int, default=200)

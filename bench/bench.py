@@ -52,6 +52,9 @@ def matmul_peak(sizes=(512, 1024, 2048), repeats=10) -> tuple[float, int]:
 
 
 def main() -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     hw = hardware_fingerprint()
     print(f"bortsearch benchmark — {time.strftime('%Y-%m-%d %H:%M')}, load average "
           f"{os.getloadavg()[0]:.1f} (the machine's other work changes every figure)")

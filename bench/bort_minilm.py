@@ -665,6 +665,9 @@ def update_readme(readme: Path, profile: str, report_md: str) -> None:
 
 
 def main(argv=None) -> int:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--measure":
         _measure(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0

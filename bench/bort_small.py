@@ -47,7 +47,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from glue_eval import GLUE_DATA, SHARED, format_scores, glue_folder, glue_scores  # noqa: E402
+from glue_eval import GLUE_DATA, SHARED, glue_folder, glue_scores  # noqa: E402
 
 GUTENBERG = SHARED / "data" / "gutenberg" / "train.txt"
 SPACE = ROOT / "search_spaces" / "bort_small.toml"
@@ -94,8 +94,14 @@ PROFILES = {
 
 def toy_teacher(work: Path) -> tuple[Path, Path]:
     """A tiny teacher on the embedded corpus, and the toy space."""
-    from bortsearch import Arch, BatchSpec, TeacherConfig, resolve_corpus, train_teacher
-    from bortsearch import train_tokenizer
+    from bortsearch import (
+        Arch,
+        BatchSpec,
+        TeacherConfig,
+        resolve_corpus,
+        train_teacher,
+        train_tokenizer,
+    )
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "space.toml").write_text(TOY_SPACE)
@@ -422,6 +428,9 @@ def _pm(value, se) -> str:
 
 
 def main(argv=None) -> int:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     ap.add_argument("--teacher", type=Path, help="the teacher folder (default: the reference "
@@ -432,7 +441,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     teacher = args.teacher
     if teacher is None and args.profile != "toy":
-        from teacher_reference import PROFILES as RECIPES, default_out
+        from teacher_reference import PROFILES as RECIPES
+        from teacher_reference import default_out
 
         recipe = "gpu" if args.profile == "gpu" else "cpu"
         ref = default_out(recipe)

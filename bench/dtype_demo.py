@@ -36,6 +36,9 @@ def _cpu_s() -> float:
 
 
 def main() -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=SearchConfig.steps)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-dtype"))

@@ -28,6 +28,9 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def main():
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     p = argparse.ArgumentParser()
     p.add_argument("--corpus", required=True)
     p.add_argument("--glue", required=True)

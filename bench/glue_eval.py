@@ -118,7 +118,8 @@ def mlm_quality(model, corpus: str | Path, unigram_log_q, batches: int = 16,
     from bortsearch.data.batches import BatchSpec, load_data
     from bortsearch.data.corpus import resolve_corpus
     from bortsearch.search.candidates import error_baselines
-    from bortsearch.train.step import mlm_quality as quality_of, teacher_logits
+    from bortsearch.train.step import mlm_quality as quality_of
+    from bortsearch.train.step import teacher_logits
 
     data = load_data(resolve_corpus([str(corpus)]), model.tokenizer,
                      BatchSpec(batch_size, seq_len, seed=0, heldout_batches=1))

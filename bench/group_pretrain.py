@@ -35,6 +35,9 @@ STUDENTS = [(2, 2, 128, 512), (2, 4, 256, 1024), (4, 4, 256, 1024), (4, 12, 384,
 
 
 def main(argv=None) -> int:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)

@@ -35,6 +35,9 @@ def journal(run_dir: Path) -> dict:
 
 
 def main() -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     import pandas as pd
 
     from bortsearch.data.corpus import cache_dir

@@ -124,6 +124,9 @@ def report(summary: list[dict], rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     import pandas as pd
 
     from bortsearch.data.corpus import cache_dir

@@ -137,6 +137,9 @@ def floor(archs, times, pick) -> dict:
 
 
 def main():
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     args = parse()
     os.environ["JAX_PLATFORMS"] = "cpu"
     from bortsearch import load_space

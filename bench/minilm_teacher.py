@@ -151,6 +151,9 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> int:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument("--out", type=Path, help="the teacher folder (default: the cache's "

@@ -64,7 +64,11 @@ def timings(models: list[Path], threads: int | None) -> dict:
     import numpy as np
 
     from bortsearch import load
-    from bortsearch.deploy.onnx_export import INT8_NAME, ONNX_NAME, onnx_graph, quantize_int8, session
+    from bortsearch.deploy.onnx_export import (
+        onnx_graph,
+        quantize_int8,
+        session,
+    )
     from bortsearch.model.encoder import _hidden
 
     try:
@@ -218,6 +222,9 @@ def child(threads: str) -> None:
 
 
 def main() -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     if ARGS.threads:
         return child(ARGS.threads)
     results = []

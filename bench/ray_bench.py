@@ -26,6 +26,9 @@ EXE = str(Path(sys.executable).parent / "bortsearch")
 
 
 def main():
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=30)
     args = p.parse_args()

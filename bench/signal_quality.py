@@ -83,8 +83,8 @@ def trials(run_dir: Path) -> dict:
 def analyse(short_dir: Path, long_dir: Path, lrs, metric: str) -> dict:
     import pandas as pd
 
-    from bortsearch.search.audit import spearman
     from bortsearch.search.algorithm import summarise
+    from bortsearch.search.audit import spearman
 
     t = json.loads((short_dir / "best.json").read_text())["maximum_point"]
     table = pd.read_csv(short_dir / "results.csv")
@@ -127,6 +127,9 @@ def analyse(short_dir: Path, long_dir: Path, lrs, metric: str) -> dict:
 
 
 def main(argv=None) -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("spaces", nargs="*", default=["demo", "narrow"])
     p.add_argument("--steps", type=int, default=200)

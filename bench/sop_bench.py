@@ -31,6 +31,9 @@ TASKS = {"mrpc": 3, "rte": 3, "qnli": 3}
 
 
 def main() -> None:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     from bortsearch.data.corpus import cache_dir
     from bortsearch.model.arch import parse_size
     from bortsearch.train.student import PretrainConfig, pretrain

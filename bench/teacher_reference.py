@@ -31,8 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GUTENBERG = SHARED / "data" / "gutenberg"
@@ -106,6 +104,9 @@ def train(out: Path, profile: str, corpus: list[str], progress: bool) -> Path:
 
 
 def main(argv=None) -> int:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument("--out", type=Path, help="work and result folder (default: the cache's "

@@ -66,18 +66,27 @@ if not ARGS.gpu:  # before JAX and torch start their thread pools: one core for 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import bortsearch  # noqa: E402,F401 -- first: its allocator settings hold for both sides
+import bortsearch  # noqa: E402
+
+bortsearch.setup_process()  # first: its allocator settings hold for both sides
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bortsearch.model.arch import Arch  # noqa: E402
 from bortsearch.downstream.finetune import finetune_step, initial_params  # noqa: E402
+from bortsearch.model.arch import Arch  # noqa: E402
 from bortsearch.model.encoder import Encoder, Layer, Model, init_params  # noqa: E402
-from bortsearch.train.step import (LossConfig, OptimConfig, distill_targets,  # noqa: E402
-                              forward_flops_per_token, init_state, teacher_targets,
-                              train_flops_per_token, train_step)
+from bortsearch.train.step import (  # noqa: E402
+    LossConfig,
+    OptimConfig,
+    distill_targets,
+    forward_flops_per_token,
+    init_state,
+    teacher_targets,
+    train_flops_per_token,
+    train_step,
+)
 
 try:
     import torch

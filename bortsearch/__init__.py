@@ -3,19 +3,6 @@
 The public API; see README.md and docs/python-api.md for examples.
 """
 
-# First, before JAX starts its threads: freed memory is kept for the next step
-# rather than returned to the kernel (bortsearch/allocator.py).
-from bortsearch.allocator import keep_freed_memory
-
-keep_freed_memory()
-
-# Also before a backend starts: deterministic GPU programs (bortsearch/determinism.py).
-from bortsearch.determinism import deterministic_gpu_programs
-
-deterministic_gpu_programs()
-
-# ruff: noqa: E402
-
 from bortsearch.data.batches import BatchSpec, MLMData, load_data
 from bortsearch.data.corpus import Corpus, resolve_corpus
 from bortsearch.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
@@ -33,6 +20,7 @@ from bortsearch.model.proxies import (
     measure_latency,
     param_count,
 )
+from bortsearch.process import setup_process
 from bortsearch.search.run import SearchConfig, read_results, run_search
 from bortsearch.search.show import audit, show
 from bortsearch.search.space import SearchSpace, load_space, space_table
@@ -40,7 +28,7 @@ from bortsearch.train.student import PretrainConfig, export, pretrain, pretrain_
 from bortsearch.train.teacher import TeacherConfig, train_teacher
 
 __all__ = [
-    "Arch", "BatchSpec", "keep_freed_memory", "FinetuneConfig", "GLUE", "audit", "finetune", "glue", "load_task", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
+    "Arch", "BatchSpec", "setup_process", "FinetuneConfig", "GLUE", "audit", "finetune", "glue", "load_task", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
     "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
     "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
     "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",

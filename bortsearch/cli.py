@@ -11,6 +11,7 @@ import math
 import sys
 
 from bortsearch.errors import UserError
+from bortsearch.process import setup_process
 
 
 # `teacher --init-from` an encoder without a masked-LM head: steps of the new head
@@ -56,8 +57,8 @@ def cmd_space(args) -> None:
 
 def _latencies(space, table, args) -> list[float]:
     """`space --latency RUNTIME`: each architecture's measured median latency (ms)."""
-    from bortsearch.model.proxies import measure_latency
     from bortsearch.model.arch import row_size
+    from bortsearch.model.proxies import measure_latency
     from bortsearch.train.fit import progress_bar
 
     if args.latency != "xla":
@@ -139,8 +140,8 @@ def _corpus_and_tokenizer(args):
 
 
 def cmd_teacher(args) -> None:
-    from bortsearch.model.arch import parse_size
     from bortsearch.data.batches import BatchSpec
+    from bortsearch.model.arch import parse_size
     from bortsearch.search.space import load_space
     from bortsearch.train.teacher import TeacherConfig, train_teacher
 
@@ -148,8 +149,11 @@ def cmd_teacher(args) -> None:
     new_head = False
     if args.init_from:  # continued pretraining: the folder's shape and tokenizer
         from bortsearch.data.corpus import resolve_corpus
-        from bortsearch.model.hf import (has_mlm_head_files, load_checkpoint,
-                                         load_encoder_with_new_head)
+        from bortsearch.model.hf import (
+            has_mlm_head_files,
+            load_checkpoint,
+            load_encoder_with_new_head,
+        )
 
         if args.space or args.arch or args.vocab_size:
             raise UserError("--init-from takes the architecture and tokenizer of its folder; "
@@ -694,6 +698,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_process()  # before JAX starts a backend (bortsearch/process.py)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -4,9 +4,9 @@ On a GPU, XLA's scatter-add (the embedding table's gradient), some GEMM and
 reduction kernels and autotuning choose their order of summation at run time, so
 two identical searches can train to different errors and choose different students
 (seen in the second round). `--xla_gpu_deterministic_ops=true` makes XLA use
-deterministic implementations; `import bortsearch` adds it to `XLA_FLAGS` before
-JAX starts a backend (the flag is read then, once per process; Ray workers and
-other child processes that import bortsearch get it too). On CPUs XLA's programs
+deterministic implementations; `bortsearch.setup_process()` adds it to `XLA_FLAGS`
+before JAX starts a backend (the flag is read then, once per process); every command,
+run entry point and Ray worker calls it. On CPUs XLA's programs
 are already deterministic and the flag changes nothing.
 
 `BORTSEARCH_GPU_NONDETERMINISTIC=1` leaves it off (faster on some GPU programs; the

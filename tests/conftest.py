@@ -54,8 +54,14 @@ intermediate = [32, 64]
 @pytest.fixture(scope="session")
 def teacher(tmp_path_factory):
     """A tiny BERT-family teacher trained briefly on the embedded corpus."""
-    from bortsearch import Arch, BatchSpec, TeacherConfig, resolve_corpus, train_teacher
-    from bortsearch import train_tokenizer
+    from bortsearch import (
+        Arch,
+        BatchSpec,
+        TeacherConfig,
+        resolve_corpus,
+        train_teacher,
+        train_tokenizer,
+    )
 
     out = tmp_path_factory.mktemp("teacher") / "t"
     corpus = resolve_corpus(None)

@@ -226,10 +226,10 @@ def test_albert_space_search_pretrain_resume_and_export(teacher, tmp_path, capsy
     import sys
 
     import pandas as pd
+    from conftest import has_checkpoint, kill_when
     from safetensors.numpy import load_file
 
     from bortsearch.cli import main
-    from conftest import has_checkpoint, kill_when
 
     run = tmp_path / "run"
     assert main(["search", "--space", str(SPACES / "albert.toml"), "--run", str(run),

@@ -1,4 +1,4 @@
-"""`import bortsearch` keeps freed memory in the process (bortsearch/allocator.py):
+"""`bortsearch.setup_process()` keeps freed memory in the process (bortsearch/allocator.py):
 a program whose temporaries exceed glibc's largest mmap threshold then reuses
 them instead of page-faulting fresh memory in on every call."""
 
@@ -13,8 +13,10 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 
 PROGRAM = """
 import resource
-import bortsearch  # noqa: F401 -- first, as the CLI does
+import bortsearch
 import jax, jax.numpy as jnp
+if SETUP:
+    bortsearch.setup_process()  # after the imports, before the first computation, as the CLI does
 f = jax.jit(lambda x: jnp.cumsum(x)[::4].sum())  # a 64 MiB temporary
 x = jnp.ones(16 << 20, jnp.float32)
 faults = []
@@ -26,10 +28,10 @@ print(min(faults[4:]))  # once the heap has grown to its working size
 """
 
 
-def _fewest_faults_per_call(**env) -> float:
+def _fewest_faults_per_call(setup: bool = True, **env) -> float:
     base = {k: v for k, v in os.environ.items()
             if k not in ("GLIBC_TUNABLES", "BORTSEARCH_SYSTEM_MALLOC", "XLA_FLAGS")}
-    out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", f"SETUP = {setup}\n{PROGRAM}"], capture_output=True, text=True,
                          check=True, env={**base, "JAX_PLATFORMS": "cpu", **env})
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -40,6 +42,8 @@ def test_freed_memory_is_reused_not_faulted_in_again():
     # 64 MiB is 16,384 pages: glibc's defaults fault them in again on every call.
     assert system > 10_000
     assert kept < 1_000
+    # importing bortsearch alone leaves the process's malloc as it was
+    assert _fewest_faults_per_call(setup=False) > 10_000
 
 
 def test_child_processes_get_the_same_settings(monkeypatch):

@@ -6,9 +6,16 @@ import math
 import pytest
 
 from bortsearch import Arch
+from bortsearch.search.algorithm import (
+    DONE,
+    Evaluation,
+    Proxies,
+    algorithm1,
+    confirm,
+    summarise,
+    within_noise,
+)
 from bortsearch.search.audit import diagnose, spearman, summary_lines
-from bortsearch.search.algorithm import (DONE, Evaluation, Proxies, algorithm1, confirm, summarise,
-                               within_noise)
 
 BASE = Arch(1, 1, 8, 8, vocab_size=100, max_positions=16)
 XI = [BASE.with_size(d, 1, h, 8) for d in (1, 2, 3) for h in (8, 16)]

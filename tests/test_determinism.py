@@ -1,5 +1,6 @@
-"""`import bortsearch` asks XLA for deterministic GPU programs (bortsearch/determinism.py),
-leaves a user's own setting alone, and changes nothing on the CPU."""
+"""`bortsearch.setup_process()` asks XLA for deterministic GPU programs
+(bortsearch/determinism.py), leaves a user's own setting alone, and changes nothing on the
+CPU; `import bortsearch` alone changes nothing."""
 
 import os
 import subprocess
@@ -9,7 +10,8 @@ import pytest
 
 from bortsearch.determinism import FLAG, OPT_OUT, deterministic_gpu_programs, flag_value
 
-PROBE = "import os, bortsearch; print(os.environ.get('XLA_FLAGS', ''))"
+PROBE = ("import os, bortsearch; bortsearch.setup_process(); "
+         "print(os.environ.get('XLA_FLAGS', ''))")
 
 
 def _run(program: str, **env) -> str:
@@ -23,7 +25,11 @@ def _flags_after_import(**env) -> str:
     return _run(PROBE, **env)
 
 
-def test_import_turns_deterministic_gpu_programs_on_and_keeps_other_flags():
+def test_import_alone_changes_no_flag():
+    assert _run("import os, bortsearch; print(os.environ.get('XLA_FLAGS', ''))") == ""
+
+
+def test_setup_turns_deterministic_gpu_programs_on_and_keeps_other_flags():
     assert _flags_after_import() == f"--{FLAG}=true"
     assert _flags_after_import(XLA_FLAGS="--xla_force_host_platform_device_count=2") == \
         f"--xla_force_host_platform_device_count=2 --{FLAG}=true"
@@ -52,7 +58,8 @@ def test_the_function_is_idempotent(monkeypatch):
 
 GRADIENT = """
 import hashlib, jax, jax.numpy as jnp, numpy as np
-from bortsearch import Arch, Encoder, init_params
+from bortsearch import Arch, Encoder, init_params, setup_process
+setup_process()
 arch = Arch(2, 2, 32, 64, vocab_size=300, max_positions=64)
 params = init_params(arch, 0)
 ids = np.random.default_rng(0).integers(0, 300, (4, 32)).astype(np.int32)

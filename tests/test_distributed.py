@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from conftest import has_checkpoint, kill_when, xla_flags
+from safetensors.numpy import load_file
 
 EXE = str(Path(sys.executable).parent / "bortsearch")
 

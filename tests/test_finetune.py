@@ -12,16 +12,15 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import has_checkpoint, kill_when
 from safetensors.numpy import load_file, save_file
 
 from bortsearch import Arch, Model, UserError, load, load_checkpoint, save_checkpoint
+from bortsearch.data.tokenizer import load_tokenizer
 from bortsearch.downstream.finetune import FinetuneConfig, encode, finetune, initial_params
 from bortsearch.downstream.glue import glue
 from bortsearch.downstream.tasks import Split
 from bortsearch.model.encoder import Encoder, init_params
-from bortsearch.data.tokenizer import load_tokenizer
-
-from conftest import has_checkpoint, kill_when
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CLS = np.load(GOLDEN / "classifier_logits.npz")

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import (Model, _classify, _sop_logits, inherit_params,
-                                      init_params)
+from bortsearch.model.encoder import Model, _classify, _sop_logits, inherit_params, init_params
 from bortsearch.model.importance import Importance, Orders, importance, rewire
 
 V = 50
@@ -205,10 +204,10 @@ def test_measured_layers_find_the_map_that_reproduces_the_teacher():
     """A teacher whose top layer does nothing (zero output projections: post-LN of a
     normalised input) computes what its first two layers do; for a 2-layer student the
     measured map is those two layers, with KL 0, where the uniform map keeps the top."""
+    import jax
+
     from bortsearch.model.importance import candidate_layer_maps, measured_layers
     from bortsearch.train.step import teacher_logits
-
-    import jax
 
     arch = _arch("bert", layers=3)
     params = jax.tree.map(lambda x: 5 * x if x.ndim == 3 else x, _params(arch))  # layers matter

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import kill_when
 
 from bortsearch.cli import main
-from conftest import has_checkpoint, kill_when
 
 
 @pytest.mark.slow

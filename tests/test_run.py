@@ -10,8 +10,8 @@ from bortsearch import Arch, load
 from bortsearch.cli import main
 from bortsearch.errors import UserError
 from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
-from bortsearch.search.run import RESULT_COLUMNS, SearchConfig, run_search
 from bortsearch.search.algorithm import pareto_front
+from bortsearch.search.run import RESULT_COLUMNS, SearchConfig, run_search
 
 FLAGS = ["--steps", "8", "--batch-size", "8", "--seq-len", "32", "--quiet"]
 

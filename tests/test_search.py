@@ -7,8 +7,19 @@ import numpy as np
 import pytest
 
 from bortsearch import Arch
-from bortsearch.search.algorithm import (DONE, FAILED, Evaluation, Proxies, algorithm1, intervals,
-                               pareto_front, representatives, sort_key, w_coefficient, w_formula)
+from bortsearch.search.algorithm import (
+    DONE,
+    FAILED,
+    Evaluation,
+    Proxies,
+    algorithm1,
+    intervals,
+    pareto_front,
+    representatives,
+    sort_key,
+    w_coefficient,
+    w_formula,
+)
 
 T = Proxies(params=100, inference=40.0)
 

@@ -171,9 +171,9 @@ def test_pretrain_starts_as_the_search_scored(run, tmp_path, flag):
     """By default the student starts as the run's candidates did (the search's
     default is the teacher's weights); --init random starts from Normal(0, 0.02).
     One step at a negligible learning rate leaves the start visible."""
+    from bortsearch import Model
     from bortsearch.model.encoder import inherit_params, init_params
     from bortsearch.model.hf import export_tensors
-    from bortsearch import Model
 
     assert json.loads((run / "search.json").read_text())["init"] == "teacher"
     assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), "--steps", "1",

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import has_checkpoint, kill_when, xla_flags
 from safetensors.numpy import load_file
 
 from bortsearch import load
 from bortsearch.cli import main
-from conftest import has_checkpoint, kill_when, xla_flags
 
 SPACE = str(Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml")
 TINY = ["--space", SPACE, "--arch", "1,2,32,64", "--vocab-size", "300", "--batch-size", "8",

@@ -3,11 +3,20 @@ import numpy as np
 import pytest
 
 from bortsearch import Arch
-from bortsearch.search.candidates import groups
 from bortsearch.model.encoder import init_params
 from bortsearch.model.proxies import param_count
-from bortsearch.train.step import (LossConfig, OptimConfig, _decay_mask, distill_targets, init_state,
-                              loss_and_metrics, optimizer, train_step, train_step_many)
+from bortsearch.search.candidates import groups
+from bortsearch.train.step import (
+    LossConfig,
+    OptimConfig,
+    _decay_mask,
+    distill_targets,
+    init_state,
+    loss_and_metrics,
+    optimizer,
+    train_step,
+    train_step_many,
+)
 
 ARCH = Arch(2, 2, 16, 32, vocab_size=50, max_positions=16)
 

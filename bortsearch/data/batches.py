@@ -22,9 +22,9 @@ import os
 import numpy as np
 
 from bortsearch.data.corpus import Corpus, cache_dir
+from bortsearch.data.tokenizer import Tokenizer
 from bortsearch.errors import UserError
 from bortsearch.runio import write_json
-from bortsearch.data.tokenizer import Tokenizer
 
 HELDOUT_EVERY = 20
 MIN_SEQ_LEN = 8

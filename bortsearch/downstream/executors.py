@@ -19,10 +19,12 @@ import dataclasses
 import numpy as np
 
 from bortsearch.errors import UserError
+from bortsearch.process import setup_process
 
 
 def _ray_trial(encoder, task, train, devs, cfg, lr: float, seed: int):
     """A Ray task: one fine-tuning trial in a temporary folder; its result and files."""
+    setup_process()
     import tempfile
     from pathlib import Path
 

@@ -33,12 +33,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bortsearch.model.arch import Arch
 from bortsearch.downstream import metrics as M
 from bortsearch.downstream.tasks import Split, Task, load_task
 from bortsearch.errors import UserError, check_ranges
-from bortsearch.model.hf import classifier_config, export_tensors, load_checkpoint, params_from_tensors
+from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import DTYPES, Encoder, Model, init_params
+from bortsearch.model.hf import (
+    classifier_config,
+    export_tensors,
+    load_checkpoint,
+    params_from_tensors,
+)
+from bortsearch.process import setup_process
 from bortsearch.runio import check_settings, file_sha256, write_atomic, write_json
 from bortsearch.train.step import OptimConfig, TrainState, apply_gradients, init_state
 
@@ -419,6 +425,7 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
     finished fine-tuning re-run with `int8` adds it without training again.
     `executor`: where the trials train (None: here; `RayTrials`: a Ray cluster).
     """
+    setup_process()
     if int8:
         from bortsearch.deploy.onnx_export import require_onnx
 
@@ -486,8 +493,13 @@ def evaluate_int8(out: Path, task: Task, devs: dict[str, Encoded], max_length: i
 
     from safetensors.numpy import load_file
 
-    from bortsearch.deploy.onnx_export import (INT8_NAME, ONNX_NAME, measure_onnx_latency,
-                                               session, write_graphs)
+    from bortsearch.deploy.onnx_export import (
+        INT8_NAME,
+        ONNX_NAME,
+        measure_onnx_latency,
+        session,
+        write_graphs,
+    )
     from bortsearch.model.hf import load
     from bortsearch.runio import atomic_dir
 

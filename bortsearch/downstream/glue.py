@@ -20,11 +20,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bortsearch.downstream.finetune import (LATENCY_LENGTH, FinetuneConfig, finish, prepare,
-                                            run_trials)
+from bortsearch.downstream.finetune import (
+    LATENCY_LENGTH,
+    FinetuneConfig,
+    finish,
+    prepare,
+    run_trials,
+)
 from bortsearch.downstream.tasks import FORMATS, GLUE, task_folder
 from bortsearch.errors import UserError
-
+from bortsearch.process import setup_process
 
 
 def available_tasks(data: Path) -> list[str]:
@@ -94,6 +99,7 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
         `downstream.executors.RayTrials`, every (model, task, lr, seed) of the
         grid as a Ray task at once.
     """
+    setup_process()
     from bortsearch.model.hf import arch_from_config
     from bortsearch.model.proxies import effective_param_count, param_count
 

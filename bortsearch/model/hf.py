@@ -20,8 +20,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from bortsearch.model.arch import MODEL_TYPES, Arch
 from bortsearch.errors import UserError
+from bortsearch.model.arch import MODEL_TYPES, Arch
 from bortsearch.model.encoder import Model, param_shapes
 
 # Hugging Face `hidden_act` -> ours: exact GELU, or the tanh approximation.

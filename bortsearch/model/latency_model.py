@@ -27,8 +27,7 @@ import dataclasses
 import numpy as np
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.proxies import (attention_flops, attention_scores, forward_flops,
-                                       weight_flops)
+from bortsearch.model.proxies import attention_flops, attention_scores, forward_flops, weight_flops
 
 FEATURES = ("call", "layers", "weight_flops", "attention_flops", "attention_scores",
             "activations")

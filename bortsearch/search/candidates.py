@@ -29,10 +29,18 @@ from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import Model, inherit_params, init_params, param_shapes
 from bortsearch.model.proxies import param_count
 from bortsearch.search.algorithm import FAILED, Evaluation, summarise
-from bortsearch.train.step import (LossConfig, OptimConfig, Targets, eval_sums_many, init_state,
-                              teacher_entropy_sums, teacher_logits, teacher_targets,
-                              train_flops_per_token, train_step_many)
-
+from bortsearch.train.step import (
+    LossConfig,
+    OptimConfig,
+    Targets,
+    eval_sums_many,
+    init_state,
+    teacher_entropy_sums,
+    teacher_logits,
+    teacher_targets,
+    train_flops_per_token,
+    train_step_many,
+)
 
 GROUP_MEMORY_BYTES = 2 << 30  # parameters + Adam moments + gradients of a group, float32
 

@@ -25,8 +25,9 @@ from collections.abc import Callable
 import numpy as np
 
 from bortsearch.allocator import tunables
-from bortsearch.model.arch import Arch
 from bortsearch.errors import UserError
+from bortsearch.model.arch import Arch
+from bortsearch.process import setup_process
 from bortsearch.search.algorithm import FAILED, Evaluation
 
 EXECUTORS = ("local", "ray")
@@ -49,10 +50,11 @@ def _train_one(teacher, data, reference, settings, arch: Arch, checkpoints: str 
     """A Ray task: one candidate, trained and measured on the worker (its training
     states in `checkpoints`, a folder every worker sees, when given: a retried
     task continues from the last one)."""
+    setup_process()
     from pathlib import Path
 
-    from bortsearch.search.candidates import CandidateTrainer
     from bortsearch.runio import enable_compilation_cache
+    from bortsearch.search.candidates import CandidateTrainer
 
     enable_compilation_cache()  # the worker machine's own persistent cache
 

@@ -27,29 +27,51 @@ from pathlib import Path
 
 import pandas as pd
 
-from bortsearch.model.arch import Arch
-from bortsearch.search.audit import diagnose
-from bortsearch.model.encoder import INHERITS, INITS, LAYER_RULES
-from bortsearch.model.importance import Importance, importance, rewire
-from bortsearch.search.candidates import CandidateSettings, HeldOut, Timing
-from bortsearch.data.corpus import cache_dir, resolve_corpus
 from bortsearch.data.batches import BatchSpec, load_data
-from bortsearch.errors import UserError, check_ranges
-from bortsearch.search.executors import LocalExecutor
-from bortsearch.model.hf import load_checkpoint, weights_sha256
-from bortsearch.model.encoder import DTYPES
-from bortsearch.model.proxies import (RUNTIMES, SCOPES, SIZE_PROXIES, effective_param_count,
-                                     forward_flops,
-                                     measure_latency, param_count, size_proxy)
-from bortsearch.runio import (atomic_dir, check_settings, enable_compilation_cache, exclusive,
-                              write_atomic,
-                              write_json)
-from bortsearch.search.algorithm import (DONE, ERRORS, FAILED, Evaluation, Proxies, Result, algorithm1,
-                               confirm, summarise, w_coefficient)
-from bortsearch.search.space import load_space
-from bortsearch.train.teacher import TeacherConfig, check_seq_len, train_teacher
+from bortsearch.data.corpus import cache_dir, resolve_corpus
 from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from bortsearch.errors import UserError, check_ranges
+from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import DTYPES, INHERITS, INITS, LAYER_RULES
+from bortsearch.model.hf import load_checkpoint, weights_sha256
+from bortsearch.model.importance import Importance, importance, rewire
+from bortsearch.model.proxies import (
+    RUNTIMES,
+    SCOPES,
+    SIZE_PROXIES,
+    effective_param_count,
+    forward_flops,
+    measure_latency,
+    param_count,
+    size_proxy,
+)
+from bortsearch.process import setup_process
+from bortsearch.runio import (
+    atomic_dir,
+    check_settings,
+    enable_compilation_cache,
+    exclusive,
+    write_atomic,
+    write_json,
+)
+from bortsearch.search.algorithm import (
+    DONE,
+    ERRORS,
+    FAILED,
+    Evaluation,
+    Proxies,
+    Result,
+    algorithm1,
+    confirm,
+    summarise,
+    w_coefficient,
+)
+from bortsearch.search.audit import diagnose
+from bortsearch.search.candidates import CandidateSettings, HeldOut, Timing
+from bortsearch.search.executors import LocalExecutor
+from bortsearch.search.space import load_space
 from bortsearch.train.step import LossConfig
+from bortsearch.train.teacher import TeacherConfig, check_seq_len, train_teacher
 
 RESULT_COLUMNS = ["layers", "heads", "hidden", "intermediate", "params", "effective_params",
                   "inference", "error", "w_coefficient", "trained", "pareto", "status",
@@ -212,6 +234,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     `executor` says where candidates train (`bortsearch.search.executors`: local, the
     default, or a Ray cluster); it does not change the results, so a run begun
     with one can be resumed with the other."""
+    setup_process()
     enable_compilation_cache()
     run = Path(run_dir)
     space = load_space(cfg.space)

@@ -29,8 +29,8 @@ import itertools
 import tomllib
 from pathlib import Path
 
-from bortsearch.model.arch import Arch
 from bortsearch.errors import UserError
+from bortsearch.model.arch import Arch
 from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, forward_flops, param_count
 
 AXES = ("layers", "heads", "hidden", "intermediate")

@@ -25,11 +25,21 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bortsearch.model.arch import Arch
 from bortsearch.errors import UserError
-from bortsearch.train.step import (LossConfig, OptimConfig, evaluate, forward_flops_per_token,
-                              from_legacy, init_state, legacy_state, teacher_logits,
-                              teacher_targets, train_flops_per_token, train_step)
+from bortsearch.model.arch import Arch
+from bortsearch.train.step import (
+    LossConfig,
+    OptimConfig,
+    evaluate,
+    forward_flops_per_token,
+    from_legacy,
+    init_state,
+    legacy_state,
+    teacher_logits,
+    teacher_targets,
+    train_flops_per_token,
+    train_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,19 +16,24 @@ import json
 import math
 from pathlib import Path
 
-from bortsearch.model.arch import Arch, row_size
-from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.batches import BatchSpec, load_data
-from bortsearch.errors import UserError, check_ranges
-from bortsearch.train.distributed import is_primary
-from bortsearch.train.fit import fit
-from bortsearch.model.hf import export_tensors, load_checkpoint, params_from_tensors, write_hf_folder
-from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
-from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
-from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
-from bortsearch.train.teacher import check_seq_len
+from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tokenizer import load_tokenizer
+from bortsearch.errors import UserError, check_ranges
+from bortsearch.model.arch import Arch, row_size
+from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
+from bortsearch.model.hf import (
+    export_tensors,
+    load_checkpoint,
+    params_from_tensors,
+    write_hf_folder,
+)
+from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
+from bortsearch.process import setup_process
+from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
+from bortsearch.train.distributed import is_primary
 from bortsearch.train.step import LossConfig, OptimConfig, evaluate, mlm_quality, teacher_view
+from bortsearch.train.teacher import check_seq_len
 
 STUDENT_WEIGHTS = "student.safetensors"
 OBJECTIVES = ("mlm", "mlm+sop")
@@ -263,6 +268,7 @@ def pretrain_many(run: str | Path, outs: dict, cfg: PretrainConfig = PretrainCon
     teacher's forward is most of the work when the students are small), and each
     student ends as it would alone. `outs` maps a size (None: the run's pick) to
     its export folder; returns the summaries in that order."""
+    setup_process()
     run = Path(run)
     archs = [student_arch(run, size) for size in outs]
     if len(set(archs)) < len(archs):

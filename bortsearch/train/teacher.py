@@ -17,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bortsearch.model.arch import Arch
-from bortsearch.data.corpus import Corpus
 from bortsearch.data.batches import BatchSpec, load_data
+from bortsearch.data.corpus import Corpus
+from bortsearch.data.tokenizer import Tokenizer
 from bortsearch.errors import UserError
+from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import Model, init_params
+from bortsearch.model.hf import load_checkpoint, save_checkpoint, weights_sha256
+from bortsearch.process import setup_process
+from bortsearch.runio import check_settings
 from bortsearch.train.distributed import is_primary
 from bortsearch.train.fit import fit
-from bortsearch.model.hf import load_checkpoint, save_checkpoint, weights_sha256
-from bortsearch.model.encoder import Model, init_params
-from bortsearch.runio import check_settings
-from bortsearch.data.tokenizer import Tokenizer
 from bortsearch.train.step import OptimConfig, mlm_quality
 
 
@@ -70,6 +71,7 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
     `init_model`, that folder already loaded (it is then not read again; a bare
     encoder comes with a new head, `load_encoder_with_new_head`).
     """
+    setup_process()
     out = Path(out)
     check_seq_len(arch, cfg.batch.seq_len)
     start = init_params(arch, cfg.batch.seed)
