@@ -35,9 +35,11 @@ $(DEMO_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 demo: $(DEMO_STAMP)
 	$(BIN)/bortsearch search --space search_spaces/demo.toml --run runs/demo --epsilon 6
 
-# One pytest worker per core (pytest-xdist), each test file on one worker: the
+# Lint and import order (ruff, configured in pyproject.toml), then one pytest worker per
+# core (pytest-xdist), each test file on one worker: the
 # suite is mostly compiles and subprocesses, so two cores halve it.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: $(STAMP)

@@ -3,9 +3,9 @@
 1. The machine's float32 matmul peak, measured (jit, warm-up, block_until_ready,
    best of several sizes and repeats).
 2. A fixed small search (demo space, ε = 6 → 6 candidates, s = 100, Θ = {1e-3}, one
-   seed, random initialisation, batch 32 × 64, the embedded corpus) on a cold XLA compilation cache, so the
-   compile figures are those of a first search. The teacher is trained once and
-   cached, and is not part of the timing.
+   seed, random initialisation, batch 32 × 64, the embedded corpus) on a cold XLA
+   compilation cache, so the compile figures are those of a first search. The
+   teacher is trained once and cached, and is not part of the timing.
 3. Per candidate and in total: training tokens/s, model FLOP/s and its fraction
    of the matmul peak, compile share and teacher share of the candidate phase.
 4. The same search once more with the compilation cache now warm (a re-run, a

@@ -70,8 +70,8 @@ PROFILES = {
     "gpu": Profile(pretrain_steps=4000, second_seed_for_all=True, sst2_rows=None),
     "toy": Profile(search_steps=4, search_batch=8, search_seq_len=32, epsilon=4,
                    pretrain_steps=4, pretrain_batch=8, pretrain_seq_len=32, tasks=("rte",),
-                   sst2_rows=None, lrs=(1e-4,), epochs=1, seeds=2, length=32, min_gap=None, train_rows=32,
-                   rounds=2, n_random=1),
+                   sst2_rows=None, lrs=(1e-4,), epochs=1, seeds=2, length=32, min_gap=None,
+                   train_rows=32, rounds=2, n_random=1),
 }
 
 
@@ -145,7 +145,8 @@ def reuse_search(run: Path, source: Path, teacher: Path) -> dict:
     weights = hashlib.sha256((teacher / "model.safetensors").read_bytes()).hexdigest()
     record = json.loads((teacher / "bortsearch.json").read_text())
     write_json(run / "reused.json", {
-        "from": str(source), "commit": git("log", "-1", "--format=%H", "--", str(source / "best.json")),
+        "from": str(source),
+        "commit": git("log", "-1", "--format=%H", "--", str(source / "best.json")),
         "teacher_sha256": weights, "teacher_entropy": {"recorded": recorded, "now": entropy},
         "teacher_record": {k: v for k, v in record.items() if "loss" in k or "acc" in k
                            or "perplexity" in k or k in ("steps", "head_steps")}})
@@ -563,7 +564,8 @@ def report(answer: dict, roles: dict, T, results: Path) -> None:
                     xerr=[[x - 1e3 * lat[m]["lo"]], [1e3 * lat[m]["hi"] - x]],
                     fmt="*" if m == answer["pick"] else "o",
                     color="tab:red" if m == answer["pick"] else
-                    "tab:green" if front.get(m) else "tab:gray", ms=12 if m == answer["pick"] else 5)
+                    "tab:green" if front.get(m) else "tab:gray",
+                    ms=12 if m == answer["pick"] else 5)
         ax.annotate(m, (x, y), fontsize=6)
     ax.set_xlabel("CPU latency, ms (batch 1, length 128, one thread)")
     ax.set_ylabel("mean dev score")
@@ -683,7 +685,7 @@ def main(argv=None) -> int:
                     "running it again; recorded in the answer")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    from bortsearch.data.corpus import cache_dir
+    from bortsearch.runio import cache_dir
 
     out = args.out or cache_dir() / f"bort-minilm-{args.profile}"
     answer = experiment(out, args.profile, not args.quiet, args.results, args.search_from)

@@ -452,7 +452,7 @@ def main(argv=None) -> int:
                      f"pass --teacher DIR")
     if not GLUE_DATA.is_dir():
         sys.exit(f"{GLUE_DATA}: no GLUE data beside the checkout")
-    from bortsearch.data.corpus import cache_dir
+    from bortsearch.runio import cache_dir
 
     out = args.out or cache_dir() / "bench" / f"bort-small-{args.profile}"
     print(experiment(out, args.profile, teacher, not args.quiet))

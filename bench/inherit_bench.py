@@ -129,7 +129,7 @@ def main() -> None:
     setup_process()  # before the first JAX computation
     import pandas as pd
 
-    from bortsearch.data.corpus import cache_dir
+    from bortsearch.runio import cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spaces", nargs="*", default=["demo"])

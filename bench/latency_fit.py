@@ -47,7 +47,7 @@ def parse():
 
 def measure(archs, args) -> dict:
     """{runtime: {arch key: [median seconds per round]}}, resumed from the file."""
-    from bortsearch.model.proxies import measure_latency
+    from bortsearch.deploy.latency import measure_latency
 
     path = Path(args.out) / "latency.json"
     path.parent.mkdir(parents=True, exist_ok=True)

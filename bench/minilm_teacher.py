@@ -54,7 +54,7 @@ def minilm_folder() -> Path:
 
 
 def default_out(profile: str) -> Path:
-    from bortsearch.data.corpus import cache_dir
+    from bortsearch.runio import cache_dir
 
     return cache_dir() / "teachers" / f"minilm-gutenberg-{profile}"
 

@@ -53,7 +53,8 @@ def parse():
 ARGS = parse()
 if ARGS.threads == "1":  # before XLA, ONNX Runtime and torch start their pools
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false")
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, str(HERE.parent))
 
@@ -184,8 +185,9 @@ def speedups(space: str, threads: int | None) -> dict:
     each ONNX/XLA runtime, against FLOPs and the fitted model (fitted on the
     sample, judged on held-out architectures of the space)."""
     from bortsearch import load_space
+    from bortsearch.deploy.latency import measure_latency
     from bortsearch.model.latency_model import fit_latency, sample
-    from bortsearch.model.proxies import forward_flops, measure_latency
+    from bortsearch.model.proxies import forward_flops
     archs = list(load_space(space).architectures(vocab_size=8192))
     T = max(archs, key=lambda a: forward_flops(a, 1, 128, "encoder"))
     fit_on = sample([a for a in archs if a != T], 8, 1, 128, "encoder") + [T]
@@ -203,8 +205,10 @@ def speedups(space: str, threads: int | None) -> dict:
             rows.append({"size": list(a.size), "measured": measured, "flops": by_flops,
                          "fitted": by_model})
         out[runtime] = {"rows": rows, "model": model.summary(),
-                        "max_abs_error_flops": max(abs(r["flops"] / r["measured"] - 1) for r in rows),
-                        "max_abs_error_fitted": max(abs(r["fitted"] / r["measured"] - 1) for r in rows)}
+                        "max_abs_error_flops": max(abs(r["flops"] / r["measured"] - 1)
+                                                   for r in rows),
+                        "max_abs_error_fitted": max(abs(r["fitted"] / r["measured"] - 1)
+                                                    for r in rows)}
     return out
 
 
@@ -257,7 +261,10 @@ def report(results: list[dict]) -> str:
             torch_ms = t.get("torch", {}).get(key)
             cells = [f"{1e3 * t[k][key]:.2f}" if k in t else "—"
                      for k in ("xla", "onnx", "onnx-int8", "torch")]
-            ratio = (lambda k: f"{torch_ms / t[k][key]:.2f}x faster" if torch_ms else "—")
+
+            def ratio(k):
+                return f"{torch_ms / t[k][key]:.2f}x faster" if torch_ms else "—"
+
             lines.append(f"| {name} ⟨{','.join(map(str, t['size']))}⟩ | {t['params']:,} | "
                          + " | ".join(cells) + f" | {ratio('xla')} | {ratio('onnx-int8')} |")
         if len(timings) > 1:
@@ -270,7 +277,8 @@ def report(results: list[dict]) -> str:
         if "speedups" in r:
             lines += ["Speed-up of the maximum point over held-out architectures: measured, "
                       "and predicted by FLOPs and by the latency model fitted on 8 others + T", "",
-                      "| runtime | architecture | measured | FLOPs | fitted |", "|---|---|---|---|---|"]
+                      "| runtime | architecture | measured | FLOPs | fitted |",
+                      "|---|---|---|---|---|"]
             for runtime, s in r["speedups"].items():
                 for row in s["rows"]:
                     lines.append(f"| {runtime} | ⟨{','.join(map(str, row['size']))}⟩ | "

@@ -21,7 +21,7 @@ else the embedded corpus, its maximum point trained 800 steps) and `bort_small`
 (search_spaces/bort_small.toml, the reference teacher of bench/teacher_reference.py
 on the Gutenberg books). Not a test: it
 asserts nothing. Usage: python bench/signal_quality.py [demo|narrow ...] [--steps S]
-"""
+"""  # noqa: E501 -- the first line is the --help description (argparse below)
 
 from __future__ import annotations
 
@@ -144,9 +144,11 @@ def main(argv=None) -> None:
 
     print(f"bortsearch signal benchmark — {time.strftime('%Y-%m-%d %H:%M')}, load average "
           f"{os.getloadavg()[0]:.1f}; s = {args.steps}, long = {5 * args.steps}, "
-          f"{args.seeds} seeds at s and one at 5·s, ε {args.epsilon or 'default (about 12 candidates)'}")
-    header = (f"{'space':<5} {'init':<7} {'Θ':<18} {'err':<3} {'n':>3} {'s~5s':>6} {'seed~seed':>9} "
-              f"{'>noise':>6} {'W~size·speed':>12} {'W s~5s':>7} {'untrained':>9} {'=long':>6}")
+          f"{args.seeds} seeds at s and one at 5·s, "
+          f"ε {args.epsilon or 'default (about 12 candidates)'}")
+    header = (f"{'space':<5} {'init':<7} {'Θ':<18} {'err':<3} {'n':>3} {'s~5s':>6} "
+              f"{'seed~seed':>9} {'>noise':>6} {'W~size·speed':>12} {'W s~5s':>7} "
+              f"{'untrained':>9} {'=long':>6}")
     for space in args.spaces:
         for init in args.inits.split(","):
             grid = tuple(float(x) for x in args.lrs.split(","))

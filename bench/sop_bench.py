@@ -34,8 +34,8 @@ def main() -> None:
     from bortsearch.process import setup_process
 
     setup_process()  # before the first JAX computation
-    from bortsearch.data.corpus import cache_dir
     from bortsearch.model.arch import parse_size
+    from bortsearch.runio import cache_dir
     from bortsearch.train.student import PretrainConfig, pretrain
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

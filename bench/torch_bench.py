@@ -195,7 +195,8 @@ def bert_config(arch: Arch, dropout: float = 0.0, **kw):
 
     config = BertConfig(vocab_size=arch.vocab_size, hidden_size=arch.hidden,
                         num_hidden_layers=arch.layers, num_attention_heads=arch.heads,
-                        intermediate_size=arch.intermediate, max_position_embeddings=arch.max_positions,
+                        intermediate_size=arch.intermediate,
+                        max_position_embeddings=arch.max_positions,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **kw)
     config._attn_implementation = "eager"
     return config
@@ -312,7 +313,8 @@ def torch_finetune(arch: Arch, batch):
 
 # ------------------------------------------------------------------------ driver
 
-def step_flops(arch: Arch, tokens: int, seq_len: int, predictions: int, train: bool = True) -> float:
+def step_flops(arch: Arch, tokens: int, seq_len: int, predictions: int,
+               train: bool = True) -> float:
     """Model FLOPs of one training step, or of one forward pass."""
     per_token = train_flops_per_token if train else forward_flops_per_token
     return per_token(arch, seq_len, predictions) * tokens
@@ -341,7 +343,8 @@ def cases(rng):
                        lambda a=arch, b=batch, t=t_out: jax_distill(a, b, None, t),
                        lambda a=arch, b=batch, t=t_out, c=False: torch_distill(a, b, None, t, c))
     if "pretrain" in only:
-        student, teacher = Arch(2, 4, 64, 256, vocab_size=4096), Arch(3, 4, 128, 512, vocab_size=4096)
+        student, teacher = (Arch(2, 4, 64, 256, vocab_size=4096),
+                            Arch(3, 4, 128, 512, vocab_size=4096))
         batch = mlm_batch(rng, 4096, B, L)
         yield ("pretrain", "(2, 4, 64, 256) from (3, 4, 128, 512) V4096", 3, B * L,
                step_flops(student, B * L, L, predictions(L))
@@ -416,7 +419,8 @@ def main():
     kind = (f"GPU {jax.devices()[0].device_kind}, wall time" if ARGS.gpu
             else "CPU, 1 thread each side, CPU time (wall beside it)")
     print(f"bortsearch (JAX {jax.__version__}) against transformers "
-          f"(torch {torch.__version__ if HAVE_TORCH else '-'}) — {time.strftime('%Y-%m-%d %H:%M')}; "
+          f"(torch {torch.__version__ if HAVE_TORCH else '-'}) — "
+          f"{time.strftime('%Y-%m-%d %H:%M')}; "
           f"{kind}; median of {ARGS.rounds} interleaved rounds; "
           f"load average {os.getloadavg()[0]:.1f}")
     if not HAVE_TORCH:

@@ -6,6 +6,7 @@ The public API; see README.md and docs/python-api.md for examples.
 from bortsearch.data.batches import BatchSpec, MLMData, load_data
 from bortsearch.data.corpus import Corpus, resolve_corpus
 from bortsearch.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from bortsearch.deploy.latency import measure_latency
 from bortsearch.downstream.finetune import FinetuneConfig, finetune
 from bortsearch.downstream.glue import glue
 from bortsearch.downstream.tasks import GLUE, load_task
@@ -17,7 +18,6 @@ from bortsearch.model.proxies import (
     effective_param_count,
     forward_flops,
     hardware_fingerprint,
-    measure_latency,
     param_count,
 )
 from bortsearch.process import setup_process
@@ -28,10 +28,11 @@ from bortsearch.train.student import PretrainConfig, export, pretrain, pretrain_
 from bortsearch.train.teacher import TeacherConfig, train_teacher
 
 __all__ = [
-    "Arch", "BatchSpec", "setup_process", "FinetuneConfig", "GLUE", "audit", "finetune", "glue", "load_task", "Corpus", "Encoder", "MLMData", "Model", "SearchSpace",
-    "TeacherConfig", "Tokenizer", "UserError", "effective_param_count", "forward_flops",
-    "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data",
-    "load_space", "load_tokenizer", "measure_latency", "param_count", "resolve_corpus",
-    "PretrainConfig", "SearchConfig", "export", "pretrain", "pretrain_many", "read_results", "run_search", "save_checkpoint", "show", "space_table",
-    "train_teacher", "train_tokenizer",
+    "GLUE", "Arch", "BatchSpec", "Corpus", "Encoder", "FinetuneConfig", "MLMData", "Model",
+    "PretrainConfig", "SearchConfig", "SearchSpace", "TeacherConfig", "Tokenizer", "UserError",
+    "audit", "effective_param_count", "export", "finetune", "forward_flops", "glue",
+    "hardware_fingerprint", "init_params", "load", "load_checkpoint", "load_data", "load_space",
+    "load_task", "load_tokenizer", "measure_latency", "param_count", "pretrain", "pretrain_many",
+    "read_results", "resolve_corpus", "run_search", "save_checkpoint", "setup_process", "show",
+    "space_table", "train_teacher", "train_tokenizer",
 ]

@@ -10,7 +10,8 @@ step takes 0.2 ms of kernel time.
 
 `keep_freed_memory()` applies this with `mallopt`; it must run before JAX starts
 its threads (each thread's arena is fixed at its first allocation), so
-`bortsearch.setup_process()` calls it (bortsearch/process.py). Child processes that do not call it get the same settings from `GLIBC_TUNABLES` (`tunables()`).
+`bortsearch.setup_process()` calls it (bortsearch/process.py). Child processes that
+do not call it get the same settings from `GLIBC_TUNABLES` (`tunables()`).
 Set BORTSEARCH_SYSTEM_MALLOC=1 to leave glibc's defaults alone. Other C
 libraries (macOS, musl) are left as they are.
 """

@@ -13,7 +13,6 @@ import sys
 from bortsearch.errors import UserError
 from bortsearch.process import setup_process
 
-
 # `teacher --init-from` an encoder without a masked-LM head: steps of the new head
 # alone before the whole model trains (a head drawn at random would otherwise send
 # large gradients into the pretrained encoder at the first steps).
@@ -57,9 +56,9 @@ def cmd_space(args) -> None:
 
 def _latencies(space, table, args) -> list[float]:
     """`space --latency RUNTIME`: each architecture's measured median latency (ms)."""
+    from bortsearch.deploy.latency import measure_latency
     from bortsearch.model.arch import row_size
-    from bortsearch.model.proxies import measure_latency
-    from bortsearch.train.fit import progress_bar
+    from bortsearch.runio import progress_bar
 
     if args.latency != "xla":
         from bortsearch.deploy.onnx_export import require_onnx
@@ -453,8 +452,9 @@ def _trials_executor(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bortsearch.deploy.latency import RUNTIMES
     from bortsearch.model.encoder import INHERITS, INITS, LAYER_RULES
-    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, RUNTIMES, SIZE_PROXIES
+    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, SIZE_PROXIES
 
     parser = _Parser(
         prog="bortsearch",

@@ -1,4 +1,5 @@
-"""Crash-safe file writing: whole files and whole folders appear at once or not at all."""
+"""What a run writes and where: crash-safe files and folders (whole or not at all),
+settings records, run locks, the cache folder and progress bars."""
 
 from __future__ import annotations
 
@@ -9,6 +10,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where tokenised corpora, tokenizers, teachers and compiled code are kept:
+    `$BORTSEARCH_CACHE`, else `~/.cache/bortsearch`."""
+    root = os.environ.get("BORTSEARCH_CACHE") or Path.home() / ".cache" / "bortsearch"
+    return Path(root)
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar: live on a terminal, a line every 30 s in a log file."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(mininterval=0.5 if sys.stderr.isatty() else 30, dynamic_ncols=True, **kwargs)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
@@ -144,8 +161,6 @@ def enable_compilation_cache() -> None:
     """XLA's persistent cache: a repeated shape compiles once per machine (used by
     the search, and by Ray workers on their own machines)."""
     import jax
-
-    from bortsearch.data.corpus import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     # programs that compile faster than this are not worth a file (the test suite,

@@ -31,8 +31,9 @@ print(min(faults[4:]))  # once the heap has grown to its working size
 def _fewest_faults_per_call(setup: bool = True, **env) -> float:
     base = {k: v for k, v in os.environ.items()
             if k not in ("GLIBC_TUNABLES", "BORTSEARCH_SYSTEM_MALLOC", "XLA_FLAGS")}
-    out = subprocess.run([sys.executable, "-c", f"SETUP = {setup}\n{PROGRAM}"], capture_output=True, text=True,
-                         check=True, env={**base, "JAX_PLATFORMS": "cpu", **env})
+    out = subprocess.run([sys.executable, "-c", f"SETUP = {setup}\n{PROGRAM}"],
+                         capture_output=True, text=True, check=True,
+                         env={**base, "JAX_PLATFORMS": "cpu", **env})
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -18,7 +18,8 @@ def test_with_size_keeps_family_settings():
 
 
 def test_roberta_max_seq_len_excludes_padding_offset():
-    assert Arch(1, 1, 8, 8, max_positions=514, model_type="roberta", pad_token_id=1).max_seq_len == 512
+    assert Arch(1, 1, 8, 8, max_positions=514, model_type="roberta",
+                pad_token_id=1).max_seq_len == 512
     assert Arch(1, 1, 8, 8, max_positions=512).max_seq_len == 512
 
 

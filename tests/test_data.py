@@ -39,7 +39,8 @@ def test_batches_repeat_with_a_seed_and_change_with_another(corpus_and_tokenizer
     for step in (0, 7, 10_000):  # 10,000 steps is several epochs in
         for key in a.train_batch(step):
             np.testing.assert_array_equal(a.train_batch(step)[key], b.train_batch(step)[key])
-        assert not np.array_equal(a.train_batch(step)["input_ids"], c.train_batch(step)["input_ids"])
+        assert not np.array_equal(a.train_batch(step)["input_ids"],
+                                  c.train_batch(step)["input_ids"])
     # the held-out set B does not depend on the training seed
     for x, y in zip(a.heldout_batches(), c.heldout_batches()):
         np.testing.assert_array_equal(x["input_ids"], y["input_ids"])
@@ -114,7 +115,7 @@ def test_too_short_sequences_are_refused(corpus_and_tokenizer):
 
 
 def test_a_bad_file_leaves_no_partial_token_cache(tmp_path, corpus_and_tokenizer):
-    from bortsearch.data.corpus import cache_dir
+    from bortsearch.runio import cache_dir
 
     _, tok = corpus_and_tokenizer
     f = tmp_path / "bad.txt"

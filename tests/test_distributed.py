@@ -39,12 +39,14 @@ def test_pretrain_resumes_after_sigkill(run, tmp_path):
 
     proc = _pretrain(run, tmp_path / "out", *flags)
     size = json.loads((run / "best.json").read_text())["size"]
-    kill_when(proc, lambda: has_checkpoint(run / "pretrain" / "-".join(map(str, size)) / "checkpoints"))
+    kill_when(proc, lambda: has_checkpoint(
+        run / "pretrain" / "-".join(map(str, size)) / "checkpoints"))
     assert not (tmp_path / "out").exists()
     resumed = _pretrain(run, tmp_path / "out", *flags)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert _last_metrics(run) == _last_metrics(other)
-    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / "whole" / "model.safetensors")),
+            load_file(str(tmp_path / "out" / "model.safetensors")))
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 

@@ -216,8 +216,11 @@ def test_sigkill_resume_gives_identical_metrics(tiny, shared_data, tmp_path):
     assert main([*map(str, args), "--out", str(tmp_path / "whole")]) == 0
     killed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
-    strip = lambda m: [{k: v for k, v in t.items() if "seconds" not in k and "per_s" not in k}
-                       for t in m["grid"]]
+
+    def strip(m):
+        return [{k: v for k, v in t.items() if "seconds" not in k and "per_s" not in k}
+                for t in m["grid"]]
+
     assert strip(killed) == strip(whole) and killed["dev"] == whole["dev"]
     assert json.loads((tmp_path / "killed/trials/lr0.001-seed0/result.json").read_text()) \
         == first_done  # the finished trial was not redone

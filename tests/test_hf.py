@@ -35,7 +35,8 @@ golden = sys.argv[1]
 gold = np.load(golden + "/logits.npz")
 for key in ("bert", "roberta"):
     model = load(golden + "/" + key + "_tiny")
-    print(np.abs(model.logits(gold[key + "_ids"], gold[key + "_mask"]) - gold[key + "_logits"]).max())
+    print(np.abs(model.logits(gold[key + "_ids"], gold[key + "_mask"])
+                 - gold[key + "_logits"]).max())
 """
 
 
@@ -55,7 +56,8 @@ def test_logits_match_transformers_as_users_compile():
 
 def test_golden_checkpoints_cover_both_families_and_decoders():
     bert, roberta = load(GOLDEN / "bert_tiny"), load(GOLDEN / "roberta_tiny")
-    assert (bert.arch.model_type, bert.arch.tie_decoder, bert.arch.type_vocab_size) == ("bert", True, 2)
+    assert ((bert.arch.model_type, bert.arch.tie_decoder, bert.arch.type_vocab_size)
+            == ("bert", True, 2))
     assert (roberta.arch.model_type, roberta.arch.tie_decoder) == ("roberta", False)
     assert roberta.arch.pad_token_id == 1 and roberta.tokenizer.family == "roberta"
 
@@ -128,7 +130,8 @@ def test_unsupported_model_type_names_the_supported_ones(tmp_path):
     config = json.loads((d / "config.json").read_text())
     config["model_type"] = "gpt2"
     (d / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="model_type 'gpt2' is not supported; supported: bert, roberta"):
+    with pytest.raises(UserError,
+                       match="model_type 'gpt2' is not supported; supported: bert, roberta"):
         load(d)
 
 
@@ -136,7 +139,8 @@ def test_tokenizer_vocabulary_must_match(tmp_path):
     d = _copy("bert_tiny", tmp_path)
     words = (d / "vocab.txt").read_text().splitlines()
     (d / "vocab.txt").write_text("\n".join(words[:-3]) + "\n")
-    with pytest.raises(UserError, match="tokenizer has 117 tokens but the checkpoint's vocabulary is 120"):
+    with pytest.raises(UserError,
+                       match="tokenizer has 117 tokens but the checkpoint's vocabulary is 120"):
         load(d)
 
 
@@ -169,7 +173,8 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     pickle.loads(payload)
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(UserError, match="asks for __builtin__.eval, which is not tensor data.*safetensors"):
+    with pytest.raises(UserError,
+                       match="asks for __builtin__.eval, which is not tensor data.*safetensors"):
         load(d)
     assert not marker.exists()
 

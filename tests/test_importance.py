@@ -7,7 +7,7 @@ import pytest
 
 from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import Model, _classify, _sop_logits, inherit_params, init_params
-from bortsearch.model.importance import Importance, Orders, importance, rewire
+from bortsearch.train.importance import Importance, Orders, importance, rewire
 
 V = 50
 KINDS = {
@@ -206,7 +206,7 @@ def test_measured_layers_find_the_map_that_reproduces_the_teacher():
     measured map is those two layers, with KL 0, where the uniform map keeps the top."""
     import jax
 
-    from bortsearch.model.importance import candidate_layer_maps, measured_layers
+    from bortsearch.train.importance import candidate_layer_maps, measured_layers
     from bortsearch.train.step import teacher_logits
 
     arch = _arch("bert", layers=3)
@@ -252,7 +252,7 @@ def test_gate_derivatives_match_finite_differences(kind):
     E→H map), shared layers included."""
     import jax
 
-    from bortsearch.model.importance import _gate_sums
+    from bortsearch.train.importance import _gate_sums
     from bortsearch.train.step import loss_and_metrics
 
     arch = _arch(kind, layers=2)

@@ -104,7 +104,8 @@ def test_inherited_parameters_are_the_teachers_leading_blocks():
     inner = b["layers"]["ffn"]["inner"]["kernel"]
     np.testing.assert_array_equal(inner[:4, :, :64], t["layers"]["ffn"]["inner"]["kernel"])
     np.testing.assert_array_equal(inner[4], own["layers"]["ffn"]["inner"]["kernel"][4])
-    np.testing.assert_array_equal(inner[:4, :, 64:], own["layers"]["ffn"]["inner"]["kernel"][:4, :, 64:])
+    np.testing.assert_array_equal(inner[:4, :, 64:],
+                                  own["layers"]["ffn"]["inner"]["kernel"][:4, :, 64:])
 
 
 def test_headless_forward_is_the_last_hidden_state():

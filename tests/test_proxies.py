@@ -182,7 +182,8 @@ def test_training_flops_per_token_against_the_dot_count():
     jaxpr = jax.make_jaxpr(lambda q, i, x: Encoder(arch).apply(q, i, jnp.ones_like(i), None, x))(
         params, ids, pos)
     forward = _dot_flops(jaxpr.jaxpr)
-    assert train_flops_per_token(arch, length, p) * b * length == pytest.approx(3 * forward, rel=1e-12)
+    assert (train_flops_per_token(arch, length, p) * b * length
+            == pytest.approx(3 * forward, rel=1e-12))
 
 
 def test_latency_model_recovers_known_costs_and_reports_its_held_out_error():

@@ -63,7 +63,8 @@ def test_end_to_end_search_and_show(space, teacher, tmp_path, capsys):
 def test_same_seed_same_table(space, teacher, tmp_path):
     for name in ("a", "b"):
         assert _search(space, tmp_path / name, teacher, "--epsilon", "3") == 0
-    assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
+    assert ((tmp_path / "a" / "results.csv").read_text()
+            == (tmp_path / "b" / "results.csv").read_text())
 
 
 def test_groups_compiled_ahead_give_the_same_table(space, teacher, tmp_path):
@@ -338,7 +339,8 @@ def test_size_proxy_rescores_a_finished_run_without_training_again(space, teache
     t = best["maximum_point"]
     T = Arch.from_dict(t["arch"])
     assert best["size_proxy"] == "non-embedding" and t["p_hat"] == effective_param_count(T)
-    assert t["params"] == param_count(T) and best["params"] == param_count(Arch.from_dict(best["arch"]))
+    assert (t["params"] == param_count(T)
+            and best["params"] == param_count(Arch.from_dict(best["arch"])))
     table = pd.read_csv(run / "results.csv")
     for r in table[table["status"] == "done"].itertuples():
         w = ((t["p_hat"] - r.effective_params) / t["p_hat"]) * \

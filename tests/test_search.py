@@ -150,7 +150,8 @@ def test_constraints_filter_the_arg_max():
     limited = algorithm1(xi, proxies, t, 1, Recorder(), max_params=limit)
     assert limited.best.proxies.params <= limit
     feasible = [a for a in xi if proxies[a].params <= limit]
-    assert limited.best.w == pytest.approx(max(w_formula(proxies[a], t, _error(a)) for a in feasible))
+    assert limited.best.w == pytest.approx(
+        max(w_formula(proxies[a], t, _error(a)) for a in feasible))
     over = [r for r in limited.rows if r.proxies.params > limit]
     assert all("over --max-params" in r.note for r in over)
     cut = float(np.median([p.inference for p in proxies.values()]))

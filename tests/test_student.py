@@ -24,7 +24,8 @@ def test_exported_student_matches_transformers(family):
     model = load(GOLDEN / f"student_{family}")
     ids, mask = g[f"student_{family}_ids"], g[f"student_{family}_mask"]
     assert (mask == 0).any()
-    np.testing.assert_allclose(model.logits(ids, mask), g[f"student_{family}_logits"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(model.logits(ids, mask), g[f"student_{family}_logits"],
+                               atol=1e-4, rtol=0)
 
 
 def test_fresh_export_has_the_structure_transformers_read(run, tmp_path):
@@ -66,7 +67,8 @@ def test_export_without_weights_then_with(run, tmp_path, capsys):
     np.testing.assert_allclose(run_logits(session(tmp_path / "w" / "model.onnx", 1), ids),
                                load(tmp_path / "w").logits(ids), atol=1e-4, rtol=0)
     assert (tmp_path / "w" / "model_quantized.onnx").is_file()
-    a, b = load_file(str(tmp_path / "p" / "model.safetensors")), load_file(str(tmp_path / "w" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / "p" / "model.safetensors")),
+            load_file(str(tmp_path / "w" / "model.safetensors")))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert "Held-out masked-LM accuracy" in (tmp_path / "w" / "README.md").read_text()
 
@@ -75,9 +77,11 @@ def test_pretrain_logs_heldout_metrics_and_exports(run, tmp_path):
     assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), *PRETRAIN]) == 0
     size = json.loads((run / "best.json").read_text())["size"]
     metrics = [json.loads(l) for l in
-               (run / "pretrain" / "-".join(map(str, size)) / "metrics.jsonl").read_text().splitlines()]
+               (run / "pretrain" / "-".join(map(str, size)) / "metrics.jsonl")
+               .read_text().splitlines()]
     assert [m["step"] for m in metrics] == [4, 8, 12]
-    assert all({"heldout_accuracy", "heldout_kd_ce", "loss", "kl", "ce"} <= m.keys() for m in metrics)
+    assert all({"heldout_accuracy", "heldout_kd_ce", "loss", "kl", "ce"} <= m.keys()
+               for m in metrics)
     assert metrics[-1]["loss"] < metrics[0]["loss"] * 1.5
     model = load(tmp_path / "s")
     assert list(model.arch.size) == size
@@ -107,7 +111,8 @@ def test_export_errors_write_nothing(run, tmp_path, capsys):
     (run / "best.json").write_text(json.dumps({**best, "arch": None, "size": None,
                                                "reason": "nothing eligible"}))
     assert main(["export", str(run), "--out", str(tmp_path / "c")]) == 2
-    assert "chose no architecture (nothing eligible); pick one with --arch" in capsys.readouterr().err
+    assert ("chose no architecture (nothing eligible); pick one with --arch"
+            in capsys.readouterr().err)
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "not a finished search run" in capsys.readouterr().err
     assert not any((tmp_path / x).exists() for x in "abcd")

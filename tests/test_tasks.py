@@ -20,7 +20,8 @@ LAYOUT = {
     "mrpc": ("MRPC", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String",
              '1\t1\t2\t"He said it.\tHe said "it".'),
     "stsb": ("STS-B", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1"
-             "\tsentence2\tscore", "0\tmain\tf\t2012\t1\tnone\tnone\tA plane.\tAn air plane.\t5.000"),
+             "\tsentence2\tscore",
+             "0\tmain\tf\t2012\t1\tnone\tnone\tA plane.\tAn air plane.\t5.000"),
     "qqp": ("QQP", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
             "1\t2\t3\tWhy?\tHow come?\t1"),
     "mnli": ("MNLI", "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"

@@ -89,7 +89,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     resumed = _run([*common, "--out", str(out)])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
 
-    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / "whole" / "model.safetensors")),
+            load_file(str(out / "model.safetensors")))
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -191,7 +192,8 @@ def bare_export(folder: Path, out: Path, sentence_transformers: bool = False) ->
         tok.hf.enable_truncation(16)
         tok.hf.save(str(out / "tokenizer.json"))
         (out / "modules.json").write_text(json.dumps(
-            [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            [{"idx": 0, "name": "0", "path": "",
+              "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"}]))
         (out / "1_Pooling").mkdir()
@@ -207,7 +209,8 @@ def test_a_bare_encoder_becomes_a_teacher(family, tmp_path, capsys):
     kept and reported at [MASK] positions; the result loads as a masked-LM teacher."""
     from bortsearch.model.hf import load_checkpoint
 
-    bare = bare_export(GOLDEN / family, tmp_path / "bare", sentence_transformers=family == "bert_tiny")
+    bare = bare_export(GOLDEN / family, tmp_path / "bare",
+                       sentence_transformers=family == "bert_tiny")
     out = tmp_path / "teacher"
     args = ["--init-from", str(bare), "--out", str(out), "--head-steps", "3", "--steps", "3",
             "--batch-size", "4", "--seq-len", "32", "--quiet"]

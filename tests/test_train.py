@@ -44,9 +44,11 @@ def test_bort_loss_against_numpy():
     loss, m = loss_and_metrics(params, ARCH, batch, distill_targets(teacher, cfg.temperature), cfg)
     s = np.asarray(student_logits(ARCH, params, batch), np.float64)
     w = batch["weights"]
-    ce = -(np.take_along_axis(_np_log_softmax(s), batch["labels"][..., None], -1)[..., 0] * w).sum() / w.sum()
+    ce = -(np.take_along_axis(_np_log_softmax(s), batch["labels"][..., None], -1)[..., 0]
+           * w).sum() / w.sum()
     tau = cfg.temperature
-    pt, lt, ls = np.exp(_np_log_softmax(teacher / tau)), _np_log_softmax(teacher / tau), _np_log_softmax(s / tau)
+    pt, lt, ls = (np.exp(_np_log_softmax(teacher / tau)), _np_log_softmax(teacher / tau),
+                  _np_log_softmax(s / tau))
     kl = ((pt * (lt - ls)).sum(-1) * w).sum() / w.sum() * tau**2
     assert float(m["ce"]) == pytest.approx(ce, rel=1e-5)
     assert float(m["kl"]) == pytest.approx(kl, rel=1e-4)
@@ -157,7 +159,7 @@ def test_checkpoint_from_the_tree_layout_resumes(tmp_path, lead):
     a pretraining state (no leading axes) and a candidate's trials (N x |Θ|)."""
     import orbax.checkpoint as ocp
 
-    from bortsearch.train.fit import _checkpointer, restore_latest
+    from bortsearch.train.fit import checkpointer, restore_latest
     from bortsearch.train.step import TrainState, apply_gradients
 
     cfg, lr = OptimConfig(steps=6, warmup=0.2), 3e-3
@@ -173,7 +175,7 @@ def test_checkpoint_from_the_tree_layout_resumes(tmp_path, lead):
 
     old = TrainState(np.full(lead, 2, np.int32), stack(mid), stack(mid_opt),
                      np.full(lead, lr, np.float32))
-    manager = _checkpointer(tmp_path / "ckpt")
+    manager = checkpointer(tmp_path / "ckpt")
     manager.save(2, args=ocp.args.StandardSave(old))
     manager.wait_until_finished()
     template = init_state(stack(params), 0.0, cfg)
@@ -181,7 +183,7 @@ def test_checkpoint_from_the_tree_layout_resumes(tmp_path, lead):
         step=np.zeros(lead, np.int32), lr=np.zeros(lead, np.float32),
         opt_state=jax.tree.map(lambda x: np.zeros(lead + x.shape[-1:] if x.ndim else lead, x.dtype),
                                init_state(params, 0.0, cfg).opt_state))
-    step, state = restore_latest(_checkpointer(tmp_path / "ckpt"), template, cfg)
+    step, state = restore_latest(checkpointer(tmp_path / "ckpt"), template, cfg)
     assert step == 2 and int(np.asarray(state.step).ravel()[0]) == 2
     g = stack(grads[2])
     apply = apply_gradients

@@ -21,10 +21,10 @@ import os
 
 import numpy as np
 
-from bortsearch.data.corpus import Corpus, cache_dir
+from bortsearch.data.corpus import Corpus
 from bortsearch.data.tokenizer import Tokenizer
 from bortsearch.errors import UserError
-from bortsearch.runio import write_json
+from bortsearch.runio import cache_dir, write_json
 
 HELDOUT_EVERY = 20
 MIN_SEQ_LEN = 8
@@ -103,7 +103,7 @@ def _chain(*iterables):
 
 
 def _bar(total, desc, enabled):
-    from bortsearch.train.fit import progress_bar
+    from bortsearch.runio import progress_bar
 
     return progress_bar(total=total, desc=desc, unit="B", unit_scale=True,
                         disable=not enabled, leave=False)

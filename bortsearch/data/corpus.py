@@ -29,16 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bortsearch.errors import UserError
+from bortsearch.runio import cache_dir
 
 TEXT_SUFFIXES = {".txt", ".text", ".raw", ".tokens", ".md", ".rst", ""}
 EMBEDDED_VERSION = 1  # bump when the embedded default's recipe changes
-
-
-def cache_dir() -> Path:
-    """Where tokenised corpora, tokenizers, teachers and compiled code are kept:
-    `$BORTSEARCH_CACHE`, else `~/.cache/bortsearch`."""
-    root = os.environ.get("BORTSEARCH_CACHE") or Path.home() / ".cache" / "bortsearch"
-    return Path(root)
 
 
 @dataclasses.dataclass(frozen=True)

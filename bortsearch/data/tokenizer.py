@@ -18,8 +18,9 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bortsearch.data.corpus import Corpus, cache_dir
+from bortsearch.data.corpus import Corpus
 from bortsearch.errors import UserError
+from bortsearch.runio import cache_dir
 
 SPECIAL = {
     "bert": dict(cls="[CLS]", sep="[SEP]", pad="[PAD]", mask="[MASK]", unk="[UNK]"),
@@ -215,7 +216,8 @@ def _sentencepiece(path: Path, lowercase: bool, keep_accents: bool) -> tokenizer
 
 def _lowercase(d: Path) -> bool:
     try:
-        return bool(json.loads((d / "tokenizer_config.json").read_text()).get("do_lower_case", True))
+        config = json.loads((d / "tokenizer_config.json").read_text())
+        return bool(config.get("do_lower_case", True))
     except (OSError, ValueError):
         return True
 

@@ -105,8 +105,8 @@ def onnx_graph(model: Model, head: bool = True):
     emb = p["embeddings"]
     x = g.op("Gather", g.const(np.asarray(emb["word"]["embedding"], np.float32), "word"), ids)
     if arch.model_type == "roberta":  # positions counted over non-padding tokens
-        not_pad = g.op("Cast", g.op("Not", g.op("Equal", ids, g.const(np.int64(arch.pad_token_id)))),
-                       to=i64)
+        pad = g.const(np.int64(arch.pad_token_id))
+        not_pad = g.op("Cast", g.op("Not", g.op("Equal", ids, pad)), to=i64)
         pos = g.op("Add", g.op("Mul", g.op("CumSum", not_pad, g.const(np.int64(1))), not_pad),
                    g.const(np.int64(arch.pad_token_id)))
     else:  # 0 .. L-1
@@ -268,33 +268,3 @@ def run_logits(sess, input_ids, attention_mask=None, token_type_ids=None) -> np.
         np.asarray(token_type_ids, np.int64).reshape(ids.shape)
     return sess.run(["logits"], {"input_ids": ids, "attention_mask": mask,
                                  "token_type_ids": types})[0]
-
-
-def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "mlm",
-                         int8: bool = False, threads: int | None = None, repeats: int = 20,
-                         warmup: int = 2, seed: int = 0) -> dict:
-    """Median wall-clock of ONNX Runtime running the model's graph (float32, or
-    dynamically quantised int8) at batch x seq_len, with `threads` intra-op threads
-    (None: every core); the same fields as `proxies.measure_latency`."""
-    import tempfile
-    import time
-
-    from bortsearch.model.proxies import time_calls
-
-    _, ort = require_onnx()
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, model.arch.vocab_size, (batch, seq_len), dtype=np.int64)
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-             "token_type_ids": np.zeros_like(ids)}
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bortsearch-onnx-") as d:
-        path = Path(d) / ONNX_NAME
-        path.write_bytes(onnx_graph(model, head=scope == "mlm").SerializeToString())
-        if int8:
-            quantize_int8(path, Path(d) / INT8_NAME)
-            path = Path(d) / INT8_NAME
-        sess = session(path, threads)
-    prepare_s = time.perf_counter() - t0
-    return {**time_calls(lambda: sess.run(None, feeds), repeats, warmup),
-            "compile_s": prepare_s, "batch": batch, "seq_len": seq_len, "scope": scope,
-            "threads": threads or os.cpu_count(), "onnxruntime": ort.__version__}

@@ -57,7 +57,7 @@ class RayTrials:
         from bortsearch.search.executors import RayExecutor
 
         cluster = RayExecutor(self.address, self.num_cpus, self.num_gpus, self.max_retries)
-        ray = cluster._connect()
+        ray = cluster.connect()
         remote = ray.remote(_ray_trial).options(max_retries=self.max_retries,
                                                 retry_exceptions=False,
                                                 **cluster.resources(ray))

@@ -229,7 +229,7 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     """
     import orbax.checkpoint as ocp
 
-    from bortsearch.train.fit import _checkpointer, _trim_metrics, restore_latest
+    from bortsearch.train.fit import checkpointer, restore_latest, trim_metrics
 
     if (work / "result.json").is_file():
         result = json.loads((work / "result.json").read_text())
@@ -244,10 +244,10 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
                         adam_eps=cfg.adam_eps, clip=cfg.clip)
     state = init_state(initial_params(encoder, n_labels, seed), lr, optim)
     work.mkdir(parents=True, exist_ok=True)
-    manager = _checkpointer(work / "checkpoints")
+    manager = checkpointer(work / "checkpoints")
     start, state = restore_latest(manager, state, optim)
     journal = work / "evals.jsonl"
-    _trim_metrics(journal, start)
+    trim_metrics(journal, start)
     evals = [json.loads(line) for line in journal.read_text().splitlines()] \
         if journal.is_file() else []
     best = max((e["score"] for e in evals), default=-math.inf)
@@ -389,7 +389,7 @@ def prepare(model: str | Path, task: str, data: str | Path, out: str | Path,
 def run_trials(jobs: list[Job], executor=None, progress: bool = True) -> None:
     """Train every pending trial of `jobs`: here, one after another, or with a
     `RayTrials` executor as Ray tasks, all at once."""
-    from bortsearch.train.fit import progress_bar
+    from bortsearch.runio import progress_bar
 
     todo = [(job, lr, seed) for job in jobs if job.metrics is None for lr, seed in job.pending()]
     if not todo:
@@ -493,13 +493,8 @@ def evaluate_int8(out: Path, task: Task, devs: dict[str, Encoded], max_length: i
 
     from safetensors.numpy import load_file
 
-    from bortsearch.deploy.onnx_export import (
-        INT8_NAME,
-        ONNX_NAME,
-        measure_onnx_latency,
-        session,
-        write_graphs,
-    )
+    from bortsearch.deploy.latency import measure_onnx_latency
+    from bortsearch.deploy.onnx_export import INT8_NAME, ONNX_NAME, session, write_graphs
     from bortsearch.model.hf import load
     from bortsearch.runio import atomic_dir
 

@@ -74,7 +74,7 @@ def cpu_latency(arch) -> dict:
     """The encoder's measured latency at batch 1, length 128, on the CPU."""
     import jax
 
-    from bortsearch.model.proxies import measure_latency
+    from bortsearch.deploy.latency import measure_latency
 
     with jax.default_device(jax.devices("cpu")[0]):
         return measure_latency(arch, batch=1, seq_len=min(LATENCY_LENGTH, arch.max_seq_len),

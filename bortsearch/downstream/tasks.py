@@ -183,9 +183,10 @@ def read_split(path: Path, spec: TaskSpec, label_ids: dict[str, int] | None) -> 
     if header is not None:
         for key in (*spec.text, spec.label):
             if isinstance(key, str) and key not in header:
+                fix = ("name the right one with --text-fields / --label-field"
+                       if spec.folder == "" else "is this the right task folder?")
                 raise UserError(f"{path}: no column {key!r} in the header "
-                                f"({', '.join(header)}); "
-                                f"{'name the right one with --text-fields / --label-field' if spec.folder == '' else 'is this the right task folder?'}")
+                                f"({', '.join(header)}); {fix}")
     if not rows:
         raise UserError(f"{path}: no examples; the split must hold at least one row")
     first = 2 if header is not None else 1

@@ -431,7 +431,7 @@ def layer_map(rule: str, student_layers: int, teacher_layers_: int) -> list[int]
 
 INITS = ("random", "teacher")  # how a student starts: `init_params` or `inherit_params`
 # which of the teacher's units a student inherits: its leading ones as trained, or the
-# leading ones once the teacher is rewired into importance order (model/importance.py)
+# leading ones once the teacher is rewired into importance order (train/importance.py)
 INHERITS = ("first", "importance")
 
 
@@ -547,12 +547,14 @@ def has_sop_head(params: Params) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _logits(arch: Arch, params, input_ids, attention_mask, token_type_ids):
+def forward_logits(arch: Arch, params, input_ids, attention_mask, token_type_ids):
+    """The compiled masked-LM forward pass (B x L x V logits); `arch` is static."""
     return Encoder(arch).apply(params, input_ids, attention_mask, token_type_ids)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _hidden(arch: Arch, params, input_ids, attention_mask, token_type_ids):
+def forward_hidden(arch: Arch, params, input_ids, attention_mask, token_type_ids):
+    """The compiled encoder forward pass without the head (B x L x H); `arch` is static."""
     return Encoder(arch, head=False).apply(params, input_ids, attention_mask, token_type_ids)
 
 
@@ -591,7 +593,7 @@ class Model:
         """Masked-LM logits (batch x length x vocabulary), or a classifier's
         (batch x labels), as NumPy float32."""
         program = (functools.partial(_classify, self.arch, self.num_labels) if self.num_labels
-                   else functools.partial(_logits, self.arch))
+                   else functools.partial(forward_logits, self.arch))
         return np.asarray(program(self.params, *self._inputs(input_ids, attention_mask,
                                                               token_type_ids)))
 

@@ -96,7 +96,8 @@ def encoder_names(arch: Arch) -> Names:
     names: Names = {}
     emb = f"{base}.embeddings"
     names[f"{emb}.word_embeddings.weight"] = (("embeddings", "word", "embedding"), None, False)
-    names[f"{emb}.position_embeddings.weight"] = (("embeddings", "position", "embedding"), None, False)
+    names[f"{emb}.position_embeddings.weight"] = (("embeddings", "position", "embedding"), None,
+                                                  False)
     if arch.type_vocab_size:
         names[f"{emb}.token_type_embeddings.weight"] = (
             ("embeddings", "token_type", "embedding"), None, False)

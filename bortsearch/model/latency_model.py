@@ -56,7 +56,8 @@ class LatencyModel:
 
     def summary(self) -> dict:
         errs = np.abs(self.loo_errors) if self.loo_errors else np.array([np.nan])
-        return {"features": list(FEATURES), "coef": list(self.coef), "measured": len(self.loo_errors),
+        return {"features": list(FEATURES), "coef": list(self.coef),
+                "measured": len(self.loo_errors),
                 "loo_median_rel_error": float(np.median(errs)),
                 "loo_max_rel_error": float(np.max(errs)), "batch": self.batch,
                 "seq_len": self.seq_len, "scope": self.scope}

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 
 import jax
-import numpy as np
 
 from bortsearch.model.arch import Arch
 
@@ -92,8 +89,8 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
     attention projections (8·B·L·H²), scores and the softmax-weighted sum
     (4·B·L²·H) and the feed-forward block (4·B·L·H·I), for each of the D layer
     applications (shared or not); with ALBERT's axes the E→H projection
-    (2·B·L·E·H), which the exported ALBERT model runs even where E = H; with `scope="mlm"` also the head's transform (2·B·L·H·E) and
-    decoder (2·B·L·E·V) at every position.
+    (2·B·L·E·H), which the exported ALBERT model runs even where E = H; with
+    `scope="mlm"` also the head's transform (2·B·L·H·E) and decoder (2·B·L·E·V) at every position.
     Of the element-wise work, the attention softmax is counted
     (`SOFTMAX_FLOPS` per score, B·A·L² scores a layer), because it is the term
     through which the head count A costs time [ours]; GELU, LayerNorm and the
@@ -158,72 +155,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def time_calls(call, repeats: int, warmup: int) -> dict:
-    """`warmup` untimed calls, then the median and inter-quartile range (seconds)
-    of `repeats` timed ones; `call` must return only when its work is done."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
-    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "repeats": repeats}
-
-
-RUNTIMES = ("xla", "onnx", "onnx-int8")  # where a measured î runs the forward pass
-
-
-def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
-                    repeats: int = 20, warmup: int = 2, seed: int = 0,
-                    scope: str = "mlm", runtime: str = "xla") -> dict:
-    """î measured: wall-clock of the compiled forward on the default device
-    (`scope` as in `forward_flops`: with or without the masked-LM head), in XLA
-    (`runtime="xla"`), or in ONNX Runtime on the CPU, float32 (`"onnx"`) or with
-    dynamic int8 quantisation (`"onnx-int8"`), every core, as users deploy it.
-
-    Compiles ahead of time (outside the timing), runs `warmup` calls, then times
-    `repeats` calls each ended by `block_until_ready` (JAX dispatch is
-    asynchronous). Returns the median and the inter-quartile range in seconds,
-    the compile time, and the hardware fingerprint.
-    """
-    from bortsearch.model.encoder import _hidden, _logits, init_params
-
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime=}")
-
-    params = init_params(arch, seed)
-    if runtime != "xla":
-        from bortsearch.deploy.onnx_export import measure_onnx_latency
-        from bortsearch.model.encoder import Model
-
-        m = measure_onnx_latency(Model(arch, params), batch, seq_len, scope,
-                                 int8=runtime == "onnx-int8", repeats=repeats, warmup=warmup,
-                                 seed=seed)
-        hardware = {**hardware_fingerprint(), "runtime": runtime,
-                    "onnxruntime": m.pop("onnxruntime"), "threads": m["threads"]}
-        return {**m, "runtime": runtime, "hardware": hardware}
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, arch.vocab_size, (batch, seq_len), dtype=np.int32)
-    ids = jax.device_put(ids)
-    mask = jax.device_put(np.ones((batch, seq_len), np.int32))
-    types = jax.device_put(np.zeros((batch, seq_len), np.int32))
-    t0 = time.perf_counter()
-    program = _logits if scope == "mlm" else _hidden
-    forward = program.lower(arch, params, ids, mask, types).compile()
-    compile_s = time.perf_counter() - t0
-    return {
-        **time_calls(lambda: forward(params, ids, mask, types).block_until_ready(),
-                     repeats, warmup),
-        "compile_s": compile_s,
-        "batch": batch,
-        "seq_len": seq_len,
-        "scope": scope,
-        "runtime": runtime,
-        "hardware": hardware_fingerprint(),
-    }

@@ -249,7 +249,7 @@ class CandidateTrainer:
     def layers(self, arch: Arch) -> list[int]:
         """The teacher layers `arch` inherits, by the settings' rule ("measured": on the
         first training batch, not on the held-out batches that score the candidates)."""
-        from bortsearch.model.importance import inherited_layers
+        from bortsearch.train.importance import inherited_layers
 
         t = self.teacher
         return inherited_layers(self.settings.layers, arch, t.arch, t.params,
@@ -318,7 +318,8 @@ class CandidateTrainer:
                     c["losses"].append(self._widen(c, jax.block_until_ready(metrics["loss"])))
                 except Exception as e:  # noqa: BLE001
                     del live[arch]
-                    results[arch] = self._fail(arch, f"training failed at step {k + 1}: {_short(e)}")
+                    results[arch] = self._fail(
+                        arch, f"training failed at step {k + 1}: {_short(e)}")
                     continue
                 c["train_s"] += time.perf_counter() - t0
                 if k + 1 == s.halving_step and c["kept"] is None:
@@ -404,7 +405,8 @@ class CandidateTrainer:
             from bortsearch.runio import write_json
 
             write_json(self._folder(arch) / "halving.json",
-                       {"at": step, "kept": keep, "dropped": {str(i): e for i, e in dropped.items()}})
+                       {"at": step, "kept": keep,
+                        "dropped": {str(i): e for i, e in dropped.items()}})
         self._reduce(arch, c, keep, dropped, step)
 
     def _reduce(self, arch: Arch, c: dict, keep: list[int], dropped: dict, step: int) -> None:
@@ -428,9 +430,9 @@ class CandidateTrainer:
         folder = self._folder(arch)
         if not (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
             return  # nothing saved yet: Orbax (1 s to import) waits for the first save
-        from bortsearch.train.fit import _checkpointer, restore_checkpoint
+        from bortsearch.train.fit import checkpointer, restore_checkpoint
 
-        c["manager"] = _checkpointer(folder)
+        c["manager"] = checkpointer(folder)
         k = c["manager"].latest_step()
         if not k:
             return
@@ -451,9 +453,9 @@ class CandidateTrainer:
         import orbax.checkpoint as ocp
 
         if c["manager"] is None:
-            from bortsearch.train.fit import _checkpointer
+            from bortsearch.train.fit import checkpointer
 
-            c["manager"] = _checkpointer(self._folder(arch))
+            c["manager"] = checkpointer(self._folder(arch))
         losses = np.stack([np.asarray(x, np.float32) for x in c["losses"]])
         c["manager"].save(step, args=ocp.args.StandardSave({"state": c["state"],
                                                             "losses": losses}))

@@ -115,7 +115,9 @@ class RayExecutor:
     max_retries: int = 2
     storage: str | None = None
 
-    def _connect(self):
+    def connect(self):
+        """The `ray` module, connected to the cluster at `address` (started locally when
+        none is given); a clear error when Ray is missing or the cluster is unreachable."""
         try:
             import ray
         except ImportError:
@@ -161,7 +163,7 @@ class RayExecutor:
         keyed by the run, is where the workers checkpoint.)"""
         import jax
 
-        ray = self._connect()
+        ray = self.connect()
         # Into the object store once: NumPy arrays, so that workers need no devices
         # of the driver's kind and no file the driver can see.
         teacher_ref = ray.put(dataclasses.replace(

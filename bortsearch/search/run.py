@@ -28,26 +28,25 @@ from pathlib import Path
 import pandas as pd
 
 from bortsearch.data.batches import BatchSpec, load_data
-from bortsearch.data.corpus import cache_dir, resolve_corpus
+from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from bortsearch.deploy.latency import RUNTIMES, measure_latency
 from bortsearch.errors import UserError, check_ranges
 from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import DTYPES, INHERITS, INITS, LAYER_RULES
 from bortsearch.model.hf import load_checkpoint, weights_sha256
-from bortsearch.model.importance import Importance, importance, rewire
 from bortsearch.model.proxies import (
-    RUNTIMES,
     SCOPES,
     SIZE_PROXIES,
     effective_param_count,
     forward_flops,
-    measure_latency,
     param_count,
     size_proxy,
 )
 from bortsearch.process import setup_process
 from bortsearch.runio import (
     atomic_dir,
+    cache_dir,
     check_settings,
     enable_compilation_cache,
     exclusive,
@@ -70,6 +69,7 @@ from bortsearch.search.audit import diagnose
 from bortsearch.search.candidates import CandidateSettings, HeldOut, Timing
 from bortsearch.search.executors import LocalExecutor
 from bortsearch.search.space import load_space
+from bortsearch.train.importance import Importance, importance, rewire
 from bortsearch.train.step import LossConfig
 from bortsearch.train.teacher import TeacherConfig, check_seq_len, train_teacher
 
@@ -356,7 +356,7 @@ class JournalledEvaluator:
         self.bar = None
 
     def __call__(self, archs: list[Arch]) -> dict[Arch, Evaluation]:
-        from bortsearch.train.fit import progress_bar
+        from bortsearch.runio import progress_bar
 
         out = {a: self._replay(self.finished[a.size]) for a in archs if a.size in self.finished}
         todo = [a for a in archs if a not in out]
@@ -450,7 +450,7 @@ def _measured(archs, cfg: SearchConfig, journal: Journal, events, progress,
     architecture in turn (starting one further on each round), so that drifts in the
     machine's load hit all of them alike."""
     scope = cfg.inference_scope
-    from bortsearch.train.fit import progress_bar
+    from bortsearch.runio import progress_bar
 
     if cfg.runtime != "xla":
         from bortsearch.deploy.onnx_export import require_onnx
@@ -529,7 +529,8 @@ def _speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal,
         best_s, t_s = ([r[i]["median_s"] for r in rounds] for i in (0, 1))
         measured = {"best_s": statistics.median(best_s), "maximum_point_s": statistics.median(t_s),
                     "iqr_s": [statistics.median(r[i]["iqr_s"] for r in rounds) for i in (0, 1)],
-                    "rounds": LATENCY_ROUNDS, "round_speedups": [t / b for t, b in zip(t_s, best_s)],
+                    "rounds": LATENCY_ROUNDS,
+                    "round_speedups": [t / b for t, b in zip(t_s, best_s)],
                     "hardware": rounds[0][0]["hardware"]}
         journal.append({"event": "speedup", "key": key, "measured": measured})
     return {"predicted": predicted, "measured": measured["maximum_point_s"] / measured["best_s"],

@@ -100,7 +100,8 @@ def reliability(best: dict) -> str:
     lm = best.get("latency_model")
     if lm:
         lines.insert(1 if sp else 0,
-                     f"î fitted on {lm['measured']} measured architectures ({best.get('runtime')}): "
+                     f"î fitted on {lm['measured']} measured architectures "
+                     f"({best.get('runtime')}): "
                      f"leave-one-out error median {100 * lm['loo_median_rel_error']:.1f}%, "
                      f"max {100 * lm['loo_max_rel_error']:.1f}%")
     return "\n".join(lines)
@@ -186,8 +187,8 @@ def plot_audit(table: pd.DataFrame, best: dict, path: str | Path) -> Path:
     diag = best.get("diagnostics") or {}
     done = table[table["status"] == "done"].sort_values("params")
     confirmed = done[_col(done, "confirmed_error").notna()]
-    fig, axes = plt.subplots(1, 2 if len(confirmed) else 1, figsize=(11 if len(confirmed) else 6.5, 4.5),
-                             dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, 2 if len(confirmed) else 1, dpi=110, squeeze=False,
+                             figsize=(11 if len(confirmed) else 6.5, 4.5))
     ax = axes[0][0]
     ax.errorbar(done["params"] / 1e6, done["error"], yerr=2 * _col(done, "error_se").fillna(0),
                 fmt="o", ms=5, capsize=3, label=f"{metric} after s steps (± 2 SE over seeds)")

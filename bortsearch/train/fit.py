@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
+from bortsearch.runio import progress_bar
 from bortsearch.train.step import (
     LossConfig,
     OptimConfig,
@@ -61,16 +62,9 @@ def data_mesh(batch_size: int) -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
-def progress_bar(**kwargs):
-    """A tqdm bar: live on a terminal, a line every 30 s in a log file."""
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(mininterval=0.5 if sys.stderr.isatty() else 30, dynamic_ncols=True, **kwargs)
-
-
-def _checkpointer(directory: Path):
+def checkpointer(directory: Path):
+    """An Orbax checkpoint manager for `directory`: the last two steps kept, written
+    synchronously (a step counts as saved when the call returns)."""
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
@@ -147,7 +141,7 @@ def _check_processes_agree(params, data, step: int) -> None:
                         "--process-id differs)") from None
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
+def trim_metrics(path: Path, last_step: int) -> None:
     """Drop journal lines a killed run wrote after its last checkpoint."""
     if path.is_file():
         keep = [line for line in path.read_text().splitlines()
@@ -195,12 +189,12 @@ class _Trainee:
         if jax.process_count() > 1:
             _check_processes_agree(m.params, data, 0)
         self.member = m
-        self.manager = _checkpointer(m.workdir / "checkpoints")
+        self.manager = checkpointer(m.workdir / "checkpoints")
         self.start, self.state = restore_latest(
             self.manager, place(init_state(m.params, lr, optim), replicated), optim)
         metrics_path = m.workdir / "metrics.jsonl"
         if primary:
-            _trim_metrics(metrics_path, self.start)
+            trim_metrics(metrics_path, self.start)
         self.log = open(metrics_path if primary else os.devnull, "a")
         self.flops_per_step = train_flops_per_token(m.arch, data.spec.seq_len,
                                                     data.spec.predictions) \

@@ -93,7 +93,8 @@ def _schedule(cfg: OptimConfig) -> optax.Schedule:
     """Linear warm-up to 1, then linear decay to 0."""
     w = cfg.warmup_steps
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, 1.0, w), optax.linear_schedule(1.0, 0.0, max(1, cfg.steps - w))],
+        [optax.linear_schedule(0.0, 1.0, w),
+         optax.linear_schedule(1.0, 0.0, max(1, cfg.steps - w))],
         [w])
 
 

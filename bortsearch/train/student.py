@@ -78,7 +78,8 @@ def _run_files(run: Path) -> tuple[dict, dict]:
         raise UserError(f"{run}: not a finished search run (no best.json or teacher/); run "
                         f"`bortsearch search --run {run}` to the end first")
     best = json.loads((run / "best.json").read_text())
-    search = json.loads((run / "search.json").read_text()) if (run / "search.json").is_file() else {}
+    path = run / "search.json"
+    search = json.loads(path.read_text()) if path.is_file() else {}
     return best, search
 
 
@@ -114,6 +115,9 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
     kind = best.get("inference_kind", "analytic")
     scope = best.get("inference_scope", "mlm")  # runs before the scope existed counted the head
     metric = best.get("error_metric", "ce")
+    flops = float(forward_flops(arch, 1, search.get("seq_len", 128), scope))
+    unit = ("FLOPs per forward pass at batch 1" if kind == "analytic"
+            else "seconds, measured in " + (best.get("runtime") or "xla"))
 
     def fmt(x, spec=".4g"):
         return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
@@ -123,7 +127,8 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         f"A {'ALBERT' if arch.albert else arch.model_type.upper()}-family masked-LM encoder "
         f"found by bortsearch's "
         f"implementation of the Bort FPTAS (de Wynter & Perry 2020), "
-        + ("the W-optimum of its search." if chosen else "chosen by hand (--arch) from its search."),
+        + ("the W-optimum of its search." if chosen
+           else "chosen by hand (--arch) from its search."),
         "", "## Architecture", "",
         "| layers D | heads A | hidden H | intermediate I | embedding E | groups G | "
         "vocabulary | positions |",
@@ -140,8 +145,8 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         f"- corpus: {search.get('corpus_name', '?')}",
         f"- this student: p̂ = {param_count(arch):,} parameters "
         f"({effective_param_count(arch):,} non-embedding), "
-        f"î = {fmt(row.get('inference', float(forward_flops(arch, 1, search.get('seq_len', 128), scope))))} "
-        f"({'FLOPs per forward pass at batch 1' if kind == 'analytic' else 'seconds, measured in ' + (best.get('runtime') or 'xla')}"
+        f"î = {fmt(row.get('inference', flops))} "
+        f"({unit}"
         f", {scope}), "
         f"{'ê' if metric == 'ce' else 'KL = ê − H_T'} = {fmt(row.get('error'))}, "
         f"W = {fmt(row.get('w_coefficient'))}",
@@ -240,7 +245,8 @@ def _finished_export(work: Path, out: Path) -> dict | None:
     if not (work / "summary.json").is_file() or not (out / "model.safetensors").is_file():
         return None
     try:
-        mine, theirs = load_file(str(work / STUDENT_WEIGHTS)), load_file(str(out / "model.safetensors"))
+        mine = load_file(str(work / STUDENT_WEIGHTS))
+        theirs = load_file(str(out / "model.safetensors"))
     except Exception:
         return None
     import numpy as np
@@ -317,7 +323,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
     inherit = search.get("inherit", "first")
     source = teacher.params  # the units a student inherits: the run's --inherit
     if cfg.init == "teacher" and inherit == "importance":
-        from bortsearch.model.importance import Importance, rewire
+        from bortsearch.train.importance import Importance, rewire
 
         imp = Importance.from_dict(json.loads((run / "importance.json").read_text()))
         source = rewire(teacher.arch, teacher.params, imp.orders())
@@ -336,7 +342,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         return batch, teacher_logits(teacher.arch, source, batch)
 
     def layers(arch):  # the teacher layers each student inherits: the run's rule
-        from bortsearch.model.importance import inherited_layers
+        from bortsearch.train.importance import inherited_layers
 
         return inherited_layers(rule, arch, teacher.arch, source, measuring, search["seed"])
 
