@@ -2,16 +2,16 @@
 
 On a GPU, XLA's scatter-add (the embedding table's gradient), some GEMM and
 reduction kernels and autotuning choose their order of summation at run time, so
-two identical searches can train to different errors and choose different students
-(seen in the second round). `--xla_gpu_deterministic_ops=true` makes XLA use
-deterministic implementations; `bortsearch.setup_process()` adds it to `XLA_FLAGS`
-before JAX starts a backend (the flag is read then, once per process); every command,
-run entry point and Ray worker calls it. On CPUs XLA's programs
-are already deterministic and the flag changes nothing.
+two identical searches can train to different errors and choose different students.
+`--xla_gpu_deterministic_ops=true` makes XLA use deterministic implementations;
+`bortsearch.setup_process()` adds it to `XLA_FLAGS` before JAX starts a backend (the
+flag is read then, once per process); every command, run entry point and Ray worker
+calls it. On CPUs XLA's programs are already deterministic and the flag changes
+nothing.
 
 `BORTSEARCH_GPU_NONDETERMINISTIC=1` leaves it off (faster on some GPU programs; the
-cost has not been measured on a GPU yet); an
-`XLA_FLAGS` that already names the flag is left as the user wrote it.
+cost has not been measured on a GPU yet); an `XLA_FLAGS` that already names the flag
+is left as the user wrote it.
 """
 
 from __future__ import annotations
