@@ -264,9 +264,9 @@ def finetune_model(folder: Path, task: str, held: Path, final: Path, work: Path,
     """Every (lr, seed) trained once for `p.epochs` epochs, its weights after each
     epoch scored on the held-out rows and on dev; (lr, epochs) chosen by the mean over
     seeds on the held-out rows alone, and the dev scores read at that choice only."""
+    from bortsearch.data.tasks import load_task
     from bortsearch.downstream import metrics as M
     from bortsearch.downstream.finetune import FinetuneConfig, prepare, run_trials
-    from bortsearch.downstream.tasks import load_task
 
     length = SHORT.get(task, p.length) if p.length >= 64 else p.length
     cfg = FinetuneConfig(lrs=p.lrs, epochs=p.epochs, seeds=p.seeds, max_length=length,
@@ -303,8 +303,8 @@ def choose(scores: dict, lrs, epochs: int, seeds: int) -> dict:
 def best_constant(task: str, folder: Path, rows: int | None) -> float:
     """The best score × 100 of a constant answer on `folder`'s dev split (every class
     tried, not only the training split's majority: RTE is nearly balanced)."""
+    from bortsearch.data.tasks import load_task
     from bortsearch.downstream import metrics as M
-    from bortsearch.downstream.tasks import load_task
 
     t = load_task(task, folder, max_train=rows, max_eval=rows)
     y = next(iter(t.devs.values())).y

@@ -5,11 +5,11 @@ The public API; see README.md and docs/python-api.md for examples.
 
 from bortsearch.data.batches import BatchSpec, MLMData, load_data
 from bortsearch.data.corpus import Corpus, resolve_corpus
+from bortsearch.data.tasks import GLUE, load_task
 from bortsearch.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from bortsearch.deploy.latency import measure_latency
 from bortsearch.downstream.finetune import FinetuneConfig, finetune
 from bortsearch.downstream.glue import glue
-from bortsearch.downstream.tasks import GLUE, load_task
 from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import Encoder, Model, init_params

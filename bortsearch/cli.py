@@ -207,6 +207,8 @@ def cmd_search(args) -> None:
 
     cfg = SearchConfig(
         space=args.space, teacher=args.teacher, corpus=tuple(args.corpus) if args.corpus else None,
+        task=args.task, task_data=args.task_data, text_fields=args.text_fields,
+        label_field=args.label_field,
         text_field=args.text_field, vocab_size=args.vocab_size or SearchConfig.vocab_size,
         epsilon=args.epsilon, steps=args.steps, lrs=tuple(args.lr or SearchConfig.lrs),
         batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
@@ -516,8 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="run Algorithm 1 (the FPTAS) over a space")
     p.add_argument("--space", required=True, help="a search-space TOML file")
     p.add_argument("--run", required=True, help="the run folder (created; re-run to resume)")
-    p.add_argument("--teacher", help="a Hugging Face BERT/RoBERTa checkpoint folder; default: "
+    p.add_argument("--teacher", help="a Hugging Face BERT/RoBERTa checkpoint folder: a "
+                   "masked-LM model, or a fine-tuned sequence classifier with --task; default: "
                    "train the space's maximum point (cached)")
+    p.add_argument("--task", help="with a classifier --teacher: the task it was fine-tuned on "
+                   "(a GLUE name, or your own with --text-fields and --label-field); the "
+                   "candidates are distilled on its training rows")
+    p.add_argument("--data", dest="task_data", metavar="DIR",
+                   help="--task's folder (train.tsv, ...) or the GLUE folder holding it")
+    p.add_argument("--text-fields", metavar="A[,B]", help="a custom --task's text field(s)")
+    p.add_argument("--label-field", help="a custom --task's label field")
     p.add_argument("--epsilon", type=_positive_int, default=None,
                    help="interval size ε (default ⌈|Ξ|/12⌉: about 12 candidates trained)")
     p.add_argument("--steps", type=_positive_int, default=c.steps,
@@ -657,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
-    from bortsearch.downstream.tasks import GLUE
+    from bortsearch.data.tasks import GLUE
 
     p = sub.add_parser("finetune", help="fine-tune a BERT/RoBERTa folder on a GLUE or "
                        "custom task; writes a Hugging Face classifier and metrics.json")

@@ -16,10 +16,10 @@ from conftest import has_checkpoint, kill_when
 from safetensors.numpy import load_file, save_file
 
 from bortsearch import Arch, Model, UserError, load, load_checkpoint, save_checkpoint
+from bortsearch.data.tasks import Split, encode
 from bortsearch.data.tokenizer import load_tokenizer
-from bortsearch.downstream.finetune import FinetuneConfig, encode, finetune, initial_params
+from bortsearch.downstream.finetune import FinetuneConfig, finetune, initial_params
 from bortsearch.downstream.glue import glue
-from bortsearch.downstream.tasks import Split
 from bortsearch.model.encoder import Encoder, init_params
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -47,7 +47,7 @@ def test_pair_encoding_equals_the_transformers_tokenizer(family):
     model = load(folder)
     tok = load_tokenizer(folder, family)
     split = Split([a for a, _ in PAIRS], [b for _, b in PAIRS], np.zeros(3, np.int32))
-    enc = encode(tok, split, 64, model.arch)
+    enc = encode(tok, split, 64, model.arch.type_vocab_size)
     ids, mask, types = CLS[f"{family}_ids"], CLS[f"{family}_mask"], CLS[f"{family}_types"]
     assert enc.lengths.tolist() == mask.sum(1).tolist()
     for row in range(3):
@@ -157,8 +157,8 @@ def test_real_sst2_beats_the_majority_class_and_exports_a_classifier(tiny, share
     for f in ("metrics.json", "model.safetensors", "config.json"):  # not mkstemp's 0600
         assert (tmp_path / "out" / f).stat().st_mode & 0o777 == 0o666 & ~umask
     model = load(tmp_path / "out")  # the exported classifier reproduces the dev score
+    from bortsearch.data.tasks import load_task
     from bortsearch.downstream.finetune import predict
-    from bortsearch.downstream.tasks import load_task
 
     task = load_task("sst2", shared_data / "glue", max_eval=400)
     enc = encode(model.tokenizer, task.dev, 64, model.arch)

@@ -10,8 +10,8 @@ from scipy.stats import pearsonr, rankdata, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from bortsearch import UserError
+from bortsearch.data.tasks import GLUE, load_task
 from bortsearch.downstream import metrics as M
-from bortsearch.downstream.tasks import GLUE, load_task
 
 # One row per GLUE task in the GLUE distribution's layout: (folder, header, row).
 LAYOUT = {

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bortsearch.data.tasks import Encoded, Task, encode, load_task
 from bortsearch.downstream import metrics as M
-from bortsearch.downstream.tasks import Split, Task, load_task
 from bortsearch.errors import UserError, check_ranges
 from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import DTYPES, Encoder, Model, init_params
@@ -48,7 +48,6 @@ from bortsearch.process import setup_process
 from bortsearch.runio import check_settings, file_sha256, write_atomic, write_json
 from bortsearch.train.step import OptimConfig, TrainState, apply_gradients, init_state
 
-BUCKET = 32  # batches are padded to a multiple of this many tokens, not to --max-length
 EVAL_BATCH = 64
 
 
@@ -96,50 +95,6 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------- data
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoded:
-    """A split tokenised to at most `max_length` tokens, right-padded to it."""
-
-    ids: np.ndarray  # N x max_length
-    types: np.ndarray
-    lengths: np.ndarray
-    labels: np.ndarray
-
-    def batch(self, rows: np.ndarray, size: int, max_length: int) -> dict:
-        """Rows `rows` padded to `size` rows (weight 0) and to a multiple of
-        BUCKET tokens, so few shapes compile whatever the batch's longest text."""
-        n = len(rows)
-        rows = np.concatenate([rows, np.full(size - n, rows[0])]) if n < size else rows
-        width = min(max_length, -(-int(self.lengths[rows].max()) // BUCKET) * BUCKET)
-        positions = np.arange(width)[None, :]
-        return {"input_ids": self.ids[rows, :width],
-                "token_type_ids": self.types[rows, :width],
-                "attention_mask": (positions < self.lengths[rows, None]).astype(np.int32),
-                "labels": self.labels[rows],
-                "weights": (np.arange(size) < n).astype(np.float32)}
-
-
-def encode(tokenizer, split: Split, max_length: int, arch: Arch) -> Encoded:
-    """Tokenise with the model's tokenizer as Hugging Face does (special tokens of
-    its family, pairs truncated longest-first to `max_length`)."""
-    import tokenizers
-
-    tok = tokenizers.Tokenizer.from_str(tokenizer.hf.to_str())
-    tok.enable_truncation(max_length, strategy="longest_first")
-    tok.no_padding()
-    inputs = list(zip(split.a, split.b)) if split.b is not None else list(split.a)
-    encodings = tok.encode_batch(inputs, add_special_tokens=True)
-    ids = np.full((len(encodings), max_length), tokenizer.pad_id, np.int32)
-    types = np.zeros((len(encodings), max_length), np.int32)
-    lengths = np.zeros(len(encodings), np.int32)
-    for i, e in enumerate(encodings):
-        ids[i, :len(e.ids)] = e.ids
-        if arch.type_vocab_size > 1:
-            types[i, :len(e.ids)] = e.type_ids
-        lengths[i] = len(e.ids)
-    return Encoded(ids, types, lengths, split.y)
 
 
 # ---------------------------------------------------------------- steps
@@ -337,9 +292,10 @@ class Job:
 
     def encode(self) -> Job:
         if self.train is None:
-            tok, length, arch = self.encoder.tokenizer, self.cfg.max_length, self.encoder.arch
-            self.train = encode(tok, self.task.train, length, arch)
-            self.devs = {k: encode(tok, v, length, arch) for k, v in self.task.devs.items()}
+            tok, length = self.encoder.tokenizer, self.cfg.max_length
+            types = self.encoder.arch.type_vocab_size
+            self.train = encode(tok, self.task.train, length, types)
+            self.devs = {k: encode(tok, v, length, types) for k, v in self.task.devs.items()}
         return self
 
     def pending(self) -> list[tuple[float, int]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bortsearch.data.tasks import FORMATS, GLUE, task_folder
 from bortsearch.downstream.finetune import (
     LATENCY_LENGTH,
     FinetuneConfig,
@@ -27,7 +28,6 @@ from bortsearch.downstream.finetune import (
     prepare,
     run_trials,
 )
-from bortsearch.downstream.tasks import FORMATS, GLUE, task_folder
 from bortsearch.errors import UserError
 from bortsearch.process import setup_process
 

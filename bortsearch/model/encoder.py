@@ -436,14 +436,17 @@ INHERITS = ("first", "importance")
 
 
 def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
-                   seed: int = 0, sop: bool = False, layers: list[int] | None = None) -> Params:
+                   seed: int = 0, sop: bool = False, layers: list[int] | None = None,
+                   num_labels: int = 0) -> Params:
     """A student initialised from the teacher's weights [ours, after the weight
     inheritance of DynaBERT and AutoTinyBERT]: layers chosen by `teacher_layers`,
     and in every tensor the leading block of each axis (the first H hidden units,
     the first I feed-forward units; heads are contiguous column blocks, so the
     first H columns are the first heads). Whatever the teacher lacks (a wider or
     deeper student) keeps its Normal(0, 0.02) draw from `init_params(arch, seed)`.
-    `layers` names the teacher layer (group) of each student layer (group) instead."""
+    `layers` names the teacher layer (group) of each student layer (group) instead;
+    `num_labels` > 0 gives the student a classification head (inherited from a
+    classifier teacher's as the rest is) instead of the masked-LM head."""
     picks = (teacher_layers(arch.num_groups, teacher_arch.num_groups) if layers is None
              else list(layers))  # a group per layer slot
     if len(picks) != min(arch.num_groups, teacher_arch.num_groups) or not all(
@@ -465,7 +468,8 @@ def inherit_params(arch: Arch, teacher_arch: Arch, teacher_params: Params,
         out[block] = theirs[block]
         return out
 
-    params = jax.tree_util.tree_map_with_path(take, init_params(arch, seed, sop=sop))
+    params = jax.tree_util.tree_map_with_path(
+        take, init_params(arch, seed, num_labels=num_labels, sop=sop))
     if arch.embedding is not None and arch.embedding_size < teacher_arch.embedding_size:
         params = _svd_embeddings(arch, teacher_arch, teacher_params, params)
     return params
@@ -544,6 +548,14 @@ def param_shapes(arch: Arch, num_labels: int = 0, sop: bool = False) -> Params:
 
 def has_sop_head(params: Params) -> bool:
     return "sop" in params["params"]
+
+
+def classifier_outputs(params: Params) -> int:
+    """The outputs of the sequence-classification head in `params` (0: it has none)."""
+    head = params["params"].get("classifier")
+    if head is None:
+        return 0
+    return (head["out_proj"] if "out_proj" in head else head)["kernel"].shape[-1]
 
 
 @functools.partial(jax.jit, static_argnums=0)

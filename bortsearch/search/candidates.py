@@ -124,7 +124,7 @@ class HeldOut:
         logits = jax.block_until_ready(
             [teacher_logits(teacher.arch, teacher.params, b) for b in batches])
         return cls(batches, logits, error_baselines(
-            batches, logits, data.unigram_log_probs(teacher.arch.vocab_size)))
+            batches, logits, data.unigram_log_probs(teacher.num_labels or teacher.arch.vocab_size)))
 
 
 class CandidateTrainer:
@@ -194,7 +194,7 @@ class CandidateTrainer:
         def evaluate(arch):
             t0 = time.perf_counter()
             params = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, lrs, *x.shape), x.dtype),
-                                  param_shapes(arch))
+                                  param_shapes(arch, self.teacher.num_labels))
             program = eval_sums_many.lower(arch, params, self.heldout[0],
                                            self.heldout_teacher[0]).compile()
             return program, time.perf_counter() - t0
@@ -226,9 +226,10 @@ class CandidateTrainer:
         """The shapes of a training step's batch (N x B x ...) and teacher targets
         (N x B x P x V and N x B x P), which every candidate's step is compiled for."""
         batch = self.streams[0].train_batch(0)
-        n, (b, p) = self.settings.seeds, batch["positions"].shape
-        return ({k: jax.ShapeDtypeStruct((n, *v.shape), v.dtype) for k, v in batch.items()},
-                Targets(jax.ShapeDtypeStruct((n, b, p, self.teacher.arch.vocab_size), np.float32),
+        n, (b, p) = self.settings.seeds, batch["labels"].shape
+        v = self.teacher.num_labels or self.teacher.arch.vocab_size
+        return ({k: jax.ShapeDtypeStruct((n, *x.shape), x.dtype) for k, x in batch.items()},
+                Targets(jax.ShapeDtypeStruct((n, b, p, v), np.float32),
                         jax.ShapeDtypeStruct((n, b, p), np.float32)))
 
     def _initial_state(self, arch: Arch):
@@ -237,8 +238,9 @@ class CandidateTrainer:
         layers = self.layers(arch) if s.init == "teacher" else None
         per_seed = []
         for j in range(s.seeds):
-            params = (inherit_params(arch, t.arch, t.params, s.seed + j, layers=layers)
-                      if s.init == "teacher" else init_params(arch, s.seed + j))
+            params = (inherit_params(arch, t.arch, t.params, s.seed + j, layers=layers,
+                                     num_labels=t.num_labels)
+                      if s.init == "teacher" else init_params(arch, s.seed + j, t.num_labels))
             per_seed.append(init_state(params, 0.0, self.optim))
         stacked = jax.tree.map(
             lambda *xs: np.stack([np.repeat(np.asarray(x)[None], len(s.lrs), 0) for x in xs]),

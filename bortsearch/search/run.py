@@ -29,6 +29,7 @@ import pandas as pd
 
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import resolve_corpus
+from bortsearch.data.tasks import TaskData, load_task
 from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from bortsearch.deploy.latency import RUNTIMES, measure_latency
 from bortsearch.errors import UserError, check_ranges
@@ -87,6 +88,12 @@ class SearchConfig:
     teacher: str | None = None
     corpus: tuple[str, ...] | None = None
     text_field: str = "text"
+    # a sequence-classification teacher is distilled on its task's training rows: the
+    # task (a GLUE name, or a name with text_fields and label_field) and its folder
+    task: str | None = None
+    task_data: str | None = None
+    text_fields: str | None = None
+    label_field: str | None = None
     vocab_size: int = DEFAULT_VOCAB_SIZE
     epsilon: int | None = None  # None: ⌈|Ξ| / 12⌉, so about 12 candidates are trained
     steps: int = 200
@@ -185,7 +192,15 @@ def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
     """T and its tokenizer: the given checkpoint, or the space's maximum point
     trained once per (space, corpus, settings) and cached."""
     if cfg.teacher:
-        teacher = load_checkpoint(cfg.teacher)
+        teacher = load_checkpoint(cfg.teacher, part="auto")
+        n = teacher.num_labels
+        if n and not cfg.task:
+            raise UserError(f"--teacher {cfg.teacher}: a sequence classifier ({n} labels); give "
+                            f"the task it was fine-tuned on: --task TASK --data DIR")
+        if cfg.task and not n:
+            raise UserError(f"--task {cfg.task}: the teacher {cfg.teacher} is a masked-LM "
+                            f"model; a task search needs a fine-tuned sequence classifier "
+                            f"(…ForSequenceClassification) as --teacher, or leave out --task")
         return teacher, Path(cfg.teacher)
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     arch = space.maximum_point(tokenizer.vocab_size, cfg.seq_len)
@@ -238,7 +253,18 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     enable_compilation_cache()
     run = Path(run_dir)
     space = load_space(cfg.space)
-    corpus = resolve_corpus(list(cfg.corpus) if cfg.corpus else None, cfg.text_field)
+    if cfg.task and not (cfg.teacher and cfg.task_data):
+        raise UserError(f"--task {cfg.task}: a task search distils a fine-tuned classifier on "
+                        f"the task's rows; give it with --teacher DIR and the task's folder "
+                        f"with --data DIR")
+    if cfg.task and cfg.corpus:
+        raise UserError("--corpus and --task: a task search trains on the task's training "
+                        "rows; leave out --corpus")
+    if cfg.task and cfg.inference_scope == "mlm":
+        raise UserError("--inference-scope mlm counts a masked-LM head, which a task "
+                        "search's students do not have; use --inference-scope encoder")
+    corpus = None if cfg.task else resolve_corpus(list(cfg.corpus) if cfg.corpus else None,
+                                                  cfg.text_field)
     if cfg.inference not in INFERENCE_KINDS:
         raise UserError(f"--inference {cfg.inference!r}: use one of {', '.join(INFERENCE_KINDS)}")
     if cfg.runtime != "xla" and cfg.inference == "analytic":
@@ -273,7 +299,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     settings = {
         "space": space.to_dict(), "teacher_arch": T.to_dict(),
         "teacher_weights": weights_sha256(teacher_path),
-        "corpus": corpus.fingerprint(), "epsilon": epsilon, "steps": cfg.steps,
+        "epsilon": epsilon, "steps": cfg.steps,
         "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
         "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
         "seeds": cfg.seeds, "init": cfg.init,
@@ -283,8 +309,18 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     }
     # Everything that can fail on the user's input is checked before the run folder
     # is written: a corpus too short for one batch, say.
-    data = load_data(corpus, teacher.tokenizer,
-                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress)
+    spec = BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    if cfg.task:
+        task = load_task(cfg.task, cfg.task_data, cfg.text_fields, cfg.label_field)
+        if task.num_labels != teacher.num_labels:
+            raise UserError(f"--task {cfg.task}: {task.num_labels} classes, but the teacher "
+                            f"has {teacher.num_labels} outputs; give the task it was "
+                            f"fine-tuned on")
+        data = corpus = TaskData(task, teacher.tokenizer, spec, T.type_vocab_size)
+        settings["task"] = task.name
+    else:
+        data = load_data(corpus, teacher.tokenizer, spec, progress=progress)
+    settings["corpus"] = corpus.fingerprint()
     imp = None
     if cfg.inherit == "importance":  # the run's own record first, so a resume matches it
         recorded = run / "importance.json"

@@ -232,14 +232,15 @@ def measured_layers(arch: Arch, teacher_arch: Arch, teacher_params: Params, batc
     teacher: the lowest KL(teacher ‖ student) on one `batch` (the search's first
     training batch), over `candidate_layer_maps` (ties: the earlier). Returns the map
     and every map's KL."""
-    from bortsearch.model.encoder import inherit_params
+    from bortsearch.model.encoder import classifier_outputs, inherit_params
     from bortsearch.train.step import eval_sums
 
     if arch.num_groups >= teacher_arch.num_groups:
         return list(range(teacher_arch.num_groups)), {}
     kls = {}
     for m in candidate_layer_maps(arch.num_groups, teacher_arch.num_groups):
-        params = inherit_params(arch, teacher_arch, teacher_params, seed, layers=m)
+        params = inherit_params(arch, teacher_arch, teacher_params, seed, layers=m,
+                                num_labels=classifier_outputs(teacher_params))
         sums = eval_sums(arch, params, batch, teacher_logits)
         kls[tuple(m)] = float(sums["kl"]) / max(float(sums["n"]), 1.0)
     best = min(kls, key=lambda m: kls[m])  # dicts keep order: the earlier wins a tie

@@ -20,7 +20,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import Encoder, param_size
+from bortsearch.model.encoder import Encoder, classifier_outputs, param_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +154,15 @@ def from_legacy(old: TrainState, cfg: OptimConfig) -> TrainState:
 
 def student_logits(arch: Arch, params, batch, dtype: str = "float32"):
     """Logits at the masked positions: B x P x V, float32 (computed in `dtype`);
-    on a batch of sentence-order pairs (`sop_labels`), (those, the order head's B x 2)."""
+    on a batch of sentence-order pairs (`sop_labels`), (those, the order head's B x 2).
+    On a task's batch (no `positions`: `bortsearch.data.tasks.TaskData`) a sequence
+    classifier's logits as one prediction a row, B x 1 x C, so that the losses and
+    sums below serve a classifier teacher unchanged: CE on the labels, KL to the
+    teacher's class distribution."""
+    if "positions" not in batch:
+        logits_BxC = Encoder(arch, dtype=dtype, num_labels=classifier_outputs(params)).apply(
+            params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        return logits_BxC[:, None, :]
     sop = "sop_labels" in batch
     return Encoder(arch, dtype=dtype, sop=sop).apply(
         params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bortsearch.data.batches import HELDOUT_EVERY, BatchSpec
 from bortsearch.errors import UserError
 
 
@@ -277,3 +278,141 @@ def load_task(task: str, data: str | Path, text_fields: str | None = None,
     digest.update(json.dumps([max_train, max_eval, dataclasses.asdict(spec)]).encode())
     return Task(name if spec.folder else task, spec, train, devs,
                 tuple(str(f) for f in files), digest.hexdigest())
+
+
+BUCKET = 32  # batches are padded to a multiple of this many tokens, not to --max-length
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A split tokenised to at most `max_length` tokens, right-padded to it."""
+
+    ids: np.ndarray  # N x max_length
+    types: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+
+    def batch(self, rows: np.ndarray, size: int, max_length: int) -> dict:
+        """Rows `rows` padded to `size` rows (weight 0) and to a multiple of
+        BUCKET tokens, so few shapes compile whatever the batch's longest text."""
+        n = len(rows)
+        rows = np.concatenate([rows, np.full(size - n, rows[0])]) if n < size else rows
+        width = min(max_length, -(-int(self.lengths[rows].max()) // BUCKET) * BUCKET)
+        positions = np.arange(width)[None, :]
+        return {"input_ids": self.ids[rows, :width],
+                "token_type_ids": self.types[rows, :width],
+                "attention_mask": (positions < self.lengths[rows, None]).astype(np.int32),
+                "labels": self.labels[rows],
+                "weights": (np.arange(size) < n).astype(np.float32)}
+
+
+def encode(tokenizer, split: Split, max_length: int, type_vocab_size: int) -> Encoded:
+    """Tokenise with the model's tokenizer as Hugging Face does (special tokens of
+    its family, pairs truncated longest-first to `max_length`); token types only
+    where the model has more than one (`type_vocab_size`)."""
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_str(tokenizer.hf.to_str())
+    tok.enable_truncation(max_length, strategy="longest_first")
+    tok.no_padding()
+    inputs = list(zip(split.a, split.b)) if split.b is not None else list(split.a)
+    encodings = tok.encode_batch(inputs, add_special_tokens=True)
+    ids = np.full((len(encodings), max_length), tokenizer.pad_id, np.int32)
+    types = np.zeros((len(encodings), max_length), np.int32)
+    lengths = np.zeros(len(encodings), np.int32)
+    for i, e in enumerate(encodings):
+        ids[i, :len(e.ids)] = e.ids
+        if type_vocab_size > 1:
+            types[i, :len(e.ids)] = e.type_ids
+        lengths[i] = len(e.ids)
+    return Encoded(ids, types, lengths, split.y)
+
+
+class TaskData:
+    """Training and held-out batches of a labelled task, for distilling a sequence
+    classifier: the interface of `MLMData` (`train_batch`, `heldout_batches`,
+    `with_seed`, `spec`), so that a search trains its candidates on either.
+
+    Every `HELDOUT_EVERY`-th row of the training split is held out (the first
+    `spec.heldout_batches` batches of them are the held-out set B, which candidates
+    never train on); dev is not touched. A batch is a dict of NumPy arrays:
+    `input_ids`, `token_type_ids`, `attention_mask` (B x L, int32, L = `spec.seq_len`),
+    `labels` (B x 1, int32: the class, one "prediction" a row) and `weights`
+    (B x 1, float32, all 1).
+    """
+
+    def __init__(self, task: Task, tokenizer, spec: BatchSpec, type_vocab_size: int):
+        if task.spec.regression:
+            raise UserError(f"--task {task.name}: a regression task (one output) has no class "
+                            f"distribution to distil; choose a classification task")
+        self.task, self.tokenizer, self.spec = task, tokenizer, spec
+        self.type_vocab_size = type_vocab_size
+        self.encoded = encode(tokenizer, task.train, spec.seq_len, type_vocab_size)
+        idx = np.arange(len(task.train))
+        held = idx[idx % HELDOUT_EVERY == HELDOUT_EVERY - 1]
+        self.train_idx = idx[idx % HELDOUT_EVERY != HELDOUT_EVERY - 1]
+        need = spec.heldout_batches * spec.batch_size
+        if len(held) < need or len(self.train_idx) < spec.batch_size:
+            raise UserError(
+                f"--task {task.name}: {len(task.train):,} training rows hold out {len(held)} "
+                f"(every {HELDOUT_EVERY}th), but {spec.heldout_batches} held-out batches of "
+                f"{spec.batch_size} need {need} (about {need * HELDOUT_EVERY:,} rows); give "
+                f"more rows, or lower --batch-size")
+        self.heldout_idx = held[:need]
+        self._orders: dict[int, np.ndarray] = {}
+        self.name = f"{task.name} ({task.files[0]})"
+
+    @property
+    def num_labels(self) -> int:
+        return self.task.num_labels
+
+    def fingerprint(self) -> str:
+        """What the batches depend on besides `spec`: the task's files and the tokenizer."""
+        h = hashlib.sha256(self.task.fingerprint.encode())
+        h.update(self.tokenizer.hf.to_str().encode())
+        h.update(str(self.type_vocab_size).encode())
+        return h.hexdigest()
+
+    def with_seed(self, seed: int) -> TaskData:
+        """The same rows and held-out set B, another training order."""
+        other = object.__new__(TaskData)
+        other.__dict__.update(self.__dict__)
+        other.spec, other._orders = dataclasses.replace(self.spec, seed=seed), {}
+        return other
+
+    def unigram_log_probs(self, vocab_size: int) -> np.ndarray:
+        """log q(c) over the `vocab_size` classes: the training rows' label frequencies,
+        add-one smoothed (the context-free predictor of ê's baseline)."""
+        y = np.asarray(self.encoded.labels)[self.train_idx].astype(np.int64)
+        counts = np.bincount(y, minlength=vocab_size)[:vocab_size].astype(np.float64) + 1.0
+        return np.log(counts / counts.sum()).astype(np.float32)
+
+    def tokens_per_batch(self) -> int:
+        return self.spec.batch_size * self.spec.seq_len
+
+    def _rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        e, n = self.encoded, len(rows)
+        positions = np.arange(self.spec.seq_len)[None, :]
+        return {"input_ids": e.ids[rows], "token_type_ids": e.types[rows],
+                "attention_mask": (positions < e.lengths[rows, None]).astype(np.int32),
+                "labels": np.asarray(e.labels[rows], np.int32)[:, None],
+                "weights": np.ones((n, 1), np.float32)}
+
+    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+        """Batch number `step` of the training stream (any step, in any order): each
+        epoch a fresh order of the training rows, from (seed, epoch)."""
+        b, n = self.spec.batch_size, len(self.train_idx)
+        rows = []
+        for i in range(step * b, (step + 1) * b):
+            epoch, k = divmod(i, n)
+            if epoch not in self._orders:
+                self._orders = {epoch: np.random.default_rng(
+                    [self.spec.seed, 3, epoch]).permutation(n)}  # one epoch kept
+            rows.append(self.train_idx[self._orders[epoch][k]])
+        return self._rows(np.asarray(rows))
+
+    def heldout_batches(self) -> list[dict[str, np.ndarray]]:
+        """The fixed held-out set B, whatever the training seed."""
+        b = self.spec.batch_size
+        return [self._rows(self.heldout_idx[j * b:(j + 1) * b])
+                for j in range(self.spec.heldout_batches)]

@@ -1,0 +1,146 @@
+"""A fine-tuned sequence classifier as the teacher: the search distils its candidates
+on the task's training rows (bortsearch/data/tasks.py `TaskData`), scoring them by the
+held-out KL to the teacher's class distribution."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bortsearch import BatchSpec, SearchConfig, UserError, load_checkpoint, load_task, run_search
+from bortsearch.data.tasks import TaskData
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+TEACHER = GOLDEN / "classifier_roberta"  # RobertaForSequenceClassification, labels no/yes
+WORDS = ("the quick brown fox jumps over a lazy dog while the transformer encoder "
+         "stacks attention").split()
+SPACE = """name = "task"
+layers = [1, 2]
+heads = [1, 2]
+hidden = [8, 16]
+intermediate = [12, 24]
+"""
+
+
+def _task(folder: Path, rows: int = 800, labels=("no", "yes")) -> Path:
+    """A two-class task of the teacher's vocabulary: "yes" when "fox" is in the text."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", rows), ("dev", 40)):
+        lines = ["text\tlabel"]
+        for _ in range(n):
+            text = " ".join(rng.choice(WORDS, rng.integers(3, 12)))
+            lines.append(f"{text}\t{labels[1] if 'fox' in text else labels[0]}")
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _cfg(tmp_path, **kw) -> SearchConfig:
+    space = tmp_path / "task.toml"
+    space.write_text(SPACE)
+    base = dict(space=str(space), teacher=str(TEACHER), task="mine",
+                task_data=str(_task(tmp_path / "data")), text_fields="text", label_field="label",
+                steps=6, lrs=(1e-3,), batch_size=8, seq_len=32, epsilon=4, halving=None)
+    return SearchConfig(**{**base, **kw})
+
+
+def _data(tmp_path, batch=8):
+    teacher = load_checkpoint(TEACHER, part="auto")
+    task = load_task("mine", _task(tmp_path / "data"), "text", "label")
+    return teacher, TaskData(task, teacher.tokenizer, BatchSpec(batch, 32), 1)
+
+
+def test_task_batches_hold_out_rows_and_give_the_teachers_class_logits(tmp_path):
+    from bortsearch.train.step import teacher_logits
+
+    teacher, data = _data(tmp_path)
+    held = data.heldout_batches()
+    assert len(held) == 4 and all(b["labels"].shape == (8, 1) for b in held)
+    # held-out rows are never training rows, whatever the seed
+    assert not set(data.heldout_idx) & set(data.train_idx)
+    # another seed, another order
+    rows = np.concatenate([data.train_batch(s)["labels"][:, 0] for s in range(5)])
+    other = np.concatenate([data.with_seed(1).train_batch(s)["labels"][:, 0] for s in range(5)])
+    assert not np.array_equal(rows, other)
+    # the teacher's logits on a task batch are its classifier's, one "position" a row
+    b = held[0]
+    got = np.asarray(teacher_logits(teacher.arch, teacher.params, b))
+    want = teacher.logits(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    assert got.shape == (8, 1, 2)
+    np.testing.assert_allclose(got[:, 0], want, atol=1e-5)
+    # the class prior: add-one smoothed label frequencies of the training rows
+    y = data.encoded.labels[data.train_idx]
+    counts = np.bincount(y, minlength=2) + 1.0
+    np.testing.assert_allclose(np.exp(data.unigram_log_probs(2)), counts / counts.sum(),
+                               rtol=1e-6)
+
+
+def test_a_full_size_student_inherits_the_classifier_exactly(tmp_path):
+    import jax
+
+    from bortsearch.model.encoder import inherit_params
+
+    teacher, _ = _data(tmp_path)
+    params = inherit_params(teacher.arch, teacher.arch, teacher.params, num_labels=2)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(teacher.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_search_distils_a_classifier_teacher_on_its_task(tmp_path):
+    from bortsearch.search.candidates import HeldOut
+
+    cfg = _cfg(tmp_path)
+    result = run_search(tmp_path / "run", cfg, progress=False, log=lambda *a: None)
+    table = pd.read_csv(tmp_path / "run" / "results.csv")
+    done = table[table["status"] == "done"]
+    assert len(done) >= 2 and (done["kl"] >= 0).all() and np.isfinite(done["error"]).all()
+    assert result.best is not None
+    search = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert search["task"] == "mine" and search["corpus_name"].startswith("mine")
+    # ê's baselines: the teacher's own entropy on B, computed here from its probabilities
+    teacher, data = _data(tmp_path)
+    p = np.concatenate([
+        np.asarray(jax_softmax(teacher.logits(b["input_ids"], b["attention_mask"],
+                                              b["token_type_ids"])))
+        for b in data.heldout_batches()])
+    entropy = float(-(p * np.log(p)).sum(-1).mean())
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best["diagnostics"]["teacher_entropy"] == pytest.approx(entropy, rel=1e-4)
+    assert HeldOut.of(teacher, data).baselines["teacher_entropy"] == pytest.approx(entropy,
+                                                                                    rel=1e-4)
+    # the same flags resume the finished run without training anything
+    again = run_search(tmp_path / "run", cfg, progress=False, log=lambda *a: None)
+    assert again.best.arch == result.best.arch
+
+
+def jax_softmax(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"task": None, "task_data": None, "text_fields": None, "label_field": None},
+     "a sequence classifier (2 labels); give the task it was fine-tuned on"),
+    ({"task_data": None}, "give it with --teacher DIR and the task's folder"),
+    ({"inference_scope": "mlm"}, "use --inference-scope encoder"),
+    ({"batch_size": 32}, "lower --batch-size"),
+])
+def test_a_task_search_refuses_what_it_cannot_do(tmp_path, change, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_search(tmp_path / "run", _cfg(tmp_path, **change), progress=False,
+                   log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_task_must_be_the_teachers(tmp_path, teacher):
+    three = _task(tmp_path / "three", labels=("maybe", "yes"))  # two labels, other names
+    (three / "train.tsv").write_text((three / "train.tsv").read_text() + "a dog\tno\n")
+    with pytest.raises(UserError, match="3 classes, but the teacher has 2 outputs"):
+        run_search(tmp_path / "run", _cfg(tmp_path, task_data=str(three)), progress=False,
+                   log=lambda *a: None)
+    with pytest.raises(UserError, match="is a masked-LM model"):
+        run_search(tmp_path / "run2", _cfg(tmp_path, teacher=str(teacher)), progress=False,
+                   log=lambda *a: None)
