@@ -144,3 +144,44 @@ def test_the_task_must_be_the_teachers(tmp_path, teacher):
     with pytest.raises(UserError, match="is a masked-LM model"):
         run_search(tmp_path / "run2", _cfg(tmp_path, teacher=str(teacher)), progress=False,
                    log=lambda *a: None)
+
+
+def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(tmp_path):
+    """`pretrain RUN` on a task run: the pick distilled on the task's rows, written as a
+    sequence classifier with the teacher's labels that loads back with the same logits,
+    and as ONNX with them; a second call finds the export done."""
+    from bortsearch import PretrainConfig, pretrain
+    from bortsearch.deploy.onnx_export import run_logits, session
+    from bortsearch.model.hf import read_tensors
+
+    run = tmp_path / "run"
+    result = run_search(run, _cfg(tmp_path), progress=False, log=lambda *a: None)
+    cfg = PretrainConfig(steps=8, batch_size=8, seq_len=32, eval_every=4, checkpoint_every=4)
+    summary = pretrain(run, tmp_path / "student", cfg=cfg, progress=False)
+    assert summary["task"] == "mine" and 0 <= summary["heldout_accuracy"] <= 1
+    assert summary["heldout_kd_ce"] > 0 and summary["steps_run"] == 8
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    teacher_config = json.loads((TEACHER / "config.json").read_text())
+    assert config["architectures"] == ["RobertaForSequenceClassification"]
+    assert config["id2label"] == teacher_config["id2label"]
+    student = load_checkpoint(tmp_path / "student", part="auto")
+    assert student.num_labels == 2 and student.arch.size == result.best.arch.size
+    # the tensor names of the teacher's (a transformers classifier's), its head included
+    names, theirs = set(read_tensors(tmp_path / "student")), set(read_tensors(TEACHER))
+    assert names <= theirs and {n for n in theirs if "classifier" in n} <= names
+    # the export's logits on held-out rows, and the same from its ONNX graph below
+    _, data = _data(tmp_path)
+    b = data.heldout_batches()[0]
+    logits = student.logits(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    assert logits.shape == (8, 2) and np.isfinite(logits).all()
+    assert "sequence classifier for the task mine" in (tmp_path / "student" / "README.md") \
+        .read_text()
+    pytest.importorskip("onnxruntime")
+    from bortsearch.train.student import export
+
+    export(run, tmp_path / "onnx", onnx=True)
+    sess = session(tmp_path / "onnx" / "model.onnx", 1)
+    np.testing.assert_allclose(run_logits(sess, b["input_ids"], b["attention_mask"],
+                                          b["token_type_ids"]), logits, atol=1e-4)
+    again = pretrain(run, tmp_path / "student", cfg=cfg, progress=False)
+    assert again == summary

@@ -23,6 +23,7 @@ from bortsearch.errors import UserError, check_ranges
 from bortsearch.model.arch import Arch, row_size
 from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
 from bortsearch.model.hf import (
+    classifier_config,
     export_tensors,
     load_checkpoint,
     params_from_tensors,
@@ -100,6 +101,43 @@ def weights_dir(run: Path, arch: Arch) -> Path:
     return run / "pretrain" / "-".join(map(str, arch.size))
 
 
+def task_data(search: dict, teacher: Model, spec: BatchSpec):
+    """A task run's batches (search.json's task, folder and fields) for `spec`."""
+    from bortsearch.data.tasks import TaskData, load_task
+
+    task = load_task(search["task"], search["task_data"], search.get("text_fields"),
+                     search.get("label_field"))
+    return TaskData(task, teacher.tokenizer, spec, teacher.arch.type_vocab_size)
+
+
+def _labels(run: Path) -> tuple[str, ...]:
+    """A classifier teacher's class names, in its output order."""
+    id2label = json.loads((run / "teacher" / "config.json").read_text())["id2label"]
+    return tuple(id2label[str(i)] for i in range(len(id2label)))
+
+
+def _write_student(folder: Path, run: Path, arch: Arch, tokenizer, params, extra) -> None:
+    """The student's Hugging Face folder: a masked-LM model, or for a task run a
+    sequence classifier with the teacher's labels."""
+    search = json.loads((run / "search.json").read_text()) if (run / "search.json").is_file() \
+        else {}
+    if not search.get("task"):
+        write_hf_folder(folder, arch, tokenizer, params, extra)
+        return
+    from safetensors.numpy import save
+
+    labels = _labels(run)
+    config = classifier_config(arch, tokenizer, labels, search["task"])
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if params is not None:
+        (folder / "model.safetensors").write_bytes(save(
+            export_tensors(Model(arch, params, num_labels=len(labels)), len(labels)),
+            metadata={"format": "pt"}))
+    tokenizer.save(folder, model_max_length=arch.max_seq_len)
+    for name, data in extra.items():
+        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+
+
 def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
     """README.md of an export: what the student is and where it came from."""
     best, search = _run_files(run)
@@ -124,9 +162,11 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
 
     lines = [
         f"# bortsearch student {arch.label()}", "",
-        f"A {'ALBERT' if arch.albert else arch.model_type.upper()}-family masked-LM encoder "
-        f"found by bortsearch's "
-        f"implementation of the Bort FPTAS (de Wynter & Perry 2020), "
+        f"A {'ALBERT' if arch.albert else arch.model_type.upper()}-family "
+        + (f"sequence classifier for the task {search['task']} (distilled from the "
+           f"fine-tuned teacher) " if search.get("task") else "masked-LM encoder ")
+        + "found by bortsearch's "
+        "implementation of the Bort FPTAS (de Wynter & Perry 2020), "
         + ("the W-optimum of its search." if chosen
            else "chosen by hand (--arch) from its search."),
         "", "## Architecture", "",
@@ -142,7 +182,7 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         f"- teacher (maximum point T): {Arch.from_dict(t['arch']).label()}, "
         f"from `{search.get('teacher_path') or search.get('teacher') or '?'}`; "
         f"p̂(T) = {t['params']:,}, î(T) = {fmt(t['inference'])}",
-        f"- corpus: {search.get('corpus_name', '?')}",
+        f"- {'task' if search.get('task') else 'corpus'}: {search.get('corpus_name', '?')}",
         f"- this student: p̂ = {param_count(arch):,} parameters "
         f"({effective_param_count(arch):,} non-embedding), "
         f"î = {fmt(row.get('inference', flops))} "
@@ -163,7 +203,8 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
                   f"Distillation against the teacher for {summary['steps']} steps from "
                   f"{start} "
                   f"({_loss_text(summary.get('loss'))}; AdamW lr {summary['lr']:g}).",
-                  f"Held-out masked-LM accuracy {summary['heldout_accuracy']:.4f} "
+                  f"Held-out {'task' if summary.get('task') else 'masked-LM'} accuracy "
+                  f"{summary['heldout_accuracy']:.4f} "
                   f"(teacher {summary['teacher_heldout_accuracy']:.4f}); KD cross-entropy "
                   f"{summary['heldout_kd_ce']:.4f}."
                   + (f" At [MASK] positions only: {summary['heldout_mask_accuracy']:.4f} "
@@ -220,7 +261,9 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
     if params is None and (wdir / STUDENT_WEIGHTS).is_file():
         from safetensors.numpy import load_file
 
+        n = len(_labels(run)) if _is_task_run(run) else 0
         params = params_from_tensors(arch, load_file(str(wdir / STUDENT_WEIGHTS)), wdir,
+                                     f"classify:{n}" if n else "mlm",
                                      sop=True)  # the order head, if it was trained with one
         summary = json.loads((wdir / "summary.json").read_text())
     if onnx and params is None:
@@ -230,12 +273,18 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
     if (run / "pareto.png").is_file():
         extra["pareto.png"] = (run / "pareto.png").read_bytes()
     with atomic_dir(out) as tmp:
-        write_hf_folder(tmp, arch, tokenizer, params, extra)
+        _write_student(tmp, run, arch, tokenizer, params, extra)
         if onnx:
             from bortsearch.deploy.onnx_export import write_graphs
 
-            write_graphs(tmp, Model(arch, params), int8)
+            n = len(_labels(run)) if _is_task_run(run) else 0
+            write_graphs(tmp, Model(arch, params, num_labels=n), int8)
     return out
+
+
+def _is_task_run(run: Path) -> bool:
+    path = run / "search.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("task"))
 
 
 def _finished_export(work: Path, out: Path) -> dict | None:
@@ -300,22 +349,34 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
     # the search scored students started as its candidates were (runs older than
     # --init trained them from random weights)
     cfg = dataclasses.replace(cfg, init=cfg.init or search.get("init", "random"))
-    teacher = load_checkpoint(run / "teacher")
+    task = search.get("task")
+    teacher = load_checkpoint(run / "teacher", part="auto" if task else "mlm")
     for arch, _ in todo:
         check_seq_len(arch, cfg.seq_len)
-    specs = corpus if corpus is not None else search.get("corpus")
-    corpus_obj = resolve_corpus(list(specs) if specs else None, search.get("text_field", "text"))
+    sop = cfg.objective == "mlm+sop"
+    spec = BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    if task:  # the pick distilled on its task's training rows, as the search trained it
+        if corpus is not None:
+            raise UserError(f"--corpus: {run} is a task search ({task}); its students are "
+                            f"distilled on the task's training rows; leave out --corpus")
+        if sop:
+            raise UserError(f"--objective mlm+sop: {run} is a task search ({task}); its "
+                            f"students learn the teacher's classes; leave out --objective")
+        data = task_data(search, teacher, spec)
+        fingerprint = data.fingerprint()
+    else:
+        specs = corpus if corpus is not None else search.get("corpus")
+        corpus_obj = resolve_corpus(list(specs) if specs else None,
+                                    search.get("text_field", "text"))
+        fingerprint = corpus_obj.fingerprint()
+        data = load_data(corpus_obj, teacher.tokenizer, spec, progress=progress, pairs=sop)
     for arch, _ in todo:
         work = weights_dir(run, arch)
         check_settings(work / "settings.json",
-                       {"arch": arch.to_dict(), "corpus": corpus_obj.fingerprint(),
+                       {"arch": arch.to_dict(), "corpus": fingerprint,
                         **dataclasses.asdict(cfg)},
                        f"the pretraining in {work}",
                        f"re-run with the same flags, or remove {work} to start over")
-    sop = cfg.objective == "mlm+sop"
-    data = load_data(corpus_obj, teacher.tokenizer,
-                     BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed), progress=progress,
-                     pairs=sop)
     optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
                         adam_eps=cfg.adam_eps, clip=cfg.clip)
     loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature, cfg.sop_weight)
@@ -336,9 +397,9 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
 
         spec = BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"])
         specs = search.get("corpus")
-        batch = load_data(resolve_corpus(list(specs) if specs else None,
-                                         search.get("text_field", "text")),
-                          teacher.tokenizer, spec, progress=False).train_batch(0)
+        batch = (task_data(search, teacher, spec) if task else load_data(
+            resolve_corpus(list(specs) if specs else None, search.get("text_field", "text")),
+            teacher.tokenizer, spec, progress=False)).train_batch(0)
         return batch, teacher_logits(teacher.arch, source, batch)
 
     def layers(arch):  # the teacher layers each student inherits: the run's rule
@@ -346,10 +407,12 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
 
         return inherited_layers(rule, arch, teacher.arch, source, measuring, search["seed"])
 
+    n = teacher.num_labels
+
     def start(arch):
         return (inherit_params(arch, teacher.arch, source, cfg.seed, sop=sop,
-                               layers=layers(arch))
-                if cfg.init == "teacher" else init_params(arch, cfg.seed, sop=sop))
+                               layers=layers(arch), num_labels=n)
+                if cfg.init == "teacher" else init_params(arch, cfg.seed, n, sop=sop))
 
     members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}")
                for arch, _ in todo]
@@ -358,10 +421,25 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
                         progress=progress, dtype=cfg.dtype)
     heldout = [teacher_view(b) for b in data.heldout_batches()]
     teacher_eval = evaluate(teacher.arch, teacher.params, heldout)
-    teacher_quality = mlm_quality(teacher.arch, teacher.params, data, heldout)
+    teacher_quality = None if task else mlm_quality(teacher.arch, teacher.params, data, heldout)
     out_summaries = {}
     for (arch, out), result in zip(todo, results):
         work = weights_dir(run, arch)
+        if task:  # accuracy and CE on the held-out training rows' labels
+            summary = {"steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "task": task,
+                       **({"inherit": inherit, "inherit_layers": rule}
+                          if cfg.init == "teacher" else {}),
+                       "loss": dataclasses.asdict(loss),
+                       "heldout_accuracy": result.heldout["accuracy"],
+                       "heldout_ce": result.heldout["mlm_ce"],
+                       "heldout_kd_ce": result.heldout["kd_ce"],
+                       "teacher_heldout_accuracy": teacher_eval["accuracy"],
+                       "tokens_per_s": result.heldout["tokens_per_s"],
+                       "group_size": result.heldout["group_size"],
+                       "steps_run": result.steps_run}
+            _finish(run, work, out, arch, result.params, summary, n)
+            out_summaries[arch] = summary
+            continue
         quality = mlm_quality(arch, result.params, data)
         summary = {
             "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "objective": cfg.objective,
@@ -384,11 +462,18 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
             "steps_run": result.steps_run,
         }
         out_summaries[arch] = summary
-        if not is_primary():  # process 0 of a multi-process job writes the files
-            continue
-        from safetensors.numpy import save
-
-        write_atomic(work / STUDENT_WEIGHTS, save(export_tensors(Model(arch, result.params))))
-        write_json(work / "summary.json", summary)
-        export(run, out, arch.size, result.params, summary)
+        _finish(run, work, out, arch, result.params, summary, 0)
     return out_summaries
+
+
+def _finish(run: Path, work: Path, out: Path, arch: Arch, params, summary: dict,
+            num_labels: int) -> None:
+    """A pretrained student's weights and summary in its work folder, and its export."""
+    if not is_primary():  # process 0 of a multi-process job writes the files
+        return
+    from safetensors.numpy import save
+
+    write_atomic(work / STUDENT_WEIGHTS,
+                 save(export_tensors(Model(arch, params, num_labels=num_labels), num_labels)))
+    write_json(work / "summary.json", summary)
+    export(run, out, arch.size, params, summary)
