@@ -10,6 +10,7 @@ import argparse
 import math
 import sys
 
+from bortsearch.config import add_flags, from_args
 from bortsearch.errors import UserError
 from bortsearch.process import setup_process
 
@@ -205,24 +206,7 @@ def cmd_search(args) -> None:
     from bortsearch.search.run import SearchConfig, run_search
     from bortsearch.search.show import show
 
-    cfg = SearchConfig(
-        space=args.space, teacher=args.teacher, corpus=tuple(args.corpus) if args.corpus else None,
-        task=args.task, task_data=args.task_data, text_fields=args.text_fields,
-        label_field=args.label_field,
-        text_field=args.text_field, vocab_size=args.vocab_size or SearchConfig.vocab_size,
-        epsilon=args.epsilon, steps=args.steps, lrs=tuple(args.lr or SearchConfig.lrs),
-        batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
-        inference=args.inference, inference_scope=args.inference_scope, runtime=args.runtime,
-        error=args.error,
-        size_proxy=args.size_proxy,
-        seeds=args.seeds, init=args.init, inherit=args.inherit,
-        inherit_layers=args.inherit_layers,
-        importance_batches=args.importance_batches,
-        confirm=args.confirm, confirm_steps=args.confirm_steps,
-        max_params=args.max_params, max_inference=args.max_inference,
-        teacher_steps=args.teacher_steps, group_size=args.group_size,
-        halving=args.halving or None,
-        checkpoint_every=args.checkpoint_every, dtype=args.dtype)
+    cfg = from_args(SearchConfig, args)
     from bortsearch.search.executors import make_executor
 
     executor = make_executor(args.executor, args.ray_address, args.worker_cpus,
@@ -291,11 +275,7 @@ def cmd_pretrain(args) -> None:
     sizes = [parse_size(a) for a in args.arch] if args.arch else [None]
     if len(set(sizes)) < len(sizes):
         raise UserError("the same --arch is given twice; give each student once")
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                         lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
-                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed, dtype=args.dtype, init=args.init,
-                         objective=args.objective, sop_weight=args.sop_weight)
+    cfg = from_args(PretrainConfig, args)
     from pathlib import Path
 
     outs = {size: Path(args.out) if len(sizes) == 1 else Path(args.out) / "-".join(map(str, size))
@@ -348,12 +328,7 @@ def _add_optim_flags(p, warmup: float, weight_decay: float) -> None:
 def _finetune_config(args):
     from bortsearch.downstream.finetune import FinetuneConfig
 
-    return FinetuneConfig(
-        lrs=tuple(args.lr or FinetuneConfig.lrs), epochs=args.epochs, batch_size=args.batch_size,
-        max_length=args.max_length, warmup=args.warmup, weight_decay=args.weight_decay,
-        seeds=args.seeds, seed=args.seed, eval_every=args.eval_every,
-        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-        dtype=args.dtype)
+    return from_args(FinetuneConfig, args)
 
 
 def cmd_finetune(args) -> None:
@@ -398,27 +373,7 @@ def cmd_glue(args) -> None:
 def _add_finetune_flags(p) -> None:
     from bortsearch.downstream.finetune import FinetuneConfig
 
-    c = FinetuneConfig()
-    p.add_argument("--lr", type=_positive_float, action="append",
-                   help=f"peak learning rate; repeat for a grid (default {c.lrs[0]:g})")
-    p.add_argument("--seeds", type=_positive_int, default=c.seeds,
-                   help=f"trials per learning rate, seeds --seed, --seed + 1, ... (default "
-                        f"{c.seeds}); reports the best and the median over seeds")
-    p.add_argument("--epochs", type=_positive_int, default=c.epochs,
-                   help=f"passes over the training split (default {c.epochs})")
-    p.add_argument("--batch-size", type=_positive_int, default=c.batch_size,
-                   help=f"examples per step (default {c.batch_size})")
-    p.add_argument("--max-length", type=_positive_int, default=c.max_length,
-                   help=f"tokens per example, longer ones truncated (default {c.max_length})")
-    _add_optim_flags(p, c.warmup, c.weight_decay)
-    p.add_argument("--eval-every", type=_positive_int, default=None,
-                   help="steps between dev evaluations (default: every epoch)")
-    p.add_argument("--max-train-samples", type=_positive_int, default=None,
-                   help="use the first N training rows")
-    p.add_argument("--max-eval-samples", type=_positive_int, default=None,
-                   help="use the first N rows of each dev split")
-    p.add_argument("--seed", type=int, default=c.seed, help="the first seed (default 0)")
-    _add_dtype_flag(p)
+    add_flags(p, FinetuneConfig)  # every fine-tuning option, declared once in its config
     p.add_argument("--int8", action="store_true",
                    help="also evaluate the classifier quantised to int8 in ONNX Runtime "
                         "(writes model.onnx and model_quantized.onnx; bortsearch[onnx])")
@@ -455,8 +410,7 @@ def _trials_executor(args):
 
 def build_parser() -> argparse.ArgumentParser:
     from bortsearch.deploy.latency import RUNTIMES
-    from bortsearch.model.encoder import INHERITS, INITS, LAYER_RULES
-    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN, SIZE_PROXIES
+    from bortsearch.model.proxies import DEFAULT_BATCH, DEFAULT_SEQ_LEN
 
     parser = _Parser(
         prog="bortsearch",
@@ -514,97 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bortsearch.search.run import SearchConfig
 
-    c = SearchConfig(space="")
     p = sub.add_parser("search", help="run Algorithm 1 (the FPTAS) over a space")
-    p.add_argument("--space", required=True, help="a search-space TOML file")
     p.add_argument("--run", required=True, help="the run folder (created; re-run to resume)")
-    p.add_argument("--teacher", help="a Hugging Face BERT/RoBERTa checkpoint folder: a "
-                   "masked-LM model, or a fine-tuned sequence classifier with --task; default: "
-                   "train the space's maximum point (cached)")
-    p.add_argument("--task", help="with a classifier --teacher: the task it was fine-tuned on "
-                   "(a GLUE name, or your own with --text-fields and --label-field); the "
-                   "candidates are distilled on its training rows")
-    p.add_argument("--data", dest="task_data", metavar="DIR",
-                   help="--task's folder (train.tsv, ...) or the GLUE folder holding it")
-    p.add_argument("--text-fields", metavar="A[,B]", help="a custom --task's text field(s)")
-    p.add_argument("--label-field", help="a custom --task's label field")
-    p.add_argument("--epsilon", type=_positive_int, default=None,
-                   help="interval size ε (default ⌈|Ξ|/12⌉: about 12 candidates trained)")
-    p.add_argument("--steps", type=_positive_int, default=c.steps,
-                   help=f"training steps s per candidate (default {c.steps})")
-    p.add_argument("--lr", type=_positive_float, action="append",
-                   help="a peak learning rate of Θ; repeat for more (default: "
-                        + " and ".join(f"{x:g}" for x in c.lrs) + ")")
-    p.add_argument("--inference", choices=["analytic", "measured", "fitted"],
-                   default=c.inference,
-                   help="inference proxy: FLOPs (default), measured latency on this machine, "
-                        "or latency predicted by a model fitted on a few measured "
-                        "architectures")
-    p.add_argument("--runtime", choices=RUNTIMES, default=c.runtime,
-                   help="where --inference measured runs the forward pass: xla (default), "
-                        "onnx (ONNX Runtime float32) or onnx-int8 (dynamic int8); needs "
-                        "bortsearch[onnx] for the last two")
-    p.add_argument("--inference-scope", choices=["encoder", "mlm"], default=c.inference_scope,
-                   help="what î counts: the encoder a downstream student runs (default), or "
-                        "the masked-LM model with its vocabulary head")
-    p.add_argument("--size-proxy", choices=SIZE_PROXIES, default=c.size_proxy,
-                   help="what p̂ counts: the non-embedding parameters (default: a "
-                        "vocabulary's table is memory, not compute), or every parameter "
-                        "(as the paper); changing it re-scores a finished run, training "
-                        "only candidates it has not trained")
-    p.add_argument("--error", choices=["kl", "ce"], default=c.error,
-                   help=f"the error W divides by: kl = ê − H_T, what the student controls, or "
-                        f"ce = ê as in the paper (default {c.error})")
-    p.add_argument("--seeds", type=_positive_int, default=c.seeds,
-                   help=f"trials per θ from seeds --seed, --seed + 1, ...: the mean error, its "
-                        f"standard error and W's noise (default {c.seeds})")
-    p.add_argument("--init", choices=INITS, default=c.init,
-                   help=f"students start from Normal(0, 0.02) or inherit the teacher's weights "
-                        f"(default {c.init})")
-    p.add_argument("--inherit", choices=INHERITS, default=c.inherit,
-                   help=f"with --init teacher, which heads, feed-forward and hidden units a "
-                        f"student inherits: the teacher's first ones, or its most important "
-                        f"ones on the corpus (measured, cached, recorded in the run's "
-                        f"importance.json); pretrain follows the run (default {c.inherit})")
-    p.add_argument("--inherit-layers", choices=LAYER_RULES, default=c.inherit_layers,
-                   help=f"with --init teacher, which teacher layers a shallower student "
-                        f"inherits: TinyBERT's uniform map (the top layer kept), the first "
-                        f"ones, every other one from the first (DistilBERT), or the map whose "
-                        f"inherited student has the lowest KL to the teacher on one training "
-                        f"batch; pretrain follows the run (default {c.inherit_layers})")
-    p.add_argument("--importance-batches", type=_positive_int, default=c.importance_batches,
-                   metavar="N", help=f"training batches that measure the importances "
-                                     f"(default {c.importance_batches})")
-    p.add_argument("--confirm", type=int, default=c.confirm, metavar="K",
-                   help="train the K best by W again for --confirm-steps and choose by those "
-                        "errors (default 0: no confirmation)")
-    p.add_argument("--confirm-steps", type=_positive_int, default=None, metavar="S2",
-                   help="steps of the confirmation training (default 5 x --steps)")
-    p.add_argument("--max-params", type=_positive_int, help="only architectures with at most "
-                   "this many parameters can be chosen")
-    p.add_argument("--max-inference", type=_positive_float, help="only architectures with at "
-                   "most this inference proxy (FLOPs, or seconds when measured) can be chosen")
-    p.add_argument("--teacher-steps", type=_positive_int, default=c.teacher_steps,
-                   help=f"steps of maximum-point training when there is no --teacher "
-                        f"(default {c.teacher_steps})")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=c.checkpoint_every,
-                   help=f"steps between checkpoints of the candidates in training, so that a "
-                        f"killed search resumes mid-group (default {c.checkpoint_every})")
+    add_flags(p, SearchConfig)  # every option of the search, declared once in its config
     _add_executor_flags(p, "candidates", "candidate", "the candidate is recorded failed")
     p.add_argument("--storage", default=None, metavar="DIR",
                    help="with --executor ray: a folder every worker mounts (shared disk, "
                         "NFS) for the candidates' checkpoints, so that a retried task "
                         "continues where its worker died (default: it starts again)")
-    p.add_argument("--halving", type=_fraction, default=c.halving, metavar="FRACTION",
-                   help="successive halving over Θ: after this fraction of --steps, each "
-                        "candidate's θ whose mean error is worse than the best θ's by more "
-                        "than 3 standard errors of seed noise stop training (0: off; "
-                        f"default {c.halving or 0:g})")
-    p.add_argument("--group-size", type=_positive_int, default=None,
-                   help="candidates trained in lockstep on each teacher output (default: "
-                        "as many as fit 2 GiB of training state)")
-    _add_dtype_flag(p)
-    _add_data_flags(p, c.batch_size, c.seq_len)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("show", help="print a run's ranked results and write pareto.png")
@@ -635,9 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also model_quantized.onnx: ONNX Runtime's dynamic quantisation")
     p.set_defaults(func=cmd_onnx)
 
-    from bortsearch.train.student import OBJECTIVES, PretrainConfig
+    from bortsearch.train.student import PretrainConfig
 
-    c = PretrainConfig()
     p = sub.add_parser("pretrain", help="distil the chosen student from the run's teacher")
     p.add_argument("run", help="a finished search run folder")
     p.add_argument("--out", required=True, help="the export folder to write at the end (with "
@@ -647,23 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretrain several students under one budget in one group, paying "
                         "the teacher's forward pass once per batch for all of them (each "
                         "ends as it would alone)")
-    _add_training_flags(p, c.steps, c.lr, c.checkpoint_every)
-    _add_optim_flags(p, c.warmup, c.weight_decay)
-    p.add_argument("--eval-every", type=_positive_int, default=c.eval_every,
-                   help=f"steps between held-out evaluations (default {c.eval_every})")
-    p.add_argument("--init", choices=INITS, default=None,
-                   help="start from Normal(0, 0.02) or from the teacher's weights (default: "
-                        "as the search's candidates started, so the student trained is the "
-                        "one the search scored)")
-    p.add_argument("--objective", choices=OBJECTIVES, default=c.objective,
-                   help="mlm: masked-LM distillation (the Bort recipe); mlm+sop: and ALBERT's "
-                        "sentence-order prediction on pairs of consecutive segments, learnt "
-                        "from their labels (default mlm)")
-    p.add_argument("--sop-weight", type=_positive_float, default=c.sop_weight,
-                   help=f"weight of the sentence-order loss (default {c.sop_weight:g})")
-    _add_data_flags(p, c.batch_size, c.seq_len,
-                    corpus_help="corpus to pretrain on (default: the search's)")
-    _add_dtype_flag(p)
+    add_flags(p, PretrainConfig)  # every training option, declared once in its config
+    p.add_argument("--corpus", action="append", metavar="PATH",
+                   help="corpus to pretrain on (default: the search's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_distributed_flags(p)
     p.set_defaults(func=cmd_pretrain)
 

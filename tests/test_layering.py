@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bortsearch"
 
 # lowest first; a module may import from its own layer or any layer before it
 LAYERS = [
-    {"errors", "runio", "allocator", "determinism", "process"},
+    {"errors", "runio", "allocator", "determinism", "process", "config"},
     {"data"},
     {"model"},
     {"deploy"},

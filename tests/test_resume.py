@@ -63,11 +63,11 @@ def test_halving_stops_the_worse_lr_and_resumes_after_a_kill(space, teacher, tmp
             (lr, error_then), = t["dropped"]
             assert t["halved_at"] == 20 and lr != e["best_lr"]
             assert t["trial_steps"] == 2 * (20 * 2 + 20 * 1)  # 2 seeds; 25% less than 160
-            assert all(ce is None and kl is None for x, _, ce, kl in e["trials"] if x == lr)
+            assert all(ce is None and kl is None for x, _, ce, kl, *_ in e["trials"] if x == lr)
             assert error_then > e["error"]  # worse then than the kept θ ends
         else:
             assert t["trial_steps"] == 2 * 40 * 2 and t["dropped"] == []
-            assert all(kl is not None for *_, kl in e["trials"])
+            assert all(kl is not None for _, _, _, kl, *_ in e["trials"])
 
     run = tmp_path / "killed"
     proc = subprocess.Popen([str(exe), *args, "--run", str(run)], stdout=subprocess.DEVNULL,

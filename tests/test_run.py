@@ -127,8 +127,8 @@ def test_a_failing_candidate_is_recorded_and_the_search_completes(space, teacher
 
     real = candidates.init_params
 
-    def poisoned(arch, seed=0):
-        params = real(arch, seed)
+    def poisoned(arch, seed=0, *args, **kwargs):
+        params = real(arch, seed, *args, **kwargs)
         if arch.size == (2, 2, 32, 32):
             params["params"]["embeddings"]["word"]["embedding"][:] = np.nan
         return params

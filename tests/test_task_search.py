@@ -97,6 +97,16 @@ def test_the_search_distils_a_classifier_teacher_on_its_task(tmp_path):
     done = table[table["status"] == "done"]
     assert len(done) >= 2 and (done["kl"] >= 0).all() and np.isfinite(done["error"]).all()
     assert result.best is not None
+    # each candidate's held-out accuracy on the task's labels: the mean over seeds of the
+    # journalled trials at its best θ
+    assert done["accuracy"].between(0, 1).all()
+    events = [json.loads(x) for x in (tmp_path / "run" / "journal.jsonl").read_text()
+              .splitlines()]
+    for e in (e for e in events if e.get("event") == "done"):
+        row = done[(done["layers"] == e["arch"][0]) & (done["heads"] == e["arch"][1])
+                   & (done["hidden"] == e["arch"][2]) & (done["intermediate"] == e["arch"][3])]
+        accs = [t[4] for t in e["trials"] if t[0] == e["best_lr"]]
+        assert float(row["accuracy"].iloc[0]) == pytest.approx(np.mean(accs))
     search = json.loads((tmp_path / "run" / "search.json").read_text())
     assert search["task"] == "mine" and search["corpus_name"].startswith("mine")
     # ê's baselines: the teacher's own entropy on B, computed here from its probabilities

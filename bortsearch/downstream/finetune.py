@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bortsearch.config import fraction, option, positive_float, positive_int, validate
 from bortsearch.data.tasks import Encoded, Task, encode, load_task
 from bortsearch.downstream import metrics as M
-from bortsearch.errors import UserError, check_ranges
+from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import DTYPES, Encoder, Model, init_params
 from bortsearch.model.hf import (
@@ -63,35 +64,37 @@ class FinetuneConfig:
       max_train_samples, max_eval_samples: keep the first N rows of each split.
     """
 
-    lrs: tuple[float, ...] = (2e-5,)
-    epochs: int = 3
-    batch_size: int = 32
-    max_length: int = 128
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    seeds: int = 1
-    seed: int = 0
-    eval_every: int | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    dropout: float = 0.1
-    adam_eps: float = 1e-8
-    clip: float = 1.0
-    dtype: str = "float32"  # compute dtype of training (bfloat16: accelerators)
+    lrs: tuple[float, ...] = option((2e-5,), "peak learning rate; repeat for a grid",
+                                    flag="--lr", type=positive_float, repeat=True,
+                                    metavar="LR")
+    epochs: int = option(3, "passes over the training split", type=positive_int)
+    batch_size: int = option(32, "examples per step", type=positive_int)
+    max_length: int = option(128, "tokens per example, longer ones truncated",
+                             type=positive_int, minimum=8)
+    warmup: float = option(0.1, "warm-up as a fraction of the steps", type=fraction)
+    weight_decay: float = option(0.01, "AdamW weight decay, not on LayerNorm or biases",
+                                 type=fraction)
+    seeds: int = option(1, "trials per learning rate, seeds --seed, --seed + 1, ...; reports "
+                        "the best and the median over seeds", type=positive_int)
+    seed: int = option(0, "the first seed", type=int)
+    eval_every: int | None = option(None, "steps between dev evaluations", type=positive_int,
+                                    default_text="every epoch")
+    max_train_samples: int | None = option(None, "use the first N training rows",
+                                           type=positive_int, metavar="N")
+    max_eval_samples: int | None = option(None, "use the first N rows of each dev split",
+                                          type=positive_int, metavar="N")
+    dropout: float = option(0.1, "hidden and attention dropout while training",
+                            type=fraction)
+    adam_eps: float = option(1e-8, "Adam's ε", type=positive_float)
+    clip: float = option(1.0, "global gradient-norm clipping", type=positive_float)
+    dtype: str = option("float32", "compute dtype of training: float32, or bfloat16 for "
+                        "GPU/TPU (parameters, optimiser, softmax and loss stay float32; "
+                        "slower on a CPU)", choices=DTYPES)
 
     def __post_init__(self):
         if not self.lrs:
             raise UserError("--lr: give at least one learning rate")
-        check_ranges(
-            positive=[("--lr", lr) for lr in self.lrs],
-            fractions=[("--warmup", self.warmup), ("--weight-decay", self.weight_decay),
-                       ("dropout", self.dropout)],
-            at_least=[("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
-                      ("--max-length", self.max_length, 8), ("--seeds", self.seeds, 1),
-                      ("--eval-every", self.eval_every, 1),
-                      ("--max-train-samples", self.max_train_samples, 1),
-                      ("--max-eval-samples", self.max_eval_samples, 1)],
-            choices=[("--dtype", self.dtype, DTYPES)])
+        validate(self)
 
 
 # ---------------------------------------------------------------- data

@@ -35,7 +35,8 @@ class Evaluation:
     """The outcome of training one candidate: the error W uses (mean over seeds at
     the best θ), its standard error, and every trial for the record.
 
-    `trials` holds (θ, seed index, ê, KL) per training run; `summarise` derives
+    `trials` holds (θ, seed index, ê, KL, accuracy) per training run (journals
+    written before the accuracy was kept: the first four); `summarise` derives
     the rest from them, so a journal of trials can be re-scored with another
     error metric without training again.
     """
@@ -47,7 +48,9 @@ class Evaluation:
     error_se: float = math.nan  # NaN with one seed: the noise is not measured
     ce: float = math.nan  # ê = CE(T → S) at τ = 1, mean over seeds at the best θ
     kl: float = math.nan  # KL(T ‖ S) = ê − H_T on the same positions
-    trials: tuple[tuple[float, int, float, float], ...] = ()
+    trials: tuple[tuple[float, ...], ...] = ()
+    # the student's held-out accuracy on the same positions (a task's rows: its labels)
+    accuracy: float = math.nan
 
 
 ERRORS = ("ce", "kl")
@@ -76,8 +79,9 @@ def summarise(trials, lrs, metric: str = "ce", reason: str = "") -> Evaluation:
     if len(values) > 1:
         m = _mean(values)
         se = math.sqrt(sum((x - m) ** 2 for x in values) / (len(values) - 1) / len(values))
+    accuracy = _mean([r[4] for r in rows]) if all(len(r) > 4 for r in rows) else math.nan
     return Evaluation(DONE, _mean(values), best, reason, se, _mean([r[2] for r in rows]),
-                      _mean([r[3] for r in rows]), trials)
+                      _mean([r[3] for r in rows]), trials, accuracy)
 
 
 def _mean(xs) -> float:
@@ -103,6 +107,7 @@ class Row:
     within_noise: bool = False  # W not distinguishable from the optimum's
     ce: float = math.nan
     kl: float = math.nan
+    accuracy: float = math.nan
     confirmed_error: float = math.nan  # after --confirm's longer training
     confirmed_error_se: float = math.nan
     confirmed_w: float = math.nan
@@ -213,7 +218,7 @@ def score(ordered: Sequence[tuple[Arch, Proxies]], chosen: Sequence[int],
         rows.append(Row(arch, p, k // epsilon, k in chosen_set, status, error, w,
                         on_front.get(k, False), ev.best_lr if ev else None, note,
                         error_se=done_ev.error_se, w_se=w_noise(w, done_ev.error_se, error),
-                        ce=done_ev.ce, kl=done_ev.kl))
+                        ce=done_ev.ce, kl=done_ev.kl, accuracy=done_ev.accuracy))
     eligible = [r for r in rows if _eligible(r)]
     best = max(eligible, key=lambda r: r.w) if eligible else None  # first wins ties
     rows = _mark_noise(rows, best, "w", "w_se")

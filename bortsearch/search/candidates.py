@@ -376,13 +376,12 @@ class CandidateTrainer:
         full[:, c["kept"]] = np.asarray(per_trial)
         return full
 
-    def _heldout_errors(self, c: dict, params) -> tuple[np.ndarray, np.ndarray]:
-        """ê and KL of every trial (N x |Θ|) on the held-out batches B."""
+    def _heldout_errors(self, c: dict, params) -> tuple[np.ndarray, ...]:
+        """ê, KL and accuracy of every trial (N x |Θ|) on the held-out batches B."""
         program = self._evaluator(c)
         sums = [program(params, b, t) for b, t in zip(self.heldout, self.heldout_teacher)]
         n = np.maximum(sum(np.asarray(x["n"]) for x in sums), 1.0)
-        return (sum(np.asarray(x["kd_ce"]) for x in sums) / n,
-                sum(np.asarray(x["kl"]) for x in sums) / n)
+        return tuple(sum(np.asarray(x[k]) for x in sums) / n for k in ("kd_ce", "kl", "correct"))
 
     def _halve(self, arch: Arch, c: dict, step: int) -> None:
         """Successive halving at `step`: measure every trial on B, keep the θ whose
@@ -390,7 +389,7 @@ class CandidateTrainer:
         with those alone (a state and a compiled step of fewer θ). The decision is
         written beside the checkpoints before the first one after it."""
         s = self.settings
-        ce, kl = self._heldout_errors(c, c["state"].params)
+        ce, kl, _ = self._heldout_errors(c, c["state"].params)
         err = kl if s.error == "kl" else ce
         mean = err.mean(0)
         se = err.std(0, ddof=1) / np.sqrt(s.seeds)
@@ -471,22 +470,22 @@ class CandidateTrainer:
             slots = np.asarray([c["kept"].index(i) if i in c["kept"] else 0
                                 for i in range(len(s.lrs))])
             params = take_trials(params, slots)
-        ce, kl = self._heldout_errors(c, params)
+        ce, kl, acc = self._heldout_errors(c, params)
         trials, reasons = [], []
         for j in range(s.seeds):
             for i, lr in enumerate(s.lrs):
                 if i in c["dropped"]:  # stopped by halving: no error at s
-                    trials.append((lr, j, math.nan, math.nan))
+                    trials.append((lr, j, math.nan, math.nan, math.nan))
                     continue
                 finite = np.isfinite(losses[:, j, i])
                 if not finite.all():
                     first = int(np.argmin(finite)) + 1
                     reasons.append(f"loss became NaN at step {first} with lr {lr:g}, seed {j}")
-                    trials.append((lr, j, math.nan, math.nan))
+                    trials.append((lr, j, math.nan, math.nan, math.nan))
                     continue
                 if not (np.isfinite(ce[j, i]) and np.isfinite(kl[j, i])):
                     reasons.append(f"held-out error is NaN with lr {lr:g}, seed {j}")
-                trials.append((lr, j, float(ce[j, i]), float(kl[j, i])))
+                trials.append((lr, j, float(ce[j, i]), float(kl[j, i]), float(acc[j, i])))
         return summarise(trials, s.lrs, s.error, "; ".join(reasons))
 
     def _fail(self, arch: Arch, reason: str) -> Evaluation:

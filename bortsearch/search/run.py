@@ -27,12 +27,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from bortsearch.config import (
+    fingerprint,
+    fraction,
+    option,
+    positive_float,
+    positive_int,
+    validate,
+)
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tasks import TaskData, load_task
 from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from bortsearch.deploy.latency import RUNTIMES, measure_latency
-from bortsearch.errors import UserError, check_ranges
+from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import DTYPES, INHERITS, INITS, LAYER_RULES
 from bortsearch.model.hf import load_checkpoint, weights_sha256
@@ -74,80 +82,131 @@ from bortsearch.train.importance import Importance, importance, rewire
 from bortsearch.train.step import LossConfig
 from bortsearch.train.teacher import TeacherConfig, check_seq_len, train_teacher
 
+INFERENCE_KINDS = ("analytic", "measured", "fitted")
 RESULT_COLUMNS = ["layers", "heads", "hidden", "intermediate", "params", "effective_params",
                   "inference", "error", "w_coefficient", "trained", "pareto", "status",
                   "best_lr", "interval", "note", "error_se", "w_se", "within_noise", "ce", "kl",
-                  "confirmed_error", "confirmed_error_se", "confirmed_w"]
+                  "confirmed_error", "confirmed_error_se", "confirmed_w", "accuracy"]
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Everything a search depends on; `config.json` is this, resolved."""
 
-    space: str
-    teacher: str | None = None
-    corpus: tuple[str, ...] | None = None
-    text_field: str = "text"
+    space: str = option(None, "a search-space TOML file", required=True)
+    teacher: str | None = option(
+        None, "a Hugging Face BERT/RoBERTa/ALBERT checkpoint folder: a masked-LM model, or a "
+        "fine-tuned sequence classifier with --task", default_text="train the space's "
+        "maximum point (cached)")
+    corpus: tuple[str, ...] | None = option(
+        None, "a text file, folder, glob or .jsonl file; repeat for more", metavar="PATH",
+        repeat=True, default_text="the embedded Python-documentation corpus")
+    text_field: str = option("text", "the text field of .jsonl corpora")
     # a sequence-classification teacher is distilled on its task's training rows: the
     # task (a GLUE name, or a name with text_fields and label_field) and its folder
-    task: str | None = None
-    task_data: str | None = None
-    text_fields: str | None = None
-    label_field: str | None = None
-    vocab_size: int = DEFAULT_VOCAB_SIZE
-    epsilon: int | None = None  # None: ⌈|Ξ| / 12⌉, so about 12 candidates are trained
-    steps: int = 200
-    lrs: tuple[float, ...] = (1e-3, 3e-3)
-    batch_size: int = 32
-    seq_len: int = 64
-    seed: int = 0
-    inference: str = "analytic"
-    inference_scope: str = "encoder"  # î without the masked-LM head, as deployed [ours]
-    runtime: str = "xla"  # where a measured î runs: xla, onnx, onnx-int8 [ours]
+    task: str | None = option(
+        None, "with a classifier --teacher: the task it was fine-tuned on (a GLUE name, or "
+        "your own with --text-fields and --label-field); the candidates are distilled on "
+        "its training rows")
+    task_data: str | None = option(
+        None, "--task's folder (train.tsv, ...) or the GLUE folder holding it", flag="--data",
+        metavar="DIR")
+    text_fields: str | None = option(None, "a custom --task's text field(s)", metavar="A[,B]")
+    label_field: str | None = option(None, "a custom --task's label field")
+    vocab_size: int = option(DEFAULT_VOCAB_SIZE, "vocabulary of the WordPiece tokenizer "
+                             "trained on the corpus when there is no teacher", type=positive_int)
+    epsilon: int | None = option(None, "interval size ε", type=positive_int,
+                                 default_text="⌈|Ξ|/12⌉: about 12 candidates trained")
+    steps: int = option(200, "training steps s per candidate", type=positive_int,
+                        fingerprint=True)
+    lrs: tuple[float, ...] = option(
+        (1e-3, 3e-3), "a peak learning rate of Θ; repeat for more", flag="--lr",
+        type=positive_float, repeat=True, metavar="LR", fingerprint=True)
+    batch_size: int = option(32, "sequences per batch, split across all local devices",
+                             type=positive_int, fingerprint=True)
+    seq_len: int = option(64, "tokens per sequence (also î's reference input: batch 1, this "
+                          "length)", type=positive_int, fingerprint=True)
+    seed: int = option(0, "seed of data order, masking and initialisation", type=int,
+                       fingerprint=True)
+    inference: str = option(
+        "analytic", "inference proxy: FLOPs, measured latency on this machine, or latency "
+        "predicted by a model fitted on a few measured architectures",
+        choices=INFERENCE_KINDS, fingerprint=True)
+    # î without the masked-LM head, as deployed [ours]
+    inference_scope: str = option(
+        "encoder", "what î counts: the encoder a downstream student runs, or the masked-LM "
+        "model with its vocabulary head", choices=SCOPES, fingerprint=True)
+    # where a measured î runs [ours]
+    runtime: str = option(
+        "xla", "where --inference measured runs the forward pass: xla, onnx (ONNX Runtime "
+        "float32) or onnx-int8 (dynamic int8); needs bortsearch[onnx] for the last two",
+        choices=RUNTIMES)
     # p̂: the non-embedding parameters [ours] (bench-bort: the same GLUE score as with
     # all parameters for a smaller, faster student), or "params", all of them [paper]
-    size_proxy: str = "non-embedding"
+    size_proxy: str = option(
+        "non-embedding", "what p̂ counts: the non-embedding parameters (a vocabulary's "
+        "table is memory, not compute), or every parameter (as the paper); changing it "
+        "re-scores a finished run, training only candidates it has not trained",
+        choices=SIZE_PROXIES)
     # The defaults of the next three are chosen by bench/signal_quality.py
     # (docs/reading-the-answer.md); the paper's choices are ce, one seed, random.
-    error: str = "kl"  # the error W divides by: "kl" (ê − H_T) or "ce" (ê)
-    seeds: int = 2  # trials per θ from seeds seed, seed + 1, ...: 2 measures the noise
-    init: str = "teacher"  # students inherit the teacher's weights, or "random" [ours]
+    error: str = option("kl", "the error W divides by: kl = ê − H_T, what the student "
+                        "controls, or ce = ê as in the paper", choices=ERRORS)
+    seeds: int = option(2, "trials per θ from seeds --seed, --seed + 1, ...: the mean error, "
+                        "its standard error and W's noise", type=positive_int, fingerprint=True)
+    init: str = option("teacher", "students start from Normal(0, 0.02) or inherit the "
+                       "teacher's weights", choices=INITS, fingerprint=True)
     # which units they inherit: the leading ones ("first"), or the most important ones
     # ("importance": the teacher rewired into importance order first) [ours]
-    inherit: str = "first"
-    importance_batches: int = 4  # training batches that measure the teacher's importances
-    # which teacher layers a shallower student inherits: TinyBERT's uniform map, the
-    # first ones, every other one (DistilBERT), or the lowest one-batch KL [ours]
-    inherit_layers: str = "uniform"
-    confirm: int = 0  # K: the K best by W are trained again for confirm_steps
-    confirm_steps: int | None = None  # None: 5 · steps
-    max_params: int | None = None
-    max_inference: float | None = None
-    teacher_steps: int = TeacherConfig.steps
-    group_size: int | None = None
+    inherit: str = option(
+        "first", "with --init teacher, which heads, feed-forward and hidden units a student "
+        "inherits: the teacher's first ones, or its most important ones on the corpus "
+        "(measured, cached, recorded in the run's importance.json); pretrain follows the run",
+        choices=INHERITS, fingerprint=True)
+    importance_batches: int = option(4, "training batches that measure the importances",
+                                     type=positive_int, metavar="N")
+    # which teacher layers a shallower student inherits [ours]
+    inherit_layers: str = option(
+        "uniform", "with --init teacher, which teacher layers a shallower student inherits: "
+        "TinyBERT's uniform map (the top layer kept), the first ones, every other one from "
+        "the first (DistilBERT), or the map whose inherited student has the lowest KL to the "
+        "teacher on one training batch; pretrain follows the run", choices=LAYER_RULES,
+        fingerprint=True)
+    confirm: int = option(0, "train the K best by W again for --confirm-steps and choose by "
+                          "those errors (0: no confirmation)", type=int, minimum=0,
+                          metavar="K")
+    confirm_steps: int | None = option(None, "steps of the confirmation training",
+                                       type=positive_int, metavar="S2",
+                                       default_text="5 x --steps")
+    max_params: int | None = option(None, "only architectures with at most this many "
+                                    "parameters (p̂) can be chosen", type=positive_int)
+    max_inference: float | None = option(
+        None, "only architectures with at most this inference proxy (FLOPs, or seconds when "
+        "measured) can be chosen", type=positive_float)
+    teacher_steps: int = option(TeacherConfig.steps, "steps of maximum-point training when "
+                                "there is no --teacher", type=positive_int)
+    group_size: int | None = option(None, "candidates trained in lockstep on each teacher "
+                                    "output", type=positive_int, default_text="as many as "
+                                    "fit 2 GiB of training state")
     # successive halving over Θ at this fraction of s [ours]: bench/halving_bench.py,
     # the same picks on three spaces for 23-25% fewer trial steps; None: every trial to s
-    halving: float | None = 0.5
-    checkpoint_every: int = 50  # candidates' training states, for a resume mid-group
-    dtype: str = "float32"  # compute dtype of the brief training (bfloat16: accelerators)
+    halving: float | None = option(
+        0.5, "successive halving over Θ: after this fraction of --steps, each candidate's θ "
+        "whose mean error is worse than the best θ's by more than 3 standard errors of seed "
+        "noise stop training (0: off)", type=fraction, metavar="FRACTION",
+        parse=lambda v: v or None, fingerprint=True)
+    checkpoint_every: int = option(50, "steps between checkpoints of the candidates in "
+                                   "training, so that a killed search resumes mid-group",
+                                   type=positive_int)
+    dtype: str = option("float32", "compute dtype of the brief training: float32, or "
+                        "bfloat16 for GPU/TPU (parameters, optimiser, softmax and loss stay "
+                        "float32; slower on a CPU)", choices=DTYPES, fingerprint=True)
 
     def __post_init__(self):
         # Ranges are checked where values enter, so the Python API gets them too.
         if not self.lrs:
             raise UserError("--lr: give at least one learning rate")
-        check_ranges(
-            positive=[*(("--lr", lr) for lr in self.lrs), ("--max-params", self.max_params),
-                      ("--max-inference", self.max_inference)],
-            at_least=[("--confirm", self.confirm, 0), *((flag, value, 1) for flag, value in (
-                ("--steps", self.steps), ("--batch-size", self.batch_size),
-                ("--seq-len", self.seq_len), ("--seeds", self.seeds),
-                ("--teacher-steps", self.teacher_steps), ("--vocab-size", self.vocab_size),
-                ("--epsilon", self.epsilon), ("--group-size", self.group_size),
-                ("--confirm-steps", self.confirm_steps),
-                ("--checkpoint-every", self.checkpoint_every),
-                ("--importance-batches", self.importance_batches)))],
-            choices=[("--dtype", self.dtype, DTYPES), ("--inherit", self.inherit, INHERITS),
-                     ("--inherit-layers", self.inherit_layers, LAYER_RULES)])
+        validate(self)
 
     @property
     def long_steps(self) -> int:
@@ -265,18 +324,9 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
                         "search's students do not have; use --inference-scope encoder")
     corpus = None if cfg.task else resolve_corpus(list(cfg.corpus) if cfg.corpus else None,
                                                   cfg.text_field)
-    if cfg.inference not in INFERENCE_KINDS:
-        raise UserError(f"--inference {cfg.inference!r}: use one of {', '.join(INFERENCE_KINDS)}")
     if cfg.runtime != "xla" and cfg.inference == "analytic":
         raise UserError(f"--runtime {cfg.runtime} is where a measured latency runs; give "
                         f"--inference measured --runtime {cfg.runtime} (or fitted)")
-    for flag, value, allowed in (("--inference-scope", cfg.inference_scope, SCOPES),
-                                 ("--runtime", cfg.runtime, RUNTIMES),
-                                 ("--error", cfg.error, ERRORS), ("--init", cfg.init, INITS),
-                                 ("--inherit", cfg.inherit, INHERITS),
-                                 ("--size-proxy", cfg.size_proxy, SIZE_PROXIES)):
-        if value not in allowed:
-            raise UserError(f"{flag} {value!r}: use one of {', '.join(allowed)}")
     if cfg.teacher and not Path(cfg.teacher).is_dir():
         raise UserError(f"--teacher {cfg.teacher}: "
                         f"{'is a file, not' if Path(cfg.teacher).exists() else 'no such'} "
@@ -296,15 +346,9 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     if not 1 <= epsilon <= len(xi):
         raise UserError(f"--epsilon {epsilon}: must be between 1 and |Ξ| = {len(xi)}")
 
-    settings = {
-        "space": space.to_dict(), "teacher_arch": T.to_dict(),
-        "teacher_weights": weights_sha256(teacher_path),
-        "epsilon": epsilon, "steps": cfg.steps,
-        "lrs": list(cfg.lrs), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
-        "seed": cfg.seed, "inference": cfg.inference, "inference_scope": cfg.inference_scope,
-        "seeds": cfg.seeds, "init": cfg.init,
-        "dtype": cfg.dtype, "halving": cfg.halving, "inherit": cfg.inherit,
-        "inherit_layers": cfg.inherit_layers,
+    settings = {  # what a resumed run must match: the fields marked so, and these
+        **fingerprint(cfg), "space": space.to_dict(), "teacher_arch": T.to_dict(),
+        "teacher_weights": weights_sha256(teacher_path), "epsilon": epsilon,
         **({"importance_batches": cfg.importance_batches} if cfg.inherit == "importance" else {}),
     }
     # Everything that can fail on the user's input is checked before the run folder
@@ -421,7 +465,7 @@ class JournalledEvaluator:
         """The journalled trials, scored with this run's error metric."""
         if event["event"] == FAILED and not event.get("trials"):
             return Evaluation(FAILED, reason=event.get("reason", ""))
-        trials = [(lr, j, _denum(ce), _denum(kl)) for lr, j, ce, kl in event["trials"]]
+        trials = [(t[0], t[1], *map(_denum, t[2:])) for t in event["trials"]]
         return summarise(trials, self.cfg.lrs, self.cfg.error, event.get("reason", ""))
 
     def _tag(self, arch: Arch) -> dict:
@@ -433,7 +477,7 @@ class JournalledEvaluator:
     def _on_done(self, arch: Arch, ev: Evaluation, timing: Timing | None) -> None:
         self.journal.append({"event": ev.status, **self._tag(arch), "error": _num(ev.error),
                              "best_lr": ev.best_lr, "reason": ev.reason,
-                             "trials": [[lr, j, _num(ce), _num(kl)] for lr, j, ce, kl in ev.trials],
+                             "trials": [[t[0], t[1], *map(_num, t[2:])] for t in ev.trials],
                              **({"timing": dataclasses.asdict(timing)} if timing else {})})
         p, t = self.proxies[arch], self.proxies[self.teacher.arch]
         line = (f"{arch.label():<32} params {p.params / 1e6:7.2f}M  "
@@ -474,7 +518,6 @@ def _proxies(archs, cfg: SearchConfig, journal: Journal, events,
     return {a: Proxies(size_proxy(a, cfg.size_proxy), times[a]) for a in archs}, None
 
 
-INFERENCE_KINDS = ("analytic", "measured", "fitted")
 FITTED_SAMPLE = 8  # architectures measured to fit `--inference fitted`, besides T
 LATENCY_ROUNDS = 5  # interleaved rounds for the fitted model's sample and the speed-up check
 
@@ -533,6 +576,7 @@ def results_table(result: Result) -> pd.DataFrame:
         "note": r.note, "error_se": r.error_se, "w_se": r.w_se, "within_noise": r.within_noise,
         "ce": r.ce, "kl": r.kl, "confirmed_error": r.confirmed_error,
         "confirmed_error_se": r.confirmed_error_se, "confirmed_w": r.confirmed_w,
+        "accuracy": r.accuracy,
     } for r in result.rows]
     columns = list(RESULT_COLUMNS)
     if any(r.arch.albert for r in result.rows):  # ALBERT's axes, after intermediate
@@ -599,6 +643,7 @@ def write_results(run: Path, result: Result, cfg: SearchConfig, epsilon: int, T:
         "error_se": field("error_se"),
         "ce": field("ce"),
         "kl": field("kl"),
+        "accuracy": field("accuracy"),
         "w_coefficient": field("w"),
         "w_se": field("w_se"),
         "best_lr": None if best is None else best.best_lr,

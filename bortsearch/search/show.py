@@ -43,10 +43,11 @@ def format_table(table: pd.DataFrame, best: dict) -> str:
     albert = "embedding" in rows.columns
     lines = [f"{'':3}{'D':>3} {'A':>3} {'H':>5} {'I':>5} "
              + (f"{'E':>5} {'G':>3} " if albert else "") + f"{'params':>10} {'eff.':>9} "
-             f"{'GFLOPs' if kind == 'analytic' else _ms(best):>9} {metric:>16} {'W':>9} "
+             f"{'GFLOPs' if kind == 'analytic' else _ms(best):>9} {metric:>16} {'acc.':>6} "
+             f"{'W':>9} "
              + (f"{'confirmed':>16} {'W conf.':>9} " if confirmed else "")
              + f"{'lr':>8}  status"]
-    se, within = _col(rows, "error_se"), _col(rows, "within_noise")
+    se, within, acc = (_col(rows, n) for n in ("error_se", "within_noise", "accuracy"))
     c_err, c_se, c_w = (_col(rows, n) for n in ("confirmed_error", "confirmed_error_se",
                                                  "confirmed_w"))
     for k, r in enumerate(rows.itertuples()):
@@ -59,13 +60,16 @@ def format_table(table: pd.DataFrame, best: dict) -> str:
         line = (f"{mark}{r.layers:>3} {r.heads:>3} {r.hidden:>5} {r.intermediate:>5} "
                 + (f"{r.embedding:>5} {r.groups:>3} " if albert else "") +
                 f"{r.params:>10,} {r.effective_params:>9,} {inference:>9.3f} "
-                f"{_pm(r.error, se.iloc[k]):>16} {r.w_coefficient:>9.4g} ")
+                f"{_pm(r.error, se.iloc[k]):>16} "
+                f"{'' if pd.isna(acc.iloc[k]) else format(acc.iloc[k], '.3f'):>6} "
+                f"{r.w_coefficient:>9.4g} ")
         if confirmed:
             line += f"{_pm(c_err.iloc[k], c_se.iloc[k]):>16} {c_w.iloc[k]:>9.4g} "
         lines.append(line + f"{lr:>8}  {r.status}{note}")
     size = "eff." if best.get("size_proxy") == "non-embedding" else "params"
     lines.append(f"> W-optimum   * Pareto front over ({size}, inference, error)   ~ W within "
-                 "noise of the optimum's   "
+                 "noise of the optimum's   acc. the held-out accuracy (masked tokens, or a "
+                 "task's labels)   "
                  f"{int((~table['trained']).sum())} architectures not trained (skipped)"
                  + ("\np̂ (W's size term) counts the non-embedding parameters (eff.)"
                     if size == "eff." else ""))

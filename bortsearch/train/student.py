@@ -16,10 +16,11 @@ import json
 import math
 from pathlib import Path
 
+from bortsearch.config import fraction, option, positive_float, positive_int, validate
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tokenizer import load_tokenizer
-from bortsearch.errors import UserError, check_ranges
+from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch, row_size
 from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
 from bortsearch.model.hf import (
@@ -44,35 +45,39 @@ OBJECTIVES = ("mlm", "mlm+sop")
 class PretrainConfig:
     """Distillation pretraining; defaults are the Bort recipe (ALGORITHM.md)."""
 
-    steps: int = 1000
-    batch_size: int = 32
-    seq_len: int = 64
-    lr: float = 1e-4
-    warmup: float = 0.01
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-6
-    clip: float = 1.0
-    ce_weight: float = 0.1
-    kd_weight: float = 0.5
-    temperature: float = 2.0
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    seed: int = 0
-    dtype: str = "float32"  # compute dtype (bfloat16: accelerators); parameters float32
-    init: str | None = None  # "teacher" or "random"; None: as the run's candidates were
-    objective: str = "mlm"  # "mlm+sop": ALBERT's sentence-order prediction besides
-    sop_weight: float = 1.0  # the order loss's weight beside the distillation loss
+    steps: int = option(1000, "training steps", type=positive_int)
+    batch_size: int = option(32, "sequences per batch, split across all local devices",
+                             type=positive_int)
+    seq_len: int = option(64, "tokens per sequence", type=positive_int)
+    lr: float = option(1e-4, "peak learning rate", type=positive_float)
+    warmup: float = option(0.01, "warm-up as a fraction of the steps", type=fraction)
+    weight_decay: float = option(0.01, "AdamW weight decay, not on LayerNorm or biases",
+                                 type=fraction)
+    adam_eps: float = option(1e-6, "Adam's ε", type=positive_float)
+    clip: float = option(1.0, "global gradient-norm clipping", type=positive_float)
+    ce_weight: float = option(0.1, "weight of the cross-entropy on the true tokens (labels)",
+                              type=positive_float)
+    kd_weight: float = option(0.5, "weight of τ² · KL to the teacher", type=positive_float)
+    temperature: float = option(2.0, "distillation temperature τ", type=positive_float)
+    eval_every: int = option(100, "steps between held-out evaluations", type=positive_int)
+    checkpoint_every: int = option(100, "steps between resumable checkpoints",
+                                   type=positive_int)
+    seed: int = option(0, "seed of data order, masking and initialisation", type=int)
+    dtype: str = option("float32", "compute dtype of training: float32, or bfloat16 for "
+                        "GPU/TPU (parameters, optimiser, softmax and loss stay float32; "
+                        "slower on a CPU)", choices=DTYPES)
+    init: str | None = option(
+        None, "start from Normal(0, 0.02) or from the teacher's weights", choices=INITS,
+        default_text="as the search's candidates started, so the student trained is the one "
+        "the search scored")
+    objective: str = option(
+        "mlm", "mlm: masked-LM distillation (the Bort recipe); mlm+sop: and ALBERT's "
+        "sentence-order prediction on pairs of consecutive segments, learnt from their "
+        "labels", choices=OBJECTIVES)
+    sop_weight: float = option(1.0, "weight of the sentence-order loss", type=positive_float)
 
     def __post_init__(self):
-        check_ranges(positive=[("--lr", self.lr)],
-                     fractions=[("--warmup", self.warmup), ("--weight-decay", self.weight_decay)],
-                     at_least=[(flag, value, 1) for flag, value in (
-                         ("--steps", self.steps), ("--batch-size", self.batch_size),
-                         ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
-                         ("--checkpoint-every", self.checkpoint_every))],
-                     choices=[("--dtype", self.dtype, DTYPES),
-                              ("--objective", self.objective, OBJECTIVES)]
-                     + ([("--init", self.init, INITS)] if self.init is not None else []))
+        validate(self)
 
 def _run_files(run: Path) -> tuple[dict, dict]:
     if not (run / "best.json").is_file() or not (run / "teacher" / "config.json").is_file():

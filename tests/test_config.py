@@ -1,0 +1,95 @@
+"""Options declared once (bortsearch/config.py): a config's fields make the command's
+flags, defaults and validation, and the run's settings record."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from bortsearch.cli import build_parser
+from bortsearch.config import add_flags, fingerprint, flag_name, flagged, from_args, option
+from bortsearch.downstream.finetune import FinetuneConfig
+from bortsearch.errors import UserError
+from bortsearch.search.run import SearchConfig
+from bortsearch.train.student import PretrainConfig
+
+RAY = {"executor", "ray_address", "worker_cpus", "worker_gpus", "max_retries"}
+# each command's flags that are not fields of its config
+NOT_CONFIG = {
+    "search": {"help", "run", "quiet", "storage", *RAY},
+    "pretrain": {"help", "run", "out", "arch", "corpus", "quiet", "coordinator",
+                 "num_processes", "process_id"},
+    "finetune": {"help", "model", "task", "data", "out", "text_fields", "label_field",
+                 "regression", "int8", "quiet", *RAY},
+    "glue": {"help", "models", "data", "tasks", "out", "int8", "quiet", *RAY},
+}
+CONFIGS = {"search": SearchConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
+           "glue": FinetuneConfig}
+
+
+def _command(name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_every_option_has_exactly_one_flag_and_the_configs_default(command):
+    cls = CONFIGS[command]
+    actions = [a for a in _command(command)._actions if a.dest not in NOT_CONFIG[command]]
+    fields = {f.name: f for f in flagged(cls)}
+    assert sorted(a.dest for a in actions) == sorted(fields)  # one flag each, no other
+    for a in actions:
+        f = fields[a.dest]
+        assert a.option_strings == [flag_name(f)]
+        if f.metadata["repeat"]:
+            assert a.default is None  # the config's default when the flag is not given
+        elif not f.metadata["required"]:
+            assert a.default == f.default
+    # every field of the config is a flag
+    assert {f.name for f in dataclasses.fields(cls)} == set(fields)
+
+
+def test_the_parsed_flags_build_the_config():
+    p = _command("search")
+    assert from_args(SearchConfig, p.parse_args(["--space", "s.toml", "--run", "r"])) \
+        == SearchConfig(space="s.toml")
+    cfg = from_args(SearchConfig, p.parse_args(
+        ["--space", "s.toml", "--run", "r", "--lr", "1e-4", "--lr", "2e-4", "--halving", "0",
+         "--corpus", "a.txt", "--data", "glue/SST-2", "--task", "sst2"]))
+    assert cfg.lrs == (1e-4, 2e-4) and cfg.halving is None and cfg.corpus == ("a.txt",)
+    assert cfg.task_data == "glue/SST-2" and cfg.task == "sst2"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": 0}, "--steps must be >= 1"),
+    ({"lrs": (1e-3, -1.0)}, "--lr must be positive and finite"),
+    ({"halving": 1.5}, r"--halving must be in \[0, 1\)"),
+    ({"inference": "guess"}, "--inference must be one of analytic, measured, fitted"),
+    ({"confirm": -1}, "--confirm must be >= 0"),
+    ({"space": None}, "--space: required"),
+])
+def test_the_config_refuses_what_its_flags_refuse(change, message):
+    with pytest.raises(UserError, match=message):
+        SearchConfig(**{"space": "s.toml", **change})
+
+
+def test_the_run_settings_are_the_fields_marked_so():
+    # the keys a resumed run compares (run folders written before the spine have them)
+    assert set(fingerprint(SearchConfig(space="s.toml"))) == {
+        "steps", "lrs", "batch_size", "seq_len", "seed", "inference", "inference_scope",
+        "seeds", "init", "dtype", "halving", "inherit", "inherit_layers"}
+
+
+def test_a_small_config_round_trips_through_its_flags():
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        steps: int = option(200, "training steps")
+        names: tuple = option(("a",), "names", repeat=True)
+        on: bool = option(False, "switch")
+
+    p = argparse.ArgumentParser()
+    add_flags(p, Cfg)
+    assert "(default: 200)" in p.format_help()
+    assert from_args(Cfg, p.parse_args([])) == Cfg()
+    assert from_args(Cfg, p.parse_args(["--steps", "5", "--names", "x", "--names", "y",
+                                        "--on"])) == Cfg(5, ("x", "y"), True)
