@@ -7,10 +7,16 @@ exit status 2; nothing here holds logic that Python users cannot reach.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
-from bortsearch.config import add_flags, from_args
+from bortsearch.config import (
+    add_flags,
+    fraction,
+    from_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from bortsearch.errors import UserError
 from bortsearch.process import setup_process
 
@@ -20,22 +26,10 @@ from bortsearch.process import setup_process
 NEW_HEAD_STEPS = 100
 
 
-def _int_at_least(text: str, least: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
-    return value
 
 
-def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1, "positive")
 
 
-def _non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0, "non-negative")
 
 
 def cmd_space(args) -> None:
@@ -75,31 +69,21 @@ def _latencies(space, table, args) -> list[float]:
     return out
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
-    return value
 
 
-def _add_data_flags(p, batch_size: int, seq_len: int, corpus_help: str | None = None) -> None:
-    """The corpus, tokenizer and batch flags; `corpus_help` set means the
-    tokenizer comes from a teacher (no --text-field / --vocab-size)."""
+def _add_data_flags(p, batch_size: int, seq_len: int) -> None:
+    """The corpus, tokenizer and batch flags of the teacher command."""
     p.add_argument("--corpus", action="append", metavar="PATH",
-                   help=corpus_help or "a text file, folder, glob or .jsonl file; repeat for "
-                                       "more (default: the embedded Python-documentation corpus)")
-    if corpus_help is None:
-        p.add_argument("--text-field", default="text", help="the text field of .jsonl corpora")
-        p.add_argument("--vocab-size", type=_positive_int, default=None,
-                       help="vocabulary of the WordPiece tokenizer trained on the corpus when "
-                            "there is no teacher (default 4096)")
-    p.add_argument("--batch-size", type=_positive_int, default=batch_size,
+                   help="a text file, folder, glob or .jsonl file; repeat for more (default: "
+                        "the embedded Python-documentation corpus)")
+    p.add_argument("--text-field", default="text", help="the text field of .jsonl corpora")
+    p.add_argument("--vocab-size", type=positive_int, default=None,
+                   help="vocabulary of the WordPiece tokenizer trained on the corpus when "
+                        "there is no teacher (default 4096)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"sequences per batch, split across all local devices "
                         f"(default {batch_size})")
-    p.add_argument("--seq-len", type=_positive_int, default=seq_len,
+    p.add_argument("--seq-len", type=positive_int, default=seq_len,
                    help=f"tokens per sequence (default {seq_len})")
     p.add_argument("--seed", type=int, default=0, help="seed of data order, masking and "
                    "initialisation (default 0)")
@@ -107,11 +91,11 @@ def _add_data_flags(p, batch_size: int, seq_len: int, corpus_help: str | None = 
 
 
 def _add_training_flags(p, steps: int, lr: float, checkpoint_every: int) -> None:
-    p.add_argument("--steps", type=_positive_int, default=steps,
+    p.add_argument("--steps", type=positive_int, default=steps,
                    help=f"training steps (default {steps})")
-    p.add_argument("--lr", type=_positive_float, default=lr,
+    p.add_argument("--lr", type=positive_float, default=lr,
                    help=f"peak learning rate (default {lr:g})")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=checkpoint_every,
+    p.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every,
                    help=f"steps between resumable checkpoints (default {checkpoint_every})")
 
 
@@ -120,7 +104,7 @@ def _add_distributed_flags(p) -> None:
                              "process; JAX's own names)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free "
                    "port, the same on every process; 'auto' under SLURM or Open MPI")
-    g.add_argument("--num-processes", type=_positive_int, help="processes in the job")
+    g.add_argument("--num-processes", type=positive_int, help="processes in the job")
     g.add_argument("--process-id", type=int, help="this process's rank, 0..N-1 (0 writes the "
                    "files)")
 
@@ -298,31 +282,10 @@ def cmd_pretrain(args) -> None:
     print(f"exported with weights to {args.out}")
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
 
 
-def _add_dtype_flag(p) -> None:
-    from bortsearch.model.encoder import DTYPES
-
-    p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="compute dtype of training: float32 (default), or bfloat16 for "
-                        "GPU/TPU (parameters, optimiser, softmax and loss stay float32; "
-                        "slower on a CPU)")
 
 
-def _add_optim_flags(p, warmup: float, weight_decay: float) -> None:
-    p.add_argument("--warmup", type=_fraction, default=warmup,
-                   help=f"warm-up as a fraction of the steps (default {warmup:g})")
-    p.add_argument("--weight-decay", type=_fraction, default=weight_decay,
-                   help=f"AdamW weight decay, not on LayerNorm or biases "
-                        f"(default {weight_decay:g})")
 
 
 def _finetune_config(args):
@@ -389,7 +352,7 @@ def _add_executor_flags(p, things: str, one: str, after: str) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="with --executor ray: a running cluster (e.g. auto, or "
                         "ray://host:10001); default: start a local one")
-    p.add_argument("--worker-cpus", type=_positive_float, default=None, metavar="N",
+    p.add_argument("--worker-cpus", type=positive_float, default=None, metavar="N",
                    help="CPUs each Ray task declares (default 1)")
     p.add_argument("--worker-gpus", type=float, default=None, metavar="N",
                    help="GPUs each Ray task declares (default 1 where the cluster has GPUs, "
@@ -420,12 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("space", help="list a search space with its size and speed proxies")
     p.add_argument("file", help="a search-space TOML file, e.g. search_spaces/demo.toml")
-    p.add_argument("--vocab-size", type=_positive_int, default=None,
+    p.add_argument("--vocab-size", type=positive_int, default=None,
                    help="vocabulary size for the counts (default: the space file's, "
                         "else the family's)")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH,
                    help=f"batch size of the FLOPs reference input (default {DEFAULT_BATCH})")
-    p.add_argument("--seq-len", type=_positive_int, default=DEFAULT_SEQ_LEN,
+    p.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN,
                    help=f"sequence length of the FLOPs reference input "
                         f"(default {DEFAULT_SEQ_LEN})")
     p.add_argument("--inference-scope", choices=["encoder", "mlm"], default="encoder",
@@ -451,16 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "AlbertModel export, a sentence-transformers folder, a classifier), "
                    "which gets a new head tied to its word embeddings")
     _add_training_flags(p, t.steps, t.lr, t.checkpoint_every)
-    p.add_argument("--head-steps", type=_non_negative_int, default=None,
+    p.add_argument("--head-steps", type=non_negative_int, default=None,
                    help=f"steps that train the masked-LM head alone, the encoder frozen, "
                         f"before --steps of the whole model; the better of the two on the "
                         f"held-out set is kept (default {NEW_HEAD_STEPS} for a new head, "
                         f"else 0)")
-    p.add_argument("--body-lr", type=_positive_float, default=None,
+    p.add_argument("--body-lr", type=positive_float, default=None,
                    help="the encoder's peak learning rate while the whole model trains "
                         "(default: --lr / 10 for a new head on a pretrained encoder, else "
                         "--lr)")
-    p.add_argument("--warmup", type=_fraction, default=t.warmup,
+    p.add_argument("--warmup", type=fraction, default=t.warmup,
                    help=f"warm-up as a fraction of the steps (default {t.warmup:g})")
     _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
     _add_distributed_flags(p)
