@@ -195,3 +195,18 @@ def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(tmp_path
                                           b["token_type_ids"]), logits, atol=1e-4)
     again = pretrain(run, tmp_path / "student", cfg=cfg, progress=False)
     assert again == summary
+
+
+def test_the_tasks_labels_follow_the_teachers_output_order(tmp_path):
+    from bortsearch.data.tasks import teacher_label_order
+
+    task = load_task("mine", _task(tmp_path / "data"), "text", "label")  # labels no, yes
+    assert teacher_label_order(task, {"0": "no", "1": "yes"}) == (None, "")
+    assert teacher_label_order(task, {"0": "YES", "1": "NO"}) == ([1, 0], "")
+    assert teacher_label_order(task, {"0": "LABEL_0", "1": "LABEL_1"}) == (None, "")
+    order, note = teacher_label_order(task, {"0": "neg", "1": "pos"})
+    assert order is None and "do not name the task's (no, yes)" in note
+    teacher, plain = _data(tmp_path)
+    swapped = TaskData(task, teacher.tokenizer, BatchSpec(8, 32), 1, [1, 0])
+    np.testing.assert_array_equal(swapped.encoded.labels, 1 - plain.encoded.labels)
+    assert swapped.fingerprint() != plain.fingerprint()

@@ -328,6 +328,24 @@ def encode(tokenizer, split: Split, max_length: int, type_vocab_size: int) -> En
     return Encoded(ids, types, lengths, split.y)
 
 
+def teacher_label_order(task: Task, id2label: dict | None) -> tuple[list[int] | None, str]:
+    """Which output of a classifier teacher each of the task's labels is: matched by name
+    (case aside) to the teacher's `id2label`, by the task's names or its files' values;
+    None (index order) when the teacher's names say nothing (LABEL_0, …) or name other
+    classes, with a note saying so."""
+    names = [str(v).lower() for _, v in sorted((id2label or {}).items(), key=lambda kv: int(kv[0]))]
+    for ours in (task.spec.label_names, task.spec.values):
+        ours = [str(v).lower() for v in ours or ()]
+        if sorted(ours) == sorted(names) and len(set(names)) == len(names):
+            order = [names.index(v) for v in ours]
+            return (None if order == list(range(len(order))) else order), ""
+    if names == [f"label_{i}" for i in range(len(names))]:
+        return None, ""
+    return None, (f"the teacher's labels ({', '.join(names)}) do not name the task's "
+                  f"({', '.join(map(str, task.spec.label_names or ()))}); its outputs are "
+                  f"taken in the task's label order")
+
+
 class TaskData:
     """Training and held-out batches of a labelled task, for distilling a sequence
     classifier: the interface of `MLMData` (`train_batch`, `heldout_batches`,
@@ -341,13 +359,18 @@ class TaskData:
     (B x 1, float32, all 1).
     """
 
-    def __init__(self, task: Task, tokenizer, spec: BatchSpec, type_vocab_size: int):
+    def __init__(self, task: Task, tokenizer, spec: BatchSpec, type_vocab_size: int,
+                 label_order: list[int] | None = None):
         if task.spec.regression:
             raise UserError(f"--task {task.name}: a regression task (one output) has no class "
                             f"distribution to distil; choose a classification task")
         self.task, self.tokenizer, self.spec = task, tokenizer, spec
         self.type_vocab_size = type_vocab_size
         self.encoded = encode(tokenizer, task.train, spec.seq_len, type_vocab_size)
+        if label_order is not None:  # the task's label i is the teacher's output order[i]
+            self.encoded = dataclasses.replace(
+                self.encoded, labels=np.asarray(label_order)[self.encoded.labels])
+        self.label_order = label_order
         idx = np.arange(len(task.train))
         held = idx[idx % HELDOUT_EVERY == HELDOUT_EVERY - 1]
         self.train_idx = idx[idx % HELDOUT_EVERY != HELDOUT_EVERY - 1]
@@ -371,6 +394,7 @@ class TaskData:
         h = hashlib.sha256(self.task.fingerprint.encode())
         h.update(self.tokenizer.hf.to_str().encode())
         h.update(str(self.type_vocab_size).encode())
+        h.update(str(self.label_order).encode())
         return h.hexdigest()
 
     def with_seed(self, seed: int) -> TaskData:

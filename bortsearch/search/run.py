@@ -37,7 +37,7 @@ from bortsearch.config import (
 )
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import resolve_corpus
-from bortsearch.data.tasks import TaskData, load_task
+from bortsearch.data.tasks import TaskData, load_task, teacher_label_order
 from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from bortsearch.deploy.latency import RUNTIMES, measure_latency
 from bortsearch.errors import UserError
@@ -360,7 +360,11 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
             raise UserError(f"--task {cfg.task}: {task.num_labels} classes, but the teacher "
                             f"has {teacher.num_labels} outputs; give the task it was "
                             f"fine-tuned on")
-        data = corpus = TaskData(task, teacher.tokenizer, spec, T.type_vocab_size)
+        id2label = json.loads((teacher_path / "config.json").read_text()).get("id2label")
+        order, note = teacher_label_order(task, id2label)
+        if note:
+            log(f"note: {note}")
+        data = corpus = TaskData(task, teacher.tokenizer, spec, T.type_vocab_size, order)
         settings["task"] = task.name
     else:
         data = load_data(corpus, teacher.tokenizer, spec, progress=progress)

@@ -106,13 +106,16 @@ def weights_dir(run: Path, arch: Arch) -> Path:
     return run / "pretrain" / "-".join(map(str, arch.size))
 
 
-def task_data(search: dict, teacher: Model, spec: BatchSpec):
-    """A task run's batches (search.json's task, folder and fields) for `spec`."""
-    from bortsearch.data.tasks import TaskData, load_task
+def task_data(run: Path, search: dict, teacher: Model, spec: BatchSpec):
+    """A task run's batches (search.json's task, folder and fields) for `spec`, its labels
+    in the teacher's output order as the search had them."""
+    from bortsearch.data.tasks import TaskData, load_task, teacher_label_order
 
     task = load_task(search["task"], search["task_data"], search.get("text_fields"),
                      search.get("label_field"))
-    return TaskData(task, teacher.tokenizer, spec, teacher.arch.type_vocab_size)
+    id2label = json.loads((run / "teacher" / "config.json").read_text()).get("id2label")
+    order, _ = teacher_label_order(task, id2label)
+    return TaskData(task, teacher.tokenizer, spec, teacher.arch.type_vocab_size, order)
 
 
 def _labels(run: Path) -> tuple[str, ...]:
@@ -367,7 +370,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         if sop:
             raise UserError(f"--objective mlm+sop: {run} is a task search ({task}); its "
                             f"students learn the teacher's classes; leave out --objective")
-        data = task_data(search, teacher, spec)
+        data = task_data(run, search, teacher, spec)
         fingerprint = data.fingerprint()
     else:
         specs = corpus if corpus is not None else search.get("corpus")
@@ -402,7 +405,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
 
         spec = BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"])
         specs = search.get("corpus")
-        batch = (task_data(search, teacher, spec) if task else load_data(
+        batch = (task_data(run, search, teacher, spec) if task else load_data(
             resolve_corpus(list(specs) if specs else None, search.get("text_field", "text")),
             teacher.tokenizer, spec, progress=False)).train_batch(0)
         return batch, teacher_logits(teacher.arch, source, batch)
