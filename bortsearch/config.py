@@ -126,7 +126,7 @@ def validate(cfg) -> None:
         if m["required"] and value is None:
             raise UserError(f"{flag}: required; see `bortsearch --help` ({cls.__name__})")
         for v in (value if m["repeat"] and value is not None else (value,)):
-            if v is None:  # not set
+            if v is None and f.default is None:  # not set
                 continue
             if m["minimum"] is not None:
                 ranges["at_least"].append((flag, v, m["minimum"]))
@@ -138,6 +138,8 @@ def validate(cfg) -> None:
                 ranges["at_least"].append((flag, v, 0))
             elif m["type"] is positive_float:
                 ranges["positive"].append((flag, v))
+            elif m["type"] is non_negative_float and not (v >= 0 and math.isfinite(v)):
+                raise UserError(f"{flag} must be non-negative and finite, got {v}")
             elif m["type"] is fraction:
                 ranges["fractions"].append((flag, v))
     check_ranges(**ranges)
@@ -181,6 +183,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") \
+            from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {value}")
     return value
 
 

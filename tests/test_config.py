@@ -67,10 +67,18 @@ def test_the_parsed_flags_build_the_config():
     ({"inference": "guess"}, "--inference must be one of analytic, measured, fitted"),
     ({"confirm": -1}, "--confirm must be >= 0"),
     ({"space": None}, "--space: required"),
+    ({"dtype": None}, "--dtype must be one of float32, bfloat16, got None"),
 ])
 def test_the_config_refuses_what_its_flags_refuse(change, message):
     with pytest.raises(UserError, match=message):
         SearchConfig(**{"space": "s.toml", **change})
+
+
+def test_loss_weights_may_be_zero_but_not_negative():
+    assert PretrainConfig(ce_weight=0.0, kd_weight=1.0).ce_weight == 0.0
+    assert PretrainConfig(init=None).init is None  # None: as the run's candidates started
+    with pytest.raises(UserError, match="--kd-weight must be non-negative and finite"):
+        PretrainConfig(kd_weight=-1.0)
 
 
 def test_the_run_settings_are_the_fields_marked_so():

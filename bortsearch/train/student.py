@@ -16,7 +16,14 @@ import json
 import math
 from pathlib import Path
 
-from bortsearch.config import fraction, option, positive_float, positive_int, validate
+from bortsearch.config import (
+    fraction,
+    non_negative_float,
+    option,
+    positive_float,
+    positive_int,
+    validate,
+)
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tokenizer import load_tokenizer
@@ -56,8 +63,9 @@ class PretrainConfig:
     adam_eps: float = option(1e-6, "Adam's ε", type=positive_float)
     clip: float = option(1.0, "global gradient-norm clipping", type=positive_float)
     ce_weight: float = option(0.1, "weight of the cross-entropy on the true tokens (labels)",
-                              type=positive_float)
-    kd_weight: float = option(0.5, "weight of τ² · KL to the teacher", type=positive_float)
+                              type=non_negative_float)
+    kd_weight: float = option(0.5, "weight of τ² · KL to the teacher",
+                              type=non_negative_float)
     temperature: float = option(2.0, "distillation temperature τ", type=positive_float)
     eval_every: int = option(100, "steps between held-out evaluations", type=positive_int)
     checkpoint_every: int = option(100, "steps between resumable checkpoints",
@@ -74,7 +82,8 @@ class PretrainConfig:
         "mlm", "mlm: masked-LM distillation (the Bort recipe); mlm+sop: and ALBERT's "
         "sentence-order prediction on pairs of consecutive segments, learnt from their "
         "labels", choices=OBJECTIVES)
-    sop_weight: float = option(1.0, "weight of the sentence-order loss", type=positive_float)
+    sop_weight: float = option(1.0, "weight of the sentence-order loss",
+                               type=non_negative_float)
 
     def __post_init__(self):
         validate(self)
