@@ -120,6 +120,12 @@ def test_the_search_distils_a_classifier_teacher_on_its_task(tmp_path):
     assert best["diagnostics"]["teacher_entropy"] == pytest.approx(entropy, rel=1e-4)
     assert HeldOut.of(teacher, data).baselines["teacher_entropy"] == pytest.approx(entropy,
                                                                                     rel=1e-4)
+    # and its accuracy on the held-out rows' labels, beside the commonest class
+    labels = np.concatenate([b["labels"][:, 0] for b in data.heldout_batches()])
+    assert best["diagnostics"]["teacher_accuracy"] == pytest.approx(
+        float((p.argmax(-1) == labels).mean()))
+    assert best["diagnostics"]["majority_accuracy"] == pytest.approx(
+        np.bincount(labels).max() / len(labels))
     # the same flags resume the finished run without training anything
     again = run_search(tmp_path / "run", cfg, progress=False, log=lambda *a: None)
     assert again.best.arch == result.best.arch
@@ -137,6 +143,7 @@ def jax_softmax(x):
     ({"task_data": None}, "give it with --teacher DIR and the task's folder"),
     ({"inference_scope": "mlm"}, "use --inference-scope encoder"),
     ({"batch_size": 32}, "lower --batch-size"),
+    ({"task": None, "teacher": None}, "--data, --text-fields, --label-field describe a task"),
 ])
 def test_a_task_search_refuses_what_it_cannot_do(tmp_path, change, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -210,3 +217,45 @@ def test_the_tasks_labels_follow_the_teachers_output_order(tmp_path):
     swapped = TaskData(task, teacher.tokenizer, BatchSpec(8, 32), 1, [1, 0])
     np.testing.assert_array_equal(swapped.encoded.labels, 1 - plain.encoded.labels)
     assert swapped.fingerprint() != plain.fingerprint()
+
+
+def test_a_pair_task_shows_the_teacher_its_token_types(tmp_path):
+    """A BERT classifier fine-tuned on pairs sees the pairs' segment ids, as it was
+    fine-tuned (only ALBERT's sentence-order pairs hide them from a masked-LM teacher)."""
+    from bortsearch.train.step import teacher_logits
+
+    teacher = load_checkpoint(GOLDEN / "classifier_bert", part="auto")  # 3 labels, 2 types
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 800), ("dev", 20)):
+        rows = ["a\tb\tlabel"] + [
+            f"{' '.join(rng.choice(WORDS, 4))}\t{' '.join(rng.choice(WORDS, 5))}\t"
+            f"{rng.choice(['maybe', 'no', 'yes'])}" for _ in range(n)]
+        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    task = load_task("pairs", folder, "a,b", "label")
+    data = TaskData(task, teacher.tokenizer, BatchSpec(8, 32), teacher.arch.type_vocab_size)
+    b = data.heldout_batches()[0]
+    assert b["token_type_ids"].max() == 1  # the second text's segment
+    got = np.asarray(teacher_logits(teacher.arch, teacher.params, b))[:, 0]
+    np.testing.assert_allclose(
+        got, teacher.logits(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
+        atol=1e-6)
+    zeros = teacher.logits(b["input_ids"], b["attention_mask"], 0 * b["token_type_ids"])
+    assert np.abs(got - zeros).max() > 0
+
+
+def test_pretrain_refuses_task_files_changed_since_the_search(tmp_path):
+    from bortsearch import PretrainConfig, glue, pretrain
+
+    run = tmp_path / "run"
+    run_search(run, _cfg(tmp_path), progress=False, log=lambda *a: None)
+    (tmp_path / "glue-data").mkdir()
+    with pytest.raises(UserError, match="a task search"):
+        glue([run], tmp_path / "glue-data")
+    train = tmp_path / "data" / "train.tsv"
+    train.write_text(train.read_text() + "the fox\tyes\n")
+    with pytest.raises(UserError, match="are not the ones the search distilled on"):
+        pretrain(run, tmp_path / "s", cfg=PretrainConfig(steps=2, batch_size=8, seq_len=32),
+                 progress=False)
+    assert not (tmp_path / "s").exists()

@@ -346,14 +346,18 @@ def teacher_label_order(task: Task, id2label: dict | None) -> tuple[list[int] | 
                   f"taken in the task's label order")
 
 
+HELDOUT_SEED = 20  # the draw of a task's held-out rows, whatever the training seed
+
+
 class TaskData:
     """Training and held-out batches of a labelled task, for distilling a sequence
     classifier: the interface of `MLMData` (`train_batch`, `heldout_batches`,
     `with_seed`, `spec`), so that a search trains its candidates on either.
 
-    Every `HELDOUT_EVERY`-th row of the training split is held out (the first
+    One training row in `HELDOUT_EVERY` is held out, drawn by a fixed seed (not the
+    training seed, and not by position, since task files are often ordered); the first
     `spec.heldout_batches` batches of them are the held-out set B, which candidates
-    never train on); dev is not touched. A batch is a dict of NumPy arrays:
+    never train on. Dev is not touched. A batch is a dict of NumPy arrays:
     `input_ids`, `token_type_ids`, `attention_mask` (B x L, int32, L = `spec.seq_len`),
     `labels` (B x 1, int32: the class, one "prediction" a row) and `weights`
     (B x 1, float32, all 1).
@@ -371,17 +375,20 @@ class TaskData:
             self.encoded = dataclasses.replace(
                 self.encoded, labels=np.asarray(label_order)[self.encoded.labels])
         self.label_order = label_order
-        idx = np.arange(len(task.train))
-        held = idx[idx % HELDOUT_EVERY == HELDOUT_EVERY - 1]
-        self.train_idx = idx[idx % HELDOUT_EVERY != HELDOUT_EVERY - 1]
+        n = len(task.train)
+        drawn = np.random.default_rng(HELDOUT_SEED).permutation(n)
+        held = drawn[:n // HELDOUT_EVERY]
+        self.train_idx = np.sort(drawn[n // HELDOUT_EVERY:])
         need = spec.heldout_batches * spec.batch_size
         if len(held) < need or len(self.train_idx) < spec.batch_size:
             raise UserError(
                 f"--task {task.name}: {len(task.train):,} training rows hold out {len(held)} "
-                f"(every {HELDOUT_EVERY}th), but {spec.heldout_batches} held-out batches of "
+                f"(one in {HELDOUT_EVERY}), but {spec.heldout_batches} held-out batches of "
                 f"{spec.batch_size} need {need} (about {need * HELDOUT_EVERY:,} rows); give "
                 f"more rows, or lower --batch-size")
         self.heldout_idx = held[:need]
+        # the share of rows cut at seq_len (pairs lose the longer text's end)
+        self.truncated = float(np.mean(self.encoded.lengths >= spec.seq_len))
         self._orders: dict[int, np.ndarray] = {}
         self.name = f"{task.name} ({task.files[0]})"
 

@@ -113,6 +113,10 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
     run = models[0] if len(models) == 1 and (models[0] / "best.json").is_file() else None
     if out is None and run is None:
         raise UserError("--out is required unless the model is a search run folder")
+    search = None if run is None else run / "search.json"
+    if search is not None and search.is_file() and json.loads(search.read_text()).get("task"):
+        raise UserError(f"{run}: a task search; its students are classifiers for its task, "
+                        f"not encoders to fine-tune on GLUE; name the models to compare")
     out = Path(out) if out is not None else run / "glue"
     if not data.is_dir():
         raise UserError(f"--data {data}: no such folder; point it at the GLUE folder "

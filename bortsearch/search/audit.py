@@ -50,7 +50,9 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int,
 
     Args:
       result: the scored search (after confirmation, if any).
-      baselines: `teacher_entropy`, `unigram_ce`, `unigram_kl` on B.
+      baselines: `teacher_entropy`, `unigram_ce`, `unigram_kl` on B (a task search's
+        "unigram" is its class prior), and for a task search `teacher_accuracy` and
+        `majority_accuracy` on B.
       metric: the error W used, "ce" or "kl".
       seeds: trials per θ (1: the noise is not measured).
       size_proxy: what p̂ counted, "params" or "non-embedding".
@@ -64,6 +66,12 @@ def diagnose(result: Result, baselines: dict, metric: str, seeds: int,
     def warn(code: str, message: str) -> None:
         report["warnings"].append({"code": code, "message": message})
 
+    if "teacher_accuracy" in baselines and \
+            baselines["teacher_accuracy"] < baselines["majority_accuracy"] + 0.05:
+        warn("teacher_labels", f"the classifier teacher's accuracy on the held-out training "
+             f"rows is {baselines['teacher_accuracy']:.3f}, no better than always answering "
+             f"the commonest class ({baselines['majority_accuracy']:.3f}): check that it was "
+             f"fine-tuned on this task and that its labels (id2label) name the task's")
     best = result.best
     if best is None or not trained:
         report["decided_by_training"] = None

@@ -25,6 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bortsearch.config import (
@@ -316,6 +317,11 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         raise UserError(f"--task {cfg.task}: a task search distils a fine-tuned classifier on "
                         f"the task's rows; give it with --teacher DIR and the task's folder "
                         f"with --data DIR")
+    given = [f for f, v in (("--data", cfg.task_data), ("--text-fields", cfg.text_fields),
+                            ("--label-field", cfg.label_field)) if v]
+    if given and not cfg.task:
+        raise UserError(f"{', '.join(given)} describe a task search's task; give --task TASK "
+                        f"(with a classifier --teacher), or leave them out")
     if cfg.task and cfg.corpus:
         raise UserError("--corpus and --task: a task search trains on the task's training "
                         "rows; leave out --corpus")
@@ -365,6 +371,9 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         if note:
             log(f"note: {note}")
         data = corpus = TaskData(task, teacher.tokenizer, spec, T.type_vocab_size, order)
+        if data.truncated > 0.05:
+            log(f"note: {100 * data.truncated:.0f}% of the task's rows are cut at --seq-len "
+                f"{cfg.seq_len}; give the length the teacher was fine-tuned at (often 128)")
         settings["task"] = task.name
     else:
         data = load_data(corpus, teacher.tokenizer, spec, progress=progress)
@@ -403,6 +412,15 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
     events = journal.events()
     proxies, latency_model = _proxies(xi + [T], cfg, journal, events, progress)
     reference = HeldOut.of(teacher, data)
+    if cfg.task:  # the teacher on the held-out rows' labels, beside the commonest class
+        labels = np.concatenate([b["labels"][:, 0] for b in reference.batches])
+        guess = np.concatenate([np.asarray(t)[:, 0].argmax(-1) for t in reference.teacher])
+        reference.baselines.update(
+            teacher_accuracy=float((guess == labels).mean()),
+            majority_accuracy=float(np.bincount(labels).max() / len(labels)))
+        log(f"teacher on the held-out training rows: accuracy "
+            f"{reference.baselines['teacher_accuracy']:.3f} (the commonest class "
+            f"{reference.baselines['majority_accuracy']:.3f})")
     evaluate = JournalledEvaluator(journal, events, teacher, data, proxies, cfg, progress, log,
                                    reference, executor=executor)
     log(f"|Ξ| = {len(xi)}, ε = {epsilon}, s = {cfg.steps}, Θ = {list(cfg.lrs)}, "

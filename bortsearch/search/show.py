@@ -68,8 +68,8 @@ def format_table(table: pd.DataFrame, best: dict) -> str:
         lines.append(line + f"{lr:>8}  {r.status}{note}")
     size = "eff." if best.get("size_proxy") == "non-embedding" else "params"
     lines.append(f"> W-optimum   * Pareto front over ({size}, inference, error)   ~ W within "
-                 "noise of the optimum's   acc. the held-out accuracy (masked tokens, or a "
-                 "task's labels)   "
+                 "noise of the optimum's   acc. the held-out accuracy (at the selected "
+                 "positions, or on a task's labels)   "
                  f"{int((~table['trained']).sum())} architectures not trained (skipped)"
                  + ("\np̂ (W's size term) counts the non-embedding parameters (eff.)"
                     if size == "eff." else ""))

@@ -170,10 +170,13 @@ def student_logits(arch: Arch, params, batch, dtype: str = "float32"):
 
 
 def teacher_view(batch):
-    """What the teacher is shown of a batch: the tokens alone. On sentence-order
-    pairs it sees one segment's token types, as it was trained (its type-1 row
-    was never trained), and it has no order head: the student learns the order
-    from the labels alone."""
+    """What the teacher is shown of a batch: the batch, but on ALBERT's sentence-order
+    pairs one segment's token types, as it was trained (its type-1 row was never
+    trained), and no order labels (it has no order head: the student learns the
+    order from the labels alone). A task's pairs keep their token types: a
+    classifier teacher was fine-tuned on them."""
+    if "sop_labels" not in batch:
+        return batch
     return {k: v for k, v in batch.items() if k not in ("token_type_ids", "sop_labels")}
 
 

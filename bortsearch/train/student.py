@@ -124,7 +124,14 @@ def task_data(run: Path, search: dict, teacher: Model, spec: BatchSpec):
                      search.get("label_field"))
     id2label = json.loads((run / "teacher" / "config.json").read_text()).get("id2label")
     order, _ = teacher_label_order(task, id2label)
-    return TaskData(task, teacher.tokenizer, spec, teacher.arch.type_vocab_size, order)
+    data = TaskData(task, teacher.tokenizer, spec, teacher.arch.type_vocab_size, order)
+    recorded = json.loads((run / "config.json").read_text()).get("corpus") \
+        if (run / "config.json").is_file() else None
+    if recorded is not None and recorded != data.fingerprint():
+        raise UserError(f"{run}: the task's rows in {search['task_data']} are not the ones the "
+                        f"search distilled on (changed files, or a relative --data read from "
+                        f"another folder); run from the search's folder with its files")
+    return data
 
 
 def _labels(run: Path) -> tuple[str, ...]:
@@ -238,7 +245,9 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
                          + ("`AlbertForPreTraining` has it (`sop_classifier`)." if arch.albert
                             else "`BertForPreTraining` has its NSP head "
                                  "(`cls.seq_relationship`).")), ""]
-        lines += ["Load it with `transformers.AutoModelForMaskedLM.from_pretrained(folder)` or "
+        auto = "AutoModelForSequenceClassification" if search.get("task") else \
+            "AutoModelForMaskedLM"
+        lines += [f"Load it with `transformers.{auto}.from_pretrained(folder)` or "
                   "`bortsearch.load(folder)`.", ""]
     else:
         lines += ["No weights: this export holds the configuration and tokenizer only "
