@@ -84,6 +84,7 @@ def test_a_full_size_student_inherits_the_classifier_exactly(tmp_path):
 
     teacher, _ = _data(tmp_path)
     params = inherit_params(teacher.arch, teacher.arch, teacher.params, num_labels=2)
+    assert jax.tree.structure(params) == jax.tree.structure(teacher.params)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(teacher.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
