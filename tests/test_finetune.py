@@ -161,7 +161,7 @@ def test_real_sst2_beats_the_majority_class_and_exports_a_classifier(tiny, share
     from bortsearch.downstream.finetune import predict
 
     task = load_task("sst2", shared_data / "glue", max_eval=400)
-    enc = encode(model.tokenizer, task.dev, 64, model.arch)
+    enc = encode(model.tokenizer, task.dev, 64, model.arch.type_vocab_size)
     pred = predict(model.arch, 2, model.params, enc, 64)
     assert (pred == task.dev.y).mean() == pytest.approx(m["dev"]["accuracy"])
     import bortsearch.downstream.finetune as ft
