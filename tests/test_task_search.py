@@ -212,12 +212,24 @@ def test_the_tasks_labels_follow_the_teachers_output_order(tmp_path):
     assert teacher_label_order(task, {"0": "no", "1": "yes"}) == (None, "")
     assert teacher_label_order(task, {"0": "YES", "1": "NO"}) == ([1, 0], "")
     assert teacher_label_order(task, {"0": "LABEL_0", "1": "LABEL_1"}) == (None, "")
-    order, note = teacher_label_order(task, {"0": "neg", "1": "pos"})
-    assert order is None and "do not name the task's (no, yes)" in note
+    with pytest.raises(UserError, match=r"the teacher's labels \(neg, pos\) are not the task's"):
+        teacher_label_order(task, {"0": "neg", "1": "pos"})
     teacher, plain = _data(tmp_path)
     swapped = TaskData(task, teacher.tokenizer, BatchSpec(8, 32), 1, [1, 0])
     np.testing.assert_array_equal(swapped.encoded.labels, 1 - plain.encoded.labels)
     assert swapped.fingerprint() != plain.fingerprint()
+
+
+def _pairs(folder: Path) -> Path:
+    """A three-class pair task with the labels of tests/golden/classifier_bert."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 800), ("dev", 20)):
+        rows = ["a\tb\tlabel"] + [
+            f"{' '.join(rng.choice(WORDS, 4))}\t{' '.join(rng.choice(WORDS, 5))}\t"
+            f"{rng.choice(['maybe', 'no', 'yes'])}" for _ in range(n)]
+        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return folder
 
 
 def test_a_pair_task_shows_the_teacher_its_token_types(tmp_path):
@@ -226,15 +238,7 @@ def test_a_pair_task_shows_the_teacher_its_token_types(tmp_path):
     from bortsearch.train.step import teacher_logits
 
     teacher = load_checkpoint(GOLDEN / "classifier_bert", part="auto")  # 3 labels, 2 types
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 800), ("dev", 20)):
-        rows = ["a\tb\tlabel"] + [
-            f"{' '.join(rng.choice(WORDS, 4))}\t{' '.join(rng.choice(WORDS, 5))}\t"
-            f"{rng.choice(['maybe', 'no', 'yes'])}" for _ in range(n)]
-        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    task = load_task("pairs", folder, "a,b", "label")
+    task = load_task("pairs", _pairs(tmp_path / "pairs"), "a,b", "label")
     data = TaskData(task, teacher.tokenizer, BatchSpec(8, 32), teacher.arch.type_vocab_size)
     b = data.heldout_batches()[0]
     assert b["token_type_ids"].max() == 1  # the second text's segment
@@ -260,3 +264,13 @@ def test_pretrain_refuses_task_files_changed_since_the_search(tmp_path):
         pretrain(run, tmp_path / "s", cfg=PretrainConfig(steps=2, batch_size=8, seq_len=32),
                  progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_bert_classifier_teacher_searches_a_pair_task(tmp_path):
+    cfg = _cfg(tmp_path, teacher=str(GOLDEN / "classifier_bert"), task="pairs",
+               task_data=str(_pairs(tmp_path / "pairs")), text_fields="a,b", steps=4)
+    result = run_search(tmp_path / "run", cfg, progress=False, log=lambda *a: None)
+    done = pd.read_csv(tmp_path / "run" / "results.csv").query("status == 'done'")
+    assert len(done) >= 2 and done["accuracy"].between(0, 1).all() and result.best is not None
+    diagnostics = json.loads((tmp_path / "run" / "best.json").read_text())["diagnostics"]
+    assert 0 <= diagnostics["teacher_accuracy"] <= 1

@@ -331,8 +331,8 @@ def encode(tokenizer, split: Split, max_length: int, type_vocab_size: int) -> En
 def teacher_label_order(task: Task, id2label: dict | None) -> tuple[list[int] | None, str]:
     """Which output of a classifier teacher each of the task's labels is: matched by name
     (case aside) to the teacher's `id2label`, by the task's names or its files' values;
-    None (index order) when the teacher's names say nothing (LABEL_0, …) or name other
-    classes, with a note saying so."""
+    None (index order) when the teacher's names say nothing (LABEL_0, …). A teacher whose
+    names are other classes is refused (`UserError`)."""
     names = [str(v).lower() for _, v in sorted((id2label or {}).items(), key=lambda kv: int(kv[0]))]
     for ours in (task.spec.label_names, task.spec.values):
         ours = [str(v).lower() for v in ours or ()]
@@ -341,9 +341,10 @@ def teacher_label_order(task: Task, id2label: dict | None) -> tuple[list[int] | 
             return (None if order == list(range(len(order))) else order), ""
     if names == [f"label_{i}" for i in range(len(names))]:
         return None, ""
-    return None, (f"the teacher's labels ({', '.join(names)}) do not name the task's "
-                  f"({', '.join(map(str, task.spec.label_names or ()))}); its outputs are "
-                  f"taken in the task's label order")
+    raise UserError(f"--task {task.name}: the teacher's labels ({', '.join(names)}) are not "
+                    f"the task's ({', '.join(map(str, task.spec.label_names or ()))}); give "
+                    f"the task it was fine-tuned on, or name its classes in its config.json's "
+                    f"id2label as the task does")
 
 
 HELDOUT_SEED = 20  # the draw of a task's held-out rows, whatever the training seed
