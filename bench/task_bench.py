@@ -1,0 +1,325 @@
+"""Compress the model you have, run as `bench/task_protocol.md` states.
+
+A fine-tuned classifier (all-MiniLM-L6-v2's encoder fine-tuned on SST-2 by `bortsearch
+finetune`) is the teacher of a task search; the pick, the rivals by rule
+(bench/protocol.py, as bench-bort's), the pick trained on the labels alone (L) and the
+pick from random weights (R) are distilled on the task under one budget, five seeds
+each; every student is scored on SST-2 dev after its last step; latency in interleaved
+rounds; the answer with bootstrap intervals. Every phase resumes (re-run the command).
+Raw results and the report go to bench/results/task-PROFILE/.
+
+    python bench/task_bench.py [--profile cpu|gpu|toy] [--out WORK]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import protocol  # noqa: E402
+from bort_minilm import SPACE, Cost, latency, name_of  # noqa: E402
+from glue_eval import GLUE_DATA  # noqa: E402
+
+LR = 1e-4  # the teacher's fine-tuning and every student's distillation
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    task_rows: int | None = None  # training rows of SST-2 used at all (None: every one)
+    teacher_rows: int | None = 8000  # of them, the teacher's (after the held-out rows)
+    teacher_epochs: int = 2
+    teacher_min: float | None = 80.0  # dev accuracy (%) below which the experiment stops
+    search_steps: int | None = None  # None: the search's defaults
+    search_batch: int = 32
+    seq_len: int = 64
+    epsilon: int | None = None
+    steps: int = 300
+    batch: int = 32
+    seeds: int = 5
+    n_random: int = 2
+    rounds: int = 15
+
+
+PROFILES = {
+    "cpu": Profile(),
+    "gpu": Profile(teacher_rows=None, teacher_min=85.0, steps=2000),
+    "toy": Profile(task_rows=1200, teacher_rows=64, teacher_epochs=1, teacher_min=None,
+                   search_steps=4, search_batch=8, seq_len=32, epsilon=4, steps=4, batch=8,
+                   seeds=2, n_random=1, rounds=2),
+}
+
+
+# ---------------------------------------------------------------- 1. rows, teacher
+
+
+def task_folders(work: Path, p: Profile) -> tuple[Path, Path]:
+    """`task/` (SST-2's training rows, cut to `task_rows`, and its dev split) for the
+    search and the students, and `teacher-data/` without the rows `TaskData` holds out
+    (and cut to `teacher_rows`) for the teacher's fine-tuning."""
+    from bortsearch.data.batches import HELDOUT_EVERY
+    from bortsearch.data.tasks import HELDOUT_SEED
+    from bortsearch.runio import write_atomic
+
+    src = GLUE_DATA / "SST-2"
+    task, teach = work / "task" / "SST-2", work / "teacher-data" / "SST-2"
+    if (teach / "dev.tsv").is_file():
+        return task.parent, teach.parent
+    lines = (src / "train.tsv").read_text(encoding="utf-8-sig").splitlines(True)
+    head, rows = lines[:1], lines[1:][:p.task_rows]
+    held = set(np.random.default_rng(HELDOUT_SEED).permutation(len(rows))
+               [:len(rows) // HELDOUT_EVERY].tolist())  # TaskData's draw
+    mine = [r for i, r in enumerate(rows) if i not in held][:p.teacher_rows]
+    dev = (src / "dev.tsv").read_text(encoding="utf-8-sig")
+    for folder, train in ((task, rows), (teach, mine)):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "train.tsv", "".join(head + train))
+        write_atomic(folder / "dev.tsv", dev)
+    return task.parent, teach.parent
+
+
+def teacher(work: Path, data: Path, profile: str, p: Profile, progress: bool) -> Path:
+    """The encoder fine-tuned on the teacher's rows: all-MiniLM-L6-v2's, or the toy's."""
+    from bortsearch.downstream.finetune import FinetuneConfig, finetune
+
+    out = work / "teacher"
+    if profile == "toy":
+        from bort_small import toy_teacher
+
+        encoder, _ = toy_teacher(work / "toy")
+    else:
+        from minilm_teacher import minilm_folder
+
+        encoder = minilm_folder()
+    if not (out / "metrics.json").is_file():
+        finetune(encoder, "sst2", data, out, FinetuneConfig(
+            lrs=(LR,), epochs=p.teacher_epochs, batch_size=p.batch, max_length=p.seq_len),
+            progress=progress)
+    return out
+
+
+def dev_accuracy(folder: Path, task_dir: Path, seq_len: int) -> float:
+    """A classifier folder's accuracy (%) on SST-2 dev, computed here from its logits."""
+    from bortsearch.data.tasks import encode, load_task
+    from bortsearch.model.hf import load_checkpoint
+
+    model = load_checkpoint(folder, part="auto")
+    task = load_task("sst2", task_dir)
+    enc = encode(model.tokenizer, task.dev, seq_len, model.arch.type_vocab_size)
+    mask = (np.arange(seq_len)[None] < enc.lengths[:, None]).astype(np.int32)
+    hits = []
+    for i in range(0, len(enc.ids), 64):
+        logits = model.logits(enc.ids[i:i + 64], mask[i:i + 64], enc.types[i:i + 64])
+        hits.append(logits.argmax(-1) == enc.labels[i:i + 64])
+    return 100 * float(np.concatenate(hits).mean())
+
+
+# ---------------------------------------------------------------- 2. search, students
+
+
+def search(run: Path, space: Path, teacher_dir: Path, task_dir: Path, p: Profile,
+           progress: bool) -> dict:
+    from bortsearch.search.run import SearchConfig, run_search
+
+    extra = {"steps": p.search_steps} if p.search_steps else {}
+    cfg = SearchConfig(space=str(space), teacher=str(teacher_dir), task="sst2",
+                       task_data=str(task_dir.resolve()), seq_len=p.seq_len,
+                       batch_size=p.search_batch, epsilon=p.epsilon, **extra)
+    run_search(run, cfg, progress=progress, log=lambda *a: None)
+    return json.loads((run / "best.json").read_text())
+
+
+def roles_by_rule(run: Path, best: dict, p: Profile):
+    """(pick, {size: [role]} of the pick and rivals (a)–(e), the candidates' sizes, T)."""
+    import pandas as pd
+
+    from bortsearch.model.arch import Arch, row_size
+    from bortsearch.model.proxies import effective_param_count, forward_flops
+
+    T = Arch.from_dict(best["maximum_point"]["arch"])
+    table = pd.read_csv(run / "results.csv")
+    space = [T.with_size(*row_size(r)) for r in table.itertuples()]
+    pick = T.with_size(*best["size"])
+    rivals = protocol.rivals_by_rule(space, T, pick, effective_param_count,
+                                     lambda a: forward_flops(a, 1, 128, "encoder"),
+                                     n_random=p.n_random)
+    roles = {pick.size: ["pick"]}
+    for role, arch in rivals.items():
+        if not role.startswith("(f)"):
+            roles.setdefault(arch.size, []).append(role)
+    cands = [row_size(r) for r in table[table["status"] == "done"].itertuples()]
+    return pick, roles, cands, T
+
+
+def distil_all(run: Path, work: Path, pick, roles: dict, cands: list, p: Profile,
+               progress: bool) -> dict:
+    """{(name, seed): (export folder, pretraining summary)}: every student of a seed in
+    one group, the candidates (g) with seed 0 alone; (L) and (R) in run copies of their
+    own."""
+    from bortsearch.train.student import PretrainConfig, pretrain_many
+
+    base = PretrainConfig(steps=p.steps, batch_size=p.batch, seq_len=p.seq_len, lr=LR,
+                          eval_every=max(1, p.steps // 4),
+                          checkpoint_every=max(1, p.steps // 4), init="teacher")
+    variants = {"": base, "-labels": dataclasses.replace(base, ce_weight=1.0, kd_weight=0.0),
+                "-random": dataclasses.replace(base, init="random")}
+    folders = {}
+    for seed in range(p.seeds):
+        for suffix, cfg in variants.items():
+            where = run if (seed, suffix) == (0, "") else work / f"run{suffix}-seed{seed}"
+            if where != run and not (where / "best.json").is_file():
+                shutil.copytree(run, where, ignore=shutil.ignore_patterns("pretrain"))
+            sizes = (sorted(roles) if not suffix else [pick.size])
+            if (seed, suffix) == (0, ""):
+                sizes = sorted({*sizes, *cands})
+            names = {s: name_of(s) + suffix for s in sizes}
+            outs = {s: work / "students" / f"seed{seed}" / names[s] for s in sizes}
+            done = pretrain_many(where, outs, dataclasses.replace(cfg, seed=seed),
+                                 progress=progress)
+            folders.update({(names[s], seed): (outs[s], summary)
+                            for s, summary in zip(sizes, done)})
+    return folders
+
+
+# ---------------------------------------------------------------- 3. the answer
+
+
+def answer_of(scores: dict, lat_rows: list, teacher_acc: float, pick: str, rivals: list,
+              cands: list, table) -> dict:
+    """Every figure of the protocol's test, from the raw scores and latency rounds."""
+    trials = {m: {s: [x] for s, x in by_seed.items()} for m, by_seed in scores.items()}
+    score = {m: protocol.score_interval(t) for m, t in trials.items()}
+    lat = protocol.latency_summary(lat_rows)
+    s = score[pick]
+    out = {"pick": pick, "teacher_dev_accuracy": teacher_acc, "score": score, "latency": lat,
+           "kept": {k: s[k] / teacher_acc for k in ("mean", "lo", "hi")},
+           "speed_up": protocol.no_greater_latency(lat_rows, "teacher", pick)[1]}
+    ok = [r for r in rivals if protocol.no_greater_latency(lat_rows, r, pick)[0]]
+    out["admissible"] = ok
+    if ok:
+        best = max(ok, key=lambda r: score[r]["mean"])
+        out["best_rival"], out["decision"] = best, protocol.decide(trials[pick], trials[best])
+    for control in ("labels", "random"):
+        out[f"over_{control}"] = protocol.decide(trials[pick], trials[f"{pick}-{control}"])
+    students = [m for m in lat if m != "teacher"]
+    out["front"] = protocol.on_front({m: lat[m] for m in students},
+                                     {m: score[m] for m in students})
+    kl = {name_of(tuple(int(x) for x in r[:4])): float(r[4]) for r in
+          table[["layers", "heads", "hidden", "intermediate", "kl"]].itertuples(index=False)}
+    named = [c for c in cands if c in scores]
+    if len(named) >= 3:
+        out["spearman_kl"] = protocol.spearman([-kl[c] for c in named],
+                                               [scores[c][0] for c in named])
+    out["goal_met"] = bool(out["kept"]["lo"] >= 0.97 and out["speed_up"][0] >= 4
+                           and out["over_labels"]["lo"] > 0)
+    return out
+
+
+def report_lines(a: dict) -> list[str]:
+    s, k, sp = a["score"][a["pick"]], a["kept"], a["speed_up"]
+    lines = [f"- Teacher: SST-2 dev accuracy {a['teacher_dev_accuracy']:.1f}% (one fine-tuning "
+             f"seed; its noise is not measured).",
+             f"- Pick ⟨{a['pick'].replace('-', ',')}⟩: {s['mean']:.1f}% ({s['lo']:.1f} to "
+             f"{s['hi']:.1f}), {100 * k['mean']:.1f}% of the teacher's ({100 * k['lo']:.1f} to "
+             f"{100 * k['hi']:.1f}), {1 / sp[1]:.2f}× to {1 / sp[0]:.2f}× its latency."]
+    for key, what in (("decision", f"the best rival of no greater latency "
+                                   f"({a.get('best_rival')})"),
+                      ("over_labels", "itself trained on the labels alone (L)"),
+                      ("over_random", "itself from random weights (R)")):
+        if key in a:
+            d = a[key]
+            lines.append(f"- Over {what}: {d['margin']:+.1f} points ({d['lo']:+.1f} to "
+                         f"{d['hi']:+.1f}): {d['verdict']}.")
+    if "decision" not in a:
+        lines.append("- No rival has no greater latency than the pick: no margin to test.")
+    lines.append(f"- Goal (≥ 97% kept, ≥ 4× faster, above labels alone, by the intervals' "
+                 f"ends): {'met' if a['goal_met'] else 'not met'}.")
+    return lines
+
+
+def experiment(out: Path, profile: str, progress: bool, results: Path | None = None) -> dict:
+    import pandas as pd
+
+    from bortsearch.runio import write_atomic, write_json
+
+    p = PROFILES[profile]
+    results = results or ROOT / "bench" / "results" / f"task-{profile}"
+    results.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cost = Cost(out)
+    task_dir, teacher_data = cost("rows", task_folders, out, p)
+    t_dir = cost("teacher", teacher, out, teacher_data, profile, p, progress)
+    t_acc = dev_accuracy(t_dir, task_dir, p.seq_len)
+    write_json(results / "teacher.json", {"dev_accuracy": t_acc, "rows": p.teacher_rows,
+                                          "epochs": p.teacher_epochs, "lr": LR})
+    if p.teacher_min is not None and t_acc < p.teacher_min:
+        answer = {"verdict": f"stopped: the teacher's dev accuracy {t_acc:.1f}% is below "
+                             f"{p.teacher_min:g}%"}
+        write_json(results / "answer.json", answer)
+        return answer
+    space = (out / "toy" / "space.toml") if profile == "toy" else SPACE
+    run = out / "run"
+    best = cost("search", search, run, space, t_dir, task_dir, p, progress)
+    for f in ("results.csv", "best.json", "search.json"):
+        shutil.copy(run / f, results / f)
+    if not best.get("size"):
+        answer = {"verdict": "the search chose no architecture", "reason": best.get("reason")}
+        write_json(results / "answer.json", answer)
+        return answer
+    pick, roles, cands, T = roles_by_rule(run, best, p)
+    folders = cost("distil", distil_all, run, out, pick, roles, cands, p, progress)
+    rows = []
+    for (name, seed), (folder, summary) in sorted(folders.items()):
+        rows.append({"model": name, "seed": seed,
+                     "dev": dev_accuracy(folder, task_dir, p.seq_len),
+                     "heldout_accuracy": summary["heldout_accuracy"],
+                     "heldout_kd_ce": summary["heldout_kd_ce"]})
+    scores_df = pd.DataFrame(rows)
+    scores = {m: dict(zip(g["seed"], g["dev"])) for m, g in scores_df.groupby("model")}
+    pk = name_of(pick.size)
+    rivals = [name_of(s) for s, rs in roles.items() if s != pick.size]
+    archs = {"teacher": T, **{name_of(s): T.with_size(*s) for s in roles}}
+    lat_rows = cost("latency", latency, archs, out, p.rounds)
+    table = pd.read_csv(run / "results.csv")
+    answer = answer_of(scores, lat_rows, t_acc, pk, rivals,
+                       [name_of(c) for c in cands], table)
+    answer.update(profile=profile, timing=cost.totals(run), commit=cost.commit,
+                  roles={name_of(s): rs for s, rs in roles.items()})
+    scores_df.to_csv(results / "scores.csv", index=False)
+    pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
+    write_json(results / "answer.json", answer)
+    write_atomic(results / "report.md", "\n".join(
+        [f"# Compress the model you have: task-{profile}", ""] + report_lines(answer)) + "\n")
+    return answer
+
+
+def main(argv=None) -> int:
+    from bortsearch.process import setup_process
+
+    setup_process()  # before the first JAX computation
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    ap.add_argument("--out", type=Path, help="work folder (default: the cache's task-PROFILE)")
+    ap.add_argument("--results", type=Path, help="raw results and the answer (default "
+                    "bench/results/task-PROFILE)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    from bortsearch.runio import cache_dir
+
+    out = args.out or cache_dir() / f"task-{args.profile}"
+    answer = experiment(out, args.profile, not args.quiet, args.results)
+    print(json.dumps({k: answer.get(k) for k in ("pick", "kept", "speed_up", "decision",
+                                                 "over_labels", "goal_met", "verdict")},
+                     indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
