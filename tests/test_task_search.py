@@ -46,6 +46,28 @@ def _cfg(tmp_path, **kw) -> SearchConfig:
     return SearchConfig(**{**base, **kw})
 
 
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory):
+    """One finished task search (tests copy it before they change anything)."""
+    tmp = tmp_path_factory.mktemp("task")
+    cfg = _cfg(tmp)
+    result = run_search(tmp / "run", cfg, progress=False, log=lambda *a: None)
+    return tmp, cfg, result
+
+
+def _copy(task_run, tmp_path) -> Path:
+    """A copy of the finished run and its task's folder, pointed at each other."""
+    import shutil
+
+    tmp = task_run[0]
+    shutil.copytree(tmp / "data", tmp_path / "data")
+    shutil.copytree(tmp / "run", tmp_path / "run")
+    for name in ("search.json", "config.json"):
+        f = tmp_path / "run" / name
+        f.write_text(f.read_text().replace(str(tmp / "data"), str(tmp_path / "data")))
+    return tmp_path / "run"
+
+
 def _data(tmp_path, batch=8):
     teacher = load_checkpoint(TEACHER, part="auto")
     task = load_task("mine", _task(tmp_path / "data"), "text", "label")
@@ -89,11 +111,10 @@ def test_a_full_size_student_inherits_the_classifier_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_the_search_distils_a_classifier_teacher_on_its_task(tmp_path):
+def test_the_search_distils_a_classifier_teacher_on_its_task(task_run):
     from bortsearch.search.candidates import HeldOut
 
-    cfg = _cfg(tmp_path)
-    result = run_search(tmp_path / "run", cfg, progress=False, log=lambda *a: None)
+    tmp_path, cfg, result = task_run
     table = pd.read_csv(tmp_path / "run" / "results.csv")
     done = table[table["status"] == "done"]
     assert len(done) >= 2 and (done["kl"] >= 0).all() and np.isfinite(done["error"]).all()
@@ -164,7 +185,7 @@ def test_the_task_must_be_the_teachers(tmp_path, teacher):
                    log=lambda *a: None)
 
 
-def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(tmp_path):
+def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(task_run, tmp_path):
     """`pretrain RUN` on a task run: the pick distilled on the task's rows, written as a
     sequence classifier with the teacher's labels that loads back with the same logits,
     and as ONNX with them; a second call finds the export done."""
@@ -172,8 +193,7 @@ def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(tmp_path
     from bortsearch.deploy.onnx_export import run_logits, session
     from bortsearch.model.hf import read_tensors
 
-    run = tmp_path / "run"
-    result = run_search(run, _cfg(tmp_path), progress=False, log=lambda *a: None)
+    run, result = _copy(task_run, tmp_path), task_run[2]
     cfg = PretrainConfig(steps=8, batch_size=8, seq_len=32, eval_every=4, checkpoint_every=4)
     summary = pretrain(run, tmp_path / "student", cfg=cfg, progress=False)
     assert summary["task"] == "mine" and 0 <= summary["heldout_accuracy"] <= 1
@@ -250,11 +270,10 @@ def test_a_pair_task_shows_the_teacher_its_token_types(tmp_path):
     assert np.abs(got - zeros).max() > 0
 
 
-def test_pretrain_refuses_task_files_changed_since_the_search(tmp_path):
+def test_pretrain_refuses_task_files_changed_since_the_search(task_run, tmp_path):
     from bortsearch import PretrainConfig, glue, pretrain
 
-    run = tmp_path / "run"
-    run_search(run, _cfg(tmp_path), progress=False, log=lambda *a: None)
+    run = _copy(task_run, tmp_path)
     (tmp_path / "glue-data").mkdir()
     with pytest.raises(UserError, match="a task search"):
         glue([run], tmp_path / "glue-data")
