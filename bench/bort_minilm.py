@@ -479,7 +479,9 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
                         "fine-tuning": p.seeds}, "latency": lat,
               "score": score, "admissible": {r: {"no_greater": a, "ratio_interval": i}
                                              for r, (a, i) in admissible.items()},
-              "speed_up_over_teacher": protocol.no_greater_latency(lat_rows, "teacher", pk)[1]}
+              "speed_up_over_teacher": protocol.no_greater_latency(lat_rows, "teacher", pk)[1],
+              "runner_up": name_of(best["diagnostics"]["runner_up"])
+              if (best.get("diagnostics") or {}).get("runner_up") else None}
     ok = [r for r in rivals if admissible[r][0]]
     answer["steps_not_taken"] = [why for why, missing in (
         ("no task qualified", not tasks), ("no rival of no greater latency", not ok)) if missing]
@@ -520,8 +522,10 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     ft.to_csv(results / "finetune.csv", index=False)
     pd.DataFrame(sel_rows).to_csv(results / "selection.csv", index=False)
     pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
+    answer["search_terms"] = search_terms(results, [pk, *dominating(answer)]) \
+        if "score" in answer and pk in answer["score"] else {}
     write_json(results / "answer.json", answer)
-    report(answer, {**roles, control: ["(f) control"]}, T, results)
+    report(answer, {**roles, control: ["(f) control: the pick from random weights"]}, T, results)
     if profile != "toy":
         update_readme(ROOT / "README.md", profile, (results / "report.md").read_text())
     return answer
@@ -579,6 +583,74 @@ def _interval(d: dict, unit: str = "") -> str:
     return f"{d['margin']:+.1f}{unit} (95% interval {d['lo']:+.1f} to {d['hi']:+.1f})"
 
 
+def dominating(answer: dict) -> list[str]:
+    """The models faster than the pick and better, each beyond both intervals."""
+    pk, lat, score = answer["pick"], answer["latency"], answer["score"]
+    return sorted((m for m in score if m not in (pk, "teacher") and m in lat
+                   and lat[m]["hi"] < lat[pk]["lo"] and score[m]["lo"] > score[pk]["hi"]),
+                  key=lambda m: lat[m]["median"])
+
+
+def search_terms(results: Path, names: list[str]) -> dict:
+    """Each named model's p̂, î and KL in the search's results (those it trained)."""
+    import pandas as pd
+
+    table = pd.read_csv(results / "results.csv")
+    out = {}
+    for r in table[table["status"] == "done"].itertuples():
+        name = f"{r.layers}-{r.heads}-{r.hidden}-{r.intermediate}"
+        if name in names:
+            out[name] = {"p_hat": float(r.effective_params), "inference": float(r.inference),
+                         "kl": float(r.kl), "kl_se": float(r.error_se)}
+    return out
+
+
+def not_winning_lines(answer: dict) -> list[str]:
+    """The protocol's "where the pick does not win": what the figures point to."""
+    d = answer.get("decision")
+    if (d and d["verdict"] == "wins") or "score" not in answer or answer["pick"] not in \
+            answer["score"]:
+        return []
+    pk, lat, score = answer["pick"], answer["latency"], answer["score"]
+    out = ["- **Where the pick does not win** (the protocol's list, with the figures):"]
+    dom = dominating(answer)
+    runner = answer.get("runner_up")
+    one_seed = [m for m in dom if m not in answer.get("admissible", {})
+                and answer.get("seeds", {}).get("pretraining", {}).get("others", 2) < 2]
+    if dom:
+        out.append("  - Faster than the pick and better, beyond both intervals: " + ", ".join(
+            f"{m} ({1e3 * lat[m]['median']:.2f} ms, {score[m]['mean']:.1f})" for m in dom)
+            + f" against the pick's {1e3 * lat[pk]['median']:.2f} ms and "
+            f"{score[pk]['mean']:.1f}" + (f"; {runner} is the search's runner-up by W"
+                                           if runner in dom else "")
+            + (f" ({', '.join(one_seed)}: one pretraining seed, so its interval leaves out "
+               f"that noise)" if one_seed else "") + ".")
+    terms = answer.get("search_terms", {})
+    for m in dom:
+        if m in terms and pk in terms:
+            a, b = terms[pk], terms[m]
+            favoured = [what for what, key in (("size p̂", "p_hat"), ("FLOPs î", "inference"),
+                                               ("KL", "kl")) if a[key] < b[key]]
+            out.append(f"  - The search put the pick above {m} by its {' and '.join(favoured)}"
+                       f" (pick: p̂ {a['p_hat']:,.0f}, î {a['inference']:.3g}, KL "
+                       f"{a['kl']:.3f} ± {a['kl_se']:.3f}; {m}: {b['p_hat']:,.0f}, "
+                       f"{b['inference']:.3g}, {b['kl']:.3f} ± {b['kl_se']:.3f})"
+                       + (": the error proxy after s steps, not the size or speed terms, "
+                          "misjudged them" if favoured == ["KL"] else "") + ".")
+    if "spearman_error" in answer:
+        (r1, p1), (r2, p2) = answer["spearman_error"], answer["spearman_w"]
+        out.append(f"  - Over all trained candidates the error proxy follows the downstream "
+                   f"ranking (ρ {r1:+.2f}, p = {p1:.3f}) and W, which trades error for size "
+                   f"and speed, does not (ρ {r2:+.2f}, p = {p2:.3f}).")
+    if "teacher_bought" in answer:
+        out.append(f"  - Inheritance: the teacher's weights are worth "
+                   f"{answer['teacher_bought']['margin']:+.1f} points to the pick "
+                   f"({answer['teacher_bought']['verdict']}).")
+    out.append("  - s and Θ: not examined by this run (the search's defaults, no "
+               "confirmation phase).")
+    return out
+
+
 def answer_lines(answer: dict) -> list[str]:
     """The answer in words, every figure with its interval (report.md and the README)."""
     pk, d, out = answer["pick"], answer.get("decision"), []
@@ -598,6 +670,7 @@ def answer_lines(answer: dict) -> list[str]:
         out.append(f"- Against the teacher: {_interval(answer['kept_against_teacher'], ' points')}"
                    f" ({100 * p_ / t:.1f}% of its score) at {ratio:.2f}× its speed (95% "
                    f"interval {lo:.2f} to {hi:.2f}).")
+    out += not_winning_lines(answer)
     if "teacher_bought" in answer:
         out.append(f"- What the teacher's weights bought (the pick against itself from random "
                    f"weights, seed 0 of each): {_interval(answer['teacher_bought'], ' points')}.")
@@ -666,6 +739,28 @@ def update_readme(readme: Path, profile: str, report_md: str) -> None:
     write_atomic(readme, head + BEGIN + body + END + tail)
 
 
+def report_only(results: Path, profile: str) -> dict:
+    """report.md, front.png and the README's block made again from the committed raw
+    results (answer.json, students.csv, best.json), running nothing."""
+    import pandas as pd
+
+    from bortsearch.model.arch import Arch
+
+    answer = json.loads((results / "answer.json").read_text())
+    best = json.loads((results / "best.json").read_text())
+    if "runner_up" not in answer:  # answers written before it was recorded
+        up = (best.get("diagnostics") or {}).get("runner_up")
+        answer["runner_up"] = name_of(up) if up else None
+    if "search_terms" not in answer and "score" in answer:
+        answer["search_terms"] = search_terms(results, [answer["pick"], *dominating(answer)])
+    roles = {r.model: r.roles.split("; ") for r in pd.read_csv(results / "students.csv")
+             .itertuples()}
+    report(answer, roles, Arch.from_dict(best["maximum_point"]["arch"]), results)
+    if profile != "toy":
+        update_readme(ROOT / "README.md", profile, (results / "report.md").read_text())
+    return answer
+
+
 def main(argv=None) -> int:
     from bortsearch.process import setup_process
 
@@ -683,10 +778,17 @@ def main(argv=None) -> int:
                     help="reuse the finished search whose results.csv, best.json and "
                     "search.json are in DIR (e.g. bench/results/bort_small-cpu) instead of "
                     "running it again; recorded in the answer")
+    ap.add_argument("--report-only", action="store_true",
+                    help="make report.md, front.png and the README's block again from the "
+                    "committed raw results, running nothing")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     from bortsearch.runio import cache_dir
 
+    if args.report_only:
+        report_only(args.results or ROOT / "bench" / "results" / f"bort_small-{args.profile}",
+                    args.profile)
+        return 0
     out = args.out or cache_dir() / f"bort-minilm-{args.profile}"
     answer = experiment(out, args.profile, not args.quiet, args.results, args.search_from)
     print(json.dumps({k: answer.get(k) for k in ("pick", "tasks", "best_rival", "decision",

@@ -104,6 +104,11 @@ def test_bort_in_small_follows_its_protocol(tmp_path):
     sys.path.insert(0, str(BENCH))
     import bort_minilm
 
+    # --report-only makes the same report from the committed raw results
+    before = (results / "report.md").read_text()
+    (results / "report.md").unlink()
+    bort_minilm.report_only(results, "toy")
+    assert (results / "report.md").read_text() == before
     teacher = Path(json.loads((results / "search.json").read_text())["teacher_path"])
     best = bort_minilm.reuse_search(tmp_path / "again", results, teacher)
     assert best == json.loads((results / "best.json").read_text())
