@@ -522,8 +522,7 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     ft.to_csv(results / "finetune.csv", index=False)
     pd.DataFrame(sel_rows).to_csv(results / "selection.csv", index=False)
     pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
-    answer["search_terms"] = search_terms(results, [pk, *dominating(answer)]) \
-        if "score" in answer and pk in answer["score"] else {}
+    answer.update(derived(answer, results))
     write_json(results / "answer.json", answer)
     report(answer, {**roles, control: ["(f) control: the pick from random weights"]}, T, results)
     if profile != "toy":
@@ -591,6 +590,40 @@ def dominating(answer: dict) -> list[str]:
                   key=lambda m: lat[m]["median"])
 
 
+def derived(answer: dict, results: Path) -> dict:
+    """Figures a sceptic asks for beside the protocol's, from the raw files: the best
+    constant answer on dev, the search's p̂, î, KL and θ for the pick and the models that
+    dominate it, and the ranking by p̂ alone and above the constant answer."""
+    import pandas as pd
+
+    if "score" not in answer or answer["pick"] not in answer["score"]:
+        return {}
+    ft = pd.read_csv(results / "finetune.csv")
+    floor = float(ft.groupby("task")["dev_majority"].first().mean())
+    table = pd.read_csv(results / "results.csv")
+    done = table[table["status"] == "done"]
+    rows = {f"{r.layers}-{r.heads}-{r.hidden}-{r.intermediate}": r for r in done.itertuples()}
+    out = {"dev_constant": floor, "search_terms": {
+        m: {"p_hat": float(r.effective_params), "inference": float(r.inference),
+            "kl": float(r.kl), "kl_se": float(r.error_se), "lr": float(r.best_lr)}
+        for m, r in rows.items() if m in (answer["pick"], *dominating(answer))}}
+    chosen = ft.groupby("model")["epochs"].max()
+    above_all = [m for m in answer["score"] if m != "teacher" and m in chosen.index
+                 and answer["score"][m]["lo"] > floor]
+    out["longest_epochs"] = (sum(int(chosen[m]) == int(ft["epochs"].max()) for m in above_all),
+                             len(above_all), int(ft["epochs"].max()))
+    cands = [m for m in rows if m in answer["score"]]
+    down = [answer["score"][m]["mean"] for m in cands]
+    if len(cands) >= 3:
+        out["spearman_size"] = protocol.spearman(
+            [float(rows[m].effective_params) for m in cands], down)
+        above = [m for m in cands if answer["score"][m]["lo"] > floor]
+        if len(above) >= 3:
+            out["spearman_error_above_floor"] = (len(above), *protocol.spearman(
+                [-float(rows[m].kl) for m in above], [answer["score"][m]["mean"] for m in above]))
+    return out
+
+
 def search_terms(results: Path, names: list[str]) -> dict:
     """Each named model's p̂, î and KL in the search's results (those it trained)."""
     import pandas as pd
@@ -633,19 +666,38 @@ def not_winning_lines(answer: dict) -> list[str]:
                                                ("KL", "kl")) if a[key] < b[key]]
             out.append(f"  - The search put the pick above {m} by its {' and '.join(favoured)}"
                        f" (pick: p̂ {a['p_hat']:,.0f}, î {a['inference']:.3g}, KL "
-                       f"{a['kl']:.3f} ± {a['kl_se']:.3f}; {m}: {b['p_hat']:,.0f}, "
-                       f"{b['inference']:.3g}, {b['kl']:.3f} ± {b['kl_se']:.3f})"
+                       f"{a['kl']:.3f} ± {a['kl_se']:.3f} at lr {a.get('lr', float('nan')):g}; "
+                       f"{m}: {b['p_hat']:,.0f}, {b['inference']:.3g}, {b['kl']:.3f} ± "
+                       f"{b['kl_se']:.3f} at lr {b.get('lr', float('nan')):g}; the KL after "
+                       f"the search's s steps, not after the students' pretraining)"
                        + (": the error proxy after s steps, not the size or speed terms, "
                           "misjudged them" if favoured == ["KL"] else "") + ".")
     if "spearman_error" in answer:
         (r1, p1), (r2, p2) = answer["spearman_error"], answer["spearman_w"]
+        size = answer.get("spearman_size")
+        above = answer.get("spearman_error_above_floor")
         out.append(f"  - Over all trained candidates the error proxy follows the downstream "
                    f"ranking (ρ {r1:+.2f}, p = {p1:.3f}) and W, which trades error for size "
-                   f"and speed, does not (ρ {r2:+.2f}, p = {p2:.3f}).")
+                   f"and speed, does not (ρ {r2:+.2f}, p = {p2:.3f})"
+                   + (f"; but p̂ alone ranks them as well (ρ {size[0]:+.2f}, p = "
+                      f"{size[1]:.3f})" if size else "")
+                   + (f"; among the {above[0]} whose interval is above the best constant "
+                      f"answer the error's ρ is {above[1]:+.2f} (p = {above[2]:.3f})"
+                      if above else "") + ".")
+    control, floor = f"{pk}-random", answer.get("dev_constant")
     if "teacher_bought" in answer:
-        out.append(f"  - Inheritance: the teacher's weights are worth "
-                   f"{answer['teacher_bought']['margin']:+.1f} points to the pick "
-                   f"({answer['teacher_bought']['verdict']}).")
+        if floor is not None and control in score and score[control]["hi"] <= floor + 1e-9:
+            out.append("  - Inheritance: not measured here (the control never left the "
+                       "constant answer).")
+        else:
+            out.append(f"  - Inheritance: the teacher's weights are worth "
+                       f"{answer['teacher_bought']['margin']:+.1f} points to the pick "
+                       f"({answer['teacher_bought']['verdict']}).")
+    if answer.get("longest_epochs"):
+        n, m, e = answer["longest_epochs"]
+        out.append(f"  - Budget: {n} of the {m} models above the constant answer chose the "
+                   f"grid's longest fine-tuning ({e} epochs): at this scale the scores may "
+                   f"measure how fast a model leaves the constant answer.")
     out.append("  - s and Θ: not examined by this run (the search's defaults, no "
                "confirmation phase).")
     return out
@@ -667,11 +719,22 @@ def answer_lines(answer: dict) -> list[str]:
         t, p_ = answer["score"]["teacher"]["mean"], answer["score"][pk]["mean"]
         lo, hi = answer["speed_up_over_teacher"]
         ratio = answer["latency"]["teacher"]["median"] / answer["latency"][pk]["median"]
+        floor = answer.get("dev_constant")
+        gain = (f"; {100 * (p_ - floor) / (t - floor):.1f}% of its gain over the best "
+                f"constant answer, {floor:.1f}" if floor is not None and t > floor else "")
         out.append(f"- Against the teacher: {_interval(answer['kept_against_teacher'], ' points')}"
-                   f" ({100 * p_ / t:.1f}% of its score) at {ratio:.2f}× its speed (95% "
+                   f" ({100 * p_ / t:.1f}% of its score{gain}) at {ratio:.2f}× its speed (95% "
                    f"interval {lo:.2f} to {hi:.2f}).")
     out += not_winning_lines(answer)
-    if "teacher_bought" in answer:
+    control = f"{answer['pick']}-random"
+    floor = answer.get("dev_constant")
+    if "teacher_bought" in answer and floor is not None and control in answer.get("score", {}) \
+            and answer["score"][control]["hi"] <= floor + 1e-9:
+        out.append(f"- What the teacher's weights bought: the pick from random weights never "
+                   f"left the best constant answer ({floor:.1f} on every seed), so "
+                   f"{answer['teacher_bought']['margin']:+.1f} points is the pick's lead over "
+                   f"the constant answer, not a measure of inheritance.")
+    elif "teacher_bought" in answer:
         out.append(f"- What the teacher's weights bought (the pick against itself from random "
                    f"weights, seed 0 of each): {_interval(answer['teacher_bought'], ' points')}.")
     if "spearman_error" in answer:
@@ -691,6 +754,7 @@ def answer_lines(answer: dict) -> list[str]:
                    f"control and the other candidates"
                    + (", whose intervals therefore leave out pretraining noise" if
                       pre["others"] < 2 else "")
+                   + "; no interval includes the dev set's own sampling noise"
                    + "; with 2 pretraining seeds the percentile bootstrap is narrower than "
                    "the spread it estimates, so read a verdict near its edge as tentative.")
     gaps = ", ".join(f"{t} {g:+.1f}" for t, g in answer.get("task_gaps", {}).items())
@@ -707,7 +771,11 @@ def answer_lines(answer: dict) -> list[str]:
                    f"rebuilt the run folder (`--search-from`), with the teacher made again by "
                    f"the same command; its entropy on the search's held-out batches is "
                    f"{e['now']:.6f} nats against the recorded {e['recorded']:.6f}.")
-    cost = ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in tm.items())
+    reused = bool(answer.get("search_reused"))
+    cost = ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in tm.items()
+                     if not (reused and k.startswith("search")))
+    if reused:
+        cost += " (the search's own cost is in the protocol's Changes: it was not run here)"
     out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
                f"{m.get('platform', '?')}; cost: {cost} (wall); load average during the "
                f"latency rounds {answer.get('latency_load_average', ['?'])[0]:.1f} to "
@@ -751,8 +819,7 @@ def report_only(results: Path, profile: str) -> dict:
     if "runner_up" not in answer:  # answers written before it was recorded
         up = (best.get("diagnostics") or {}).get("runner_up")
         answer["runner_up"] = name_of(up) if up else None
-    if "search_terms" not in answer and "score" in answer:
-        answer["search_terms"] = search_terms(results, [answer["pick"], *dominating(answer)])
+    answer.update({k: v for k, v in derived(answer, results).items() if k not in answer})
     roles = {r.model: r.roles.split("; ") for r in pd.read_csv(results / "students.csv")
              .itertuples()}
     report(answer, roles, Arch.from_dict(best["maximum_point"]["arch"]), results)

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocol  # noqa: E402
-from bort_minilm import SPACE, Cost, latency, name_of  # noqa: E402
+from bort_minilm import SPACE, Cost, latency, name_of, students  # noqa: E402
 from glue_eval import GLUE_DATA  # noqa: E402
 
 LR = 1e-4  # the teacher's fine-tuning and every student's distillation
@@ -137,25 +137,12 @@ def search(run: Path, space: Path, teacher_dir: Path, task_dir: Path, p: Profile
 
 
 def roles_by_rule(run: Path, best: dict, p: Profile):
-    """(pick, {size: [role]} of the pick and rivals (a)–(e), the candidates' sizes, T)."""
-    import pandas as pd
-
-    from bortsearch.model.arch import Arch, row_size
-    from bortsearch.model.proxies import effective_param_count, forward_flops
-
-    T = Arch.from_dict(best["maximum_point"]["arch"])
-    table = pd.read_csv(run / "results.csv")
-    space = [T.with_size(*row_size(r)) for r in table.itertuples()]
-    pick = T.with_size(*best["size"])
-    rivals = protocol.rivals_by_rule(space, T, pick, effective_param_count,
-                                     lambda a: forward_flops(a, 1, 128, "encoder"),
-                                     n_random=p.n_random)
-    roles = {pick.size: ["pick"]}
-    for role, arch in rivals.items():
-        if not role.startswith("(f)"):
-            roles.setdefault(arch.size, []).append(role)
-    cands = [row_size(r) for r in table[table["status"] == "done"].itertuples()]
-    return pick, roles, cands, T
+    """(pick, {size: [role]} of the pick and rivals (a)–(e), the candidates' sizes, T):
+    bench-bort's rules (`bort_minilm.students`), the candidates (g) apart."""
+    pick, roles, _, T = students(run, best, p)
+    cands = [s for s, rs in roles.items() if "(g) candidate" in rs]
+    kept = {s: [r for r in rs if r != "(g) candidate"] for s, rs in roles.items()}
+    return pick, {s: rs for s, rs in kept.items() if rs}, cands, T
 
 
 def distil_all(run: Path, work: Path, pick, roles: dict, cands: list, p: Profile,
