@@ -70,7 +70,7 @@ def timings(models: list[Path], threads: int | None) -> dict:
         quantize_int8,
         session,
     )
-    from bortsearch.model.encoder import _hidden
+    from bortsearch.model.encoder import forward_hidden
 
     try:
         import torch
@@ -95,7 +95,8 @@ def timings(models: list[Path], threads: int | None) -> dict:
         jids, jmask, jtypes = (jax.device_put(x.astype(np.int32)) for x in
                                (ids, mask, np.zeros_like(ids)))
         runners = {
-            "xla": lambda: _hidden(model.arch, params, jids, jmask, jtypes).block_until_ready(),
+            "xla": lambda: forward_hidden(model.arch, params, jids, jmask,
+                                          jtypes).block_until_ready(),
         }
         for name, file in (("onnx", g), ("onnx-int8", q)):
             sess = session(file, threads)

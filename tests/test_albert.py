@@ -122,7 +122,7 @@ def test_a_factorised_student_starts_from_the_teachers_embeddings_by_svd(teacher
     """Where the teacher's (centred) embedding tables have rank E - 1, the student with
     E-wide tables reproduces the teacher's encoder exactly: the truncated SVD loses
     nothing; with cut columns (the old start) it is far off."""
-    from bortsearch.model.encoder import _hidden, inherit_params
+    from bortsearch.model.encoder import forward_hidden, inherit_params
 
     teacher = Arch(2, 2, 32, 64, vocab_size=90, max_positions=40, embedding=teacher_e)
     e_t = teacher.embedding_size
@@ -137,14 +137,14 @@ def test_a_factorised_student_starts_from_the_teachers_embeddings_by_svd(teacher
     t["params"]["embeddings"]["ln"]["bias"][:] = rng.normal(size=e_t) * 0.1
     ids = rng.integers(0, 90, size=(2, 9))
     mask, types = np.ones_like(ids), (np.arange(9)[None] > 4).astype(np.int32) + 0 * ids
-    want = np.asarray(_hidden(teacher, t, ids, mask, types))
+    want = np.asarray(forward_hidden(teacher, t, ids, mask, types))
     student = teacher.with_size(2, 2, 32, 64, 8, 2)
     assert student.embedding == 8
-    got = np.asarray(_hidden(student, inherit_params(student, teacher, t, seed=0), ids, mask,
+    got = np.asarray(forward_hidden(student, inherit_params(student, teacher, t, seed=0), ids, mask,
                              types))
     np.testing.assert_allclose(got, want, atol=2e-4)
     cut = init_params(student, 0)  # what cutting 8 columns with a random map gives
-    far = np.asarray(_hidden(student, cut, ids, mask, types))
+    far = np.asarray(forward_hidden(student, cut, ids, mask, types))
     assert np.abs(far - want).max() > 0.1
 
 
