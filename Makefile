@@ -83,8 +83,10 @@ teacher-minilm: $(STAMP)
 # latency, the deciding test. The CPU profile costs about 2.5 hours of 2 cores, a
 # working session with nothing else running; resumable (re-run the same command).
 # (bench/bort_small.py is the earlier experiment, with the Gutenberg teacher.)
+# BENCH_ARGS passes flags, e.g. BENCH_ARGS="--profile gpu" or, on a new machine,
+# BENCH_ARGS="--search-from bench/results/bort_small-cpu" (the committed search's answer).
 bench-bort: $(STAMP)
-	$(BIN)/python bench/bort_minilm.py
+	$(BIN)/python bench/bort_minilm.py $(BENCH_ARGS)
 
 # Compress the model you have, as bench/task_protocol.md states (bench/task_bench.py):
 # all-MiniLM-L6-v2 fine-tuned on SST-2 as a classifier teacher, the task search, the
@@ -92,7 +94,7 @@ bench-bort: $(STAMP)
 # distilled under one budget (5 seeds), SST-2 dev accuracy, interleaved latency, the
 # answer with intervals. The CPU profile is costed at about 3 hours of 2 cores; resumable.
 bench-task: $(STAMP)
-	$(BIN)/python bench/task_bench.py
+	$(BIN)/python bench/task_bench.py $(BENCH_ARGS)
 
 # Regenerates the committed transformers golden files (needs torch; not used by CI).
 # make_golden.py runs twice: the teachers first, then the logits of the students
