@@ -624,20 +624,6 @@ def derived(answer: dict, results: Path) -> dict:
     return out
 
 
-def search_terms(results: Path, names: list[str]) -> dict:
-    """Each named model's p̂, î and KL in the search's results (those it trained)."""
-    import pandas as pd
-
-    table = pd.read_csv(results / "results.csv")
-    out = {}
-    for r in table[table["status"] == "done"].itertuples():
-        name = f"{r.layers}-{r.heads}-{r.hidden}-{r.intermediate}"
-        if name in names:
-            out[name] = {"p_hat": float(r.effective_params), "inference": float(r.inference),
-                         "kl": float(r.kl), "kl_se": float(r.error_se)}
-    return out
-
-
 def not_winning_lines(answer: dict) -> list[str]:
     """The protocol's "where the pick does not win": what the figures point to."""
     d = answer.get("decision")

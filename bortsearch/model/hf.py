@@ -570,20 +570,24 @@ def export_tensors(model: Model, num_labels: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_hf_folder(folder: Path, arch: Arch, tokenizer=None, params=None,
-                    extra_files: dict[str, str | bytes] | None = None) -> None:
+                    extra_files: dict[str, str | bytes] | None = None,
+                    labels: tuple[str, ...] | None = None, task: str = "") -> None:
     """Fill `folder` with `config.json`, the tokenizer files and, given params,
-    `model.safetensors` (Hugging Face names)."""
+    `model.safetensors` (Hugging Face names); with `labels`, a sequence classifier
+    of those classes (`classifier_config`)."""
     from safetensors.numpy import save
 
     folder = Path(folder)
-    config = config_from_arch(arch, tokenizer)
-    if params is not None and exports_sop(Model(arch, params)):
+    n = len(labels) if labels else 0
+    config = classifier_config(arch, tokenizer, labels, task) if n else \
+        config_from_arch(arch, tokenizer)
+    if params is not None and not n and exports_sop(Model(arch, params)):
         config["architectures"] = [config["architectures"][0].replace("ForMaskedLM",
                                                                       "ForPreTraining")]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     if params is not None:  # written by Python, not by safetensors' save_file (mode 0600)
         (folder / "model.safetensors").write_bytes(
-            save(export_tensors(Model(arch, params)), metadata={"format": "pt"}))
+            save(export_tensors(Model(arch, params, num_labels=n), n), metadata={"format": "pt"}))
     if tokenizer is not None:
         tokenizer.save(folder, model_max_length=arch.max_seq_len)
     for name, data in (extra_files or {}).items():

@@ -31,7 +31,6 @@ from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch, row_size
 from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
 from bortsearch.model.hf import (
-    classifier_config,
     export_tensors,
     load_checkpoint,
     params_from_tensors,
@@ -143,23 +142,15 @@ def _labels(run: Path) -> tuple[str, ...]:
 def _write_student(folder: Path, run: Path, arch: Arch, tokenizer, params, extra) -> None:
     """The student's Hugging Face folder: a masked-LM model, or for a task run a
     sequence classifier with the teacher's labels."""
-    search = json.loads((run / "search.json").read_text()) if (run / "search.json").is_file() \
-        else {}
-    if not search.get("task"):
-        write_hf_folder(folder, arch, tokenizer, params, extra)
-        return
-    from safetensors.numpy import save
+    task = _task_of(run)
+    write_hf_folder(folder, arch, tokenizer, params, extra,
+                    labels=_labels(run) if task else None, task=task or "")
 
-    labels = _labels(run)
-    config = classifier_config(arch, tokenizer, labels, search["task"])
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    if params is not None:
-        (folder / "model.safetensors").write_bytes(save(
-            export_tensors(Model(arch, params, num_labels=len(labels)), len(labels)),
-            metadata={"format": "pt"}))
-    tokenizer.save(folder, model_max_length=arch.max_seq_len)
-    for name, data in extra.items():
-        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+
+def _task_of(run: Path) -> str | None:
+    """The task of a task run (search.json's), else None."""
+    path = run / "search.json"
+    return json.loads(path.read_text()).get("task") if path.is_file() else None
 
 
 def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
@@ -287,7 +278,7 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
     if params is None and (wdir / STUDENT_WEIGHTS).is_file():
         from safetensors.numpy import load_file
 
-        n = len(_labels(run)) if _is_task_run(run) else 0
+        n = len(_labels(run)) if _task_of(run) else 0
         params = params_from_tensors(arch, load_file(str(wdir / STUDENT_WEIGHTS)), wdir,
                                      f"classify:{n}" if n else "mlm",
                                      sop=True)  # the order head, if it was trained with one
@@ -303,14 +294,10 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
         if onnx:
             from bortsearch.deploy.onnx_export import write_graphs
 
-            n = len(_labels(run)) if _is_task_run(run) else 0
+            n = len(_labels(run)) if _task_of(run) else 0
             write_graphs(tmp, Model(arch, params, num_labels=n), int8)
     return out
 
-
-def _is_task_run(run: Path) -> bool:
-    path = run / "search.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("task"))
 
 
 def _finished_export(work: Path, out: Path) -> dict | None:
