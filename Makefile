@@ -111,6 +111,9 @@ golden: $(STAMP)
 	.golden-venv/bin/python tests/golden/make_golden_sop.py
 	.golden-venv/bin/python tests/golden/make_golden_classifier.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_albert.py
+	cd tests/golden && ../../.golden-venv/bin/python make_golden_families.py
+	cd tests/golden && ../../$(BIN)/python make_family_students.py
+	cd tests/golden && ../../.golden-venv/bin/python make_golden_families.py --students
 
 clean:
 	rm -rf $(VENV) .golden-venv build *.egg-info .pytest_cache

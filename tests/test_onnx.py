@@ -22,7 +22,7 @@ def _inputs(arch, seed=0):
     mask = np.ones_like(ids)
     mask[1, 9:] = 0
     mask[2, 4:] = 0
-    if arch.model_type == "roberta":
+    if arch.family.positions == "padded":
         ids[mask == 0] = arch.pad_token_id
     types = np.zeros_like(ids)
     if arch.type_vocab_size > 1:
@@ -33,7 +33,9 @@ def _inputs(arch, seed=0):
 @pytest.mark.parametrize("folder", [
     "bert_tiny", "roberta_tiny",
     "albert_groups",  # E < H and G < D
-    "student_albert", "classifier_bert", "classifier_roberta"])
+    "student_albert", "classifier_bert", "classifier_roberta",
+    # DistilBERT (no token types; ReLU pre_classifier), XLM-RoBERTa, ELECTRA (E < H; GELU head)
+    "distilbert_tiny", "xlmr_tiny", "electra_tiny", "distilbert_cls", "xlmr_cls", "electra_cls"])
 def test_onnx_runtime_logits_equal_the_models(folder, tmp_path, capsys):
     assert main(["onnx", str(GOLDEN / folder), "--out", str(tmp_path / "o")]) == 0
     assert "model.onnx" in capsys.readouterr().out

@@ -29,6 +29,10 @@ SPECIAL = {
 }
 CLASS_NAMES = {"bert": "BertTokenizerFast", "roberta": "RobertaTokenizerFast",
                "albert": "AlbertTokenizerFast"}
+# Model families with a tokenizer class of their own: (its special-token set, the class)
+FAMILY_TOKENIZERS = {"distilbert": ("bert", "DistilBertTokenizerFast"),
+                     "electra": ("bert", "ElectraTokenizerFast"),
+                     "xlm-roberta": ("roberta", "XLMRobertaTokenizerFast")}
 DEFAULT_VOCAB_SIZE = 4096
 
 
@@ -37,8 +41,9 @@ class Tokenizer:
     """A `tokenizers.Tokenizer` with the ids of its family's special tokens."""
 
     hf: tokenizers.Tokenizer
-    family: str  # "bert" or "roberta"
+    family: str  # the special-token set: "bert", "roberta" or "albert"
     lowercase: bool = True
+    model_type: str = ""  # the model family it came with, where it names the class
 
     def _id(self, role: str) -> int:
         token = SPECIAL[self.family][role]
@@ -71,6 +76,8 @@ class Tokenizer:
     @property
     def class_name(self) -> str:
         """The `transformers` tokenizer class that reads these files."""
+        if self.model_type in FAMILY_TOKENIZERS:
+            return FAMILY_TOKENIZERS[self.model_type][1]
         return CLASS_NAMES[self.family]
 
     @property
@@ -119,9 +126,11 @@ def has_tokenizer_files(directory: str | Path) -> bool:
     return tokenizer_files(directory) is not None
 
 
-def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
+def load_tokenizer(directory: str | Path, model_type: str) -> Tokenizer:
     """A checkpoint directory's tokenizer: tokenizer.json, else vocab.txt, else
-    vocab.json + merges.txt, else ALBERT's SentencePiece spiece.model."""
+    vocab.json + merges.txt, else ALBERT's SentencePiece spiece.model; with the special
+    tokens of the model family `model_type`."""
+    family = FAMILY_TOKENIZERS[model_type][0] if model_type in FAMILY_TOKENIZERS else model_type
     d = Path(directory)
     lowercase = _lowercase(d)
     files = tokenizer_files(d)
@@ -152,7 +161,7 @@ def load_tokenizer(directory: str | Path, family: str) -> Tokenizer:
                         f"the teacher's originals") from None
     if family == "albert":  # a SentencePiece ALBERT vocabulary, or a BERT one it borrowed
         family = "albert" if hf.token_to_id("<pad>") is not None else "bert"
-    tok = Tokenizer(hf, family, lowercase)
+    tok = Tokenizer(hf, family, lowercase, model_type if model_type in FAMILY_TOKENIZERS else "")
     tok.special_ids  # every special token must be there
     if hf.post_processor is None or family == "roberta":
         # RobertaTokenizerFast adds `<s> A </s></s> B </s>` whatever tokenizer.json says

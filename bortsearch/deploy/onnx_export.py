@@ -90,6 +90,12 @@ class _Graph:
             t = self.op("Erf", self.op("Mul", x, self.const(np.float32(1 / np.sqrt(2)))))
         return self.op("Mul", self.op("Mul", x, half), self.op("Add", t, one))
 
+    def activation(self, x: str, name: str) -> str:
+        """A classification head's activation: "tanh", "relu" or (exact) "gelu"."""
+        if name == "gelu":
+            return self.gelu(x, approximate=False)
+        return self.op({"tanh": "Tanh", "relu": "Relu"}[name], x)
+
 
 def onnx_graph(model: Model, head: bool = True):
     """The model's forward pass as an `onnx.ModelProto` (float32). `head=False`
@@ -104,7 +110,7 @@ def onnx_graph(model: Model, head: bool = True):
     # embeddings: word + position + token type, LayerNorm at E
     emb = p["embeddings"]
     x = g.op("Gather", g.const(np.asarray(emb["word"]["embedding"], np.float32), "word"), ids)
-    if arch.model_type == "roberta":  # positions counted over non-padding tokens
+    if arch.family.positions == "padded":  # counted over non-padding tokens
         pad = g.const(np.int64(arch.pad_token_id))
         not_pad = g.op("Cast", g.op("Not", g.op("Equal", ids, pad)), to=i64)
         pos = g.op("Add", g.op("Mul", g.op("CumSum", not_pad, g.const(np.int64(1))), not_pad),
@@ -160,12 +166,15 @@ def onnx_graph(model: Model, head: bool = True):
         logits, out_shape = x, ["batch", "sequence", h]
     elif model.num_labels:
         first = g.op("Gather", x, g.const(np.int64(0)), axis=1)  # B x H
-        if arch.model_type == "roberta":
+        act = arch.family.classifier_act
+        if arch.family.classifier == "dense":
             c = p["classifier"]
-            y = g.op("Tanh", g.dense(first, c["dense"]["kernel"], c["dense"]["bias"], "cls_dense"))
+            y = g.activation(g.dense(first, c["dense"]["kernel"], c["dense"]["bias"],
+                                     "cls_dense"), act)
             logits = g.dense(y, c["out_proj"]["kernel"], c["out_proj"]["bias"], "cls_out")
         else:
-            y = g.op("Tanh", g.dense(first, p["pooler"]["kernel"], p["pooler"]["bias"], "pooler"))
+            y = g.activation(g.dense(first, p["pooler"]["kernel"], p["pooler"]["bias"],
+                                     "pooler"), act)
             logits = g.dense(y, p["classifier"]["kernel"], p["classifier"]["bias"], "classifier")
         out_shape = ["batch", model.num_labels]
     else:

@@ -12,9 +12,55 @@ from typing import Literal
 
 from bortsearch.errors import UserError
 
-ModelType = Literal["bert", "roberta", "albert"]
-MODEL_TYPES: tuple[str, ...] = ("bert", "roberta", "albert")
+ModelType = Literal["bert", "roberta", "albert", "distilbert", "xlm-roberta", "electra"]
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_new")  # exact (erf) GELU; tanh approximation
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a Hugging Face encoder family adds to the four axes, as data: the model
+    reads these fields and never the family's name.
+
+    Attributes:
+      name: config.json's `model_type`.
+      title: its name in prose ("XLM-RoBERTa").
+      classes: transformers' class-name stem (`{classes}ForMaskedLM`).
+      prefix: the base model's tensor-name prefix (`{prefix}.embeddings…`).
+      layout: the layers' tensor names: "bert" (`encoder.layer.N.attention.self.query`),
+        "distilbert" (`transformer.layer.N.attention.q_lin`) or "albert" (groups).
+      positions: "absolute" (0..L-1) or "padded" (RoBERTa's: counted from
+        pad_token_id + 1 over the non-padding tokens).
+      classifier: the sequence-classification head on the first token: "pooler"
+        (act(pooler(x₀)) → classifier; BERT, ALBERT, DistilBERT's pre_classifier) or
+        "dense" (act(dense(x₀)) → out_proj; RoBERTa, ELECTRA).
+      classifier_act: that head's activation, "tanh", "relu" or "gelu".
+      embedding: E as this family has it: "albert" (always projected, an axis),
+        "electra" (a family setting: projected when E ≠ H) or "none" (E = H).
+    """
+
+    name: str
+    title: str
+    classes: str
+    prefix: str
+    layout: str = "bert"
+    positions: str = "absolute"
+    classifier: str = "pooler"
+    classifier_act: str = "tanh"
+    embedding: str = "none"
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("bert", "BERT", "Bert", "bert", embedding="albert"),
+    Family("roberta", "RoBERTa", "Roberta", "roberta", positions="padded", classifier="dense"),
+    Family("albert", "ALBERT", "Albert", "albert", layout="albert", embedding="albert"),
+    Family("distilbert", "DistilBERT", "DistilBert", "distilbert", layout="distilbert",
+           classifier_act="relu"),
+    Family("xlm-roberta", "XLM-RoBERTa", "XLMRoberta", "roberta", positions="padded",
+           classifier="dense"),
+    Family("electra", "ELECTRA", "Electra", "electra", classifier="dense",
+           classifier_act="gelu", embedding="electra"),
+)}
+MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,13 +79,14 @@ class Arch:
       layer_norm_eps: LayerNorm epsilon (BERT 1e-12, RoBERTa 1e-5).
       pad_token_id: the padding token; RoBERTa positions are counted from it.
       tie_decoder: whether the output projection is the word-embedding table.
-      model_type: "bert" (positions 0..L-1), "roberta" (positions start after
-        the padding index and skip padding, as in Hugging Face) or "albert" (an
-        ALBERT checkpoint: positions as BERT, always an E→H projection).
+      model_type: the Hugging Face family (`FAMILIES`, whose `Family` says what it
+        changes): "bert", "roberta" (positions start after the padding index and
+        skip padding), "albert" (always an E→H projection), "distilbert",
+        "xlm-roberta" or "electra" (E a family setting).
       embedding: E, the width of the embedding tables [ALBERT's factorised
-        embedding]: None means E = H and no projection; set, the embeddings are
-        E wide, a dense E→H maps them to the layers, and the masked-LM head maps
-        H→E before the decoder tied to the E-wide word table.
+        embedding; ELECTRA's embedding_size]: None means E = H and no projection;
+        set, the embeddings are E wide, a dense E→H maps them to the layers, and
+        the masked-LM head maps H→E before the decoder tied to the E-wide word table.
       groups: G, distinct layer parameter groups [ALBERT's cross-layer sharing]:
         layer i uses group ⌊i·G/D⌋ (contiguous blocks, Hugging Face's layout);
         None means G = D, no sharing.
@@ -86,10 +133,17 @@ class Arch:
                              f"groups={self.groups}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation=}")
-        if self.model_type == "roberta" and (self.embedding or self.groups):
-            raise ValueError("ALBERT's factorised embedding and layer sharing are not "
-                             "available for the roberta family (its positions); use a bert "
-                             "family space")
+        family = FAMILIES[self.model_type]
+        if self.groups and family.embedding != "albert" or \
+                self.embedding and family.embedding == "none":
+            raise ValueError(f"ALBERT's factorised embedding and layer sharing are not "
+                             f"available for the {self.model_type} family; use a bert "
+                             f"family space")
+
+    @property
+    def family(self) -> Family:
+        """The family's features (`FAMILIES[model_type]`)."""
+        return FAMILIES[self.model_type]
 
     @property
     def embedding_size(self) -> int:
@@ -104,14 +158,20 @@ class Arch:
     @property
     def albert(self) -> bool:
         """Whether ALBERT's axes are in use (it then exports as an ALBERT model)."""
-        return self.model_type == "albert" or self.embedding is not None \
-            or self.groups is not None
+        return self.model_type == "albert" or self.groups is not None or (
+            self.embedding is not None and self.family.embedding == "albert")
+
+    @property
+    def projected(self) -> bool:
+        """Whether a dense E→H maps the embeddings to the layers: ALBERT always (an
+        identity where E = H), ELECTRA where E ≠ H."""
+        return self.albert or self.embedding is not None
 
     @property
     def size(self) -> tuple[int, ...]:
         """The search axes: ⟨D, A, H, I⟩, or ⟨D, A, H, I, E, G⟩ with ALBERT's axes."""
         base = (self.layers, self.heads, self.hidden, self.intermediate)
-        if self.embedding is None and self.groups is None:
+        if not self.albert:  # ELECTRA's E is a family setting, not an axis
             return base
         return base + (self.embedding_size, self.num_groups)
 
@@ -122,7 +182,7 @@ class Arch:
     @property
     def max_seq_len(self) -> int:
         """The longest input the position table allows."""
-        offset = self.pad_token_id + 1 if self.model_type == "roberta" else 0
+        offset = self.pad_token_id + 1 if self.family.positions == "padded" else 0
         return self.max_positions - offset
 
     def with_size(self, layers: int, heads: int, hidden: int, intermediate: int,
@@ -130,7 +190,9 @@ class Arch:
         """The same family settings with other search axes. E = H and G = D are
         stored as None (no projection, no sharing), so ⟨D, A, H, I, H, D⟩ is
         ⟨D, A, H, I⟩, except for an ALBERT checkpoint's family, which always
-        has its projection."""
+        has its projection. ELECTRA's E is a family setting: kept when not given."""
+        if self.family.embedding == "electra" and embedding is None and groups is None:
+            embedding = self.embedding
         if self.model_type != "albert":
             embedding = None if embedding == hidden else embedding
             groups = None if groups == layers else groups

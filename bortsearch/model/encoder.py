@@ -209,9 +209,10 @@ class Embeddings(_Part):
 
 
 def position_ids(arch: Arch, input_ids_BxL):
-    """BERT: 0..L-1. RoBERTa: counted from pad_token_id + 1 over non-padding tokens."""
+    """BERT: 0..L-1. RoBERTa ("padded"): counted from pad_token_id + 1 over non-padding
+    tokens."""
     b, l = input_ids_BxL.shape
-    if arch.model_type == "roberta":
+    if arch.family.positions == "padded":
         not_pad = (input_ids_BxL != arch.pad_token_id).astype(jnp.int32)
         return jnp.cumsum(not_pad, axis=1) * not_pad + arch.pad_token_id
     return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
@@ -348,35 +349,44 @@ class MLMHead(nn.Module):
 
 def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: bool,
              dtype="float32"):
-    """The sequence-classification head on the first token, as Hugging Face has it.
+    """The sequence-classification head on the first token, as Hugging Face has it,
+    by the family's `classifier` form and activation:
 
-    BERT: dropout(tanh(pooler(x₀))) → classifier. RoBERTa (no pooler):
-    dropout(x₀) → tanh(classifier.dense) → dropout → classifier.out_proj.
+    "pooler" (BERT, ALBERT: tanh; DistilBERT's pre_classifier: relu):
+    dropout(act(pooler(x₀))) → classifier. "dense" (RoBERTa: tanh; ELECTRA: gelu):
+    dropout(x₀) → act(classifier.dense) → dropout → classifier.out_proj.
     (Called inside `Encoder`'s compact scope, so the names are its own.)
     """
     drop = nn.Dropout(rate, deterministic=deterministic)
     x_BxH = x_BxLxH[:, 0]
-    if arch.model_type != "roberta":
+    if arch.family.classifier == "pooler":
         return _dense(num_labels, "classifier", dtype)(drop(_pooled(arch, x_BxH, dtype))).astype(
             jnp.float32)
-    return _RobertaClassifier(num_labels, arch.hidden, dtype, name="classifier")(
-        drop(x_BxH), drop).astype(jnp.float32)
+    return _DenseClassifier(num_labels, arch.hidden, arch.family.classifier_act, dtype,
+                            name="classifier")(drop(x_BxH), drop).astype(jnp.float32)
+
+
+CLASSIFIER_ACTS = {"tanh": jnp.tanh, "relu": jax.nn.relu,
+                   "gelu": functools.partial(jax.nn.gelu, approximate=False)}
 
 
 def _pooled(arch: Arch, x_BxH, dtype):
-    """BERT's and ALBERT's pooler, tanh(pooler(x₀)), under the caller's "pooler" name
-    (the classifier's and the sentence-order head's: one pretrained, both read it)."""
-    return jnp.tanh(_dense(arch.hidden, "pooler", dtype)(x_BxH))
+    """The pooler, act(pooler(x₀)) (BERT's and ALBERT's tanh, DistilBERT's relu), under
+    the caller's "pooler" name (the classifier's and the sentence-order head's: one
+    pretrained, both read it)."""
+    return CLASSIFIER_ACTS[arch.family.classifier_act](
+        _dense(arch.hidden, "pooler", dtype)(x_BxH))
 
 
-class _RobertaClassifier(nn.Module):
+class _DenseClassifier(nn.Module):
     num_labels: int
     hidden: int
+    act: str = "tanh"
     dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxH, drop):
-        x_BxH = drop(jnp.tanh(_dense(self.hidden, "dense", self.dtype)(x_BxH)))
+        x_BxH = drop(CLASSIFIER_ACTS[self.act](_dense(self.hidden, "dense", self.dtype)(x_BxH)))
         return _dense(self.num_labels, "out_proj", self.dtype)(x_BxH)
 
 

@@ -1,4 +1,5 @@
-"""Hugging Face BERT / RoBERTa masked-LM checkpoints, read and written.
+"""Hugging Face encoder checkpoints (BERT, RoBERTa, ALBERT, DistilBERT, XLM-RoBERTa,
+ELECTRA), read and written.
 
 Reading accepts a directory with `config.json` and `model.safetensors` or
 `pytorch_model.bin`. A `.bin` is a pickle; it is read by a restricted unpickler
@@ -21,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from bortsearch.errors import UserError
-from bortsearch.model.arch import MODEL_TYPES, Arch
+from bortsearch.model.arch import FAMILIES, MODEL_TYPES, Arch, Family
 from bortsearch.model.encoder import Model, param_shapes
 
 # Hugging Face `hidden_act` -> ours: exact GELU, or the tanh approximation.
@@ -32,16 +33,24 @@ UNUSED_SUFFIXES = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.posit
                    "cls.seq_relationship.weight", "cls.seq_relationship.bias")
 
 
+# The masked-LM head's tensors by family: transform (H→E), its LayerNorm, the output
+# bias and the decoder (tied to the word table unless the config says otherwise).
+_HEADS = {
+    "albert": ("predictions.dense", "predictions.LayerNorm", "predictions.bias",
+               "predictions.decoder"),
+    "bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+             "cls.predictions.bias", "cls.predictions.decoder"),
+    "roberta": ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias", "lm_head.decoder"),
+    "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector.bias",
+                   "vocab_projector"),
+    "electra": ("generator_predictions.dense", "generator_predictions.LayerNorm",
+                "generator_lm_head.bias", "generator_lm_head"),
+}
+
+
 def _head_names(arch: Arch) -> dict[str, str]:
-    if arch.albert:
-        return {"transform.dense": "predictions.dense", "ln": "predictions.LayerNorm",
-                "bias": "predictions.bias", "decoder": "predictions.decoder"}
-    if arch.model_type == "bert":
-        return {"transform.dense": "cls.predictions.transform.dense",
-                "ln": "cls.predictions.transform.LayerNorm",
-                "bias": "cls.predictions.bias", "decoder": "cls.predictions.decoder"}
-    return {"transform.dense": "lm_head.dense", "ln": "lm_head.layer_norm",
-            "bias": "lm_head.bias", "decoder": "lm_head.decoder"}
+    head = _HEADS[_base(arch)]
+    return dict(zip(("transform.dense", "ln", "bias", "decoder"), head))
 
 
 # ---------------------------------------------------------------- names
@@ -49,10 +58,15 @@ def _head_names(arch: Arch) -> dict[str, str]:
 Names = dict[str, tuple[tuple[str, ...], "int | None", bool]]
 
 
-def _base(arch: Arch) -> str:
+def _family(arch: Arch) -> Family:
     """The Hugging Face family an architecture is written as: ALBERT's axes make it
     an ALBERT model."""
-    return "albert" if arch.albert else arch.model_type
+    return FAMILIES["albert"] if arch.albert else arch.family
+
+
+def _base(arch: Arch) -> str:
+    """The base model's tensor-name prefix (`bert`, `roberta` for XLM-RoBERTa too, …)."""
+    return _family(arch).prefix
 
 
 ALBERT_MAP = "albert.encoder.embedding_hidden_mapping_in"
@@ -92,6 +106,8 @@ def encoder_names(arch: Arch) -> Names:
     here and (out, in) there."""
     if arch.albert:
         return _albert_encoder_names(arch)
+    if arch.family.layout == "distilbert":
+        return _distilbert_encoder_names(arch)
     base = _base(arch)
     names: Names = {}
     emb = f"{base}.embeddings"
@@ -103,6 +119,9 @@ def encoder_names(arch: Arch) -> Names:
             ("embeddings", "token_type", "embedding"), None, False)
     names[f"{emb}.LayerNorm.weight"] = (("embeddings", "ln", "scale"), None, False)
     names[f"{emb}.LayerNorm.bias"] = (("embeddings", "ln", "bias"), None, False)
+    if arch.embedding is not None:  # ELECTRA's E ≠ H
+        names[f"{base}.embeddings_project.weight"] = (("embedding_map", "kernel"), None, True)
+        names[f"{base}.embeddings_project.bias"] = (("embedding_map", "bias"), None, False)
     dense = {
         "attention.self.query": ("attention", "query"),
         "attention.self.key": ("attention", "key"),
@@ -114,6 +133,31 @@ def encoder_names(arch: Arch) -> Names:
     norms = {"attention.output.LayerNorm": ("attention_ln",), "output.LayerNorm": ("ffn_ln",)}
     for i in range(arch.layers):
         prefix = f"{base}.encoder.layer.{i}"
+        for hf, ours in dense.items():
+            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
+            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+        for hf, ours in norms.items():
+            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
+            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+    return names
+
+
+def _distilbert_encoder_names(arch: Arch) -> Names:
+    """DistilBERT: no token types; `transformer.layer.N` with q/k/v/out_lin, lin1/lin2,
+    sa_layer_norm and output_layer_norm."""
+    emb = "distilbert.embeddings"
+    names: Names = {
+        f"{emb}.word_embeddings.weight": (("embeddings", "word", "embedding"), None, False),
+        f"{emb}.position_embeddings.weight": (("embeddings", "position", "embedding"), None,
+                                              False),
+        f"{emb}.LayerNorm.weight": (("embeddings", "ln", "scale"), None, False),
+        f"{emb}.LayerNorm.bias": (("embeddings", "ln", "bias"), None, False)}
+    dense = {"attention.q_lin": ("attention", "query"), "attention.k_lin": ("attention", "key"),
+             "attention.v_lin": ("attention", "value"), "attention.out_lin": ("attention", "out"),
+             "ffn.lin1": ("ffn", "inner"), "ffn.lin2": ("ffn", "outer")}
+    norms = {"sa_layer_norm": ("attention_ln",), "output_layer_norm": ("ffn_ln",)}
+    for i in range(arch.layers):
+        prefix = f"distilbert.transformer.layer.{i}"
         for hf, ours in dense.items():
             names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
             names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
@@ -137,20 +181,25 @@ def mlm_head_names(arch: Arch) -> Names:
     return names
 
 
+# The pooler of the families whose classifier reads one ("pooler" classifiers)
+_POOLERS = {"albert": "albert.pooler", "bert": "bert.pooler.dense",
+            "distilbert": "pre_classifier"}
+
+
 def pooler_names(arch: Arch) -> Names:
-    """BERT's and ALBERT's pooler (RoBERTa's sequence classifier has none)."""
-    if arch.albert:
-        return {"albert.pooler.weight": (("pooler", "kernel"), None, True),
-                "albert.pooler.bias": (("pooler", "bias"), None, False)}
-    if arch.model_type != "bert":
+    """BERT's and ALBERT's pooler, DistilBERT's pre_classifier (RoBERTa's and ELECTRA's
+    sequence classifiers have none)."""
+    name = _POOLERS.get(_family(arch).name)
+    if name is None:
         return {}
-    return {"bert.pooler.dense.weight": (("pooler", "kernel"), None, True),
-            "bert.pooler.dense.bias": (("pooler", "bias"), None, False)}
+    return {f"{name}.weight": (("pooler", "kernel"), None, True),
+            f"{name}.bias": (("pooler", "bias"), None, False)}
 
 
 def classifier_names(arch: Arch) -> Names:
-    """`BertForSequenceClassification` / `RobertaForSequenceClassification`'s head."""
-    if arch.model_type != "roberta":
+    """The `…ForSequenceClassification` head: a pooler and `classifier`, or
+    `classifier.dense` and `classifier.out_proj` (the family's `classifier` form)."""
+    if _family(arch).classifier == "pooler":
         return {**pooler_names(arch),
                 "classifier.weight": (("classifier", "kernel"), None, True),
                 "classifier.bias": (("classifier", "bias"), None, False)}
@@ -164,7 +213,7 @@ def sop_names(arch: Arch) -> Names:
     `BertForPreTraining`'s NSP head; RoBERTa has no pretraining class (empty)."""
     if arch.albert:
         head = "sop_classifier.classifier"
-    elif arch.model_type == "bert":
+    elif _family(arch).name == "bert":
         head = "cls.seq_relationship"
     else:
         return {}
@@ -196,17 +245,52 @@ def _legacy_rename(name: str) -> str:
 # ---------------------------------------------------------------- config
 
 
-def arch_from_config(config: dict, source: str) -> Arch:
-    """An `Arch` from a Hugging Face `config.json`, refusing what the model cannot run."""
+# DistilBERT's config names for BERT's fields (its `attribute_map`, and its FFN's
+# `activation`); it has no token types.
+_DISTILBERT_KEYS = {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                    "dim": "hidden_size", "hidden_dim": "intermediate_size",
+                    "activation": "hidden_act"}
+
+# Families transformers knows that bortsearch does not read (yet): refused by name.
+UNSUPPORTED_FAMILIES = {"deberta": "DeBERTa", "deberta-v2": "DeBERTa-v2/v3",
+                        "modernbert": "ModernBERT"}
+
+
+def _standard_config(config: dict, source: str) -> dict:
+    """`config` in BERT's field names, with each family's own defaults; refuses what
+    the family can carry and the model cannot run, by name."""
     model_type = config.get("model_type")
+    if model_type in UNSUPPORTED_FAMILIES:
+        raise UserError(f"{source}: {UNSUPPORTED_FAMILIES[model_type]} (model_type "
+                        f"{model_type!r}) is not supported yet; supported: "
+                        f"{', '.join(MODEL_TYPES)}")
     if model_type not in MODEL_TYPES:
         raise UserError(f"{source}: model_type {model_type!r} is not supported; "
                         f"supported: {', '.join(MODEL_TYPES)}")
+    if model_type == "distilbert":
+        if config.get("sinusoidal_pos_embds"):
+            raise UserError(f"{source}: sinusoidal_pos_embds = true (fixed sinusoidal "
+                            f"positions) is not supported; only learned position embeddings")
+        config = {_DISTILBERT_KEYS.get(k, k): v for k, v in config.items()}
+        config.setdefault("type_vocab_size", 0)
+    if model_type == "electra" and config.get("hidden_act", "gelu") != "gelu":
+        raise UserError(f"{source}: hidden_act {config['hidden_act']!r} is not supported for "
+                        f"ELECTRA, whose heads use exact GELU whatever it says; only 'gelu'")
+    return config
+
+
+def arch_from_config(config: dict, source: str) -> Arch:
+    """An `Arch` from a Hugging Face `config.json`, refusing what the model cannot run."""
+    config = _standard_config(config, source)
+    model_type = config["model_type"]
     act = config.get("hidden_act", "gelu_new" if model_type == "albert" else "gelu")
     if act not in SUPPORTED_ACTIVATIONS:
         raise UserError(f"{source}: hidden_act {act!r} is not supported; supported: "
                         f"{', '.join(SUPPORTED_ACTIVATIONS)}")
     albert = {}
+    if model_type == "electra":
+        e = int(config.get("embedding_size") or config.get("hidden_size", 0))
+        albert = dict(embedding=None if e == config.get("hidden_size") else e)
     if model_type == "albert":
         if config.get("inner_group_num", 1) != 1:
             raise UserError(f"{source}: inner_group_num {config['inner_group_num']!r} is not "
@@ -230,22 +314,20 @@ def arch_from_config(config: dict, source: str) -> Arch:
             model_type=model_type, activation=SUPPORTED_ACTIVATIONS[act], **albert)
     except KeyError as e:
         raise UserError(f"{source}: config.json lacks {e.args[0]!r}; it must be a Hugging "
-                        f"Face BERT, RoBERTa or ALBERT config") from None
+                        f"Face config of a supported family ({', '.join(MODEL_TYPES)})"
+                        ) from None
     except (ValueError, TypeError) as e:
         raise UserError(f"{source}: config.json is inconsistent or has a value of the wrong "
                         f"type ({e}); restore the checkpoint's original config.json") from None
 
 
-_CLASS = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert"}
-
-
 def config_from_arch(arch: Arch, tokenizer=None) -> dict:
-    """A Hugging Face config for `arch` (BertConfig or RobertaConfig fields; an
-    AlbertConfig where ALBERT's axes are in use, naming the tokenizer's class so
-    that the teacher's tokenizer is the one loaded)."""
-    family = _base(arch)
+    """A Hugging Face config for `arch` in its family's fields (an AlbertConfig where
+    ALBERT's axes are in use, naming the tokenizer's class so that the teacher's
+    tokenizer is the one loaded; DistilBERT's own names)."""
+    family = _family(arch).name
     config = {
-        "architectures": [f"{_CLASS[family]}ForMaskedLM"],
+        "architectures": [f"{_family(arch).classes}ForMaskedLM"],
         "model_type": family,
         "num_hidden_layers": arch.layers, "num_attention_heads": arch.heads,
         "hidden_size": arch.hidden, "intermediate_size": arch.intermediate,
@@ -263,6 +345,15 @@ def config_from_arch(arch: Arch, tokenizer=None) -> dict:
         config.update(bos_token_id=tokenizer.cls_id, eos_token_id=tokenizer.sep_id)
         if family == "albert":
             config["tokenizer_class"] = tokenizer.class_name
+    if family == "electra":
+        config["embedding_size"] = arch.embedding_size
+    if family == "distilbert":
+        names = {v: k for k, v in _DISTILBERT_KEYS.items()}
+        config = {names.get(k, k): v for k, v in config.items()
+                  if k not in ("type_vocab_size", "position_embedding_type", "layer_norm_eps",
+                               "hidden_dropout_prob", "attention_probs_dropout_prob")}
+        config.update(sinusoidal_pos_embds=False, dropout=0.1, attention_dropout=0.1,
+                      seq_classif_dropout=0.2, qa_dropout=0.1)
     return config
 
 
@@ -271,7 +362,7 @@ def classifier_config(arch: Arch, tokenizer, label_names: tuple[str, ...] | None
     """A `…ForSequenceClassification` config: `id2label`/`label2id` for classes,
     one output and `problem_type` "regression" when `label_names` is None."""
     config = config_from_arch(arch, tokenizer)
-    family = _CLASS[_base(arch)]
+    family = _family(arch).classes
     names = list(label_names) if label_names is not None else ["LABEL_0"]
     config.update(
         architectures=[f"{family}ForSequenceClassification"],
@@ -455,7 +546,7 @@ def _normalise(arch: Arch, tensors: dict) -> dict:
     base = _base(arch)
     if any(k.startswith(f"{base}.") for k in tensors):
         return tensors
-    bare = ("embeddings.", "encoder.", "pooler.")
+    bare = ("embeddings.", "encoder.", "pooler.", "transformer.", "embeddings_project.")
     return {(f"{base}.{k}" if k.startswith(bare) else k): v for k, v in tensors.items()}
 
 
@@ -501,7 +592,7 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         names = hf_names(arch, num_labels, sop)
         if part == "mlm" and not has_mlm_head(arch, tensors) and \
                 all(n in tensors for n in encoder_names(arch)):
-            family = _CLASS[_base(arch)]
+            family = _family(arch).classes
             raise UserError(
                 f"{source}: the checkpoint has no masked-LM head (a bare {family}Model "
                 f"export, such as a sentence-embedding model, or a fine-tuned classifier), "

@@ -47,7 +47,7 @@ def param_count(arch: Arch) -> int:
     ALBERT's axes, `AlbertForMaskedLM`) convention: each distinct parameter once."""
     h, e, v = arch.hidden, arch.embedding_size, arch.vocab_size
     embeddings = embedding_table_params(arch) + 2 * e
-    projection = (e * h + h) if arch.albert else 0  # ALBERT always maps E -> H
+    projection = (e * h + h) if arch.projected else 0  # E -> H
     head = (h * e + e) + 2 * e + v + (0 if arch.tie_decoder else e * v)
     return embeddings + projection + arch.num_groups * layer_params(arch) + head
 
@@ -111,7 +111,7 @@ def weight_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_
         raise ValueError(f"scope must be one of {SCOPES}, got {scope=}")
     b, l, h, i, v = batch, seq_len, arch.hidden, arch.intermediate, arch.vocab_size
     e = arch.embedding_size
-    projection = 2 * b * l * e * h if arch.albert else 0
+    projection = 2 * b * l * e * h if arch.projected else 0
     head = 2 * b * l * h * e + 2 * b * l * e * v if scope == "mlm" else 0
     return projection + arch.layers * (8 * b * l * h * h + 4 * b * l * h * i) + head
 

@@ -177,7 +177,7 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
 
     lines = [
         f"# bortsearch student {arch.label()}", "",
-        f"A {'ALBERT' if arch.albert else arch.model_type.upper()}-family "
+        f"A {'ALBERT' if arch.albert else arch.family.title}-family "
         + (f"sequence classifier for the task {search['task']} (distilled from the "
            f"fine-tuned teacher) " if search.get("task") else "masked-LM encoder ")
         + "found by bortsearch's "
@@ -230,8 +230,9 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
             lines += [f"With ALBERT's sentence-order prediction (SOP) besides, from its labels "
                       f"(the teacher has no such head): held-out order accuracy "
                       f"{summary['heldout_sop_accuracy']:.4f}."
-                      + (" The order head is not exported (RoBERTa has no pretraining class "
-                         "in transformers)." if arch.model_type == "roberta" and not arch.albert
+                      + (f" The order head is not exported ({arch.family.title} has no "
+                         f"pretraining class with one in transformers)."
+                         if arch.model_type != "bert" and not arch.albert
                          else " The order head is exported as transformers' "
                          + ("`AlbertForPreTraining` has it (`sop_classifier`)." if arch.albert
                             else "`BertForPreTraining` has its NSP head "
