@@ -293,3 +293,27 @@ def test_a_bert_classifier_teacher_searches_a_pair_task(tmp_path):
     assert len(done) >= 2 and done["accuracy"].between(0, 1).all() and result.best is not None
     diagnostics = json.loads((tmp_path / "run" / "best.json").read_text())["diagnostics"]
     assert 0 <= diagnostics["teacher_accuracy"] <= 1
+
+
+def test_a_task_search_stopped_between_candidates_resumes_to_the_same_table(task_run,
+                                                                          tmp_path):
+    """A task search stopped after its second candidate (its journal cut there, the
+    results not yet written) trains only the rest when run again, and ends with the
+    uninterrupted run's results table."""
+    import dataclasses
+
+    run = _copy(task_run, tmp_path)
+    journal = run / "journal.jsonl"
+    lines = journal.read_text().splitlines()
+    done = [i for i, line in enumerate(lines) if json.loads(line)["event"] == "done"]
+    assert len(done) >= 3, "too few trained candidates to stop the search between them"
+    journal.write_text("\n".join(lines[:done[1] + 1]) + "\n")
+    for name in ("results.csv", "best.json"):
+        (run / name).unlink()
+    cfg = dataclasses.replace(task_run[1], task_data=str(tmp_path / "data"))
+    run_search(run, cfg, progress=False, log=lambda *a: None)
+    events = [json.loads(line) for line in journal.read_text().splitlines()]
+    trained = [tuple(e["arch"]) for e in events if e["event"] == "done"]
+    assert len(trained) == len(set(trained)) == len(done)  # none trained twice
+    assert (run / "results.csv").read_text() == \
+        (task_run[0] / "run" / "results.csv").read_text()
