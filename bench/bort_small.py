@@ -96,7 +96,6 @@ def toy_teacher(work: Path) -> tuple[Path, Path]:
     """A tiny teacher on the embedded corpus, and the toy space."""
     from bortsearch import (
         Arch,
-        BatchSpec,
         TeacherConfig,
         resolve_corpus,
         train_teacher,
@@ -109,7 +108,7 @@ def toy_teacher(work: Path) -> tuple[Path, Path]:
     tok = train_tokenizer(corpus, 300)
     arch = Arch(2, 2, 32, 64, vocab_size=tok.vocab_size, max_positions=64)
     train_teacher(work / "teacher", arch, corpus, tok,
-                  TeacherConfig(steps=20, lr=2e-3, batch=BatchSpec(8, 32)), progress=False)
+                  TeacherConfig(steps=20, lr=2e-3, batch_size=8, seq_len=32), progress=False)
     return work / "teacher", work / "space.toml"
 
 

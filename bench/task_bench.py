@@ -234,7 +234,7 @@ def report_lines(a: dict) -> list[str]:
 def experiment(out: Path, profile: str, progress: bool, results: Path | None = None) -> dict:
     import pandas as pd
 
-    from bortsearch.runio import write_atomic, write_json
+    from bortsearch.runio import write_json
 
     p = PROFILES[profile]
     results = results or ROOT / "bench" / "results" / f"task-{profile}"
@@ -282,8 +282,108 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     scores_df.to_csv(results / "scores.csv", index=False)
     pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
     write_json(results / "answer.json", answer)
-    write_atomic(results / "report.md", "\n".join(
-        [f"# Compress the model you have: task-{profile}", ""] + report_lines(answer)) + "\n")
+    write_report(answer, T, results, profile)
+    return answer
+
+
+def write_report(answer: dict, T, results: Path, profile: str) -> None:
+    """report.md (a row a model: roles, p̂, latency and dev accuracy with their
+    intervals, on the front; then the answer), front.png (accuracy against latency,
+    front marked, pick highlighted) and, but for the toy, the README's block."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bortsearch.model.proxies import effective_param_count
+    from bortsearch.runio import write_atomic
+
+    lat, score, front = answer["latency"], answer["score"], answer.get("front", {})
+    roles = {"teacher": "teacher", **{m: "; ".join(r) for m, r in answer["roles"].items()}}
+    pick = answer["pick"]
+    roles.update({f"{pick}-labels": "(L) labels alone", f"{pick}-random": "(R) random start"})
+    lines = [f"# Compress the model you have: task-{profile}", "",
+             "SST-2 dev accuracy (%, mean over seeds, 95% bootstrap interval) and latency (ms "
+             "at batch 1, length 128, one thread; median over interleaved rounds, 95% "
+             "interval); p̂ the non-embedding parameters.", "",
+             "| model | roles | p̂ | latency ms | dev accuracy | front |",
+             "|---|---|---|---|---|---|"]
+    rows = sorted(set(lat) | set(score), key=lambda m: (m not in lat, lat.get(m, {}).get(
+        "median", 0), m))
+    for m in rows:
+        size = T.size if m == "teacher" else tuple(int(x) for x in m.split("-")[:4])
+        sc, la = score.get(m), lat.get(m)
+        acc = (f"{answer['teacher_dev_accuracy']:.1f} (one seed)" if m == "teacher" else
+               f"{sc['mean']:.1f} ({sc['lo']:.1f} to {sc['hi']:.1f})" if sc else "—")
+        ms = (f"{1e3 * la['median']:.2f} ({1e3 * la['lo']:.2f} to {1e3 * la['hi']:.2f})"
+              if la else "as the pick's")
+        lines.append(f"| {m} | {roles.get(m, '(g) candidate, seed 0')} | "
+                     f"{effective_param_count(T.with_size(*size)):,} | {ms} | {acc} | "
+                     f"{'yes' if front.get(m) else ''} |")
+    lines += ["", *report_lines(answer)]
+    if "spearman_kl" in answer:
+        rho, pval = answer["spearman_kl"]
+        lines.append(f"- The search's KL ranking of its trained candidates against their "
+                     f"distilled dev accuracy (seed 0): Spearman {rho:+.2f} (p = {pval:.3f}).")
+    write_atomic(results / "report.md", "\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in rows:
+        if m not in score or m not in lat:
+            continue
+        x, y = 1e3 * lat[m]["median"], score[m]["mean"]
+        ax.errorbar(x, y, yerr=[[y - score[m]["lo"]], [score[m]["hi"] - y]],
+                    xerr=[[x - 1e3 * lat[m]["lo"]], [1e3 * lat[m]["hi"] - x]],
+                    fmt="*" if m == pick else "o",
+                    color="tab:red" if m == pick else "tab:green" if front.get(m) else
+                    "tab:gray", ms=12 if m == pick else 5)
+        ax.annotate(m, (x, y), fontsize=6)
+    if "teacher" in lat:
+        ax.axhline(answer["teacher_dev_accuracy"], color="tab:blue", lw=0.8, ls="--")
+        ax.annotate("teacher", (1e3 * lat["teacher"]["median"], answer["teacher_dev_accuracy"]),
+                    fontsize=6, color="tab:blue")
+    ax.set_xlabel("CPU latency, ms (batch 1, length 128, one thread)")
+    ax.set_ylabel("SST-2 dev accuracy, %")
+    ax.set_title("pick (red star), front (green), teacher (dashed)")
+    fig.tight_layout()
+    fig.savefig(results / "front.png", dpi=120)
+    plt.close(fig)
+    if profile != "toy":
+        update_readme(ROOT / "README.md", profile, "\n".join(lines[2:]))
+
+
+BEGIN, END = "<!-- task results: begin -->", "<!-- task results: end -->"
+
+
+def update_readme(readme: Path, profile: str, report_md: str) -> None:
+    """The README's result, made from the report by this script (between its markers;
+    one block per profile, the latest run's)."""
+    from bortsearch.runio import write_atomic
+
+    text = readme.read_text()
+    if BEGIN not in text:
+        return
+    head, rest = text.split(BEGIN, 1)
+    body, tail = rest.split(END, 1)
+    blocks = {}
+    for block in body.split("<!-- profile: ")[1:]:
+        name, content = block.split(" -->", 1)
+        blocks[name] = content.strip()
+    blocks[profile] = (f"**{profile.upper()} profile** (`bench/results/task-{profile}/`, "
+                       f"made by `bench/task_bench.py --profile {profile}`; "
+                       f"![front](bench/results/task-{profile}/front.png)):\n\n"
+                       + report_md.strip())
+    body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
+    write_atomic(readme, head + BEGIN + body + END + tail)
+
+
+def report_only(results: Path, profile: str) -> dict:
+    """report.md, front.png and the README's block made again from the committed raw
+    results (answer.json, best.json), running nothing."""
+    from bortsearch.model.arch import Arch
+
+    answer = json.loads((results / "answer.json").read_text())
+    best = json.loads((results / "best.json").read_text())
+    write_report(answer, Arch.from_dict(best["maximum_point"]["arch"]), results, profile)
     return answer
 
 
@@ -297,9 +397,18 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, help="raw results and the answer (default "
                     "bench/results/task-PROFILE)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="make report.md, front.png and the README's block again from the "
+                         "committed raw results, running nothing")
     args = ap.parse_args(argv)
     from bortsearch.runio import cache_dir
 
+    if args.report_only:
+        answer = report_only(args.results or ROOT / "bench" / "results" /
+                             f"task-{args.profile}", args.profile)
+        print((ROOT / "bench" / "results" / f"task-{args.profile}" / "report.md").read_text()
+              if not args.results else "")
+        return 0
     out = args.out or cache_dir() / f"task-{args.profile}"
     answer = experiment(out, args.profile, not args.quiet, args.results)
     print(json.dumps({k: answer.get(k) for k in ("pick", "kept", "speed_up", "decision",

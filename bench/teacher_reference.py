@@ -71,7 +71,6 @@ def space_file(folder: Path) -> Path:
 
 def train(out: Path, profile: str, corpus: list[str], progress: bool) -> Path:
     """Run the profile's stages in order; each finished stage is kept and skipped."""
-    from bortsearch.data.batches import BatchSpec
     from bortsearch.data.corpus import resolve_corpus
     from bortsearch.data.tokenizer import train_tokenizer
     from bortsearch.model.hf import load_checkpoint
@@ -84,8 +83,8 @@ def train(out: Path, profile: str, corpus: list[str], progress: bool) -> Path:
         stage = out / f"stage{k}"
         cfg = TeacherConfig(steps=st["steps"], lr=st["lr"], checkpoint_every=250,
                             eval_every=250,
-                            batch=BatchSpec(st["batch"], 128 if profile != "toy" else 32,
-                                            seed=st["seed"]))
+                            batch_size=st["batch"], seq_len=128 if profile != "toy" else 32,
+                            seed=st["seed"])
         if previous is None:
             tokenizer = train_tokenizer(corpus_obj, VOCAB if profile != "toy" else 512)
             arch = load_space(space_file(out)).sized(tokenizer.vocab_size, SIZE if profile != "toy"

@@ -11,25 +11,12 @@ import sys
 
 from bortsearch.config import (
     add_flags,
-    fraction,
     from_args,
-    non_negative_int,
     positive_float,
     positive_int,
 )
 from bortsearch.errors import UserError
 from bortsearch.process import setup_process
-
-# `teacher --init-from` an encoder without a masked-LM head: steps of the new head
-# alone before the whole model trains (a head drawn at random would otherwise send
-# large gradients into the pretrained encoder at the first steps).
-NEW_HEAD_STEPS = 100
-
-
-
-
-
-
 
 
 def cmd_space(args) -> None:
@@ -71,8 +58,8 @@ def _latencies(space, table, args) -> list[float]:
 
 
 
-def _add_data_flags(p, batch_size: int, seq_len: int) -> None:
-    """The corpus, tokenizer and batch flags of the teacher command."""
+def _add_corpus_flags(p) -> None:
+    """The corpus and tokenizer flags of the teacher command."""
     p.add_argument("--corpus", action="append", metavar="PATH",
                    help="a text file, folder, glob or .jsonl file; repeat for more (default: "
                         "the embedded Python-documentation corpus)")
@@ -80,23 +67,7 @@ def _add_data_flags(p, batch_size: int, seq_len: int) -> None:
     p.add_argument("--vocab-size", type=positive_int, default=None,
                    help="vocabulary of the WordPiece tokenizer trained on the corpus when "
                         "there is no teacher (default 4096)")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size,
-                   help=f"sequences per batch, split across all local devices "
-                        f"(default {batch_size})")
-    p.add_argument("--seq-len", type=positive_int, default=seq_len,
-                   help=f"tokens per sequence (default {seq_len})")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order, masking and "
-                   "initialisation (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_training_flags(p, steps: int, lr: float, checkpoint_every: int) -> None:
-    p.add_argument("--steps", type=positive_int, default=steps,
-                   help=f"training steps (default {steps})")
-    p.add_argument("--lr", type=positive_float, default=lr,
-                   help=f"peak learning rate (default {lr:g})")
-    p.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every,
-                   help=f"steps between resumable checkpoints (default {checkpoint_every})")
 
 
 def _add_distributed_flags(p) -> None:
@@ -124,7 +95,6 @@ def _corpus_and_tokenizer(args):
 
 
 def cmd_teacher(args) -> None:
-    from bortsearch.data.batches import BatchSpec
     from bortsearch.model.arch import parse_size
     from bortsearch.search.space import load_space
     from bortsearch.train.teacher import TeacherConfig, train_teacher
@@ -157,20 +127,12 @@ def cmd_teacher(args) -> None:
         corpus, tokenizer = _corpus_and_tokenizer(args)
         arch = (space.sized(tokenizer.vocab_size, size) if size
                 else space.maximum_point(tokenizer.vocab_size, args.seq_len))
-    head_steps = args.head_steps if args.head_steps is not None else \
-        (NEW_HEAD_STEPS if new_head else 0)
-    body_lr = args.body_lr if args.body_lr is not None else \
-        (args.lr / 10 if new_head else None)
-    cfg = TeacherConfig(steps=args.steps, lr=args.lr, warmup=args.warmup,
-                        checkpoint_every=args.checkpoint_every,
-                        batch=BatchSpec(args.batch_size, args.seq_len, seed=args.seed),
-                        head_steps=head_steps, body_lr=body_lr)
+    cfg = from_args(TeacherConfig, args).resolved(new_head)
     how = ""
     if args.init_from:
-        how = (f", a new masked-LM head on the encoder of {args.init_from} ({head_steps} "
+        how = (f", a new masked-LM head on the encoder of {args.init_from} ({cfg.head_steps} "
                f"steps of the head alone, then the whole model with the encoder at lr "
-               f"{body_lr if body_lr is not None else args.lr:g})" if new_head
-               else f", continuing {args.init_from}")
+               f"{cfg.body_lr:g})" if new_head else f", continuing {args.init_from}")
     print(f"teacher {arch.label()} on {corpus.name}, vocabulary {tokenizer.vocab_size}{how}")
     summary = train_teacher(args.out, arch, corpus, tokenizer, cfg, progress=not args.quiet,
                             init_from=args.init_from,
@@ -266,6 +228,12 @@ def cmd_pretrain(args) -> None:
             for size in sizes}
     summaries = pretrain_many(args.run, outs, cfg, corpus=args.corpus, progress=not args.quiet)
     for (size, out), s in zip(outs.items(), summaries):
+        if "task" in s:  # a task run's student: a classifier
+            print(f"{out.name if len(sizes) > 1 else 'held-out'}: accuracy on the held-out "
+                  f"training rows of {s['task']} {s['heldout_accuracy']:.4f} (teacher "
+                  f"{s['teacher_heldout_accuracy']:.4f}), KD cross-entropy "
+                  f"{s['heldout_kd_ce']:.4f}")
+            continue
         print(f"{out.name if len(sizes) > 1 else 'held-out'}: masked-LM accuracy "
               f"{s['heldout_accuracy']:.4f} (teacher {s['teacher_heldout_accuracy']:.4f}), at "
               f"[MASK] positions {s.get('heldout_mask_accuracy', float('nan')):.4f} (teacher "
@@ -274,6 +242,9 @@ def cmd_pretrain(args) -> None:
         if "heldout_sop_accuracy" in s:
             print(f"held-out sentence-order accuracy {s['heldout_sop_accuracy']:.4f}")
     s = summaries[0]
+    if "model_flops_per_s" not in s:  # a task run's summary: no FLOP figures
+        print(f"{s['tokens_per_s']:.0f} tokens/s\nexported with weights to {args.out}")
+        return
     print(f"{s['tokens_per_s']:.0f} tokens/s; GFLOP/s: student{'s' if len(sizes) > 1 else ''} "
           f"{sum(x['model_flops_per_s'] for x in summaries) / 1e9:.1f}, teacher's forward "
           f"{s['teacher_flops_per_s'] / 1e9:.1f} ({100 * s['teacher_flops_share']:.0f}% of the "
@@ -401,7 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bortsearch.train.teacher import TeacherConfig
 
-    t = TeacherConfig()
     p = sub.add_parser("teacher", help="train the maximum point of a space as a teacher")
     p.add_argument("--space", help="a search-space TOML file: its maximum point is trained")
     p.add_argument("--out", required=True, help="the checkpoint folder to write (must not "
@@ -413,19 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "encoder without a masked-LM head (a bare BertModel/RobertaModel/"
                    "AlbertModel export, a sentence-transformers folder, a classifier), "
                    "which gets a new head tied to its word embeddings")
-    _add_training_flags(p, t.steps, t.lr, t.checkpoint_every)
-    p.add_argument("--head-steps", type=non_negative_int, default=None,
-                   help=f"steps that train the masked-LM head alone, the encoder frozen, "
-                        f"before --steps of the whole model; the better of the two on the "
-                        f"held-out set is kept (default {NEW_HEAD_STEPS} for a new head, "
-                        f"else 0)")
-    p.add_argument("--body-lr", type=positive_float, default=None,
-                   help="the encoder's peak learning rate while the whole model trains "
-                        "(default: --lr / 10 for a new head on a pretrained encoder, else "
-                        "--lr)")
-    p.add_argument("--warmup", type=fraction, default=t.warmup,
-                   help=f"warm-up as a fraction of the steps (default {t.warmup:g})")
-    _add_data_flags(p, t.batch.batch_size, t.batch.seq_len)
+    add_flags(p, TeacherConfig)  # every training option, declared once in its config
+    _add_corpus_flags(p)
     _add_distributed_flags(p)
     p.set_defaults(func=cmd_teacher)
 

@@ -56,7 +56,6 @@ def teacher(tmp_path_factory):
     """A tiny BERT-family teacher trained briefly on the embedded corpus."""
     from bortsearch import (
         Arch,
-        BatchSpec,
         TeacherConfig,
         resolve_corpus,
         train_teacher,
@@ -68,7 +67,7 @@ def teacher(tmp_path_factory):
     tok = train_tokenizer(corpus, 300)
     arch = Arch(2, 2, 32, 64, vocab_size=tok.vocab_size, max_positions=64)
     train_teacher(out, arch, corpus, tok, TeacherConfig(steps=40, lr=2e-3,
-                  batch=BatchSpec(8, 32)), progress=False)
+                  batch_size=8, seq_len=32), progress=False)
     return out
 
 

@@ -55,6 +55,14 @@ def test_compress_the_model_you_have_follows_its_protocol(shared_data, tmp_path)
             mean(pick) - mean(answer["best_rival"]))
     teacher = json.loads((results / "teacher.json").read_text())
     assert answer["kept"]["mean"] == pytest.approx(mean(pick) / teacher["dev_accuracy"])
-    assert pick in (results / "report.md").read_text().replace(",", "-")
+    report = (results / "report.md").read_text()
+    assert pick in report.replace(",", "-") and f"| {pick}-labels | (L) labels alone" in report
+    assert (results / "front.png").stat().st_size > 0
+    (results / "report.md").unlink()  # made again from the raw results alone
+    again = subprocess.run([sys.executable, str(BENCH / "task_bench.py"), "--profile", "toy",
+                            "--report-only", "--results", str(results)],
+                           capture_output=True, text=True, env=os.environ.copy())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (results / "report.md").read_text() == report
     lat = pd.read_csv(results / "latency.csv")
     assert (lat.groupby("round").size() == len(answer["roles"]) + 1).all()

@@ -12,6 +12,7 @@ from bortsearch.downstream.finetune import FinetuneConfig
 from bortsearch.errors import UserError
 from bortsearch.search.run import SearchConfig
 from bortsearch.train.student import PretrainConfig
+from bortsearch.train.teacher import TeacherConfig
 
 RAY = {"executor", "ray_address", "worker_cpus", "worker_gpus", "max_retries"}
 # each command's flags that are not fields of its config
@@ -22,9 +23,11 @@ NOT_CONFIG = {
     "finetune": {"help", "model", "task", "data", "out", "text_fields", "label_field",
                  "regression", "int8", "quiet", *RAY},
     "glue": {"help", "models", "data", "tasks", "out", "int8", "quiet", *RAY},
+    "teacher": {"help", "space", "out", "arch", "init_from", "corpus", "text_field",
+                "vocab_size", "quiet", "coordinator", "num_processes", "process_id"},
 }
 CONFIGS = {"search": SearchConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
-           "glue": FinetuneConfig}
+           "glue": FinetuneConfig, "teacher": TeacherConfig}
 
 
 def _command(name: str) -> argparse.ArgumentParser:

@@ -99,10 +99,14 @@ def test_param_count_is_transformers_num_parameters():
 def test_students_load_in_transformers_with_the_same_logits(golden, name, suffix, tmp_path):
     """The students bortsearch searched, pretrained (and fine-tuned) from each family's
     teacher: transformers' class for them is the family's own, its logits equal ours,
-    and writing the student again gives the committed tensors and config."""
+    and writing the student again gives the committed tensors and config (values and
+    names; not the file's bytes)."""
     key = f"student_{name}{suffix}"
     model = load(GOLDEN / key)
-    assert model.arch.model_type == FAMILY[name] and model.arch.size == (2, 2, 16, 24)
+    hidden = 32 if name == "electra" else 16
+    assert model.arch.model_type == FAMILY[name] and model.arch.size == (2, 2, hidden, 24)
+    if name == "electra":  # the teacher's E = 16 kept, with the projection to H = 32
+        assert model.arch.embedding == 16
     head = "ForSequenceClassification" if suffix else "ForMaskedLM"
     assert str(golden[f"{key}_class"]) == FAMILY_CLASSES[name] + head
     _assert_logits(model, golden, key)
@@ -185,3 +189,49 @@ def test_family_search_pretrain_and_export(tmp_path, name, hidden):
     assert student.tokenizer.class_name == f"{FAMILIES[name].classes}TokenizerFast"
     assert type(tok) is getattr(transformers, student.tokenizer.class_name)  # v5: an alias
     assert tok("a transformer")["input_ids"] == student.tokenizer.hf.encode("a transformer").ids
+
+
+def test_a_family_classifier_teacher_searches_and_distils_its_task(tmp_path):
+    """An XLM-RoBERTa sequence classifier (the golden student fine-tuned on a
+    sentence-pair task) as a task search's teacher: the search trains on the task,
+    pretrain distils the pick into an XLMRobertaForSequenceClassification."""
+    import sys
+
+    from bortsearch.cli import main
+
+    sys.path.insert(0, str(GOLDEN))
+    from make_family_students import pairs_task
+
+    (tmp_path / "space.toml").write_text(
+        'name = "f"\nlayers = [1, 2]\nheads = [2]\nhidden = [16]\nintermediate = [24]\n')
+    run, data = tmp_path / "run", pairs_task(400)
+    assert main(["search", "--space", str(tmp_path / "space.toml"), "--run", str(run),
+                 "--teacher", str(GOLDEN / "student_xlmr_cls"), "--task", "pairs", "--data",
+                 str(data), "--text-fields", "a,b", "--label-field", "label", "--epsilon", "1",
+                 "--steps", "3", "--batch-size", "4", "--seq-len", "32", "--quiet"]) == 0
+    assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), "--steps", "3",
+                 "--batch-size", "4", "--seq-len", "32", "--eval-every", "3", "--quiet"]) == 0
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["architectures"] == ["XLMRobertaForSequenceClassification"]
+    assert config["id2label"] == {"0": "maybe", "1": "no", "2": "yes"}
+    student = load(tmp_path / "s")
+    assert student.arch.model_type == "xlm-roberta" and student.num_labels == 3
+
+
+def test_a_space_with_albert_axes_is_refused_for_other_families(tmp_path, capsys):
+    from bortsearch.cli import main
+
+    (tmp_path / "space.toml").write_text(
+        'name = "f"\nlayers = [2]\nheads = [2]\nhidden = [16]\nintermediate = [24]\n'
+        'embedding = [8, "H"]\n')
+    assert main(["search", "--space", str(tmp_path / "space.toml"), "--run",
+                 str(tmp_path / "run"), "--teacher", str(GOLDEN / "electra_tiny"), "--quiet",
+                 "--steps", "2", "--batch-size", "4", "--seq-len", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "ALBERT's axes" in err and "ELECTRA" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_distilbert_layer_norm_epsilon_is_transformers_fixed_one():
+    config = json.loads((GOLDEN / "distilbert_tiny" / "config.json").read_text())
+    assert arch_from_config({**config, "layer_norm_eps": 1e-5}, "x").layer_norm_eps == 1e-12

@@ -237,6 +237,16 @@ def test_search_with_measured_layers_and_pretrain_following_it(space, teacher, t
                  "--steps", "2", "--batch-size", "8", "--seq-len", "32", "--epsilon", "4",
                  "--quiet", "--inherit-layers", "measured"]) == 0
     assert json.loads((run / "config.json").read_text())["inherit_layers"] == "measured"
+    # the journal records the map each candidate inherited: D_S increasing teacher layers
+    teacher_layers = json.loads((run / "best.json").read_text())["maximum_point"]["arch"][
+        "layers"]
+    done = [e for e in map(json.loads, (run / "journal.jsonl").read_text().splitlines())
+            if e["event"] == "done"]
+    assert done
+    for e in done:
+        depth, layers = e["arch"][0], e["timing"]["layers"]
+        assert len(layers) == min(depth, teacher_layers) and layers == sorted(set(layers))
+        assert all(0 <= k < teacher_layers for k in layers)
     assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), "--arch", "1,2,16,32",
                  "--steps", "1", "--batch-size", "8", "--seq-len", "32", "--eval-every", "1",
                  "--quiet"]) == 0

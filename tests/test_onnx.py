@@ -93,3 +93,15 @@ def test_bad_onnx_input(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "pip install 'bortsearch[onnx]'" in err and err.count("\n") == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_a_family_without_token_types_takes_what_its_tokenizer_gives(tmp_path):
+    """DistilBERT's graph has no token_type_ids input (its tokenizer gives none): ONNX
+    Runtime runs on input_ids and attention_mask alone."""
+    assert main(["onnx", str(GOLDEN / "distilbert_cls"), "--out", str(tmp_path / "o")]) == 0
+    sess = session(tmp_path / "o" / "model.onnx", threads=1)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    model = load(GOLDEN / "distilbert_cls")
+    ids, mask, _ = _inputs(model.arch)
+    got = sess.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(got, model.logits(ids, mask), atol=1e-4, rtol=0)

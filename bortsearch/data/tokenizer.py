@@ -94,7 +94,8 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.hf.save(str(directory / "tokenizer.json"))
-        self.hf.model.save(str(directory))
+        if not isinstance(self.hf.model, models.Unigram):  # its files: tokenizer.json alone
+            self.hf.model.save(str(directory))
         special = {f"{role}_token": tok for role, tok in SPECIAL[self.family].items()}
         if self.family == "roberta":
             special["bos_token"], special["eos_token"] = special["cls_token"], special["sep_token"]

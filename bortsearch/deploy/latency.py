@@ -19,6 +19,7 @@ import numpy as np
 from bortsearch.deploy.onnx_export import (
     INT8_NAME,
     ONNX_NAME,
+    feeds,
     onnx_graph,
     quantize_int8,
     require_onnx,
@@ -107,8 +108,8 @@ def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "m
     _, ort = require_onnx()
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, model.arch.vocab_size, (batch, seq_len), dtype=np.int64)
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-             "token_type_ids": np.zeros_like(ids)}
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids)}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bortsearch-onnx-") as d:
         path = Path(d) / ONNX_NAME
@@ -117,7 +118,8 @@ def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "m
             quantize_int8(path, Path(d) / INT8_NAME)
             path = Path(d) / INT8_NAME
         sess = session(path, threads)
+    feed = feeds(sess, feed)
     prepare_s = time.perf_counter() - t0
-    return {**time_calls(lambda: sess.run(None, feeds), repeats, warmup),
+    return {**time_calls(lambda: sess.run(None, feed), repeats, warmup),
             "compile_s": prepare_s, "batch": batch, "seq_len": seq_len, "scope": scope,
             "threads": threads or os.cpu_count(), "onnxruntime": ort.__version__}

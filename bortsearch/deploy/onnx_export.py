@@ -9,7 +9,8 @@ from the parameter tree keeps the operators the plain ones that ONNX Runtime fus
 (MatMul weights become int8). Parity with `Model.logits` is a test, per family.
 
 The graph takes `input_ids`, `attention_mask` and `token_type_ids` (int64,
-batch x sequence, both axes dynamic) and returns `logits`: batch x sequence x
+batch x sequence, both axes dynamic; no `token_type_ids` for a family without token
+types, as DistilBERT's tokenizer gives none) and returns `logits`: batch x sequence x
 vocabulary for a masked-LM model, batch x labels for a classifier.
 
 int8: `onnxruntime.quantization.quantize_dynamic` (weights int8 per tensor,
@@ -188,7 +189,8 @@ def onnx_graph(model: Model, head: bool = True):
         out_shape = ["batch", "sequence", arch.vocab_size]
     out_name = "last_hidden_state" if not head and not model.num_labels else "logits"
     g.nodes.append(onnx.helper.make_node("Identity", [logits], [out_name]))
-    inputs = [onnx.helper.make_tensor_value_info(n, i64, ["batch", "sequence"]) for n in INPUTS]
+    inputs = [onnx.helper.make_tensor_value_info(n, i64, ["batch", "sequence"])
+              for n in graph_inputs(arch)]
     output = onnx.helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, out_shape)
     graph = onnx.helper.make_graph(g.nodes, "bortsearch_encoder", inputs, [output], g.inits)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
@@ -268,6 +270,18 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def graph_inputs(arch) -> tuple[str, ...]:
+    """The graph's inputs: `INPUTS`, less `token_type_ids` for a family without token
+    types (DistilBERT), as its tokenizer gives none."""
+    return INPUTS if arch.type_vocab_size else INPUTS[:2]
+
+
+def feeds(sess, feed: dict) -> dict:
+    """`feed` less the inputs the session's graph does not take."""
+    names = {i.name for i in sess.get_inputs()}
+    return {k: v for k, v in feed.items() if k in names}
+
+
 def run_logits(sess, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
     """`Model.logits` through an ONNX Runtime session."""
     ids = np.atleast_2d(np.asarray(input_ids, np.int64))
@@ -275,5 +289,5 @@ def run_logits(sess, input_ids, attention_mask=None, token_type_ids=None) -> np.
         np.asarray(attention_mask, np.int64).reshape(ids.shape)
     types = np.zeros_like(ids) if token_type_ids is None else \
         np.asarray(token_type_ids, np.int64).reshape(ids.shape)
-    return sess.run(["logits"], {"input_ids": ids, "attention_mask": mask,
-                                 "token_type_ids": types})[0]
+    return sess.run(["logits"], feeds(sess, {"input_ids": ids, "attention_mask": mask,
+                                             "token_type_ids": types}))[0]

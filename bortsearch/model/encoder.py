@@ -299,7 +299,8 @@ class Encoder(nn.Module):
         if not self.sop:
             return logits
         # ALBERT's sentence-order head (AlbertForPreTraining): tanh(pooler(x₀)), then
-        # dropout and a 2-way classifier; BERT's NSP head has the same form.
+        # dropout and a 2-way classifier; BERT's NSP head has the same form. (Other
+        # families keep it internal, with their own pooler activation.)
         drop = nn.Dropout(rate, deterministic=deterministic)
         return logits, _dense(2, "sop", dt)(drop(_pooled(arch, first_BxH, dt))).astype(jnp.float32)
 

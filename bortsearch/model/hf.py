@@ -272,7 +272,7 @@ def _standard_config(config: dict, source: str) -> dict:
             raise UserError(f"{source}: sinusoidal_pos_embds = true (fixed sinusoidal "
                             f"positions) is not supported; only learned position embeddings")
         config = {_DISTILBERT_KEYS.get(k, k): v for k, v in config.items()}
-        config.setdefault("type_vocab_size", 0)
+        config.update(type_vocab_size=0, layer_norm_eps=1e-12)  # transformers' fixed values
     if model_type == "electra" and config.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"{source}: hidden_act {config['hidden_act']!r} is not supported for "
                         f"ELECTRA, whose heads use exact GELU whatever it says; only 'gelu'")

@@ -92,6 +92,7 @@ class Timing:
     trial_steps: int = 0  # optimiser steps over all its trials (the work; halving saves some)
     halved_at: int = 0  # the step at which θ were dropped (0: none were)
     dropped: tuple = ()  # those θ, and their mean error then: ((θ, error), ...)
+    layers: tuple = ()  # the teacher layer (group) each layer (group) inherited; () if none
 
 
 def groups(archs: list[Arch], n_trials: int, group_size: int | None) -> list[list[Arch]]:
@@ -157,6 +158,7 @@ class CandidateTrainer:
                                  for j in range(1, settings.seeds)]
         self.reference = reference or HeldOut.of(teacher, data)
         self.heldout, self.heldout_teacher = self.reference.batches, self.reference.teacher
+        self._layer_maps: dict[Arch, list[int]] = {}
 
     @property
     def n_trials(self) -> int:
@@ -253,9 +255,12 @@ class CandidateTrainer:
         first training batch, not on the held-out batches that score the candidates)."""
         from bortsearch.train.importance import inherited_layers
 
-        t = self.teacher
-        return inherited_layers(self.settings.layers, arch, t.arch, t.params,
-                                lambda: self._layer_batch, self.settings.seed)
+        if arch not in self._layer_maps:  # measured once, recorded with its timing
+            t = self.teacher
+            self._layer_maps[arch] = inherited_layers(
+                self.settings.layers, arch, t.arch, t.params, lambda: self._layer_batch,
+                self.settings.seed)
+        return self._layer_maps[arch]
 
     @functools.cached_property
     def _layer_batch(self):
@@ -506,7 +511,8 @@ class CandidateTrainer:
         return Timing(c["compile_s"], c["train_s"], teacher_s, eval_s, tokens / train_s,
                       flops / train_s, start, c["compile_busy_s"], trial_steps=trial_steps,
                       halved_at=c["halved_at"],
-                      dropped=tuple((s.lrs[i], e) for i, e in sorted(c["dropped"].items())))
+                      dropped=tuple((s.lrs[i], e) for i, e in sorted(c["dropped"].items())),
+                      layers=tuple(self.layers(arch)) if s.init == "teacher" else ())
 
 
 @jax.jit

@@ -264,10 +264,10 @@ def prepare_teacher(cfg: SearchConfig, space, corpus, log, progress: bool):
         return teacher, Path(cfg.teacher)
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     arch = space.maximum_point(tokenizer.vocab_size, cfg.seq_len)
-    tcfg = TeacherConfig(steps=cfg.teacher_steps,
-                         batch=BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed))
+    tcfg = TeacherConfig(steps=cfg.teacher_steps, batch_size=cfg.batch_size,
+                         seq_len=cfg.seq_len, seed=cfg.seed)
     key = hashlib.sha256(json.dumps([arch.to_dict(), corpus.fingerprint(), cfg.vocab_size,
-                                     dataclasses.asdict(tcfg)], sort_keys=True,
+                                     tcfg.record()], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     path = cache_dir() / "teachers" / key
     if (path / "bortsearch.json").is_file():
@@ -347,7 +347,16 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     teacher, teacher_path = prepare_teacher(cfg, space, corpus, log, progress)
     T = teacher.arch
     check_seq_len(T, cfg.seq_len)
+    if space.albert and T.family.embedding != "albert":
+        raise UserError(f"--space {cfg.space}: ALBERT's axes (embedding, groups) cannot be "
+                        f"written as a {T.family.title} model, the teacher's family; remove "
+                        f"them from the space, or use a BERT or ALBERT teacher")
     xi = [T.with_size(*a.size) for a in space.architectures()]
+    lost = [a for a in xi if T.projected and a.family.embedding == "electra" and not a.projected]
+    if lost and cfg.init == "teacher":
+        log(f"warning: {len(lost)} candidate(s) have H = E = {T.embedding_size}, where "
+            f"transformers' ELECTRA has no E→H projection: they inherit the teacher's "
+            f"embeddings without its projection (a worse start than the others')")
     epsilon = cfg.epsilon or math.ceil(len(xi) / 12)
     if not 1 <= epsilon <= len(xi):
         raise UserError(f"--epsilon {epsilon}: must be between 1 and |Ξ| = {len(xi)}")

@@ -17,6 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bortsearch.config import (
+    fraction,
+    non_negative_int,
+    option,
+    positive_float,
+    positive_int,
+    validate,
+)
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import Corpus
 from bortsearch.data.tokenizer import Tokenizer
@@ -30,24 +38,65 @@ from bortsearch.train.distributed import is_primary
 from bortsearch.train.fit import fit
 from bortsearch.train.step import OptimConfig, mlm_quality
 
+# `teacher --init-from` an encoder without a masked-LM head: steps of the new head
+# alone before the whole model trains (a head drawn at random would otherwise send
+# large gradients into the pretrained encoder at the first steps).
+NEW_HEAD_STEPS = 100
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-    """How the maximum point is trained (defaults sized for the demo on 2 cores).
+    """How the maximum point (or a continued checkpoint) is trained; defaults sized for
+    the demo on 2 cores. Each field is also the `teacher` command's flag.
 
     `head_steps` > 0 first trains the masked-LM head alone, the rest frozen (a new
     head on a pretrained encoder), then the whole model for `steps` with the
     encoder at `body_lr` (default `lr`); the better of the two on the held-out
-    set, at [MASK] positions, is kept."""
+    set, at [MASK] positions, is kept. None in either means "as `resolved` says"."""
 
-    steps: int = 600
-    lr: float = 1e-3
-    warmup: float = 0.05
-    batch: BatchSpec = BatchSpec()
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    head_steps: int = 0
-    body_lr: float | None = None
+    steps: int = option(600, "training steps", type=positive_int)
+    lr: float = option(1e-3, "peak learning rate", type=positive_float)
+    warmup: float = option(0.05, "warm-up as a fraction of the steps", type=fraction)
+    batch_size: int = option(32, "sequences per batch, split across all local devices",
+                             type=positive_int)
+    seq_len: int = option(64, "tokens per sequence", type=positive_int)
+    seed: int = option(0, "seed of data order, masking and initialisation", type=int)
+    eval_every: int = option(100, "steps between held-out evaluations", type=positive_int)
+    checkpoint_every: int = option(100, "steps between resumable checkpoints",
+                                   type=positive_int)
+    head_steps: int | None = option(
+        None, "steps that train the masked-LM head alone, the encoder frozen, before --steps "
+        "of the whole model; the better of the two on the held-out set is kept",
+        type=non_negative_int, default_text=f"{NEW_HEAD_STEPS} for a new head, else 0")
+    body_lr: float | None = option(
+        None, "the encoder's peak learning rate while the whole model trains",
+        type=positive_float, default_text="--lr / 10 for a new head on a pretrained encoder, "
+        "else --lr")
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def batch(self) -> BatchSpec:
+        return BatchSpec(self.batch_size, self.seq_len, seed=self.seed)
+
+    def resolved(self, new_head: bool = False) -> TeacherConfig:
+        """`head_steps` and `body_lr` where not given: a new masked-LM head on a
+        pretrained encoder first trains alone for NEW_HEAD_STEPS, then the encoder at
+        lr / 10; otherwise no head stage and one learning rate."""
+        return dataclasses.replace(
+            self, head_steps=self.head_steps if self.head_steps is not None else
+            (NEW_HEAD_STEPS if new_head else 0),
+            body_lr=self.body_lr if self.body_lr is not None else
+            (self.lr / 10 if new_head else None))
+
+    def record(self) -> dict:
+        """The settings as JSON, in the form teacher caches are keyed by."""
+        r = self.resolved()
+        return {"steps": r.steps, "lr": r.lr, "warmup": r.warmup,
+                "batch": dataclasses.asdict(r.batch), "eval_every": r.eval_every,
+                "checkpoint_every": r.checkpoint_every, "head_steps": r.head_steps,
+                "body_lr": r.body_lr}
 
 
 def check_seq_len(arch: Arch, seq_len: int) -> None:
@@ -73,6 +122,7 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
     """
     setup_process()
     out = Path(out)
+    cfg = cfg.resolved()  # head_steps, body_lr where the caller left them unset
     check_seq_len(arch, cfg.batch.seq_len)
     start = init_params(arch, cfg.batch.seed)
     init_hash = None

@@ -20,14 +20,16 @@ from bortsearch.search.run import SearchConfig, run_search
 from bortsearch.train.student import PretrainConfig, pretrain
 
 HERE = Path(__file__).resolve().parent
-SPACE = 'name = "golden"\nlayers = [2]\nheads = [2]\nhidden = [16]\nintermediate = [24]\n'
-FAMILIES = ("distilbert", "xlmr", "electra")
+SPACE = 'name = "golden"\nlayers = [2]\nheads = [2]\nhidden = [{h}]\nintermediate = [24]\n'
+# H of each family's student: ELECTRA's 32 keeps the teacher's E = 16, projected
+FAMILIES = {"distilbert": 16, "xlmr": 16, "electra": 32}
 
 
-def pairs_task() -> Path:
+def pairs_task(n: int = 64) -> Path:
+    """A synthetic sentence-pair task of `n` rows and 3 labels, in a new folder."""
     data = Path(tempfile.mkdtemp())
     rows = ["a\tb\tlabel"]
-    for i in range(64):
+    for i in range(n):
         a = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + i % 5))
         b = " ".join(WORDS[(2 * i + k) % len(WORDS)] for k in range(2 + i % 3))
         rows.append(f"{a}\t{b}\t{['yes', 'no', 'maybe'][i % 3]}")
@@ -38,9 +40,9 @@ def pairs_task() -> Path:
 
 def main():
     task = pairs_task()
-    for family in FAMILIES:
+    for family, hidden in FAMILIES.items():
         work = Path(tempfile.mkdtemp())
-        (work / "space.toml").write_text(SPACE)
+        (work / "space.toml").write_text(SPACE.format(h=hidden))
         cfg = SearchConfig(space=str(work / "space.toml"), teacher=str(HERE / f"{family}_tiny"),
                            epsilon=1, steps=5, batch_size=8, seq_len=32)
         run_search(work / "run", cfg, progress=False)

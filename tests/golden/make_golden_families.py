@@ -11,12 +11,13 @@ bortsearch's students from them, with `--students`. Writes, next to this script:
 - distilbert_cls/, xlmr_cls/, electra_cls/: random `…ForSequenceClassification`
   models with 3 labels;
 - electra_disc/: a random `ElectraForPreTraining` (a discriminator: an encoder with
-  a replaced-token head);
+  a replaced-token head), E = 16 < H = 32;
 - families.npz: padded inputs and transformers' logits for each (the
   discriminator's `ElectraModel` last hidden state), the ids transformers' tokenizer
   gives for single and paired texts; with `--students`, also transformers' logits
   for student_{family}/ and student_{family}_cls/;
-- families_counts.json: `num_parameters()` of random masked-LM configs per family.
+- families_counts.json: `num_parameters()` of random masked-LM configs per family, and
+  of an ELECTRA generator with E > H (`--counts` remakes this file alone).
 """
 
 import json
@@ -141,7 +142,7 @@ def teachers(out, rng):
     folder = HERE / "electra_disc"
     shutil.rmtree(folder, ignore_errors=True)
     config_cls, kw, tok_cls, pad = configs()["electra"]
-    disc = perturbed(ElectraForPreTraining(config_cls(**{**kw, "embedding_size": 32})))
+    disc = perturbed(ElectraForPreTraining(config_cls(**kw)))  # E = 16 < H: projected
     disc.save_pretrained(folder)
     save_tokenizer("electra", tok_cls, folder, vocabs["electra"])
     ids, mask = inputs(kw["vocab_size"], pad, rng)
@@ -166,7 +167,7 @@ def students(out, rng):
 def counts(rng):
     rows = []
     for family, (config_cls, kw, _, _) in configs().items():
-        for _ in range(3):
+        for _ in range(4):
             h = int(rng.choice([32, 64]))
             if family == "distilbert":
                 cfg = dict(n_layers=int(rng.choice([1, 2, 3])), n_heads=4, dim=h,
@@ -178,25 +179,33 @@ def counts(rng):
                            hidden_size=h, intermediate_size=int(rng.choice([48, 96])),
                            vocab_size=int(rng.integers(100, 500)),
                            max_position_embeddings=int(rng.choice([64, 128])))
-                if family == "electra":
-                    cfg["embedding_size"] = int(rng.choice([16, h]))
+                if family == "electra":  # E < H, E = H and E > H (electra-base's generator)
+                    cfg["embedding_size"] = int(rng.choice([16, h, 2 * h]))
                 if family == "xlmr":
                     cfg.update(type_vocab_size=1, pad_token_id=1)
             model = AutoModelForMaskedLM.from_config(config_cls(**cfg))
             rows.append({"family": family, **cfg, "num_parameters": model.num_parameters()})
+    # ELECTRA's E > H, as electra-base's generator has it (768 against 256)
+    cfg = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=48,
+               vocab_size=300, max_position_embeddings=64, embedding_size=64)
+    model = AutoModelForMaskedLM.from_config(ElectraConfig(**cfg))
+    rows.append({"family": "electra", **cfg, "num_parameters": model.num_parameters()})
     (HERE / "families_counts.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
+    if "--counts" in sys.argv[1:]:
+        counts(np.random.default_rng(2))
+        return
     if "--students" in sys.argv[1:]:
         out = dict(np.load(NPZ))
         students(out, np.random.default_rng(1))
     else:
         out = {}
         teachers(out, rng)
-        counts(rng)
+        counts(np.random.default_rng(2))
     np.savez_compressed(NPZ, **out)
     print("wrote", NPZ.name, sorted({k.rsplit("_", 1)[0] for k in out}))
 
