@@ -165,11 +165,12 @@ def test_family_search_pretrain_and_export(tmp_path, name, hidden):
     from bortsearch.cli import main
 
     (tmp_path / "space.toml").write_text(
-        f'name = "f"\nlayers = [1, 2]\nheads = [2]\nhidden = [{hidden}]\nintermediate = [24]\n')
+        f'name = "f"\nlayers = [2]\nheads = [2]\nhidden = [{hidden}]\nintermediate = [24]\n')
     run = tmp_path / "run"
     assert main(["search", "--space", str(tmp_path / "space.toml"), "--run", str(run),
                  "--teacher", str(GOLDEN / f"{name}_tiny"), "--epsilon", "1", "--steps", "3",
-                 "--batch-size", "8", "--seq-len", "32", "--quiet"]) == 0
+                 "--seeds", "1", "--lr", "1e-3", "--batch-size", "8", "--seq-len", "32",
+                 "--quiet"]) == 0
     assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), "--steps", "4",
                  "--batch-size", "8", "--seq-len", "32", "--eval-every", "2", "--quiet"]) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())
@@ -203,12 +204,13 @@ def test_a_family_classifier_teacher_searches_and_distils_its_task(tmp_path):
     from make_family_students import pairs_task
 
     (tmp_path / "space.toml").write_text(
-        'name = "f"\nlayers = [1, 2]\nheads = [2]\nhidden = [16]\nintermediate = [24]\n')
+        'name = "f"\nlayers = [1]\nheads = [2]\nhidden = [16]\nintermediate = [24]\n')
     run, data = tmp_path / "run", pairs_task(400)
     assert main(["search", "--space", str(tmp_path / "space.toml"), "--run", str(run),
                  "--teacher", str(GOLDEN / "student_xlmr_cls"), "--task", "pairs", "--data",
                  str(data), "--text-fields", "a,b", "--label-field", "label", "--epsilon", "1",
-                 "--steps", "3", "--batch-size", "4", "--seq-len", "32", "--quiet"]) == 0
+                 "--steps", "3", "--seeds", "1", "--lr", "1e-3", "--batch-size", "4",
+                 "--seq-len", "32", "--quiet"]) == 0
     assert main(["pretrain", str(run), "--out", str(tmp_path / "s"), "--steps", "3",
                  "--batch-size", "4", "--seq-len", "32", "--eval-every", "3", "--quiet"]) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())
