@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -93,6 +94,27 @@ class Timing:
     halved_at: int = 0  # the step at which θ were dropped (0: none were)
     dropped: tuple = ()  # those θ, and their mean error then: ((θ, error), ...)
     layers: tuple = ()  # the teacher layer (group) each layer (group) inherited; () if none
+
+
+@dataclasses.dataclass
+class Live:
+    """One candidate of a lockstep group in training: its trials' state and step, what
+    it has cost so far, and what halving and checkpoints did to it."""
+
+    state: Any  # TrainState with leading axes N seeds × |Θ| (kept θ after halving)
+    step: Callable  # the compiled training step (for the kept θ after halving)
+    evaluate: Any  # the held-out evaluation: a future until `_evaluator` waits for it
+    losses: list = dataclasses.field(default_factory=list)  # per step, N x |Θ|
+    compile_s: float = 0.0  # what the search waited for its compiles
+    compile_busy_s: float = 0.0  # its compiles' own duration
+    train_s: float = 0.0
+    kept: list | None = None  # the θ indices kept by halving (None: all)
+    dropped: dict = dataclasses.field(default_factory=dict)  # θ index -> its error then
+    halved_at: int = 0  # the step of halving (0: none yet)
+    eval_ready: bool = False
+    reduced: Any = None  # the step compiled for the kept θ, a future, if any
+    start: int = 0  # trained by this process from this step (restored past it)
+    manager: Any = None  # its Orbax checkpoint manager, once it has checkpoints
 
 
 def groups(archs: list[Arch], n_trials: int, group_size: int | None) -> list[list[Arch]]:
@@ -287,7 +309,7 @@ class CandidateTrainer:
         """Train one lockstep group and measure it; `compiled` is what
         `compile_group` returned for it."""
         s = self.settings
-        live: dict[Arch, dict] = {}
+        live: dict[Arch, Live] = {}
         results: dict[Arch, Evaluation] = {}
         for arch in archs:
             self.on_start(arch)
@@ -300,16 +322,14 @@ class CandidateTrainer:
             except Exception as e:  # noqa: BLE001 -- out of memory, XLA errors: record, go on
                 results[arch] = self._fail(arch, f"could not compile: {_short(e)}")
                 continue
-            live[arch] = dict(state=state, step=step, evaluate=compiled[arch]["evaluate"],
-                              losses=[], compile_s=own, compile_busy_s=own, train_s=0.0,
-                              kept=None, dropped={}, halved_at=0, eval_ready=False,
-                              reduced=compiled[arch].get("reduced"))
-        wall, own = time.perf_counter() - t0, sum(c["compile_s"] for c in live.values())
+            live[arch] = Live(state, step, compiled[arch]["evaluate"], compile_s=own,
+                              compile_busy_s=own, reduced=compiled[arch].get("reduced"))
+        wall, own = time.perf_counter() - t0, sum(c.compile_s for c in live.values())
         for arch, c in live.items():
-            c["compile_s"] = wall * c["compile_s"] / max(own, 1e-9)
+            c.compile_s = wall * c.compile_s / max(own, 1e-9)
             self._restore(arch, c)
         teacher_s = 0.0
-        first = min((c["start"] for c in live.values()), default=s.steps)
+        first = min((c.start for c in live.values()), default=s.steps)
         for k in range(first, s.steps):
             batch, merged = self._batches(k)
             t0 = time.perf_counter()
@@ -317,19 +337,19 @@ class CandidateTrainer:
             teacher_s += time.perf_counter() - t0
             for arch in list(live):
                 c = live[arch]
-                if k < c["start"]:  # restored past this step
+                if k < c.start:  # restored past this step
                     continue
                 t0 = time.perf_counter()
                 try:
-                    c["state"], metrics = c["step"](c["state"], batch, targets)
-                    c["losses"].append(self._widen(c, jax.block_until_ready(metrics["loss"])))
+                    c.state, metrics = c.step(c.state, batch, targets)
+                    c.losses.append(self._widen(c, jax.block_until_ready(metrics["loss"])))
                 except Exception as e:  # noqa: BLE001
                     del live[arch]
                     results[arch] = self._fail(
                         arch, f"training failed at step {k + 1}: {_short(e)}")
                     continue
-                c["train_s"] += time.perf_counter() - t0
-                if k + 1 == s.halving_step and c["kept"] is None:
+                c.train_s += time.perf_counter() - t0
+                if k + 1 == s.halving_step and c.kept is None:
                     try:
                         self._halve(arch, c, k + 1)
                     except Exception as e:  # noqa: BLE001 -- as a failed step
@@ -354,47 +374,47 @@ class CandidateTrainer:
             timing = self._timing(arch, c, teacher_s / max(len(live), 1), time.perf_counter() - t0)
             self.on_done(arch, results[arch], timing)
             if self.checkpoints is not None:  # journalled: its checkpoints are no longer needed
-                if c["manager"] is not None:
-                    c["manager"].close()
+                if c.manager is not None:
+                    c.manager.close()
                 shutil.rmtree(self._folder(arch), ignore_errors=True)
         return results
 
     def _folder(self, arch: Arch) -> Path:
         return self.checkpoints / "-".join(map(str, arch.size))
 
-    def _evaluator(self, c: dict):
+    def _evaluator(self, c: Live):
         """The candidate's compiled held-out evaluation, waited for once."""
-        if not c["eval_ready"]:
+        if not c.eval_ready:
             t0 = time.perf_counter()
-            c["evaluate"], own = c["evaluate"].result()
-            c["compile_s"] += time.perf_counter() - t0  # waited for, if it was not ready
-            c["compile_busy_s"] += own
-            c["eval_ready"] = True
-        return c["evaluate"]
+            c.evaluate, own = c.evaluate.result()
+            c.compile_s += time.perf_counter() - t0  # waited for, if it was not ready
+            c.compile_busy_s += own
+            c.eval_ready = True
+        return c.evaluate
 
-    def _widen(self, c: dict, per_trial):
+    def _widen(self, c: Live, per_trial):
         """Per-trial values (N x kept θ) as N x |Θ|, zeros where a θ was dropped
         (before any was: as they are, on the device)."""
-        if c["kept"] is None:
+        if c.kept is None:
             return per_trial
         full = np.zeros((self.settings.seeds, len(self.settings.lrs)), np.float32)
-        full[:, c["kept"]] = np.asarray(per_trial)
+        full[:, c.kept] = np.asarray(per_trial)
         return full
 
-    def _heldout_errors(self, c: dict, params) -> tuple[np.ndarray, ...]:
+    def _heldout_errors(self, c: Live, params) -> tuple[np.ndarray, ...]:
         """ê, KL and accuracy of every trial (N x |Θ|) on the held-out batches B."""
         program = self._evaluator(c)
         sums = [program(params, b, t) for b, t in zip(self.heldout, self.heldout_teacher)]
         n = np.maximum(sum(np.asarray(x["n"]) for x in sums), 1.0)
         return tuple(sum(np.asarray(x[k]) for x in sums) / n for k in ("kd_ce", "kl", "correct"))
 
-    def _halve(self, arch: Arch, c: dict, step: int) -> None:
+    def _halve(self, arch: Arch, c: Live, step: int) -> None:
         """Successive halving at `step`: measure every trial on B, keep the θ whose
         mean error is within HALVING_Z standard errors of the best θ's, and go on
         with those alone (a state and a compiled step of fewer θ). The decision is
         written beside the checkpoints before the first one after it."""
         s = self.settings
-        ce, kl, _ = self._heldout_errors(c, c["state"].params)
+        ce, kl, _ = self._heldout_errors(c, c.state.params)
         err = kl if s.error == "kl" else ce
         mean = err.mean(0)
         se = err.std(0, ddof=1) / np.sqrt(s.seeds)
@@ -415,22 +435,22 @@ class CandidateTrainer:
                         "dropped": {str(i): e for i, e in dropped.items()}})
         self._reduce(arch, c, keep, dropped, step)
 
-    def _reduce(self, arch: Arch, c: dict, keep: list[int], dropped: dict, step: int) -> None:
+    def _reduce(self, arch: Arch, c: Live, keep: list[int], dropped: dict, step: int) -> None:
         """Go on with the θ of `keep` only: their states and a step compiled for them."""
         t0 = time.perf_counter()
-        c["state"] = take_trials(c["state"], np.asarray(keep))
-        if c.get("reduced") is not None and len(keep) == len(self.settings.lrs) - 1:
-            c["step"], own = c["reduced"].result()  # compiled beside the training
+        c.state = take_trials(c.state, np.asarray(keep))
+        if c.reduced is not None and len(keep) == len(self.settings.lrs) - 1:
+            c.step, own = c.reduced.result()  # compiled beside the training
         else:
-            c["step"] = self._compile_step(arch, c["state"])
+            c.step = self._compile_step(arch, c.state)
             own = time.perf_counter() - t0
-        c["compile_s"] += time.perf_counter() - t0  # waited for
-        c["compile_busy_s"] += own
-        c["kept"], c["dropped"], c["halved_at"] = keep, dropped, step
+        c.compile_s += time.perf_counter() - t0  # waited for
+        c.compile_busy_s += own
+        c.kept, c.dropped, c.halved_at = keep, dropped, step
 
-    def _restore(self, arch: Arch, c: dict) -> None:
+    def _restore(self, arch: Arch, c: Live) -> None:
         """Continue a candidate from its last checkpoint, if it has one."""
-        c["start"], c["manager"] = 0, None
+        c.start, c.manager = 0, None
         if self.checkpoints is None:
             return
         folder = self._folder(arch)
@@ -438,8 +458,8 @@ class CandidateTrainer:
             return  # nothing saved yet: Orbax (1 s to import) waits for the first save
         from bortsearch.train.fit import checkpointer, restore_checkpoint
 
-        c["manager"] = checkpointer(folder)
-        k = c["manager"].latest_step()
+        c.manager = checkpointer(folder)
+        k = c.manager.latest_step()
         if not k:
             return
         halving = self._folder(arch) / "halving.json"
@@ -450,36 +470,36 @@ class CandidateTrainer:
             if h["at"] <= k:
                 self._reduce(arch, c, h["kept"], {int(i): e for i, e in h["dropped"].items()},
                              h["at"])
-        item = {"state": c["state"], "losses": jax.ShapeDtypeStruct(
+        item = {"state": c.state, "losses": jax.ShapeDtypeStruct(
             (k, self.settings.seeds, len(self.settings.lrs)), np.float32)}
-        saved = restore_checkpoint(c["manager"], k, item, self.optim)
-        c["state"], c["losses"], c["start"] = saved["state"], list(saved["losses"]), k
+        saved = restore_checkpoint(c.manager, k, item, self.optim)
+        c.state, c.losses, c.start = saved["state"], list(saved["losses"]), k
 
-    def _save(self, arch: Arch, c: dict, step: int) -> None:
+    def _save(self, arch: Arch, c: Live, step: int) -> None:
         import orbax.checkpoint as ocp
 
-        if c["manager"] is None:
+        if c.manager is None:
             from bortsearch.train.fit import checkpointer
 
-            c["manager"] = checkpointer(self._folder(arch))
-        losses = np.stack([np.asarray(x, np.float32) for x in c["losses"]])
-        c["manager"].save(step, args=ocp.args.StandardSave({"state": c["state"],
+            c.manager = checkpointer(self._folder(arch))
+        losses = np.stack([np.asarray(x, np.float32) for x in c.losses])
+        c.manager.save(step, args=ocp.args.StandardSave({"state": c.state,
                                                             "losses": losses}))
 
-    def _finish(self, arch: Arch, c: dict) -> Evaluation:
+    def _finish(self, arch: Arch, c: Live) -> Evaluation:
         """ê and KL of every trial on B; a trial whose loss became NaN has none."""
         s = self.settings
-        losses = np.stack([np.asarray(x) for x in c["losses"]])  # steps x N x |Θ|
-        params = c["state"].params
-        if c["kept"] is not None:  # the evaluation is compiled for every θ: fill the gaps
-            slots = np.asarray([c["kept"].index(i) if i in c["kept"] else 0
+        losses = np.stack([np.asarray(x) for x in c.losses])  # steps x N x |Θ|
+        params = c.state.params
+        if c.kept is not None:  # the evaluation is compiled for every θ: fill the gaps
+            slots = np.asarray([c.kept.index(i) if i in c.kept else 0
                                 for i in range(len(s.lrs))])
             params = take_trials(params, slots)
         ce, kl, acc = self._heldout_errors(c, params)
         trials, reasons = [], []
         for j in range(s.seeds):
             for i, lr in enumerate(s.lrs):
-                if i in c["dropped"]:  # stopped by halving: no error at s
+                if i in c.dropped:  # stopped by halving: no error at s
                     trials.append((lr, j, math.nan, math.nan, math.nan))
                     continue
                 finite = np.isfinite(losses[:, j, i])
@@ -498,20 +518,20 @@ class CandidateTrainer:
         self.on_done(arch, ev, None)
         return ev
 
-    def _timing(self, arch: Arch, c: dict, teacher_s: float, eval_s: float) -> Timing:
+    def _timing(self, arch: Arch, c: Live, teacher_s: float, eval_s: float) -> Timing:
         spec, s = self.data.spec, self.settings
-        start = c.get("start", 0)  # trained by this process from here
-        h = c["halved_at"] or s.steps
-        kept = len(c["kept"]) if c["kept"] is not None else len(s.lrs)
+        start = c.start  # trained by this process from here
+        h = c.halved_at or s.steps
+        kept = len(c.kept) if c.kept is not None else len(s.lrs)
         trial_steps = s.seeds * (max(0, h - start) * len(s.lrs)
                                  + (s.steps - max(start, h)) * kept)
         tokens = trial_steps * self.data.tokens_per_batch()
         flops = train_flops_per_token(arch, spec.seq_len, spec.predictions) * tokens
-        train_s = max(c["train_s"], 1e-9)
-        return Timing(c["compile_s"], c["train_s"], teacher_s, eval_s, tokens / train_s,
-                      flops / train_s, start, c["compile_busy_s"], trial_steps=trial_steps,
-                      halved_at=c["halved_at"],
-                      dropped=tuple((s.lrs[i], e) for i, e in sorted(c["dropped"].items())),
+        train_s = max(c.train_s, 1e-9)
+        return Timing(c.compile_s, c.train_s, teacher_s, eval_s, tokens / train_s,
+                      flops / train_s, start, c.compile_busy_s, trial_steps=trial_steps,
+                      halved_at=c.halved_at,
+                      dropped=tuple((s.lrs[i], e) for i, e in sorted(c.dropped.items())),
                       layers=tuple(self.layers(arch)) if s.init == "teacher" else ())
 
 
