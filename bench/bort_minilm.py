@@ -772,6 +772,18 @@ def answer_lines(answer: dict) -> list[str]:
 BEGIN, END = "<!-- bort-small results: begin -->", "<!-- bort-small results: end -->"
 
 
+def readme_lines(report_md: str) -> list[str]:
+    """The report's answer as the README shows it: its bullets up to "where the pick
+    does not win" (the front page's prose says what that list holds)."""
+    out = []
+    for line in report_md.splitlines():
+        if line.startswith("- **Where the pick does not win**"):
+            break
+        if line.startswith("- "):
+            out.append(line)
+    return out
+
+
 def update_readme(readme: Path, profile: str, report_md: str) -> None:
     """The README's result, made from the report by this script (between its markers;
     one block per profile, the latest run's)."""
@@ -786,9 +798,11 @@ def update_readme(readme: Path, profile: str, report_md: str) -> None:
     for block in body.split("<!-- profile: ")[1:]:
         name, content = block.split(" -->", 1)
         blocks[name] = content.strip()
-    blocks[profile] = (f"**{profile.upper()} profile** (`bench/results/bort_small-{profile}/`, "
-                       f"made by `bench/bort_minilm.py --profile {profile}`):\n\n"
-                       + report_md.strip())
+    blocks[profile] = (f"**{profile.upper()} profile** (made by `bench/bort_minilm.py --profile "
+                       f"{profile}`; every model's row, every figure with its interval and "
+                       f"the plot: [report.md](bench/results/bort_small-{profile}/report.md), "
+                       f"[front.png](bench/results/bort_small-{profile}/front.png)):\n\n"
+                       + "\n".join(readme_lines(report_md)))
     body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
     write_atomic(readme, head + BEGIN + body + END + tail)
 

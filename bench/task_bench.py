@@ -348,7 +348,8 @@ def write_report(answer: dict, T, results: Path, profile: str) -> None:
     fig.savefig(results / "front.png", dpi=120)
     plt.close(fig)
     if profile != "toy":
-        update_readme(ROOT / "README.md", profile, "\n".join(lines[2:]))
+        update_readme(ROOT / "README.md", profile, "\n".join(
+            line for line in lines if line.startswith("- ")))
 
 
 BEGIN, END = "<!-- task results: begin -->", "<!-- task results: end -->"
@@ -368,9 +369,10 @@ def update_readme(readme: Path, profile: str, report_md: str) -> None:
     for block in body.split("<!-- profile: ")[1:]:
         name, content = block.split(" -->", 1)
         blocks[name] = content.strip()
-    blocks[profile] = (f"**{profile.upper()} profile** (`bench/results/task-{profile}/`, "
-                       f"made by `bench/task_bench.py --profile {profile}`; "
-                       f"![front](bench/results/task-{profile}/front.png)):\n\n"
+    blocks[profile] = (f"**{profile.upper()} profile** (made by `bench/task_bench.py --profile "
+                       f"{profile}`; every model's row with its intervals and the plot: "
+                       f"[report.md](bench/results/task-{profile}/report.md), "
+                       f"[front.png](bench/results/task-{profile}/front.png)):\n\n"
                        + report_md.strip())
     body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
     write_atomic(readme, head + BEGIN + body + END + tail)

@@ -230,21 +230,25 @@ def test_interleaved_latency_measures_every_model_once_a_round():
 
 
 def test_the_readme_result_is_made_from_the_report(tmp_path):
-    """bench/bort_minilm.py writes each profile's report between the README's markers,
-    replacing that profile's earlier block and keeping the others and the text around."""
+    """bench/bort_minilm.py writes each profile's answer (the report's bullets up to
+    "where the pick does not win", with a link to the whole report) between the README's
+    markers, replacing that profile's earlier block and keeping the others and the text
+    around."""
     sys.path.insert(0, str(BENCH))
     import bort_minilm as B
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{B.BEGIN}\n{B.END}\nafter\n")
-    B.update_readme(readme, "cpu", "| a | b |\n\nfirst cpu\n")
-    B.update_readme(readme, "gpu", "gpu table\n")
-    B.update_readme(readme, "cpu", "second cpu\n")
+    B.update_readme(readme, "cpu", "| a | b |\n\n- first cpu\n")
+    B.update_readme(readme, "gpu", "- gpu answer\n")
+    B.update_readme(readme, "cpu", "| table |\n\n- second cpu\n- **Where the pick does not "
+                                   "win** (the list)\n  - a detail\n- a later figure\n")
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{B.END}\nafter\n")
-    assert "second cpu" in text and "first cpu" not in text and "gpu table" in text
+    assert "second cpu" in text and "first cpu" not in text and "gpu answer" in text
+    assert "| table |" not in text and "a detail" not in text and "later figure" not in text
     assert text.index("CPU profile") < text.index("GPU profile")
-    assert "`bench/results/bort_small-cpu/`" in text
+    assert "bench/results/bort_small-cpu/report.md" in text
 
 
 def test_the_recipe_is_chosen_on_held_out_rows_and_dev_read_at_the_choice():
