@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --onnx, also model_quantized.onnx (ONNX Runtime's dynamic int8)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("onnx", help="write a BERT/RoBERTa/ALBERT folder's model as ONNX "
+    p = sub.add_parser("onnx", help="write a Hugging Face folder's model as ONNX "
                                     "(float32, and int8 with --int8)")
     p.add_argument("model", help="a Hugging Face folder: an export, a teacher, a fine-tuned "
                                  "classifier")

@@ -1,7 +1,7 @@
 """Architectures: one frozen dataclass for teacher, maximum point and candidates.
 
 Sizes are data. `Arch` holds the four search axes ⟨D, A, H, I⟩ plus the settings
-a BERT or RoBERTa checkpoint needs; the model in `bortsearch.model.encoder` is built from
+a checkpoint of its family needs; the model in `bortsearch.model.encoder` is built from
 it and nothing else.
 """
 

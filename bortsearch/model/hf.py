@@ -719,7 +719,7 @@ def has_mlm_head_files(directory: str | Path) -> bool:
 
 
 def load_encoder_with_new_head(directory: str | Path, seed: int = 0) -> Model:
-    """A folder's encoder (any BERT/RoBERTa/ALBERT export: a bare `…Model`, a
+    """A folder's encoder (an export of any supported family: a bare `…Model`, a
     sentence-transformers folder whose model files sit at its root, a classifier)
     with a new masked-LM head: the family's own head, its decoder tied to the word
     embeddings, drawn from Normal(0, 0.02) for `seed`. The tokenizer comes from the
