@@ -787,24 +787,12 @@ def readme_lines(report_md: str) -> list[str]:
 def update_readme(readme: Path, profile: str, report_md: str) -> None:
     """The README's result, made from the report by this script (between its markers;
     one block per profile, the latest run's)."""
-    from bortsearch.runio import write_atomic
-
-    text = readme.read_text()
-    if BEGIN not in text:
-        return
-    head, rest = text.split(BEGIN, 1)
-    body, tail = rest.split(END, 1)
-    blocks = {}
-    for block in body.split("<!-- profile: ")[1:]:
-        name, content = block.split(" -->", 1)
-        blocks[name] = content.strip()
-    blocks[profile] = (f"**{profile.upper()} profile** (made by `bench/bort_minilm.py --profile "
-                       f"{profile}`; every model's row, every figure with its interval and "
-                       f"the plot: [report.md](bench/results/bort_small-{profile}/report.md), "
-                       f"[front.png](bench/results/bort_small-{profile}/front.png)):\n\n"
-                       + "\n".join(readme_lines(report_md)))
-    body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
-    write_atomic(readme, head + BEGIN + body + END + tail)
+    head = (f"**{profile.upper()} profile** (made by `bench/bort_minilm.py --profile {profile}`; "
+            f"every model's row, every figure with its interval and the plot: "
+            f"[report.md](bench/results/bort_small-{profile}/report.md), "
+            f"[front.png](bench/results/bort_small-{profile}/front.png)):")
+    protocol.readme_block(readme, BEGIN, END, profile,
+                          "\n\n".join([head, "\n".join(readme_lines(report_md))]))
 
 
 def report_only(results: Path, profile: str) -> dict:

@@ -212,3 +212,25 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / denom) if denom else float("nan")
+
+
+def readme_block(readme, begin: str, end: str, profile: str, block: str) -> None:
+    """Write a benchmark's `block` for `profile` between the README's `begin` and `end`
+    markers, one block per profile (the latest run's), keeping the other profiles'
+    blocks and the text around; nothing when the README has no such markers."""
+    from pathlib import Path
+
+    from bortsearch.runio import write_atomic
+
+    text = Path(readme).read_text()
+    if begin not in text:
+        return
+    head, rest = text.split(begin, 1)
+    body, tail = rest.split(end, 1)
+    blocks = {}
+    for old in body.split("<!-- profile: ")[1:]:
+        name, content = old.split(" -->", 1)
+        blocks[name] = content.strip()
+    blocks[profile] = block.strip()
+    body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
+    write_atomic(readme, head + begin + body + end + tail)

@@ -358,24 +358,11 @@ BEGIN, END = "<!-- task results: begin -->", "<!-- task results: end -->"
 def update_readme(readme: Path, profile: str, report_md: str) -> None:
     """The README's result, made from the report by this script (between its markers;
     one block per profile, the latest run's)."""
-    from bortsearch.runio import write_atomic
-
-    text = readme.read_text()
-    if BEGIN not in text:
-        return
-    head, rest = text.split(BEGIN, 1)
-    body, tail = rest.split(END, 1)
-    blocks = {}
-    for block in body.split("<!-- profile: ")[1:]:
-        name, content = block.split(" -->", 1)
-        blocks[name] = content.strip()
-    blocks[profile] = (f"**{profile.upper()} profile** (made by `bench/task_bench.py --profile "
-                       f"{profile}`; every model's row with its intervals and the plot: "
-                       f"[report.md](bench/results/task-{profile}/report.md), "
-                       f"[front.png](bench/results/task-{profile}/front.png)):\n\n"
-                       + report_md.strip())
-    body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
-    write_atomic(readme, head + BEGIN + body + END + tail)
+    head = (f"**{profile.upper()} profile** (made by `bench/task_bench.py --profile {profile}`; "
+            f"every model's row with its intervals and the plot: "
+            f"[report.md](bench/results/task-{profile}/report.md), "
+            f"[front.png](bench/results/task-{profile}/front.png)):")
+    protocol.readme_block(readme, BEGIN, END, profile, "\n\n".join([head, report_md.strip()]))
 
 
 def report_only(results: Path, profile: str) -> dict:

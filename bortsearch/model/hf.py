@@ -72,98 +72,60 @@ def _base(arch: Arch) -> str:
 ALBERT_MAP = "albert.encoder.embedding_hidden_mapping_in"
 
 
-def _albert_encoder_names(arch: Arch) -> Names:
-    """ALBERT: E-wide embeddings, the E→H mapping, and G layer groups of one layer."""
+# Each layout's layer tensors: the layer's (ALBERT: the layer group's) prefix, then its
+# dense layers and LayerNorms by Hugging Face name with our parameter path.
+_LAYOUTS = {
+    "bert": ("{base}.encoder.layer.{i}",
+             {"attention.self.query": ("attention", "query"),
+              "attention.self.key": ("attention", "key"),
+              "attention.self.value": ("attention", "value"),
+              "attention.output.dense": ("attention", "out"),
+              "intermediate.dense": ("ffn", "inner"), "output.dense": ("ffn", "outer")},
+             {"attention.output.LayerNorm": ("attention_ln",), "output.LayerNorm": ("ffn_ln",)}),
+    "distilbert": ("{base}.transformer.layer.{i}",
+                   {"attention.q_lin": ("attention", "query"),
+                    "attention.k_lin": ("attention", "key"),
+                    "attention.v_lin": ("attention", "value"),
+                    "attention.out_lin": ("attention", "out"),
+                    "ffn.lin1": ("ffn", "inner"), "ffn.lin2": ("ffn", "outer")},
+                   {"sa_layer_norm": ("attention_ln",), "output_layer_norm": ("ffn_ln",)}),
+    "albert": ("{base}.encoder.albert_layer_groups.{i}.albert_layers.0",
+               {"attention.query": ("attention", "query"), "attention.key": ("attention", "key"),
+                "attention.value": ("attention", "value"),
+                "attention.dense": ("attention", "out"),
+                "ffn": ("ffn", "inner"), "ffn_output": ("ffn", "outer")},
+               {"attention.LayerNorm": ("attention_ln",), "full_layer_layer_norm": ("ffn_ln",)}),
+}
+
+
+def encoder_names(arch: Arch) -> Names:
+    """Hugging Face tensor name -> (our parameter path, layer index or None,
+    transpose?) for the embeddings and layers. Dense kernels are stored (in, out)
+    here and (out, in) there. ALBERT: E-wide embeddings, the E→H mapping, and G layer
+    groups of one layer; ELECTRA: its embeddings_project where E ≠ H; DistilBERT: no
+    token types, `transformer.layer.N`."""
+    base = _base(arch)
+    emb = f"{base}.embeddings"
     names: Names = {}
-    emb = "albert.embeddings"
     for table in ("word", "position", "token_type"):
         if table != "token_type" or arch.type_vocab_size:
             names[f"{emb}.{table}_embeddings.weight"] = (("embeddings", table, "embedding"),
                                                         None, False)
     names[f"{emb}.LayerNorm.weight"] = (("embeddings", "ln", "scale"), None, False)
     names[f"{emb}.LayerNorm.bias"] = (("embeddings", "ln", "bias"), None, False)
-    if arch.embedding is not None:  # else E = H: written as an identity mapping
-        names[f"{ALBERT_MAP}.weight"] = (("embedding_map", "kernel"), None, True)
-        names[f"{ALBERT_MAP}.bias"] = (("embedding_map", "bias"), None, False)
-    dense = {"attention.query": ("attention", "query"), "attention.key": ("attention", "key"),
-             "attention.value": ("attention", "value"), "attention.dense": ("attention", "out"),
-             "ffn": ("ffn", "inner"), "ffn_output": ("ffn", "outer")}
-    norms = {"attention.LayerNorm": ("attention_ln",), "full_layer_layer_norm": ("ffn_ln",)}
-    for g in range(arch.num_groups):
-        prefix = f"albert.encoder.albert_layer_groups.{g}.albert_layers.0"
+    if arch.embedding is not None:  # ALBERT's (E = H: written as an identity), ELECTRA's
+        mapping = ALBERT_MAP if arch.albert else f"{base}.embeddings_project"
+        names[f"{mapping}.weight"] = (("embedding_map", "kernel"), None, True)
+        names[f"{mapping}.bias"] = (("embedding_map", "bias"), None, False)
+    prefix, dense, norms = _LAYOUTS["albert" if arch.albert else arch.family.layout]
+    for i in range(arch.num_groups):
+        layer = prefix.format(base=base, i=i)
         for hf, ours in dense.items():
-            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "kernel"), g, True)
-            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), g, False)
+            names[f"{layer}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
+            names[f"{layer}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
         for hf, ours in norms.items():
-            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "scale"), g, False)
-            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), g, False)
-    return names
-
-
-def encoder_names(arch: Arch) -> Names:
-    """Hugging Face tensor name -> (our parameter path, layer index or None,
-    transpose?) for the embeddings and layers. Dense kernels are stored (in, out)
-    here and (out, in) there."""
-    if arch.albert:
-        return _albert_encoder_names(arch)
-    if arch.family.layout == "distilbert":
-        return _distilbert_encoder_names(arch)
-    base = _base(arch)
-    names: Names = {}
-    emb = f"{base}.embeddings"
-    names[f"{emb}.word_embeddings.weight"] = (("embeddings", "word", "embedding"), None, False)
-    names[f"{emb}.position_embeddings.weight"] = (("embeddings", "position", "embedding"), None,
-                                                  False)
-    if arch.type_vocab_size:
-        names[f"{emb}.token_type_embeddings.weight"] = (
-            ("embeddings", "token_type", "embedding"), None, False)
-    names[f"{emb}.LayerNorm.weight"] = (("embeddings", "ln", "scale"), None, False)
-    names[f"{emb}.LayerNorm.bias"] = (("embeddings", "ln", "bias"), None, False)
-    if arch.embedding is not None:  # ELECTRA's E ≠ H
-        names[f"{base}.embeddings_project.weight"] = (("embedding_map", "kernel"), None, True)
-        names[f"{base}.embeddings_project.bias"] = (("embedding_map", "bias"), None, False)
-    dense = {
-        "attention.self.query": ("attention", "query"),
-        "attention.self.key": ("attention", "key"),
-        "attention.self.value": ("attention", "value"),
-        "attention.output.dense": ("attention", "out"),
-        "intermediate.dense": ("ffn", "inner"),
-        "output.dense": ("ffn", "outer"),
-    }
-    norms = {"attention.output.LayerNorm": ("attention_ln",), "output.LayerNorm": ("ffn_ln",)}
-    for i in range(arch.layers):
-        prefix = f"{base}.encoder.layer.{i}"
-        for hf, ours in dense.items():
-            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
-            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
-        for hf, ours in norms.items():
-            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
-            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
-    return names
-
-
-def _distilbert_encoder_names(arch: Arch) -> Names:
-    """DistilBERT: no token types; `transformer.layer.N` with q/k/v/out_lin, lin1/lin2,
-    sa_layer_norm and output_layer_norm."""
-    emb = "distilbert.embeddings"
-    names: Names = {
-        f"{emb}.word_embeddings.weight": (("embeddings", "word", "embedding"), None, False),
-        f"{emb}.position_embeddings.weight": (("embeddings", "position", "embedding"), None,
-                                              False),
-        f"{emb}.LayerNorm.weight": (("embeddings", "ln", "scale"), None, False),
-        f"{emb}.LayerNorm.bias": (("embeddings", "ln", "bias"), None, False)}
-    dense = {"attention.q_lin": ("attention", "query"), "attention.k_lin": ("attention", "key"),
-             "attention.v_lin": ("attention", "value"), "attention.out_lin": ("attention", "out"),
-             "ffn.lin1": ("ffn", "inner"), "ffn.lin2": ("ffn", "outer")}
-    norms = {"sa_layer_norm": ("attention_ln",), "output_layer_norm": ("ffn_ln",)}
-    for i in range(arch.layers):
-        prefix = f"distilbert.transformer.layer.{i}"
-        for hf, ours in dense.items():
-            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
-            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
-        for hf, ours in norms.items():
-            names[f"{prefix}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
-            names[f"{prefix}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+            names[f"{layer}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
+            names[f"{layer}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
     return names
 
 
