@@ -66,6 +66,9 @@ def timings(models: list[Path], threads: int | None) -> dict:
 
     from bortsearch import load
     from bortsearch.deploy.onnx_export import (
+        feeds as graph_feeds,
+    )
+    from bortsearch.deploy.onnx_export import (
         onnx_graph,
         quantize_int8,
         session,
@@ -100,7 +103,7 @@ def timings(models: list[Path], threads: int | None) -> dict:
         }
         for name, file in (("onnx", g), ("onnx-int8", q)):
             sess = session(file, threads)
-            runners[name] = lambda s=sess: s.run(None, feeds)
+            runners[name] = lambda s=sess, f=graph_feeds(sess, feeds): s.run(None, f)
         if torch is not None:
             runners["torch"] = _torch_runner(path, ids)
         for run in runners.values():  # warm-up (compiles, allocations)

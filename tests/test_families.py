@@ -147,7 +147,7 @@ def test_family_features_not_supported_are_refused_by_name(tmp_path, fields, mes
 
 def test_albert_axes_are_refused_for_families_without_them():
     with pytest.raises(ValueError, match="not available for the distilbert family"):
-        Arch(2, 2, 16, 24, model_type="distilbert", embedding=8)
+        Arch(2, 2, 16, 24, model_type="distilbert", type_vocab_size=0, embedding=8)
     with pytest.raises(ValueError, match="not available for the electra family"):
         Arch(2, 2, 16, 24, model_type="electra", groups=1)
     electra = Arch(4, 4, 32, 48, model_type="electra", embedding=16)
@@ -237,3 +237,9 @@ def test_a_space_with_albert_axes_is_refused_for_other_families(tmp_path, capsys
 def test_distilbert_layer_norm_epsilon_is_transformers_fixed_one():
     config = json.loads((GOLDEN / "distilbert_tiny" / "config.json").read_text())
     assert arch_from_config({**config, "layer_norm_eps": 1e-5}, "x").layer_norm_eps == 1e-12
+
+
+def test_a_family_without_token_types_refuses_a_token_type_table():
+    with pytest.raises(ValueError, match="distilbert family has no token types"):
+        Arch(2, 2, 16, 24, model_type="distilbert")  # the default type_vocab_size is 2
+    assert Arch(2, 2, 16, 24, model_type="distilbert", type_vocab_size=0).type_vocab_size == 0

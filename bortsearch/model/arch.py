@@ -36,6 +36,7 @@ class Family:
       classifier_act: that head's activation, "tanh", "relu" or "gelu".
       embedding: E as this family has it: "albert" (always projected, an axis),
         "electra" (a family setting: projected when E ≠ H) or "none" (E = H).
+      token_types: whether it has a token-type table (DistilBERT has none).
     """
 
     name: str
@@ -47,6 +48,7 @@ class Family:
     classifier: str = "pooler"
     classifier_act: str = "tanh"
     embedding: str = "none"
+    token_types: bool = True
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -54,7 +56,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("roberta", "RoBERTa", "Roberta", "roberta", positions="padded", classifier="dense"),
     Family("albert", "ALBERT", "Albert", "albert", layout="albert", embedding="albert"),
     Family("distilbert", "DistilBERT", "DistilBert", "distilbert", layout="distilbert",
-           classifier_act="relu"),
+           classifier_act="relu", token_types=False),
     Family("xlm-roberta", "XLM-RoBERTa", "XLMRoberta", "roberta", positions="padded",
            classifier="dense"),
     Family("electra", "ELECTRA", "Electra", "electra", classifier="dense",
@@ -134,6 +136,9 @@ class Arch:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation=}")
         family = FAMILIES[self.model_type]
+        if self.type_vocab_size and not family.token_types:
+            raise ValueError(f"the {self.model_type} family has no token types: "
+                             f"type_vocab_size must be 0, got {self.type_vocab_size}")
         if self.groups and family.embedding != "albert" or \
                 self.embedding and family.embedding == "none":
             raise ValueError(f"ALBERT's factorised embedding and layer sharing are not "
