@@ -533,11 +533,6 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
 def report(answer: dict, roles: dict, T, results: Path) -> None:
     """report.md (a row a model: roles, p̂, latency and score with their intervals, on
     the front) and front.png (score against latency, front marked, pick highlighted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from bortsearch.model.proxies import effective_param_count
     from bortsearch.runio import write_atomic
 
@@ -558,24 +553,8 @@ def report(answer: dict, roles: dict, T, results: Path) -> None:
                      f"{1e3 * lat[m]['hi']:.2f}) | {cell} | {'yes' if front.get(m) else ''} |")
     lines += ["", *answer_lines(answer)]
     write_atomic(results / "report.md", "\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in order:
-        if m not in score:
-            continue
-        x, y = 1e3 * lat[m]["median"], score[m]["mean"]
-        ax.errorbar(x, y, yerr=[[y - score[m]["lo"]], [score[m]["hi"] - y]],
-                    xerr=[[x - 1e3 * lat[m]["lo"]], [1e3 * lat[m]["hi"] - x]],
-                    fmt="*" if m == answer["pick"] else "o",
-                    color="tab:red" if m == answer["pick"] else
-                    "tab:green" if front.get(m) else "tab:gray",
-                    ms=12 if m == answer["pick"] else 5)
-        ax.annotate(m, (x, y), fontsize=6)
-    ax.set_xlabel("CPU latency, ms (batch 1, length 128, one thread)")
-    ax.set_ylabel("mean dev score")
-    ax.set_title("pick (red star), front (green)")
-    fig.tight_layout()
-    fig.savefig(results / "front.png", dpi=120)
-    plt.close(fig)
+    protocol.front_plot(results / "front.png", order, lat, score, front, answer["pick"],
+                        "mean dev score")
 
 
 def _interval(d: dict, unit: str = "") -> str:

@@ -234,3 +234,38 @@ def readme_block(readme, begin: str, end: str, profile: str, block: str) -> None
     blocks[profile] = block.strip()
     body = "".join(f"\n<!-- profile: {k} -->\n{v}\n" for k, v in sorted(blocks.items()))
     write_atomic(readme, head + begin + body + end + tail)
+
+
+def front_plot(path, models: Sequence[str], latency: dict, score: dict, front: dict,
+               pick: str, ylabel: str, reference: tuple[str, float, float] | None = None):
+    """Score against latency (ms, batch 1, length 128, one thread) with both intervals:
+    the pick a red star, the front green, the rest grey; `reference` (name, latency ms,
+    score), e.g. the teacher, a dashed line. Written to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        if m not in score or m not in latency:
+            continue
+        x, y = 1e3 * latency[m]["median"], score[m]["mean"]
+        ax.errorbar(x, y, yerr=[[y - score[m]["lo"]], [score[m]["hi"] - y]],
+                    xerr=[[x - 1e3 * latency[m]["lo"]], [1e3 * latency[m]["hi"] - x]],
+                    fmt="*" if m == pick else "o",
+                    color="tab:red" if m == pick else "tab:green" if front.get(m) else
+                    "tab:gray", ms=12 if m == pick else 5)
+        ax.annotate(m, (x, y), fontsize=6)
+    title = "pick (red star), front (green)"
+    if reference is not None:
+        name, x, y = reference
+        ax.axhline(y, color="tab:blue", lw=0.8, ls="--")
+        ax.annotate(name, (x, y), fontsize=6, color="tab:blue")
+        title += f", {name} (dashed)"
+    ax.set_xlabel("CPU latency, ms (batch 1, length 128, one thread)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

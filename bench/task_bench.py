@@ -290,11 +290,6 @@ def write_report(answer: dict, T, results: Path, profile: str) -> None:
     """report.md (a row a model: roles, p̂, latency and dev accuracy with their
     intervals, on the front; then the answer), front.png (accuracy against latency,
     front marked, pick highlighted) and, but for the toy, the README's block."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from bortsearch.model.proxies import effective_param_count
     from bortsearch.runio import write_atomic
 
@@ -326,27 +321,10 @@ def write_report(answer: dict, T, results: Path, profile: str) -> None:
         lines.append(f"- The search's KL ranking of its trained candidates against their "
                      f"distilled dev accuracy (seed 0): Spearman {rho:+.2f} (p = {pval:.3f}).")
     write_atomic(results / "report.md", "\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in rows:
-        if m not in score or m not in lat:
-            continue
-        x, y = 1e3 * lat[m]["median"], score[m]["mean"]
-        ax.errorbar(x, y, yerr=[[y - score[m]["lo"]], [score[m]["hi"] - y]],
-                    xerr=[[x - 1e3 * lat[m]["lo"]], [1e3 * lat[m]["hi"] - x]],
-                    fmt="*" if m == pick else "o",
-                    color="tab:red" if m == pick else "tab:green" if front.get(m) else
-                    "tab:gray", ms=12 if m == pick else 5)
-        ax.annotate(m, (x, y), fontsize=6)
-    if "teacher" in lat:
-        ax.axhline(answer["teacher_dev_accuracy"], color="tab:blue", lw=0.8, ls="--")
-        ax.annotate("teacher", (1e3 * lat["teacher"]["median"], answer["teacher_dev_accuracy"]),
-                    fontsize=6, color="tab:blue")
-    ax.set_xlabel("CPU latency, ms (batch 1, length 128, one thread)")
-    ax.set_ylabel("SST-2 dev accuracy, %")
-    ax.set_title("pick (red star), front (green), teacher (dashed)")
-    fig.tight_layout()
-    fig.savefig(results / "front.png", dpi=120)
-    plt.close(fig)
+    teacher = (("teacher", 1e3 * lat["teacher"]["median"], answer["teacher_dev_accuracy"])
+               if "teacher" in lat else None)
+    protocol.front_plot(results / "front.png", rows, lat, score, front, pick,
+                        "SST-2 dev accuracy, %", teacher)
     if profile != "toy":
         update_readme(ROOT / "README.md", profile, "\n".join(
             line for line in lines if line.startswith("- ")))

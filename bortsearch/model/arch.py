@@ -139,8 +139,8 @@ class Arch:
         if self.type_vocab_size and not family.token_types:
             raise ValueError(f"the {self.model_type} family has no token types: "
                              f"type_vocab_size must be 0, got {self.type_vocab_size}")
-        if self.groups and family.embedding != "albert" or \
-                self.embedding and family.embedding == "none":
+        if (self.groups and family.embedding != "albert") or \
+                (self.embedding and family.embedding == "none"):
             raise ValueError(f"ALBERT's factorised embedding and layer sharing are not "
                              f"available for the {self.model_type} family; use a bert "
                              f"family space")
