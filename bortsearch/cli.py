@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed_flags(p)
     p.set_defaults(func=cmd_teacher)
 
-    from bortsearch.search.run import SearchConfig
+    from bortsearch.search.config import SearchConfig
 
     p = sub.add_parser("search", help="run Algorithm 1 (the FPTAS) over a space")
     p.add_argument("--run", required=True, help="the run folder (created; re-run to resume)")

@@ -10,7 +10,7 @@ from bortsearch.cli import build_parser
 from bortsearch.config import add_flags, fingerprint, flag_name, flagged, from_args, option
 from bortsearch.downstream.finetune import FinetuneConfig
 from bortsearch.errors import UserError
-from bortsearch.search.run import SearchConfig
+from bortsearch.search.config import SearchConfig
 from bortsearch.train.student import PretrainConfig
 from bortsearch.train.teacher import TeacherConfig
 

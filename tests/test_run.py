@@ -75,7 +75,7 @@ def test_groups_compiled_ahead_give_the_same_table(space, teacher, tmp_path):
     assert _search(space, tmp_path / "many", teacher, "--epsilon", "3", "--group-size", "1") == 0
     assert (tmp_path / "one" / "results.csv").read_text() == \
         (tmp_path / "many" / "results.csv").read_text()
-    from bortsearch.search.run import timings
+    from bortsearch.search.records import timings
 
     t = timings(tmp_path / "many")
     assert len(t) >= 2 and (t["compile_busy_s"] > 0).all() and (t["compile_s"] >= 0).all()
@@ -211,7 +211,7 @@ def test_measured_inference_is_journalled_and_not_measured_again(space, teacher,
 @pytest.mark.slow
 def test_fitted_latency_model_predicts_every_architecture(space, teacher, tmp_path, capsys):
     from bortsearch.model.latency_model import FEATURES, features, fit_latency
-    from bortsearch.search.run import LATENCY_ROUNDS
+    from bortsearch.search.latency import LATENCY_ROUNDS
 
     run = tmp_path / "r"
     assert _search(space, run, teacher, "--epsilon", "8", "--inference", "fitted",

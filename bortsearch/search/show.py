@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bortsearch.model.arch import row_size
-from bortsearch.search.run import read_results
+from bortsearch.search.records import read_results
 
 
 def ranked(table: pd.DataFrame) -> pd.DataFrame:
