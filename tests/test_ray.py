@@ -106,22 +106,6 @@ def _workers():
     return [int(p) for p in r.stdout.split()]
 
 
-@pytest.mark.slow
-def test_ray_gives_the_local_results_byte_for_byte(work, local, cluster):
-    four = str(work / "four.toml")
-    r = subprocess.run(_search(work, "ray", *_ray(cluster), space=four),
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert (work / "ray" / "results.csv").read_bytes() == (local / "results.csv").read_bytes()
-    done = [e for e in _events(work / "ray") if e["event"] == "done"]
-    assert len(done) == 4 and all(e["timing"]["train_s"] > 0 for e in done)
-    # one CPU a node: the candidates ran on both nodes
-    assert len({e["timing"]["node"] for e in done}) == 2
-    # resumed with the local executor: the journal has everything, nothing is trained
-    again = subprocess.run(_search(work, "ray", space=four), capture_output=True, text=True)
-    assert "4 candidates; 4 already done" in again.stdout
-
-
 def _kill_first_worker(proc, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -146,10 +130,12 @@ def test_a_worker_lost_beyond_its_retries_is_recorded_failed(work, cluster):
 
 
 @pytest.mark.slow
-def test_four_candidates_on_two_nodes_survive_a_killed_driver(work, local, cluster):
+def test_ray_matches_a_local_run_byte_for_byte_across_two_nodes_and_a_killed_driver(
+        work, local, cluster):
     """Four candidates on the two one-CPU nodes; the driver is killed once a
-    candidate is journalled, and the resumed search submits only the rest and
-    matches a local run."""
+    candidate is journalled, and the resumed search submits only the rest: its
+    results.csv is the local run's, byte for byte, and resuming it once more with the
+    local executor finds everything done."""
     demo = dict(space=str(work / "four.toml"), epsilon="1")
     proc = subprocess.Popen(_search(work, "demo-ray", *_ray(cluster), **demo),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -163,9 +149,15 @@ def test_four_candidates_on_two_nodes_survive_a_killed_driver(work, local, clust
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"4 candidates; {before} already done" in r.stdout
-    done = [tuple(e["arch"]) for e in _events(work / "demo-ray") if e["event"] == "done"]
-    assert len(done) == len(set(done)) == 4  # nothing finished was trained again
+    done = [e for e in _events(work / "demo-ray") if e["event"] == "done"]
+    assert len({tuple(e["arch"]) for e in done}) == len(done) == 4  # none trained twice
+    assert all(e["timing"]["train_s"] > 0 for e in done)
+    # one CPU a node: the candidates ran on both nodes
+    assert len({e["timing"]["node"] for e in done}) == 2
     assert (work / "demo-ray" / "results.csv").read_bytes() == (local / "results.csv").read_bytes()
+    # resumed with the local executor: the journal has everything, nothing is trained
+    again = subprocess.run(_search(work, "demo-ray", **demo), capture_output=True, text=True)
+    assert "4 candidates; 4 already done" in again.stdout
 
 
 def _glue(out, *extra):
