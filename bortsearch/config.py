@@ -53,6 +53,36 @@ def option(default: Any, help: str, *, flag: str | None = None, type: Callable |
         "minimum": minimum, "fingerprint": fingerprint})
 
 
+def same_option(owner, name: str, default: Any = dataclasses.MISSING, *, more: str = "",
+                **changes) -> Any:
+    """`owner`'s option `name` (its help, flag, type and checks, declared there once) as a
+    field of another config, with this config's own default.
+
+    Args:
+      owner: the config class that declares the option (e.g. `OptimConfig`).
+      name: the field's name there (and here).
+      default: this config's default (default: the owner's).
+      more: words added to the help, for what the option also means here.
+      changes: other metadata to set here (e.g. `fingerprint=True`).
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Pre:
+        ...     warmup: float = same_option(OptimConfig, "warmup", 0.01)
+    """
+    f = {f.name: f for f in dataclasses.fields(owner)}[name]
+    meta = {**f.metadata, **changes, "owner": owner.__name__}
+    meta["help"] += more
+    return dataclasses.field(default=f.default if default is dataclasses.MISSING else default,
+                             metadata=meta)
+
+
+def part(cls, cfg, **given):
+    """A `cls` (e.g. `OptimConfig`) made of the same-named fields of `cfg` and `given`."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)
+    return cls(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **given)
+
+
 def flagged(cls) -> list[dataclasses.Field]:
     """The fields of `cls` that have a flag."""
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]

@@ -104,3 +104,34 @@ def test_a_small_config_round_trips_through_its_flags():
     assert from_args(Cfg, p.parse_args([])) == Cfg()
     assert from_args(Cfg, p.parse_args(["--steps", "5", "--names", "x", "--names", "y",
                                         "--on"])) == Cfg(5, ("x", "y"), True)
+
+
+def test_a_flag_shared_by_several_commands_is_declared_once():
+    """The training options several commands share (AdamW's, the loss's, the batches',
+    the loop's) are declared on OptimConfig, LossConfig, BatchSpec and LoopConfig, and the
+    commands' configs take them from there with their own defaults: no help text or
+    check is restated."""
+    from bortsearch.data.batches import BatchSpec
+    from bortsearch.train.fit import LoopConfig
+    from bortsearch.train.step import LossConfig, OptimConfig
+
+    owners = {c.__name__: c for c in (OptimConfig, LossConfig, BatchSpec, LoopConfig)}
+    seen: dict = {}
+    for cls in (SearchConfig, PretrainConfig, TeacherConfig, FinetuneConfig):
+        for f in flagged(cls):
+            owner = f.metadata.get("owner")
+            if owner is not None:  # the owner's declaration, unchanged but for the default
+                declared = {g.name: g for g in dataclasses.fields(owners[owner])}[f.name]
+                for key in ("type", "choices", "minimum", "flag"):
+                    assert f.metadata[key] == declared.metadata[key], (cls, f.name, key)
+                assert f.metadata["help"].startswith(declared.metadata["help"])
+            seen.setdefault((flag_name(f), f.metadata["help"]), set()).add(owner or cls.__name__)
+    restated = {k: v for k, v in seen.items() if len(v) > 1}
+    assert restated == {}
+    # and the values reach the training: a config's own default, through `part`
+    from bortsearch.config import part
+
+    optim = part(OptimConfig, FinetuneConfig(), steps=10)
+    assert (optim.warmup, optim.adam_eps) == (0.1, 1e-8)
+    assert part(LossConfig, PretrainConfig(temperature=3.0)).temperature == 3.0
+    assert part(BatchSpec, SearchConfig(space="s.toml", seq_len=32)).seq_len == 32

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from bortsearch.config import option, positive_int
 from bortsearch.data.corpus import Corpus
 from bortsearch.data.tokenizer import Tokenizer
 from bortsearch.errors import UserError
@@ -35,12 +36,13 @@ _CHUNK_DOCS = 512
 class BatchSpec:
     """How batches are cut and masked (BERT's recipe; ALGORITHM.md)."""
 
-    batch_size: int = 32
-    seq_len: int = 64
+    batch_size: int = option(32, "sequences per batch, split across all local devices",
+                             type=positive_int)
+    seq_len: int = option(64, "tokens per sequence", type=positive_int)
     mask_prob: float = 0.15
     max_predictions: int | None = None  # default: 80 per 512 tokens, scaled
     heldout_batches: int = 4
-    seed: int = 0
+    seed: int = option(0, "seed of data order, masking and initialisation", type=int)
 
     @property
     def predictions(self) -> int:

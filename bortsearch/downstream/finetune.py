@@ -33,12 +33,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bortsearch.config import fraction, option, positive_float, positive_int, validate
+from bortsearch.config import (
+    fraction,
+    option,
+    part,
+    positive_float,
+    positive_int,
+    same_option,
+    validate,
+)
 from bortsearch.data.tasks import Encoded, Task, encode, load_task
 from bortsearch.downstream import metrics as M
 from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import DTYPES, Encoder, Model, init_params
+from bortsearch.model.encoder import Encoder, Model, init_params
 from bortsearch.model.hf import (
     classifier_config,
     export_tensors,
@@ -47,6 +55,7 @@ from bortsearch.model.hf import (
 )
 from bortsearch.process import setup_process
 from bortsearch.runio import check_settings, file_sha256, write_atomic, write_json
+from bortsearch.train.fit import LoopConfig
 from bortsearch.train.step import OptimConfig, TrainState, apply_gradients, init_state
 
 EVAL_BATCH = 64
@@ -71,9 +80,8 @@ class FinetuneConfig:
     batch_size: int = option(32, "examples per step", type=positive_int)
     max_length: int = option(128, "tokens per example, longer ones truncated",
                              type=positive_int, minimum=8)
-    warmup: float = option(0.1, "warm-up as a fraction of the steps", type=fraction)
-    weight_decay: float = option(0.01, "AdamW weight decay, not on LayerNorm or biases",
-                                 type=fraction)
+    warmup: float = same_option(OptimConfig, "warmup", 0.1)
+    weight_decay: float = same_option(OptimConfig, "weight_decay")
     seeds: int = option(1, "trials per learning rate, seeds --seed, --seed + 1, ...; reports "
                         "the best and the median over seeds", type=positive_int)
     seed: int = option(0, "the first seed", type=int)
@@ -85,11 +93,9 @@ class FinetuneConfig:
                                           type=positive_int, metavar="N")
     dropout: float = option(0.1, "hidden and attention dropout while training",
                             type=fraction)
-    adam_eps: float = option(1e-8, "Adam's ε", type=positive_float)
-    clip: float = option(1.0, "global gradient-norm clipping", type=positive_float)
-    dtype: str = option("float32", "compute dtype of training: float32, or bfloat16 for "
-                        "GPU/TPU (parameters, optimiser, softmax and loss stay float32; "
-                        "slower on a CPU)", choices=DTYPES)
+    adam_eps: float = same_option(OptimConfig, "adam_eps", 1e-8)
+    clip: float = same_option(OptimConfig, "clip")
+    dtype: str = same_option(LoopConfig, "dtype")
 
     def __post_init__(self):
         if not self.lrs:
@@ -198,8 +204,7 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     per_epoch = -(-len(train.labels) // cfg.batch_size)
     steps = per_epoch * cfg.epochs
     eval_every = cfg.eval_every or per_epoch
-    optim = OptimConfig(steps=steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-                        adam_eps=cfg.adam_eps, clip=cfg.clip)
+    optim = part(OptimConfig, cfg, steps=steps)
     state = init_state(initial_params(encoder, n_labels, seed), lr, optim)
     work.mkdir(parents=True, exist_ok=True)
     manager = checkpointer(work / "checkpoints")

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 
-from bortsearch.config import fraction, option, positive_float, positive_int, validate
+from bortsearch.config import (
+    fraction,
+    option,
+    positive_float,
+    positive_int,
+    same_option,
+    validate,
+)
+from bortsearch.data.batches import BatchSpec
 from bortsearch.data.tokenizer import DEFAULT_VOCAB_SIZE
 from bortsearch.deploy.latency import RUNTIMES
 from bortsearch.errors import UserError
-from bortsearch.model.encoder import DTYPES, INHERITS, INITS, LAYER_RULES
+from bortsearch.model.encoder import INHERITS, INITS, LAYER_RULES
 from bortsearch.model.proxies import SCOPES, SIZE_PROXIES
 from bortsearch.search.algorithm import ERRORS
+from bortsearch.train.fit import LoopConfig
 from bortsearch.train.teacher import TeacherConfig
 
 INFERENCE_KINDS = ("analytic", "measured", "fitted")
@@ -51,12 +60,10 @@ class SearchConfig:
     lrs: tuple[float, ...] = option(
         (1e-3, 3e-3), "a peak learning rate of Θ; repeat for more", flag="--lr",
         type=positive_float, repeat=True, metavar="LR", fingerprint=True)
-    batch_size: int = option(32, "sequences per batch, split across all local devices",
-                             type=positive_int, fingerprint=True)
-    seq_len: int = option(64, "tokens per sequence (also î's reference input: batch 1, this "
-                          "length)", type=positive_int, fingerprint=True)
-    seed: int = option(0, "seed of data order, masking and initialisation", type=int,
-                       fingerprint=True)
+    batch_size: int = same_option(BatchSpec, "batch_size", fingerprint=True)
+    seq_len: int = same_option(BatchSpec, "seq_len", fingerprint=True,
+                               more=" (also î's reference input: batch 1, this length)")
+    seed: int = same_option(BatchSpec, "seed", fingerprint=True)
     inference: str = option(
         "analytic", "inference proxy: FLOPs, measured latency on this machine, or latency "
         "predicted by a model fitted on a few measured architectures",
@@ -127,9 +134,7 @@ class SearchConfig:
     checkpoint_every: int = option(50, "steps between checkpoints of the candidates in "
                                    "training, so that a killed search resumes mid-group",
                                    type=positive_int)
-    dtype: str = option("float32", "compute dtype of the brief training: float32, or "
-                        "bfloat16 for GPU/TPU (parameters, optimiser, softmax and loss stay "
-                        "float32; slower on a CPU)", choices=DTYPES, fingerprint=True)
+    dtype: str = same_option(LoopConfig, "dtype", fingerprint=True)
 
     def __post_init__(self):
         # Ranges are checked where values enter, so the Python API gets them too.

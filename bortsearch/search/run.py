@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bortsearch.config import fingerprint
+from bortsearch.config import fingerprint, part
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tasks import TaskData, load_task, teacher_label_order
@@ -182,7 +182,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
     }
     # Everything that can fail on the user's input is checked before the run folder
     # is written: a corpus too short for one batch, say.
-    spec = BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    spec = part(BatchSpec, cfg)
     if cfg.task:
         task = load_task(cfg.task, cfg.task_data, cfg.text_fields, cfg.label_field)
         if task.num_labels != teacher.num_labels:

@@ -25,8 +25,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bortsearch.config import option, positive_float, positive_int
 from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import DTYPES
 from bortsearch.runio import progress_bar
 from bortsearch.train.step import (
     LossConfig,
@@ -158,6 +160,22 @@ class Member:
     params: object
     workdir: Path
     desc: str = "training"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The options of `fit` that every training command shares (`teacher`, `pretrain`,
+    `finetune`, `search`), declared here once; each command's config takes them with
+    `same_option` and its own default, and passes them to `fit`."""
+
+    steps: int = option(1000, "training steps", type=positive_int)
+    lr: float = option(1e-4, "peak learning rate", type=positive_float)
+    eval_every: int = option(100, "steps between held-out evaluations", type=positive_int)
+    checkpoint_every: int = option(100, "steps between resumable checkpoints",
+                                   type=positive_int)
+    dtype: str = option("float32", "compute dtype of training: float32, or bfloat16 for "
+                        "GPU/TPU (parameters, optimiser, softmax and loss stay float32; "
+                        "slower on a CPU)", choices=DTYPES)
 
 
 def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, *,

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from bortsearch.config import fraction, non_negative_float, option, positive_float
 from bortsearch.model.arch import Arch
 from bortsearch.model.encoder import Encoder, classifier_outputs, param_size
 
@@ -32,12 +33,13 @@ class OptimConfig:
     """
 
     steps: int
-    warmup: float = 0.01  # fraction of the steps
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-6
+    warmup: float = option(0.01, "warm-up as a fraction of the steps", type=fraction)
+    weight_decay: float = option(0.01, "AdamW weight decay, not on LayerNorm or biases",
+                                 type=fraction)
+    adam_eps: float = option(1e-6, "Adam's ε", type=positive_float)
     b1: float = 0.9
     b2: float = 0.999
-    clip: float = 1.0
+    clip: float = option(1.0, "global gradient-norm clipping", type=positive_float)
     # The learning rate of everything but the masked-LM head, as a multiple of the
     # head's: 0 freezes the encoder (a new head trained alone), 0.1 gives a
     # pretrained encoder a tenth of a new head's rate.
@@ -53,10 +55,13 @@ class LossConfig:
     """L = ce_weight · CE(student, tokens) + kd_weight · τ² · KL(p_T^τ ‖ p_S^τ)
     on masked positions (the Bort code's loss, with the KL it intended)."""
 
-    ce_weight: float = 0.1
-    kd_weight: float = 0.5
-    temperature: float = 2.0
-    sop_weight: float = 1.0  # + sop_weight · CE(sentence order), on batches of pairs
+    ce_weight: float = option(0.1, "weight of the cross-entropy on the true tokens (labels)",
+                              type=non_negative_float)
+    kd_weight: float = option(0.5, "weight of τ² · KL to the teacher", type=non_negative_float)
+    temperature: float = option(2.0, "distillation temperature τ", type=positive_float)
+    # + sop_weight · CE(sentence order), on batches of pairs
+    sop_weight: float = option(1.0, "weight of the sentence-order loss",
+                               type=non_negative_float)
 
 
 class TrainState(NamedTuple):

@@ -16,20 +16,13 @@ import json
 import math
 from pathlib import Path
 
-from bortsearch.config import (
-    fraction,
-    non_negative_float,
-    option,
-    positive_float,
-    positive_int,
-    validate,
-)
+from bortsearch.config import option, part, same_option, validate
 from bortsearch.data.batches import BatchSpec, load_data
 from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tokenizer import load_tokenizer
 from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch, row_size
-from bortsearch.model.encoder import DTYPES, INITS, Model, inherit_params, init_params
+from bortsearch.model.encoder import INITS, Model, inherit_params, init_params
 from bortsearch.model.hf import (
     export_tensors,
     load_checkpoint,
@@ -40,6 +33,7 @@ from bortsearch.model.proxies import effective_param_count, forward_flops, param
 from bortsearch.process import setup_process
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
 from bortsearch.train.distributed import is_primary
+from bortsearch.train.fit import LoopConfig
 from bortsearch.train.step import LossConfig, OptimConfig, evaluate, mlm_quality, teacher_view
 from bortsearch.train.teacher import check_seq_len
 
@@ -51,28 +45,21 @@ OBJECTIVES = ("mlm", "mlm+sop")
 class PretrainConfig:
     """Distillation pretraining; defaults are the Bort recipe (ALGORITHM.md)."""
 
-    steps: int = option(1000, "training steps", type=positive_int)
-    batch_size: int = option(32, "sequences per batch, split across all local devices",
-                             type=positive_int)
-    seq_len: int = option(64, "tokens per sequence", type=positive_int)
-    lr: float = option(1e-4, "peak learning rate", type=positive_float)
-    warmup: float = option(0.01, "warm-up as a fraction of the steps", type=fraction)
-    weight_decay: float = option(0.01, "AdamW weight decay, not on LayerNorm or biases",
-                                 type=fraction)
-    adam_eps: float = option(1e-6, "Adam's ε", type=positive_float)
-    clip: float = option(1.0, "global gradient-norm clipping", type=positive_float)
-    ce_weight: float = option(0.1, "weight of the cross-entropy on the true tokens (labels)",
-                              type=non_negative_float)
-    kd_weight: float = option(0.5, "weight of τ² · KL to the teacher",
-                              type=non_negative_float)
-    temperature: float = option(2.0, "distillation temperature τ", type=positive_float)
-    eval_every: int = option(100, "steps between held-out evaluations", type=positive_int)
-    checkpoint_every: int = option(100, "steps between resumable checkpoints",
-                                   type=positive_int)
-    seed: int = option(0, "seed of data order, masking and initialisation", type=int)
-    dtype: str = option("float32", "compute dtype of training: float32, or bfloat16 for "
-                        "GPU/TPU (parameters, optimiser, softmax and loss stay float32; "
-                        "slower on a CPU)", choices=DTYPES)
+    steps: int = same_option(LoopConfig, "steps")
+    batch_size: int = same_option(BatchSpec, "batch_size")
+    seq_len: int = same_option(BatchSpec, "seq_len")
+    lr: float = same_option(LoopConfig, "lr")
+    warmup: float = same_option(OptimConfig, "warmup")
+    weight_decay: float = same_option(OptimConfig, "weight_decay")
+    adam_eps: float = same_option(OptimConfig, "adam_eps")
+    clip: float = same_option(OptimConfig, "clip")
+    ce_weight: float = same_option(LossConfig, "ce_weight")
+    kd_weight: float = same_option(LossConfig, "kd_weight")
+    temperature: float = same_option(LossConfig, "temperature")
+    eval_every: int = same_option(LoopConfig, "eval_every")
+    checkpoint_every: int = same_option(LoopConfig, "checkpoint_every")
+    seed: int = same_option(BatchSpec, "seed")
+    dtype: str = same_option(LoopConfig, "dtype")
     init: str | None = option(
         None, "start from Normal(0, 0.02) or from the teacher's weights", choices=INITS,
         default_text="as the search's candidates started, so the student trained is the one "
@@ -81,8 +68,7 @@ class PretrainConfig:
         "mlm", "mlm: masked-LM distillation (the Bort recipe); mlm+sop: and ALBERT's "
         "sentence-order prediction on pairs of consecutive segments, learnt from their "
         "labels", choices=OBJECTIVES)
-    sop_weight: float = option(1.0, "weight of the sentence-order loss",
-                               type=non_negative_float)
+    sop_weight: float = same_option(LossConfig, "sop_weight")
 
     def __post_init__(self):
         validate(self)
@@ -368,7 +354,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
     for arch, _ in todo:
         check_seq_len(arch, cfg.seq_len)
     sop = cfg.objective == "mlm+sop"
-    spec = BatchSpec(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    spec = part(BatchSpec, cfg)
     if task:  # the pick distilled on its task's training rows, as the search trained it
         if corpus is not None:
             raise UserError(f"--corpus: {run} is a task search ({task}); its students are "
@@ -391,9 +377,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
                         **dataclasses.asdict(cfg)},
                        f"the pretraining in {work}",
                        f"re-run with the same flags, or remove {work} to start over")
-    optim = OptimConfig(steps=cfg.steps, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-                        adam_eps=cfg.adam_eps, clip=cfg.clip)
-    loss = LossConfig(cfg.ce_weight, cfg.kd_weight, cfg.temperature, cfg.sop_weight)
+    optim, loss = part(OptimConfig, cfg), part(LossConfig, cfg)
 
     inherit = search.get("inherit", "first")
     source = teacher.params  # the units a student inherits: the run's --inherit

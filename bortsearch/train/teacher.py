@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from bortsearch.config import (
-    fraction,
     non_negative_int,
     option,
+    part,
     positive_float,
-    positive_int,
+    same_option,
     validate,
 )
 from bortsearch.data.batches import BatchSpec, load_data
@@ -35,7 +35,7 @@ from bortsearch.model.hf import load_checkpoint, save_checkpoint, weights_sha256
 from bortsearch.process import setup_process
 from bortsearch.runio import check_settings
 from bortsearch.train.distributed import is_primary
-from bortsearch.train.fit import fit
+from bortsearch.train.fit import LoopConfig, fit
 from bortsearch.train.step import OptimConfig, mlm_quality
 
 # `teacher --init-from` an encoder without a masked-LM head: steps of the new head
@@ -54,16 +54,14 @@ class TeacherConfig:
     encoder at `body_lr` (default `lr`); the better of the two on the held-out
     set, at [MASK] positions, is kept. None in either means "as `resolved` says"."""
 
-    steps: int = option(600, "training steps", type=positive_int)
-    lr: float = option(1e-3, "peak learning rate", type=positive_float)
-    warmup: float = option(0.05, "warm-up as a fraction of the steps", type=fraction)
-    batch_size: int = option(32, "sequences per batch, split across all local devices",
-                             type=positive_int)
-    seq_len: int = option(64, "tokens per sequence", type=positive_int)
-    seed: int = option(0, "seed of data order, masking and initialisation", type=int)
-    eval_every: int = option(100, "steps between held-out evaluations", type=positive_int)
-    checkpoint_every: int = option(100, "steps between resumable checkpoints",
-                                   type=positive_int)
+    steps: int = same_option(LoopConfig, "steps", 600)
+    lr: float = same_option(LoopConfig, "lr", 1e-3)
+    warmup: float = same_option(OptimConfig, "warmup", 0.05)
+    batch_size: int = same_option(BatchSpec, "batch_size")
+    seq_len: int = same_option(BatchSpec, "seq_len")
+    seed: int = same_option(BatchSpec, "seed")
+    eval_every: int = same_option(LoopConfig, "eval_every")
+    checkpoint_every: int = same_option(LoopConfig, "checkpoint_every")
     head_steps: int | None = option(
         None, "steps that train the masked-LM head alone, the encoder frozen, before --steps "
         "of the whole model; the better of the two on the held-out set is kept",
@@ -78,7 +76,7 @@ class TeacherConfig:
 
     @property
     def batch(self) -> BatchSpec:
-        return BatchSpec(self.batch_size, self.seq_len, seed=self.seed)
+        return part(BatchSpec, self)
 
     def resolved(self, new_head: bool = False) -> TeacherConfig:
         """`head_steps` and `body_lr` where not given: a new masked-LM head on a
@@ -163,14 +161,12 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
               progress=progress)
     stages = []
     if cfg.head_steps:
-        head = fit(arch, data, OptimConfig(steps=cfg.head_steps, warmup=cfg.warmup,
-                                           body_lr_scale=0.0),
+        head = fit(arch, data, part(OptimConfig, cfg, steps=cfg.head_steps, body_lr_scale=0.0),
                    cfg.lr, start, work / "head", desc=f"teacher {arch.label()} head", **kw)
         stages.append(("head", head))
         start = head.params
     body_scale = 1.0 if cfg.body_lr is None else cfg.body_lr / cfg.lr
-    whole = fit(arch, data, OptimConfig(steps=cfg.steps, warmup=cfg.warmup,
-                                        body_lr_scale=body_scale),
+    whole = fit(arch, data, part(OptimConfig, cfg, body_lr_scale=body_scale),
                 cfg.lr, start, work / "whole" if cfg.head_steps else work,
                 desc=f"teacher {arch.label()}", **kw)
     stages.append(("whole", whole))
