@@ -66,3 +66,11 @@ def test_compress_the_model_you_have_follows_its_protocol(shared_data, tmp_path)
     assert (results / "report.md").read_text() == report
     lat = pd.read_csv(results / "latency.csv")
     assert (lat.groupby("round").size() == len(answer["roles"]) + 1).all()
+    # the int8 line beside the test: the teacher and the pick's seeds through ONNX int8
+    q = answer["int8"]
+    assert q["accuracy"][pick]["trials"] == 2 and q["accuracy"]["teacher"]["trials"] == 1
+    assert 0 <= q["accuracy"][pick]["mean"] <= 100
+    i8 = pd.read_csv(results / "latency-int8.csv")
+    assert sorted(i8["model"].unique()) == sorted([pick, "teacher"])
+    assert (i8.groupby("round").size() == 2).all() and (i8["seconds"] > 0).all()
+    assert "- int8 (ONNX Runtime" in report
