@@ -112,7 +112,7 @@ def cmd_teacher(args) -> None:
         if args.space or args.arch or args.vocab_size:
             raise UserError("--init-from takes the architecture and tokenizer of its folder; "
                             "drop --space, --arch and --vocab-size")
-        load_checkpoint(args.init_from, with_tokenizer=False, part="encoder")  # checks it
+        load_checkpoint(args.init_from, tokenizer="none", part="encoder")  # checks it
         new_head = not has_mlm_head_files(args.init_from)
         start = (load_encoder_with_new_head(args.init_from, args.seed) if new_head
                  else load_checkpoint(args.init_from))

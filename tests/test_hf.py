@@ -186,7 +186,7 @@ def test_roundtrip_of_a_fresh_model(tmp_path):
                 tie_decoder=False, model_type="roberta", pad_token_id=1, layer_norm_eps=1e-5)
     model = Model.init(arch, seed=5)
     save_checkpoint(model, tmp_path / "m")
-    back = load_checkpoint(tmp_path / "m", with_tokenizer=False)
+    back = load_checkpoint(tmp_path / "m", tokenizer="none")
     assert back.arch == arch
     for name, value in export_tensors(model).items():
         np.testing.assert_array_equal(export_tensors(back)[name], value)

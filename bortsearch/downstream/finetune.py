@@ -486,7 +486,7 @@ def evaluate_int8(out: Path, task: Task, devs: dict[str, Encoded], max_length: i
             continue
         trial = _trial_dir(out, t["lr"], t["seed"])
         params = params_from_tensors(model.arch, load_file(str(trial / "best.safetensors")),
-                                     trial, f"classify:{task.num_labels}")
+                                     trial, "classifier", task.num_labels)
         with tempfile.TemporaryDirectory(prefix="bortsearch-int8-") as d:
             write_graphs(Path(d), Model(model.arch, params, num_labels=task.num_labels), True)
             mine = scores(Path(d) / INT8_NAME)
@@ -520,7 +520,7 @@ def export_classifier(out: Path, encoder: Model, task: Task, trial: Path) -> Non
 
     arch = encoder.arch
     tensors = load_file(str(trial / "best.safetensors"))
-    params_from_tensors(arch, dict(tensors), trial, f"classify:{task.num_labels}")  # validates
+    params_from_tensors(arch, dict(tensors), trial, "classifier", task.num_labels)  # validates
     config = classifier_config(arch, encoder.tokenizer, task.spec.label_names, task.name)
     write_atomic(out / "config.json", json.dumps(config, indent=2))
     write_atomic(out / "model.safetensors", (trial / "best.safetensors").read_bytes())

@@ -16,6 +16,7 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import jax
 import ml_dtypes
@@ -31,6 +32,10 @@ SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_t
 # Tensors a checkpoint may hold that the masked-LM model does not use.
 UNUSED_SUFFIXES = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids",
                    "cls.seq_relationship.weight", "cls.seq_relationship.bias")
+
+Part = Literal["mlm", "encoder", "auto"]  # what `load_checkpoint` reads of a folder
+TokenizerNeed = Literal["required", "if-present", "none"]
+TOKENIZER_NEEDS = ("required", "if-present", "none")
 
 
 # The masked-LM head's tensors by family: transform (H→E), its LayerNorm, the output
@@ -451,19 +456,25 @@ def weights_sha256(folder: str | Path) -> str:
     return ""
 
 
-def load_checkpoint(directory: str | Path, with_tokenizer: bool | str = True,
-                    part: str = "mlm") -> Model:
-    """A Hugging Face BERT/RoBERTa masked-LM checkpoint as a `Model`.
+def load_checkpoint(directory: str | Path, tokenizer: TokenizerNeed = "required",
+                    part: Part = "mlm") -> Model:
+    """A Hugging Face checkpoint folder of a supported family as a `Model`.
 
     Every tensor is mapped by name; unknown or missing tensors, wrong shapes, and a
     tokenizer whose vocabulary differs from the checkpoint's are errors that name them.
-    `part="encoder"` takes the encoder (and BERT's pooler) of any BERT/RoBERTa
-    folder, with or without a masked-LM head, as fine-tuning does; `part="auto"`
-    reads a sequence classifier as one (`Model.num_labels`) and anything else as
-    a masked-LM model. `with_tokenizer="if-present"` loads a folder without
-    tokenizer files too (as transformers loads a model without its tokenizer),
-    leaving `Model.tokenizer` None; True makes their absence an error.
+
+    Args:
+      directory: the folder (config.json, weights, tokenizer files).
+      tokenizer: "required" (their absence is an error), "if-present" (a folder
+        without tokenizer files loads too, as transformers loads a model without its
+        tokenizer, leaving `Model.tokenizer` None) or "none" (not read).
+      part: "mlm", the masked-LM model; "encoder", the embeddings and layers (and
+        BERT's pooler) of any folder, with or without a head, as fine-tuning takes
+        them; "auto", a sequence classifier as one (`Model.num_labels`) and anything
+        else as a masked-LM model.
     """
+    if tokenizer not in TOKENIZER_NEEDS or part not in ("mlm", "encoder", "auto"):
+        raise ValueError(f"load_checkpoint: tokenizer {tokenizer!r}, part {part!r}")
     d = Path(directory)
     if not d.is_dir():
         what = "is a file, not a checkpoint folder" if d.exists() else "no such checkpoint folder"
@@ -481,24 +492,24 @@ def load_checkpoint(directory: str | Path, with_tokenizer: bool | str = True,
         is_classifier = any(a.endswith("ForSequenceClassification")
                             for a in config.get("architectures") or [])
         num_labels = len(config.get("id2label") or {0: 0, 1: 1}) if is_classifier else 0
-        part = f"classify:{num_labels}" if num_labels else "mlm"
+        part = "classifier" if num_labels else "mlm"
     pretraining = any(a.endswith("ForPreTraining") for a in config.get("architectures") or [])
-    params = params_from_tensors(arch, read_tensors(d), d, part, sop=pretraining)
-    tokenizer = None
-    if with_tokenizer == "if-present":
+    params = params_from_tensors(arch, read_tensors(d), d, part, num_labels, sop=pretraining)
+    if tokenizer == "if-present":
         from bortsearch.data.tokenizer import has_tokenizer_files
 
-        with_tokenizer = has_tokenizer_files(d)
-    if with_tokenizer:
+        tokenizer = "required" if has_tokenizer_files(d) else "none"
+    tok = None
+    if tokenizer == "required":
         from bortsearch.data.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(d, arch.model_type)
-        if tokenizer.vocab_size != arch.vocab_size:
+        tok = load_tokenizer(d, arch.model_type)
+        if tok.vocab_size != arch.vocab_size:
             raise UserError(
-                f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but the checkpoint's "
+                f"{d}: the tokenizer has {tok.vocab_size} tokens but the checkpoint's "
                 f"vocabulary is {arch.vocab_size}; use the tokenizer files that came with "
                 f"this checkpoint")
-    return Model(arch, params, tokenizer, num_labels)
+    return Model(arch, params, tok, num_labels)
 
 
 def _normalise(arch: Arch, tensors: dict) -> dict:
@@ -518,16 +529,19 @@ def has_mlm_head(arch: Arch, tensors: dict) -> bool:
 
 
 def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "mlm",
-                        sop: bool = False):
+                        num_labels: int = 0, sop: bool = False):
     """Our parameter tree from Hugging Face tensors.
 
-    part: "mlm" — the masked-LM model, every tensor accounted for; "encoder" —
-      the embeddings and layers, plus BERT's pooler when the checkpoint has one,
-      whatever head it carries (an MLM head, a classifier, none); or "classify:N"
-      — the sequence classifier with N outputs.
-    sop: with "mlm", also the sentence-order head where the tensors hold it (a
-      `…ForPreTraining` folder).
+    Args:
+      part: "mlm", the masked-LM model, every tensor accounted for; "encoder", the
+        embeddings and layers, plus BERT's pooler when the checkpoint has one, whatever
+        head it carries (an MLM head, a classifier, none); "classifier", the sequence
+        classifier with `num_labels` outputs.
+      sop: with "mlm", also the sentence-order head where the tensors hold it (a
+        `…ForPreTraining` folder).
     """
+    if part not in ("mlm", "encoder", "classifier") or (part == "classifier") != (num_labels > 0):
+        raise ValueError(f"params_from_tensors: part {part!r} with {num_labels} labels")
     tensors = _normalise(arch, {_legacy_rename(k): v for k, v in tensors.items()})
     head = _head_names(arch)
     # The decoder's own bias is what the forward pass adds (transformers 5 keeps it
@@ -540,7 +554,6 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
     if arch.albert and arch.embedding is None:  # E = H: the identity `export_tensors` wrote
         for suffix in ("weight", "bias"):
             tensors.pop(f"{ALBERT_MAP}.{suffix}", None)
-    num_labels = int(part.split(":")[1]) if part.startswith("classify:") else 0
     sop = part == "mlm" and sop and all(n in tensors for n in sop_names(arch))
     if part == "encoder":
         names = encoder_names(arch)
@@ -688,7 +701,7 @@ def load_encoder_with_new_head(directory: str | Path, seed: int = 0) -> Model:
     folder (an error if it has none)."""
     from bortsearch.model.encoder import init_params
 
-    model = load_checkpoint(directory, with_tokenizer=True, part="encoder")
+    model = load_checkpoint(directory, part="encoder")
     fresh = init_params(model.arch, seed)["params"]
     body = {k: v for k, v in model.params["params"].items() if k in fresh}
     params = {"params": {**body, "head": fresh["head"]}}
@@ -700,4 +713,4 @@ def load(directory: str | Path) -> Model:
     fine-tuned classifier (`…ForSequenceClassification`), with its tokenizer where
     the folder has one (else `model.tokenizer` is None), ready for
     `model.logits(input_ids, attention_mask)`."""
-    return load_checkpoint(directory, with_tokenizer="if-present", part="auto")
+    return load_checkpoint(directory, tokenizer="if-present", part="auto")

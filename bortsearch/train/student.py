@@ -267,7 +267,7 @@ def export(run: str | Path, out: str | Path, size=None, params=None,
 
         n = len(_labels(run)) if _task_of(run) else 0
         params = params_from_tensors(arch, load_file(str(wdir / STUDENT_WEIGHTS)), wdir,
-                                     f"classify:{n}" if n else "mlm",
+                                     "classifier" if n else "mlm", n,
                                      sop=True)  # the order head, if it was trained with one
         summary = json.loads((wdir / "summary.json").read_text())
     if onnx and params is None:

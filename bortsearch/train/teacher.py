@@ -125,7 +125,7 @@ def train_teacher(out: str | Path, arch: Arch, corpus: Corpus, tokenizer: Tokeni
     start = init_params(arch, cfg.batch.seed)
     init_hash = None
     if init_from is not None:
-        model = init_model or load_checkpoint(init_from, with_tokenizer=False)
+        model = init_model or load_checkpoint(init_from, tokenizer="none")
         if model.arch != arch:
             raise UserError(f"--init-from {init_from}: its architecture {model.arch.label()} "
                             f"is not the teacher's {arch.label()}; give a folder of that shape")
