@@ -13,10 +13,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
 
 from bortsearch.model.arch import Arch
 
-DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+class Status(StrEnum):
+    """A candidate's state in the results: trained, failed, or not chosen to train
+    (a `str`: it is written to results.csv and the journal as its value)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+DONE, FAILED, SKIPPED = Status.DONE, Status.FAILED, Status.SKIPPED
 
 
 @dataclasses.dataclass(frozen=True)

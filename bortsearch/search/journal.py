@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from enum import StrEnum
 from pathlib import Path
 
 from bortsearch.model.arch import Arch
@@ -21,6 +22,16 @@ from bortsearch.search.candidates import CandidateSettings, HeldOut, Timing
 from bortsearch.search.config import SearchConfig
 from bortsearch.search.executors import LocalExecutor
 from bortsearch.train.step import LossConfig
+
+
+class Event(StrEnum):
+    """The kinds of journal line (each line's "event")."""
+
+    LATENCY = "latency"  # an architecture's measured median latency
+    START = "start"  # a candidate began training
+    DONE = "done"  # a candidate finished: its trials and timing (Status.DONE)
+    FAILED = "failed"  # a candidate failed: the reason, any trials (Status.FAILED)
+    SPEEDUP = "speedup"  # the pick against T, measured
 
 
 class Journal:
@@ -124,7 +135,7 @@ class JournalledEvaluator:
         return {"arch": arch_key(arch), "phase": self.phase, "steps": self.steps}
 
     def _on_start(self, arch: Arch) -> None:
-        self.journal.append({"event": "start", **self._tag(arch)})
+        self.journal.append({"event": Event.START, **self._tag(arch)})
 
     def _on_done(self, arch: Arch, ev: Evaluation, timing: Timing | None) -> None:
         self.journal.append({"event": ev.status, **self._tag(arch), "error": json_num(ev.error),

@@ -11,7 +11,7 @@ from bortsearch.model.arch import Arch
 from bortsearch.model.proxies import forward_flops, size_proxy
 from bortsearch.search.algorithm import Proxies, Result
 from bortsearch.search.config import SearchConfig
-from bortsearch.search.journal import Journal, arch_key
+from bortsearch.search.journal import Event, Journal, arch_key
 
 
 def search_proxies(archs, cfg: SearchConfig, journal: Journal, events,
@@ -58,7 +58,7 @@ def measured_latencies(archs, cfg: SearchConfig, journal: Journal, events, progr
     # a run resumed with another --runtime measures again; each runtime's own figures
     known: dict = {}
     for e in events:
-        if e["event"] == "latency" and e.get("runtime", "xla") == cfg.runtime:
+        if e["event"] == Event.LATENCY and e.get("runtime", "xla") == cfg.runtime:
             known.setdefault(tuple(e["arch"]), []).append(e["median_s"])
     archs = list(dict.fromkeys(archs))  # T may be in Ξ too
     todo = [(r, a) for r in range(rounds)
@@ -68,7 +68,7 @@ def measured_latencies(archs, cfg: SearchConfig, journal: Journal, events, progr
                              unit="arch", disable=not progress or not todo):
         m = measure_latency(a, batch=1, seq_len=cfg.seq_len, scope=scope, runtime=cfg.runtime)
         known.setdefault(a.size, []).append(m["median_s"])
-        journal.append({"event": "latency", "arch": arch_key(a), "median_s": m["median_s"],
+        journal.append({"event": Event.LATENCY, "arch": arch_key(a), "median_s": m["median_s"],
                         "iqr_s": m["iqr_s"], "hardware": m["hardware"],
                         **({"runtime": cfg.runtime} if cfg.runtime != "xla" else {})})
     return {a: statistics.median(known[a.size][:rounds]) for a in archs}
@@ -86,7 +86,7 @@ def measure_speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal
     runtime = cfg.runtime if cfg.inference != "analytic" else "xla"
     key = [arch_key(best.arch), arch_key(T), cfg.seq_len, cfg.inference_scope] \
         + ([runtime] if runtime != "xla" else [])
-    known = [e for e in events if e["event"] == "speedup" and e["key"] == key]
+    known = [e for e in events if e["event"] == Event.SPEEDUP and e["key"] == key]
     if known:
         measured = known[-1]["measured"]
     else:
@@ -100,6 +100,6 @@ def measure_speedup(result: Result, T: Arch, cfg: SearchConfig, journal: Journal
                     "rounds": LATENCY_ROUNDS,
                     "round_speedups": [t / b for t, b in zip(t_s, best_s)],
                     "hardware": rounds[0][0]["hardware"]}
-        journal.append({"event": "speedup", "key": key, "measured": measured})
+        journal.append({"event": Event.SPEEDUP, "key": key, "measured": measured})
     return {"predicted": predicted, "measured": measured["maximum_point_s"] / measured["best_s"],
             "scope": cfg.inference_scope, "runtime": runtime, **measured}

@@ -13,7 +13,7 @@ from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
 from bortsearch.model.proxies import effective_param_count, param_count
 from bortsearch.runio import write_atomic, write_json
-from bortsearch.search.algorithm import DONE, Result
+from bortsearch.search.algorithm import DONE, SKIPPED, Result
 from bortsearch.search.config import SearchConfig
 from bortsearch.search.journal import Journal, json_num
 
@@ -28,7 +28,7 @@ def results_table(result: Result) -> pd.DataFrame:
         "layers": r.arch.layers, "heads": r.arch.heads, "hidden": r.arch.hidden,
         "intermediate": r.arch.intermediate, "params": param_count(r.arch),
         "effective_params": effective_param_count(r.arch), "inference": r.proxies.inference,
-        "error": r.error, "w_coefficient": r.w, "trained": r.status != "skipped",
+        "error": r.error, "w_coefficient": r.w, "trained": r.status != SKIPPED,
         "pareto": r.pareto, "status": r.status, "best_lr": r.best_lr, "interval": r.interval,
         "note": r.note, "error_se": r.error_se, "w_se": r.w_se, "within_noise": r.within_noise,
         "ce": r.ce, "kl": r.kl, "confirmed_error": r.confirmed_error,

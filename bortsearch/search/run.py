@@ -45,7 +45,7 @@ from bortsearch.search.audit import diagnose
 from bortsearch.search.candidates import HeldOut
 from bortsearch.search.config import INFERENCE_KINDS, SearchConfig
 from bortsearch.search.executors import LocalExecutor
-from bortsearch.search.journal import Journal, JournalledEvaluator
+from bortsearch.search.journal import Event, Journal, JournalledEvaluator
 from bortsearch.search.latency import measure_speedup, search_proxies
 from bortsearch.search.records import (
     RESULT_COLUMNS,
@@ -219,7 +219,7 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
 def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, teacher_path,
                 T, xi, epsilon, data, progress, log, executor) -> Result:
     """`run_search` once the folder is this process's alone."""
-    started = any(e.get("event") in ("done", "failed")
+    started = any(e.get("event") in (Event.DONE, Event.FAILED)
                   for e in Journal(run / "journal.jsonl").events())
     check_settings(run / "config.json", settings, f"the run in {run}",
                    "use the same flags to resume it, or another --run folder", started)
