@@ -67,8 +67,13 @@ def same_option(owner, name: str, default: Any = dataclasses.MISSING, *, more: s
 
     Example:
         >>> @dataclasses.dataclass(frozen=True)
-        ... class Pre:
-        ...     warmup: float = same_option(OptimConfig, "warmup", 0.01)
+        ... class Optim:
+        ...     warmup: float = option(0.01, "warm-up as a fraction of the steps")
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Finetune:
+        ...     warmup: float = same_option(Optim, "warmup", 0.1)
+        >>> Finetune()
+        Finetune(warmup=0.1)
     """
     f = {f.name: f for f in dataclasses.fields(owner)}[name]
     meta = {**f.metadata, **changes, "owner": owner.__name__}
@@ -79,8 +84,8 @@ def same_option(owner, name: str, default: Any = dataclasses.MISSING, *, more: s
 
 def part(cls, cfg, **given):
     """A `cls` (e.g. `OptimConfig`) made of the same-named fields of `cfg` and `given`."""
-    names = {f.name for f in dataclasses.fields(cls)} - set(given)
-    return cls(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **given)
+    names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(cfg)}
+    return cls(**{n: getattr(cfg, n) for n in names - set(given)}, **given)
 
 
 def flagged(cls) -> list[dataclasses.Field]:

@@ -67,7 +67,13 @@ def test_compress_the_model_you_have_follows_its_protocol(shared_data, tmp_path)
     lat = pd.read_csv(results / "latency.csv")
     assert (lat.groupby("round").size() == len(answer["roles"]) + 1).all()
     # the int8 line beside the test: the teacher and the pick's seeds through ONNX int8
+    # (without bortsearch[onnx], said so, and the answer is whole)
     q = answer["int8"]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        assert "skipped" in q and "- int8: not measured" in report
+        return
     assert q["accuracy"][pick]["trials"] == 2 and q["accuracy"]["teacher"]["trials"] == 1
     assert 0 <= q["accuracy"][pick]["mean"] <= 100
     i8 = pd.read_csv(results / "latency-int8.csv")

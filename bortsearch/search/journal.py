@@ -93,7 +93,8 @@ class JournalledEvaluator:
         self.proxies, self.cfg, self.progress, self.log = proxies, cfg, progress, log
         self.reference, self.phase = reference, phase
         self.steps = steps or cfg.steps
-        self.finished = {tuple(e["arch"]): e for e in events if e["event"] in (DONE, FAILED)
+        self.finished = {tuple(e["arch"]): e for e in events
+                         if e["event"] in (Event.DONE, Event.FAILED)
                          and e.get("phase", "search") == phase
                          and e.get("steps", cfg.steps) == self.steps}
         self.bar = None
@@ -126,7 +127,7 @@ class JournalledEvaluator:
 
     def _replay(self, event: dict) -> Evaluation:
         """The journalled trials, scored with this run's error metric."""
-        if event["event"] == FAILED and not event.get("trials"):
+        if event["event"] == Event.FAILED and not event.get("trials"):
             return Evaluation(FAILED, reason=event.get("reason", ""))
         trials = [(t[0], t[1], *map(from_json_num, t[2:])) for t in event["trials"]]
         return summarise(trials, self.cfg.lrs, self.cfg.error, event.get("reason", ""))

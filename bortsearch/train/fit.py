@@ -164,9 +164,9 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """The options of `fit` that every training command shares (`teacher`, `pretrain`,
-    `finetune`, `search`), declared here once; each command's config takes them with
-    `same_option` and its own default, and passes them to `fit`."""
+    """The training-loop options the commands share (`teacher`, `pretrain`, `finetune`,
+    `search`), declared here once: each command's config takes them with `same_option`
+    and its own default (this class is their declaration, not built at run time)."""
 
     steps: int = option(1000, "training steps", type=positive_int)
     lr: float = option(1e-4, "peak learning rate", type=positive_float)
