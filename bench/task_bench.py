@@ -296,7 +296,7 @@ def report_lines(a: dict) -> list[str]:
              f"seed; its noise is not measured).",
              f"- Pick ⟨{a['pick'].replace('-', ',')}⟩: {s['mean']:.1f}% ({s['lo']:.1f} to "
              f"{s['hi']:.1f}), {100 * k['mean']:.1f}% of the teacher's ({100 * k['lo']:.1f} to "
-             f"{100 * k['hi']:.1f}), {1 / sp[1]:.2f}× to {1 / sp[0]:.2f}× its latency."]
+             f"{100 * k['hi']:.1f}), {sp[0]:.1f}× to {sp[1]:.1f}× faster than it."]
     for key, what in (("decision", f"the best rival of no greater latency "
                                    f"({a.get('best_rival')})"),
                       ("over_labels", "itself trained on the labels alone (L)"),
@@ -309,6 +309,12 @@ def report_lines(a: dict) -> list[str]:
         lines.append("- No rival has no greater latency than the pick: no margin to test.")
     lines.append(f"- Goal (≥ 97% kept, ≥ 4× faster, above labels alone, by the intervals' "
                  f"ends): {'met' if a['goal_met'] else 'not met'}.")
+    t = a.get("timing") or {}
+    if t:  # wall time of every invocation that finished a phase (a killed one's is lost)
+        lines.append("- Cost (wall, this machine): " + ", ".join(
+            f"{name} {t[key] / 60:.0f} min" for name, key in (
+                ("teacher", "teacher_s"), ("search", "search_s"), ("distillation", "distil_s"),
+                ("latency", "latency_s"), ("int8", "int8_s")) if key in t) + ".")
     if "skipped" in a.get("int8", {}):
         lines.append(f"- int8: not measured ({a['int8']['skipped']}).")
     if "accuracy" in a.get("int8", {}):  # beside the test, not in it
@@ -318,7 +324,7 @@ def report_lines(a: dict) -> list[str]:
                      f"{acc[pk]['mean']:.1f}% ({acc[pk]['lo']:.1f} to {acc[pk]['hi']:.1f}) at "
                      f"{1e3 * ms[pk]['median']:.2f} ms, the teacher "
                      f"{acc['teacher']['mean']:.1f}% at {1e3 * ms['teacher']['median']:.2f} ms: "
-                     f"{1 / sp[1]:.2f}× to {1 / sp[0]:.2f}× its latency.")
+                     f"{sp[0]:.1f}× to {sp[1]:.1f}× faster.")
     return lines
 
 
@@ -386,6 +392,7 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
             p.rounds, out)
         answer["int8"] = int8_summary(quantised, pk)
         pd.DataFrame(quantised["rows"]).to_csv(results / "latency-int8.csv", index=False)
+        answer["timing"] = cost.totals(run)
     write_json(results / "answer.json", answer)
     write_report(answer, T, results, profile)
     return answer
