@@ -276,9 +276,51 @@ def answer_of(scores: dict, lat_rows: list, teacher_acc: float, pick: str, rival
     if len(named) >= 3:
         out["spearman_kl"] = protocol.spearman([-kl[c] for c in named],
                                                [scores[c][0] for c in named])
-    out["goal_met"] = bool(out["kept"]["lo"] >= 0.97 and out["speed_up"][0] >= 4
-                           and out["over_labels"]["lo"] > 0)
+    # every rival against the pick beside the test: its latency ratio and the margin
+    out["versus"] = {r: {"latency_ratio": protocol.no_greater_latency(lat_rows, r, pick)[1],
+                         **protocol.decide(trials[pick], trials[r])} for r in rivals}
+    out["goals"] = {"kept": out["kept"]["lo"] >= 0.97, "speed": out["speed_up"][0] >= 4,
+                    "labels": out["over_labels"]["lo"] > 0}
+    out["goal_met"] = bool(all(out["goals"].values()))
     return out
+
+
+def moonshot(score: dict, T) -> dict:
+    """The best mean among the students no larger (p̂) than BERT-Mini, against its
+    published SST-2 score (GLUE test; ours is dev)."""
+    from bortsearch.model.proxies import effective_param_count
+
+    limit = effective_param_count(T.with_size(*protocol.BERT_MINI))
+    small = {m: v for m, v in score.items() if m != "teacher" and not m.endswith(
+        ("-labels", "-random")) and effective_param_count(
+        T.with_size(*(int(x) for x in m.split("-")[:4]))) <= limit}
+    if not small:
+        return {}
+    best = max(small, key=lambda m: small[m]["mean"])
+    return {"best": best, "mean": small[best]["mean"], "trials": small[best]["trials"],
+            "target": BERT_MINI_SST2, "met": small[best]["mean"] >= BERT_MINI_SST2}
+
+
+BERT_MINI_SST2 = 85.9  # BERT-Mini's published SST-2 score (GLUE test)
+
+
+def dev_majority(task_dir: Path) -> float:
+    """The accuracy (%) of always answering SST-2 dev's commonest class."""
+    from bortsearch.data.tasks import load_task
+
+    labels = np.asarray(load_task("sst2", task_dir).dev.y).astype(int)
+    return 100 * float(np.bincount(labels).max() / len(labels))
+
+
+def commits(out: Path) -> dict:
+    """{phase: the commits its invocations that did work ran from} (work/cost.jsonl; an
+    invocation that finished in under 10 s only found the phase done)."""
+    rows = [json.loads(x) for x in (out / "cost.jsonl").read_text().splitlines()]
+    found: dict = {}
+    for r in rows:
+        if r["wall_s"] >= 10 and r["commit"] not in found.setdefault(r["phase"], []):
+            found[r["phase"]].append(r["commit"])
+    return found
 
 
 def int8_summary(q: dict, pick: str) -> dict:
@@ -290,31 +332,88 @@ def int8_summary(q: dict, pick: str) -> dict:
             "speed_up": protocol.no_greater_latency(q["rows"], "teacher", pick)[1]}
 
 
-def report_lines(a: dict) -> list[str]:
-    s, k, sp = a["score"][a["pick"]], a["kept"], a["speed_up"]
+def _name(m: str) -> str:
+    return "⟨" + m.replace("-", ",") + "⟩" if m[0].isdigit() else m
+
+
+def _minutes(seconds: float) -> str:
+    return "<1 min" if seconds < 60 else f"{seconds / 60:.0f} min"
+
+
+def report_lines(a: dict, search_speedup: dict | None = None) -> list[str]:
+    """The answer as the report's and the README's lines, every figure from `a`
+    (answer.json) and the search's own speed-up check (best.json's `speedup`)."""
+    pk = a["pick"]
+    s, k, sp = a["score"][pk], a["kept"], a["speed_up"]
+    tc = a.get("teacher_checkpoint")
+    chosen = "" if not tc else (
+        "; its last step, so nothing was chosen on dev" if tc["chosen_step"] == tc["steps"] else
+        f"; finetune kept its best dev evaluation, step {tc['chosen_step']} of {tc['steps']}: "
+        f"chosen on dev, against the protocol")
     lines = [f"- Teacher: SST-2 dev accuracy {a['teacher_dev_accuracy']:.1f}% (one fine-tuning "
-             f"seed; its noise is not measured).",
-             f"- Pick ⟨{a['pick'].replace('-', ',')}⟩: {s['mean']:.1f}% ({s['lo']:.1f} to "
+             f"seed, its noise not measured{chosen}).",
+             f"- Pick {_name(pk)}: {s['mean']:.1f}% ({s['lo']:.1f} to "
              f"{s['hi']:.1f}), {100 * k['mean']:.1f}% of the teacher's ({100 * k['lo']:.1f} to "
-             f"{100 * k['hi']:.1f}), {sp[0]:.1f}× to {sp[1]:.1f}× faster than it."]
-    for key, what in (("decision", f"the best rival of no greater latency "
-                                   f"({a.get('best_rival')})"),
-                      ("over_labels", "itself trained on the labels alone (L)"),
-                      ("over_random", "itself from random weights (R)")):
-        if key in a:
-            d = a[key]
-            lines.append(f"- Over {what}: {d['margin']:+.1f} points ({d['lo']:+.1f} to "
-                         f"{d['hi']:+.1f}): {d['verdict']}.")
-    if "decision" not in a:
-        lines.append("- No rival has no greater latency than the pick: no margin to test.")
-    lines.append(f"- Goal (≥ 97% kept, ≥ 4× faster, above labels alone, by the intervals' "
-                 f"ends): {'met' if a['goal_met'] else 'not met'}.")
+             f"{100 * k['hi']:.1f}), {sp[0]:.1f}× to {sp[1]:.1f}× faster than it (float32 XLA "
+             f"encoder, length 128)" + (
+                 f"; the search's own check at its length {search_speedup['seq_len']}: "
+                 f"{search_speedup['measured']:.1f}× measured, {search_speedup['predicted']:.1f}× "
+                 f"predicted (best.json)" if search_speedup else "") + "."]
+    if "decision" in a:
+        d = a["decision"]
+        lines.append(f"- Over the best rival of no greater latency ({_name(a['best_rival'])}): "
+                     f"{d['margin']:+.1f} points ({d['lo']:+.1f} to {d['hi']:+.1f}): "
+                     f"{d['verdict']}.")
+    else:
+        roles = " ".join(r for rs in a["roles"].values() for r in rs)
+        beside = "; ".join(
+            f"{_name(r)} {v['latency_ratio'][0]:.2f}× to {v['latency_ratio'][1]:.2f}× its "
+            f"latency, {v['margin']:+.1f} ({v['lo']:+.1f} to {v['hi']:+.1f})"
+            for r, v in sorted(a.get("versus", {}).items(),
+                               key=lambda kv: kv[1]["latency_ratio"][0]))
+        lines.append("- No rival has no greater latency than the pick, so the test against "
+                     "the rivals could not be made" + (
+                         "; rule (e) found no architecture within ±20% of its p̂"
+                         if "(e)" not in roles else "")
+                     + (f". Beside the test, pick − rival: {beside}." if beside else "."))
+    d = a["over_labels"]
+    lines.append(f"- Over itself trained on the labels alone (L): {d['margin']:+.1f} points "
+                 f"({d['lo']:+.1f} to {d['hi']:+.1f}): {d['verdict']}"
+                 + (": distillation bought nothing measurable in this budget"
+                    if d["lo"] <= 0 else "") + ".")
+    d, r = a["over_random"], a["score"][f"{pk}-random"]
+    near_chance = "dev_majority" in a and r["mean"] < a["dev_majority"] + 2
+    lines.append(f"- Over itself from random weights (R): {d['margin']:+.1f} points "
+                 f"({d['lo']:+.1f} to {d['hi']:+.1f}): {d['verdict']}" + (
+                     f"; (R) scored {r['mean']:.1f}%, near the {a['dev_majority']:.1f}% of "
+                     f"always answering the commonest class: a random start learns next to "
+                     f"nothing in this budget, so this margin says little about the teacher's "
+                     f"weights" if near_chance else "") + ".")
+    g = a.get("goals")
+    conditions = "" if not g else " (" + ", ".join(
+        f"{what}: {'yes' if g[key] else 'no'}" for key, what in
+        (("kept", "≥ 97% kept"), ("speed", "≥ 4× faster"), ("labels", "above labels alone"))) + ")"
+    lines.append(f"- Goal, by the intervals' ends: {'met' if a['goal_met'] else 'not met'}"
+                 f"{conditions}.")
+    if a.get("moonshot"):
+        m = a["moonshot"]
+        lines.append(f"- Moonshot (a student no larger than BERT-Mini at ≥ {m['target']:g}, "
+                     f"BERT-Mini's published SST-2 test score; ours is dev): "
+                     f"{'met' if m['met'] else 'not met'}; the best is {_name(m['best'])} at "
+                     f"{m['mean']:.1f}%" + (" (seed 0 only)" if m["trials"] == 1 else "") + ".")
     t = a.get("timing") or {}
     if t:  # wall time of every invocation that finished a phase (a killed one's is lost)
-        lines.append("- Cost (wall, this machine): " + ", ".join(
-            f"{name} {t[key] / 60:.0f} min" for name, key in (
-                ("teacher", "teacher_s"), ("search", "search_s"), ("distillation", "distil_s"),
-                ("latency", "latency_s"), ("int8", "int8_s")) if key in t) + ".")
+        lines.append("- Cost (wall, this machine; a phase's invocation killed before it "
+                     "finished is not counted): " + ", ".join(
+                         f"{name} {_minutes(t[key])}" for name, key in (
+                             ("teacher", "teacher_s"), ("search", "search_s"),
+                             ("distillation", "distil_s"), ("latency", "latency_s"),
+                             ("int8", "int8_s")) if key in t) + ".")
+    if a.get("commits"):
+        short = lambda c: c[:7] + ("+changes" if c.endswith("+changes") else "")  # noqa: E731
+        lines.append("- Commits that did each phase's work: " + "; ".join(
+            f"{phase} {', '.join(map(short, cs))}" for phase, cs in a["commits"].items()
+            if phase != "rows") + ".")
     if "skipped" in a.get("int8", {}):
         lines.append(f"- int8: not measured ({a['int8']['skipped']}).")
     if "accuracy" in a.get("int8", {}):  # beside the test, not in it
@@ -342,8 +441,12 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     task_dir, teacher_data = cost("rows", task_folders, out, p)
     t_dir = cost("teacher", teacher, out, teacher_data, profile, p, progress)
     t_acc = dev_accuracy(t_dir, task_dir, p.seq_len)
+    chosen = json.loads((t_dir / "metrics.json").read_text())["chosen"]
     write_json(results / "teacher.json", {"dev_accuracy": t_acc, "rows": p.teacher_rows,
-                                          "epochs": p.teacher_epochs, "lr": LR})
+                                          "epochs": p.teacher_epochs, "lr": LR,
+                                          "chosen_step": chosen["step"],
+                                          "steps": json.loads((t_dir / "metrics.json")
+                                                              .read_text())["grid"][0]["steps"]})
     if p.teacher_min is not None and t_acc < p.teacher_min:
         answer = {"verdict": f"stopped: the teacher's dev accuracy {t_acc:.1f}% is below "
                              f"{p.teacher_min:g}%"}
@@ -375,8 +478,18 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     table = pd.read_csv(run / "results.csv")
     answer = answer_of(scores, lat_rows, t_acc, pk, rivals,
                        [name_of(c) for c in cands], table)
+    from bortsearch.model.proxies import effective_param_count
+
     answer.update(profile=profile, timing=cost.totals(run), commit=cost.commit,
-                  roles={name_of(s): rs for s, rs in roles.items()})
+                  commits=commits(out), roles={name_of(s): rs for s, rs in roles.items()},
+                  moonshot=moonshot(answer["score"], T), dev_majority=dev_majority(task_dir),
+                  teacher_checkpoint={k: json.loads((results / "teacher.json").read_text())[k]
+                                      for k in ("chosen_step", "steps")})
+    pd.DataFrame([{"model": name_of(s), "roles": "; ".join(rs), "layers": s[0], "heads": s[1],
+                   "hidden": s[2], "intermediate": s[3],
+                   "p_hat": effective_param_count(T.with_size(*s)),
+                   "seeds": len(scores[name_of(s)])} for s, rs in sorted(roles.items())]
+                 ).to_csv(results / "students.csv", index=False)
     scores_df.to_csv(results / "scores.csv", index=False)
     pd.DataFrame(lat_rows).to_csv(results / "latency.csv", index=False)
     write_json(results / "answer.json", answer)  # the test's answer, before the int8 line
@@ -392,10 +505,30 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
             p.rounds, out)
         answer["int8"] = int8_summary(quantised, pk)
         pd.DataFrame(quantised["rows"]).to_csv(results / "latency-int8.csv", index=False)
-        answer["timing"] = cost.totals(run)
+        answer["timing"], answer["commits"] = cost.totals(run), commits(out)
     write_json(results / "answer.json", answer)
     write_report(answer, T, results, profile)
     return answer
+
+
+def diagnosis(a: dict, best: dict) -> list[str]:
+    """Where the pick does not win: which of the protocol's suspects the figures point to
+    (the error proxy, the distillation, the inheritance), and the search's own word."""
+    if a.get("goal_met"):
+        return []
+    suspects = []
+    if not best.get("diagnostics", {}).get("decided_by_training", True):
+        suspects.append("the search's own warning: size and speed, not training, decided "
+                        "the pick")
+    if "spearman_kl" in a and (a["spearman_kl"][0] <= 0 or a["spearman_kl"][1] > 0.05):
+        suspects.append("the error proxy: the held-out KL after s steps did not rank the "
+                        "candidates by their distilled dev accuracy")
+    if a["over_labels"]["lo"] <= 0:
+        suspects.append("the distillation: no better than the labels alone")
+    if a["over_random"]["lo"] <= 0:
+        suspects.append("the inheritance: no better than a random start")
+    return ["- Where the pick does not win, the figures point to " + "; ".join(suspects) + "."]\
+        if suspects else []
 
 
 def write_report(answer: dict, T, results: Path, profile: str) -> None:
@@ -410,9 +543,10 @@ def write_report(answer: dict, T, results: Path, profile: str) -> None:
     pick = answer["pick"]
     roles.update({f"{pick}-labels": "(L) labels alone", f"{pick}-random": "(R) random start"})
     lines = [f"# Compress the model you have: task-{profile}", "",
-             "SST-2 dev accuracy (%, mean over seeds, 95% bootstrap interval) and latency (ms "
-             "at batch 1, length 128, one thread; median over interleaved rounds, 95% "
-             "interval); p̂ the non-embedding parameters.", "",
+             "SST-2 dev accuracy (%, mean over seeds, 95% percentile-bootstrap interval of the "
+             "seeds: with 5 seeds, narrower than a t-interval) and latency (ms at batch 1, "
+             "length 128, one thread, the float32 XLA encoder; median over interleaved rounds, "
+             "95% interval); p̂ the non-embedding parameters.", "",
              "| model | roles | p̂ | latency ms | dev accuracy | front |",
              "|---|---|---|---|---|---|"]
     rows = sorted(set(lat) | set(score), key=lambda m: (m not in lat, lat.get(m, {}).get(
@@ -421,17 +555,23 @@ def write_report(answer: dict, T, results: Path, profile: str) -> None:
         size = T.size if m == "teacher" else tuple(int(x) for x in m.split("-")[:4])
         sc, la = score.get(m), lat.get(m)
         acc = (f"{answer['teacher_dev_accuracy']:.1f} (one seed)" if m == "teacher" else
-               f"{sc['mean']:.1f} ({sc['lo']:.1f} to {sc['hi']:.1f})" if sc else "—")
+               "—" if not sc else f"{sc['mean']:.1f} (seed 0 only)" if sc["trials"] == 1 else
+               f"{sc['mean']:.1f} ({sc['lo']:.1f} to {sc['hi']:.1f})")
         ms = (f"{1e3 * la['median']:.2f} ({1e3 * la['lo']:.2f} to {1e3 * la['hi']:.2f})"
-              if la else "as the pick's")
+              if la else "as the pick's" if m.startswith(pick + "-") else "not measured")
         lines.append(f"| {m} | {roles.get(m, '(g) candidate, seed 0')} | "
                      f"{effective_param_count(T.with_size(*size)):,} | {ms} | {acc} | "
                      f"{'yes' if front.get(m) else ''} |")
-    lines += ["", *report_lines(answer)]
+    best = json.loads((results / "best.json").read_text())
+    search_cfg = json.loads((results / "search.json").read_text())
+    speedup = best.get("speedup")
+    lines += ["", *report_lines(answer, speedup and {**speedup,
+                                                     "seq_len": search_cfg["seq_len"]})]
     if "spearman_kl" in answer:
         rho, pval = answer["spearman_kl"]
         lines.append(f"- The search's KL ranking of its trained candidates against their "
                      f"distilled dev accuracy (seed 0): Spearman {rho:+.2f} (p = {pval:.3f}).")
+    lines += diagnosis(answer, best)
     write_atomic(results / "report.md", "\n".join(lines) + "\n")
     teacher = (("teacher", 1e3 * lat["teacher"]["median"], answer["teacher_dev_accuracy"])
                if "teacher" in lat else None)
