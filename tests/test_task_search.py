@@ -317,3 +317,18 @@ def test_a_task_search_stopped_between_candidates_resumes_to_the_same_table(task
     assert len(trained) == len(set(trained)) == len(done)  # none trained twice
     assert (run / "results.csv").read_text() == \
         (task_run[0] / "run" / "results.csv").read_text()
+
+
+def test_a_task_search_at_rates_far_above_fine_tuning_says_what_to_change(task_run, tmp_path):
+    """The fixture's search trains its inherited candidates at θ = 1e-3 only: best.json
+    carries the warning that names the flag; a Θ holding a fine-tuning rate, a random
+    start or a masked-LM search does not warn."""
+    from bortsearch.search.run import task_lr_warning
+
+    tmp, cfg, _ = task_run
+    best = json.loads((tmp / "run" / "best.json").read_text())
+    assert any("add --lr 1e-4" in w for w in best["warnings"]), best["warnings"]
+    assert task_lr_warning(cfg) is not None
+    for quiet in (dict(lrs=(1e-4, 1e-3)), dict(init="random")):
+        assert task_lr_warning(_cfg(tmp_path, **quiet)) is None
+    assert task_lr_warning(SearchConfig(space="s.toml", lrs=(1e-3,))) is None

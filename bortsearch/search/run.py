@@ -116,6 +116,24 @@ def teacher_importance(teacher, teacher_path, corpus, data, batches: int, log) -
     return imp
 
 
+TASK_LR = 3e-4  # the highest θ a task search's inherited candidates train well at, so far
+
+
+def task_lr_warning(cfg: SearchConfig) -> str | None:
+    """What to change when a task search's candidates, which inherit a fine-tuned
+    classifier, would train only at rates far above those it was fine-tuned at: in the
+    SST-2 benchmark (a MiniLM classifier, bench/results/task-cpu/lr-probe.md) the
+    candidates' KL at Θ = {1e-3, 3e-3} did not rank them by their distilled accuracy
+    (Spearman -0.13) and at Θ = {1e-4} it did (+0.79, one seed)."""
+    if not cfg.task or cfg.init != "teacher" or min(cfg.lrs) <= TASK_LR:
+        return None
+    return (f"the candidates inherit a fine-tuned classifier but train only at "
+            f"Θ = {{{', '.join(f'{x:g}' for x in cfg.lrs)}}}, far above the rates such models "
+            f"are fine-tuned and distilled at; in bortsearch's SST-2 benchmark the candidates' "
+            f"KL at 1e-3 and 3e-3 did not rank them by their distilled accuracy and at 1e-4 it "
+            f"did (one seed): add --lr 1e-4")
+
+
 def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
                log=print, executor=None) -> Result:
     """Algorithm 1 end to end in `run_dir`, resuming whatever an earlier run finished.
@@ -171,6 +189,8 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         log(f"warning: {len(lost)} candidate(s) have H = E = {T.embedding_size}, where "
             f"transformers' ELECTRA has no E→H projection: they inherit the teacher's "
             f"embeddings without its projection (a worse start than the others')")
+    if (message := task_lr_warning(cfg)) is not None:
+        log(f"warning: {message}")
     epsilon = cfg.epsilon or math.ceil(len(xi) / 12)
     if not 1 <= epsilon <= len(xi):
         raise UserError(f"--epsilon {epsilon}: must be between 1 and |Ξ| = {len(xi)}")
@@ -257,6 +277,8 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
                                      executor=executor)
         result = confirm(result, cfg.confirm, longer)
     report = diagnose(result, reference.baselines, cfg.error, cfg.seeds, cfg.size_proxy)
+    if (message := task_lr_warning(cfg)) is not None:
+        report["warnings"].append({"code": "task_lr", "message": message})
     speedup = measure_speedup(result, T, cfg, journal, events)
     write_results(run, result, cfg, epsilon, T, report, speedup, latency_model)
     return result
