@@ -369,13 +369,24 @@ class Cost:
                                 "at": time.time()}) + "\n")
         return value
 
+    def rows(self) -> list[dict]:
+        return [json.loads(x) for x in self.path.read_text().splitlines()] \
+            if self.path.is_file() else []
+
+    def commits(self) -> dict:
+        """{phase: the commits its invocations that did work ran from} (an invocation
+        that finished in under 10 s only found the phase done)."""
+        found: dict = {}
+        for r in self.rows():
+            if r["wall_s"] >= 10 and r["commit"] not in found.setdefault(r["phase"], []):
+                found[r["phase"]].append(r["commit"])
+        return found
+
     def totals(self, run: Path) -> dict:
         """Wall seconds a phase, over every invocation; the search's from its journal
         (the first event to the last finished candidate), wherever it was run."""
-        rows = [json.loads(x) for x in self.path.read_text().splitlines()] \
-            if self.path.is_file() else []
         out = {}
-        for r in rows:
+        for r in self.rows():
             out[f"{r['phase']}_s"] = out.get(f"{r['phase']}_s", 0.0) + r["wall_s"]
         journal = run / "journal.jsonl"
         events = [json.loads(x) for x in journal.read_text().splitlines()] \

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -107,19 +106,26 @@ def teacher(work: Path, data: Path, profile: str, p: Profile, progress: bool) ->
     return out
 
 
+def dev_rows(model, task_dir: Path, seq_len: int):
+    """SST-2 dev for `model`'s tokenizer: (ids, attention mask, token types, labels)."""
+    from bortsearch.data.tasks import encode, load_task
+
+    enc = encode(model.tokenizer, load_task("sst2", task_dir).dev, seq_len,
+                 model.arch.type_vocab_size)
+    mask = (np.arange(seq_len)[None] < enc.lengths[:, None]).astype(np.int64)
+    return enc.ids.astype(np.int64), mask, enc.types.astype(np.int64), enc.labels
+
+
 def dev_accuracy(folder: Path, task_dir: Path, seq_len: int) -> float:
     """A classifier folder's accuracy (%) on SST-2 dev, computed here from its logits."""
-    from bortsearch.data.tasks import encode, load_task
     from bortsearch.model.hf import load_checkpoint
 
     model = load_checkpoint(folder, part="auto")
-    task = load_task("sst2", task_dir)
-    enc = encode(model.tokenizer, task.dev, seq_len, model.arch.type_vocab_size)
-    mask = (np.arange(seq_len)[None] < enc.lengths[:, None]).astype(np.int32)
+    ids, mask, types, labels = dev_rows(model, task_dir, seq_len)
     hits = []
-    for i in range(0, len(enc.ids), 64):
-        logits = model.logits(enc.ids[i:i + 64], mask[i:i + 64], enc.types[i:i + 64])
-        hits.append(logits.argmax(-1) == enc.labels[i:i + 64])
+    for i in range(0, len(ids), 64):
+        logits = model.logits(ids[i:i + 64], mask[i:i + 64], types[i:i + 64])
+        hits.append(logits.argmax(-1) == labels[i:i + 64])
     return 100 * float(np.concatenate(hits).mean())
 
 
@@ -188,17 +194,8 @@ def int8(folders: dict[str, list[Path]], task_dir: Path, seq_len: int, rounds: i
     import hashlib
     import tempfile
 
-    from bortsearch.data.tasks import encode, load_task
-    from bortsearch.deploy.latency import time_calls
-    from bortsearch.deploy.onnx_export import (
-        INT8_NAME,
-        export_onnx,
-        feeds,
-        onnx_graph,
-        quantize_int8,
-        run_logits,
-        session,
-    )
+    from bortsearch.deploy.latency import onnx_runner, time_calls
+    from bortsearch.deploy.onnx_export import INT8_NAME, export_onnx, run_logits, session
     from bortsearch.downstream.glue import LATENCY_LENGTH
     from bortsearch.model.hf import load_checkpoint
     from bortsearch.runio import file_sha256, write_json
@@ -210,32 +207,22 @@ def int8(folders: dict[str, list[Path]], task_dir: Path, seq_len: int, rounds: i
     cache = work / f"int8-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    task = load_task("sst2", task_dir)
     out: dict = {"accuracy": {}, "rows": []}
+    runs = {}  # each model's int8 encoder graph (no classifier), one session each
     with tempfile.TemporaryDirectory(prefix="task-int8-") as d:
         for name, paths in folders.items():
             accs = []
             for i, folder in enumerate(paths):
                 graph = export_onnx(folder, Path(d) / f"{name}-{i}", int8=True) / INT8_NAME
                 model = load_checkpoint(folder, part="auto")
-                enc = encode(model.tokenizer, task.dev, seq_len, model.arch.type_vocab_size)
-                mask = (np.arange(seq_len)[None] < enc.lengths[:, None]).astype(np.int64)
-                logits = run_logits(session(graph, 1), enc.ids.astype(np.int64), mask,
-                                    enc.types.astype(np.int64))
-                accs.append(100 * float((logits.argmax(-1) == enc.labels).mean()))
+                ids, mask, types, labels = dev_rows(model, task_dir, seq_len)
+                logits = run_logits(session(graph, 1), ids, mask, types)
+                accs.append(100 * float((logits.argmax(-1) == labels).mean()))
+                if i == 0:
+                    runs[name], _ = onnx_runner(model, 1, min(LATENCY_LENGTH,
+                                                              model.arch.max_seq_len),
+                                                scope="encoder", int8=True, threads=1)
             out["accuracy"][name] = accs
-        runs = {}  # each model's int8 encoder graph (no classifier), one session each
-        for name, paths in folders.items():
-            model = load_checkpoint(paths[0], part="auto")
-            fp32, q = Path(d) / f"{name}-encoder.onnx", Path(d) / f"{name}-encoder-int8.onnx"
-            fp32.write_bytes(onnx_graph(model, head=False).SerializeToString())
-            quantize_int8(fp32, q)
-            sess = session(q, 1)
-            length = min(LATENCY_LENGTH, model.arch.max_seq_len)
-            ids = np.random.default_rng(0).integers(0, model.arch.vocab_size, (1, length))
-            feed = feeds(sess, {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                                "token_type_ids": np.zeros_like(ids)})
-            runs[name] = functools.partial(sess.run, None, feed)
         cores = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(cores)})  # this thread, which runs ONNX Runtime's one
         try:
@@ -310,17 +297,6 @@ def dev_majority(task_dir: Path) -> float:
 
     labels = np.asarray(load_task("sst2", task_dir).dev.y).astype(int)
     return 100 * float(np.bincount(labels).max() / len(labels))
-
-
-def commits(out: Path) -> dict:
-    """{phase: the commits its invocations that did work ran from} (work/cost.jsonl; an
-    invocation that finished in under 10 s only found the phase done)."""
-    rows = [json.loads(x) for x in (out / "cost.jsonl").read_text().splitlines()]
-    found: dict = {}
-    for r in rows:
-        if r["wall_s"] >= 10 and r["commit"] not in found.setdefault(r["phase"], []):
-            found[r["phase"]].append(r["commit"])
-    return found
 
 
 def int8_summary(q: dict, pick: str) -> dict:
@@ -441,12 +417,10 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     task_dir, teacher_data = cost("rows", task_folders, out, p)
     t_dir = cost("teacher", teacher, out, teacher_data, profile, p, progress)
     t_acc = dev_accuracy(t_dir, task_dir, p.seq_len)
-    chosen = json.loads((t_dir / "metrics.json").read_text())["chosen"]
+    metrics = json.loads((t_dir / "metrics.json").read_text())
+    checkpoint = {"chosen_step": metrics["chosen"]["step"], "steps": metrics["grid"][0]["steps"]}
     write_json(results / "teacher.json", {"dev_accuracy": t_acc, "rows": p.teacher_rows,
-                                          "epochs": p.teacher_epochs, "lr": LR,
-                                          "chosen_step": chosen["step"],
-                                          "steps": json.loads((t_dir / "metrics.json")
-                                                              .read_text())["grid"][0]["steps"]})
+                                          "epochs": p.teacher_epochs, "lr": LR, **checkpoint})
     if p.teacher_min is not None and t_acc < p.teacher_min:
         answer = {"verdict": f"stopped: the teacher's dev accuracy {t_acc:.1f}% is below "
                              f"{p.teacher_min:g}%"}
@@ -481,10 +455,9 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
     from bortsearch.model.proxies import effective_param_count
 
     answer.update(profile=profile, timing=cost.totals(run), commit=cost.commit,
-                  commits=commits(out), roles={name_of(s): rs for s, rs in roles.items()},
+                  commits=cost.commits(), roles={name_of(s): rs for s, rs in roles.items()},
                   moonshot=moonshot(answer["score"], T), dev_majority=dev_majority(task_dir),
-                  teacher_checkpoint={k: json.loads((results / "teacher.json").read_text())[k]
-                                      for k in ("chosen_step", "steps")})
+                  teacher_checkpoint=checkpoint)
     pd.DataFrame([{"model": name_of(s), "roles": "; ".join(rs), "layers": s[0], "heads": s[1],
                    "hidden": s[2], "intermediate": s[3],
                    "p_hat": effective_param_count(T.with_size(*s)),
@@ -505,7 +478,7 @@ def experiment(out: Path, profile: str, progress: bool, results: Path | None = N
             p.rounds, out)
         answer["int8"] = int8_summary(quantised, pk)
         pd.DataFrame(quantised["rows"]).to_csv(results / "latency-int8.csv", index=False)
-        answer["timing"], answer["commits"] = cost.totals(run), commits(out)
+        answer["timing"], answer["commits"] = cost.totals(run), cost.commits()
     write_json(results / "answer.json", answer)
     write_report(answer, T, results, profile)
     return answer

@@ -99,13 +99,13 @@ def measure_latency(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAU
     }
 
 
-def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "mlm",
-                         int8: bool = False, threads: int | None = None, repeats: int = 20,
-                         warmup: int = 2, seed: int = 0) -> dict:
-    """Median wall-clock of ONNX Runtime running the model's graph (float32, or
-    dynamically quantised int8) at batch x seq_len, with `threads` intra-op threads
-    (None: every core); the same fields as `measure_latency`."""
-    _, ort = require_onnx()
+def onnx_runner(model: Model, batch: int, seq_len: int, scope: str = "mlm",
+                int8: bool = False, threads: int | None = None, seed: int = 0):
+    """An ONNX Runtime session of the model's graph (float32, or dynamically quantised
+    int8; with the masked-LM head when `scope` is "mlm") with `threads` intra-op threads
+    (None: every core), fed random ids at batch x seq_len. Returns (call, prepare_s):
+    `call()` runs the forward pass once; prepare_s is the seconds building it took."""
+    require_onnx()
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, model.arch.vocab_size, (batch, seq_len), dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
@@ -119,7 +119,15 @@ def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "m
             path = Path(d) / INT8_NAME
         sess = session(path, threads)
     feed = feeds(sess, feed)
-    prepare_s = time.perf_counter() - t0
-    return {**time_calls(lambda: sess.run(None, feed), repeats, warmup),
+    return (lambda: sess.run(None, feed)), time.perf_counter() - t0
+
+
+def measure_onnx_latency(model: Model, batch: int, seq_len: int, scope: str = "mlm",
+                         int8: bool = False, threads: int | None = None, repeats: int = 20,
+                         warmup: int = 2, seed: int = 0) -> dict:
+    """Median wall-clock of `onnx_runner`'s call; the same fields as `measure_latency`."""
+    _, ort = require_onnx()
+    call, prepare_s = onnx_runner(model, batch, seq_len, scope, int8, threads, seed)
+    return {**time_calls(call, repeats, warmup),
             "compile_s": prepare_s, "batch": batch, "seq_len": seq_len, "scope": scope,
             "threads": threads or os.cpu_count(), "onnxruntime": ort.__version__}

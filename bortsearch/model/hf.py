@@ -16,7 +16,7 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import ml_dtypes
@@ -35,7 +35,6 @@ UNUSED_SUFFIXES = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.posit
 
 Part = Literal["mlm", "encoder", "auto"]  # what `load_checkpoint` reads of a folder
 TokenizerNeed = Literal["required", "if-present", "none"]
-TOKENIZER_NEEDS = ("required", "if-present", "none")
 
 
 # The masked-LM head's tensors by family: transform (H→E), its LayerNorm, the output
@@ -473,7 +472,7 @@ def load_checkpoint(directory: str | Path, tokenizer: TokenizerNeed = "required"
         them; "auto", a sequence classifier as one (`Model.num_labels`) and anything
         else as a masked-LM model.
     """
-    if tokenizer not in TOKENIZER_NEEDS or part not in ("mlm", "encoder", "auto"):
+    if tokenizer not in get_args(TokenizerNeed) or part not in get_args(Part):
         raise ValueError(f"load_checkpoint: tokenizer {tokenizer!r}, part {part!r}")
     d = Path(directory)
     if not d.is_dir():
