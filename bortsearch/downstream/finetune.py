@@ -55,7 +55,7 @@ from bortsearch.model.hf import (
 )
 from bortsearch.process import setup_process
 from bortsearch.runio import check_settings, file_sha256, write_atomic, write_json
-from bortsearch.train.fit import LoopConfig
+from bortsearch.train.fit import LoopConfig, resume, run_steps, save_args
 from bortsearch.train.step import OptimConfig, TrainState, apply_gradients, init_state
 
 EVAL_BATCH = 64
@@ -191,10 +191,6 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     best evaluation's weights (Hugging Face names), `work/result.json` marks the
     trial finished (its checkpoints are then removed).
     """
-    import orbax.checkpoint as ocp
-
-    from bortsearch.train.fit import checkpointer, restore_latest, trim_metrics
-
     if (work / "result.json").is_file():
         result = json.loads((work / "result.json").read_text())
         if bar is not None:
@@ -205,12 +201,9 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
     steps = per_epoch * cfg.epochs
     eval_every = cfg.eval_every or per_epoch
     optim = part(OptimConfig, cfg, steps=steps)
-    state = init_state(initial_params(encoder, n_labels, seed), lr, optim)
-    work.mkdir(parents=True, exist_ok=True)
-    manager = checkpointer(work / "checkpoints")
-    start, state = restore_latest(manager, state, optim)
+    manager, start, state = resume(work, init_state(initial_params(encoder, n_labels, seed),
+                                                    lr, optim), optim, "evals.jsonl")
     journal = work / "evals.jsonl"
-    trim_metrics(journal, start)
     evals = [json.loads(line) for line in journal.read_text().splitlines()] \
         if journal.is_file() else []
     best = max((e["score"] for e in evals), default=-math.inf)
@@ -219,46 +212,52 @@ def run_trial(encoder: Model, task: Task, train: Encoded, devs: dict[str, Encode
         bar.update(start)
     losses, train_s, t0 = [], 0.0, time.perf_counter()
     orders: dict[int, np.ndarray] = {}  # the epoch's shuffle, drawn once per epoch
-    with open(journal, "a") as log:
-        for step in range(start, steps):
-            epoch, i = divmod(step, per_epoch)
-            if epoch not in orders:
-                orders = {epoch: np.random.default_rng([seed, epoch]).permutation(
-                    len(train.labels))}
-            order = orders[epoch]
-            batch = train.batch(order[i * cfg.batch_size:(i + 1) * cfg.batch_size],
-                                cfg.batch_size, cfg.max_length)
-            state, loss = finetune_step(state, batch, jax.random.fold_in(key, step), arch=arch,
-                                        num_labels=n_labels, dropout=cfg.dropout, cfg=optim,
-                                        dtype=cfg.dtype)
-            losses.append(loss)
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-            if done % eval_every and done != steps:
-                continue
-            jax.block_until_ready(state)
-            train_s += time.perf_counter() - t0
-            dev = evaluate(task, arch, state.params, devs, cfg.max_length)
-            record = {"step": done, "epoch": round(done / per_epoch, 4),
-                      "train_loss": float(np.mean(jax.device_get(losses))), **dev}
-            losses = []
-            if dev["score"] > best:  # weights first, then the journal, then the checkpoint
-                best = dev["score"]
-                from safetensors.numpy import save
 
-                write_atomic(work / "best.safetensors",
-                             save(export_tensors(Model(arch, jax.device_get(state.params)),
-                                                 n_labels), metadata={"format": "pt"}))
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            evals.append(record)
-            manager.save(done, args=ocp.args.StandardSave(state))
-            if bar is not None:
-                bar.set_postfix({"lr": f"{lr:g}", "seed": seed,
-                                 "dev": f"{dev['score']:.3f}", "best": f"{best:.3f}"},
-                                refresh=False)
-            t0 = time.perf_counter()
+    def step(k: int):
+        nonlocal state
+        epoch, i = divmod(k, per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(train.labels))
+        batch = train.batch(orders[epoch][i * cfg.batch_size:(i + 1) * cfg.batch_size],
+                            cfg.batch_size, cfg.max_length)
+        state, loss = finetune_step(state, batch, jax.random.fold_in(key, k), arch=arch,
+                                    num_labels=n_labels, dropout=cfg.dropout, cfg=optim,
+                                    dtype=cfg.dtype)
+        losses.append(loss)
+        return loss
+
+    def evaluate_dev(done: int) -> None:
+        nonlocal best, losses, train_s
+        jax.block_until_ready(state)
+        train_s += time.perf_counter() - t0
+        dev = evaluate(task, arch, state.params, devs, cfg.max_length)
+        record = {"step": done, "epoch": round(done / per_epoch, 4),
+                  "train_loss": float(np.mean(jax.device_get(losses))), **dev}
+        losses = []
+        if dev["score"] > best:  # weights first, then the journal, then the checkpoint
+            best = dev["score"]
+            from safetensors.numpy import save
+
+            write_atomic(work / "best.safetensors",
+                         save(export_tensors(Model(arch, jax.device_get(state.params)),
+                                             n_labels), metadata={"format": "pt"}))
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        evals.append(record)
+        if bar is not None:
+            bar.set_postfix({"lr": f"{lr:g}", "seed": seed,
+                             "dev": f"{dev['score']:.3f}", "best": f"{best:.3f}"},
+                            refresh=False)
+
+    def save_state(done: int) -> None:
+        nonlocal t0
+        manager.save(done, args=save_args(state))
+        t0 = time.perf_counter()  # training time resumes after the evaluation and its save
+
+    with open(journal, "a") as log:
+        run_steps(start, steps, step, eval_every=eval_every, checkpoint_every=eval_every,
+                  evaluate=evaluate_dev, save=save_state, bar=bar)
     manager.close()
     chosen = max(evals, key=lambda e: e["score"])  # the first of equals: the earliest
     ran = steps - start

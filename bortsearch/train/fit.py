@@ -1,4 +1,5 @@
-"""The training loop shared by maximum-point training and pretraining.
+"""The training loop: maximum-point training, pretraining and fine-tuning all run
+`run_steps` over a state that `resume` restored from its folder.
 
 Data parallel over every local device: a one-axis mesh ("data") shards each
 batch along its rows and replicates the state; XLA inserts the gradient
@@ -198,22 +199,70 @@ def fit(arch: Arch, data, optim: OptimConfig, lr: float, params, workdir: Path, 
                      checkpoint_every=checkpoint_every, progress=progress, dtype=dtype)[0]
 
 
+def resume(workdir: Path, state, optim: OptimConfig, journal: str | None = None,
+           primary: bool = True):
+    """A training state's checkpoint manager, and the state restored from its latest
+    checkpoint in `workdir/checkpoints` (step 0 and `state` when there is none).
+
+    Args:
+      workdir: the run's folder (created if absent).
+      state: the fresh `TrainState`, whose shapes, dtypes and shardings the restored
+        one takes.
+      optim: the optimiser (the layout of its state).
+      journal: a JSON-lines file in `workdir` with a "step" per line; its lines past
+        the restored step (written after the last checkpoint) are dropped, so a
+        resumed run writes them once.
+      primary: whether this process writes (the journal is trimmed by process 0).
+
+    Returns:
+      (manager, start step, state).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    manager = checkpointer(workdir / "checkpoints")
+    start, state = restore_latest(manager, state, optim)
+    if journal is not None and primary:
+        trim_metrics(workdir / journal, start)
+    return manager, start, state
+
+
+def run_steps(start: int, steps: int, step, *, eval_every: int, checkpoint_every: int,
+              evaluate, save, bar=None) -> None:
+    """Steps `start` .. `steps` - 1 of a training loop, one step in flight.
+
+    Args:
+      step: `step(k)` takes step k and returns an array of it to wait on (its loss);
+        the host prepares step k + 1 while step k runs.
+      evaluate, save: `evaluate(done)` after every `eval_every` steps and the last;
+        then `save(done)` after every `checkpoint_every` steps and the last, so a
+        checkpoint follows what was logged before it.
+      bar: a progress bar updated by one per finished step.
+    """
+    in_flight = None
+    for k in range(start, steps):
+        out = step(k)
+        jax.block_until_ready(in_flight)  # the bar reports finished steps, not queued ones
+        in_flight = out
+        done = k + 1
+        if done % eval_every == 0 or done == steps:
+            evaluate(done)
+        if done % checkpoint_every == 0 or done == steps:
+            save(done)
+        if bar is not None:
+            bar.update(1)
+
+
 class _Trainee:
     """A member's live state in `fit_group`: its train state, checkpoints and log."""
 
     def __init__(self, m: Member, data, optim: OptimConfig, lr: float, replicated,
                  primary: bool):
-        m.workdir.mkdir(parents=True, exist_ok=True)
         if jax.process_count() > 1:
             _check_processes_agree(m.params, data, 0)
         self.member = m
-        self.manager = checkpointer(m.workdir / "checkpoints")
-        self.start, self.state = restore_latest(
-            self.manager, place(init_state(m.params, lr, optim), replicated), optim)
-        metrics_path = m.workdir / "metrics.jsonl"
-        if primary:
-            trim_metrics(metrics_path, self.start)
-        self.log = open(metrics_path if primary else os.devnull, "a")
+        self.manager, self.start, self.state = resume(
+            m.workdir, place(init_state(m.params, lr, optim), replicated), optim,
+            "metrics.jsonl", primary)
+        self.log = open(m.workdir / "metrics.jsonl" if primary else os.devnull, "a")
         self.flops_per_step = train_flops_per_token(m.arch, data.spec.seq_len,
                                                     data.spec.predictions) \
             * data.tokens_per_batch()
@@ -245,31 +294,38 @@ def fit_group(members: list[Member], data, optim: OptimConfig, lr: float, *, tea
     desc = members[0].desc if len(members) == 1 else f"{len(members)} students"
     bar = progress_bar(total=optim.steps, initial=first, desc=desc, unit="step",
                        disable=not (progress and primary))
-    t0, in_flight, teacher_steps = time.perf_counter(), None, 0
+    teacher_steps = 0
+
+    def due(done: int) -> list[_Trainee]:  # the members that take step done - 1
+        return [t for t in group if t.start < done]
+
+    def step(k: int):
+        nonlocal teacher_steps
+        batch = place(data.train_batch(k), batch_sharding)
+        targets = None
+        if teacher is not None:
+            targets = teacher_targets(teacher.arch, t_params, batch, loss_cfg.temperature,
+                                      dtype)
+            teacher_steps += 1
+        for t in due(k + 1):
+            t.state, t.metrics = train_step(
+                t.state, batch, targets, arch=t.member.arch, cfg=optim,
+                loss_cfg=loss_cfg if teacher is not None else None, dtype=dtype)
+        return [t.metrics["loss"] for t in due(k + 1)]
+
+    def evaluate_all(done: int) -> None:
+        members = due(done)
+        for t in members:
+            _log_eval(t, done, heldout, heldout_teacher, bar if t is members[0] else None)
+
+    def save(done: int) -> None:
+        for t in due(done):
+            t.manager.save(done, args=save_args(t.state))
+
+    t0 = time.perf_counter()
     try:
-        for step in range(first, optim.steps):
-            due = [t for t in group if t.start <= step]
-            batch = place(data.train_batch(step), batch_sharding)
-            targets = None
-            if teacher is not None:
-                targets = teacher_targets(teacher.arch, t_params, batch,
-                                          loss_cfg.temperature, dtype)
-                teacher_steps += 1
-            for t in due:
-                t.state, t.metrics = train_step(
-                    t.state, batch, targets, arch=t.member.arch, cfg=optim,
-                    loss_cfg=loss_cfg if teacher is not None else None, dtype=dtype)
-            # One step in flight: the host prepares batch k+1 while step k runs, and
-            # the bar reports finished steps rather than queued ones.
-            jax.block_until_ready(in_flight)
-            in_flight = [t.metrics["loss"] for t in due]
-            done = step + 1
-            for t in due:
-                if done % eval_every == 0 or done == optim.steps:
-                    _log_eval(t, done, heldout, heldout_teacher, bar if t is due[0] else None)
-                if done % checkpoint_every == 0 or done == optim.steps:
-                    t.manager.save(done, args=_save_args(t.state))
-            bar.update(1)
+        run_steps(first, optim.steps, step, eval_every=eval_every,
+                  checkpoint_every=checkpoint_every, evaluate=evaluate_all, save=save, bar=bar)
         jax.block_until_ready([t.state for t in group])
     finally:
         for t in group:
@@ -313,7 +369,8 @@ def _log_eval(t: _Trainee, done: int, heldout, heldout_teacher, bar) -> None:
         bar.set_postfix(shown, refresh=False)
 
 
-def _save_args(state):
+def save_args(state):
+    """Orbax's arguments that save a training state (`manager.save(step, args=...)`)."""
     import orbax.checkpoint as ocp
 
     return ocp.args.StandardSave(state)
