@@ -197,7 +197,7 @@ def students(run: Path, best: dict, p: Profile):
 def pretrain_all(run: Path, out: Path, roles: dict, pick, rivals: list, p: Profile,
                  progress: bool) -> dict:
     """{(size, variant): export folder}; variant "seed0", "seed1" or "random"."""
-    from bortsearch.train.student import PretrainConfig, pretrain_many
+    from bortsearch.search.student import PretrainConfig, pretrain_many
 
     cfg = PretrainConfig(steps=p.pretrain_steps, batch_size=p.pretrain_batch,
                          seq_len=p.pretrain_seq_len, lr=p.pretrain_lr,

@@ -200,7 +200,7 @@ def experiment(out: Path, profile: str, teacher: Path | None, progress: bool) ->
     from bortsearch.runio import write_atomic
     from bortsearch.search.audit import spearman
     from bortsearch.search.run import read_results
-    from bortsearch.train.student import PretrainConfig, pretrain
+    from bortsearch.search.student import PretrainConfig, pretrain
 
     p = PROFILES[profile]
     t0 = time.time()

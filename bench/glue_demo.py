@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bortsearch.downstream.finetune import FinetuneConfig  # noqa: E402
 from bortsearch.downstream.glue import format_table, glue  # noqa: E402
 from bortsearch.search.run import SearchConfig, run_search  # noqa: E402
-from bortsearch.train.student import PretrainConfig, pretrain  # noqa: E402
+from bortsearch.search.student import PretrainConfig, pretrain  # noqa: E402
 
 HERE = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ def main() -> None:
     setup_process()  # before the first JAX computation
     from bortsearch.model.arch import parse_size
     from bortsearch.runio import cache_dir
-    from bortsearch.train.student import PretrainConfig, pretrain
+    from bortsearch.search.student import PretrainConfig, pretrain
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", help="the student D,A,H,I (default: the run's W-optimum)")

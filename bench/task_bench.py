@@ -158,7 +158,7 @@ def distil_all(run: Path, work: Path, pick, roles: dict, cands: list, p: Profile
     """{(name, seed): (export folder, pretraining summary)}: every student of a seed in
     one group, the candidates (g) with seed 0 alone; (L) and (R) in run copies of their
     own."""
-    from bortsearch.train.student import PretrainConfig, pretrain_many
+    from bortsearch.search.student import PretrainConfig, pretrain_many
 
     base = PretrainConfig(steps=p.steps, batch_size=p.batch, seq_len=p.seq_len, lr=LR,
                           eval_every=max(1, p.steps // 4),

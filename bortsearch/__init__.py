@@ -24,7 +24,7 @@ from bortsearch.process import setup_process
 from bortsearch.search.run import SearchConfig, read_results, run_search
 from bortsearch.search.show import audit, show
 from bortsearch.search.space import SearchSpace, load_space, space_table
-from bortsearch.train.student import PretrainConfig, export, pretrain, pretrain_many
+from bortsearch.search.student import PretrainConfig, export, pretrain, pretrain_many
 from bortsearch.train.teacher import TeacherConfig, train_teacher
 
 __all__ = [

@@ -194,7 +194,7 @@ def cmd_audit(args) -> None:
 
 def cmd_export(args) -> None:
     from bortsearch.model.arch import parse_size
-    from bortsearch.train.student import export
+    from bortsearch.search.student import export
 
     size = parse_size(args.arch) if args.arch else None
     out = export(args.run, args.out, size, onnx=args.onnx, int8=args.int8)
@@ -215,7 +215,7 @@ def cmd_onnx(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from bortsearch.model.arch import parse_size
-    from bortsearch.train.student import PretrainConfig, pretrain_many
+    from bortsearch.search.student import PretrainConfig, pretrain_many
 
     _join_job(args)
     sizes = [parse_size(a) for a in args.arch] if args.arch else [None]
@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also model_quantized.onnx: ONNX Runtime's dynamic quantisation")
     p.set_defaults(func=cmd_onnx)
 
-    from bortsearch.train.student import PretrainConfig
+    from bortsearch.search.student import PretrainConfig
 
     p = sub.add_parser("pretrain", help="distil the chosen student from the run's teacher")
     p.add_argument("run", help="a finished search run folder")

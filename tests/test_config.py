@@ -11,7 +11,7 @@ from bortsearch.config import add_flags, fingerprint, flag_name, flagged, from_a
 from bortsearch.downstream.finetune import FinetuneConfig
 from bortsearch.errors import UserError
 from bortsearch.search.config import SearchConfig
-from bortsearch.train.student import PretrainConfig
+from bortsearch.search.student import PretrainConfig
 from bortsearch.train.teacher import TeacherConfig
 
 RAY = {"executor", "ray_address", "worker_cpus", "worker_gpus", "max_retries"}
@@ -135,3 +135,25 @@ def test_a_flag_shared_by_several_commands_is_declared_once():
     assert (optim.warmup, optim.adam_eps) == (0.1, 1e-8)
     assert part(LossConfig, PretrainConfig(temperature=3.0)).temperature == 3.0
     assert part(BatchSpec, SearchConfig(space="s.toml", seq_len=32)).seq_len == 32
+
+
+def test_a_run_records_its_config_and_older_records_read_as_they_ran(tmp_path):
+    import json
+
+    from bortsearch.search.config import SearchRecord
+
+    cfg = SearchConfig(space="s.toml", corpus=("a.txt", "b.txt"), lrs=(1e-4,), epsilon=3,
+                       halving=None)
+    assert cfg.init == "teacher"
+    SearchRecord(cfg, "teacher/", "two files").write(tmp_path)
+    back = SearchRecord.read(tmp_path)
+    assert back == SearchRecord(cfg, "teacher/", "two files")
+    assert SearchConfig.from_run(tmp_path) == cfg
+    # written before --init existed: its candidates started from random weights
+    recorded = json.loads((tmp_path / "search.json").read_text())
+    del recorded["init"]
+    recorded["a_setting_from_a_later_version"] = 1
+    (tmp_path / "search.json").write_text(json.dumps(recorded))
+    assert SearchConfig.from_run(tmp_path).init == "random"
+    with pytest.raises(UserError, match="no search.json"):
+        SearchConfig.from_run(tmp_path / "elsewhere")

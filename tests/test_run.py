@@ -54,6 +54,12 @@ def test_end_to_end_search_and_show(space, teacher, tmp_path, capsys):
     assert best["size"] == [int(top.layers), int(top.heads), int(top.hidden), int(top.intermediate)]
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "teacher" / "model.safetensors").is_file()
+    # the run folder rebuilds its config: the flags given, the defaults and the ε used
+    from bortsearch.search.config import SearchConfig
+
+    cfg = SearchConfig.from_run(run)
+    assert cfg.epsilon == best["epsilon"] == 2 and cfg.lrs == (1e-3, 3e-3)
+    assert cfg.steps == best["steps"] and cfg.inherit == "first" and cfg.space == str(space)
     # show prints the ranked table with the W-optimum first
     assert main(["show", str(run)]) == 0
     shown = capsys.readouterr().out.splitlines()

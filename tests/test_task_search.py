@@ -215,7 +215,7 @@ def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(task_run
     assert "sequence classifier for the task mine" in (tmp_path / "student" / "README.md") \
         .read_text()
     pytest.importorskip("onnxruntime")
-    from bortsearch.train.student import export
+    from bortsearch.search.student import export
 
     export(run, tmp_path / "onnx", onnx=True)
     sess = session(tmp_path / "onnx" / "model.onnx", 1)

@@ -30,6 +30,7 @@ from bortsearch.downstream.finetune import (
 )
 from bortsearch.errors import UserError
 from bortsearch.process import setup_process
+from bortsearch.search.config import SearchConfig
 
 
 def available_tasks(data: Path) -> list[str]:
@@ -46,7 +47,7 @@ def available_tasks(data: Path) -> list[str]:
 
 def run_models(run: Path, out: Path) -> list[Path]:
     """A search run's teacher and its pretrained students (exported once)."""
-    from bortsearch.train.student import STUDENT_WEIGHTS, export
+    from bortsearch.search.student import STUDENT_WEIGHTS, export
 
     models = [run / "teacher"]
     for weights in sorted((run / "pretrain").glob(f"*/{STUDENT_WEIGHTS}")):
@@ -113,8 +114,7 @@ def glue(models: list[str | Path], data: str | Path, out: str | Path | None = No
     run = models[0] if len(models) == 1 and (models[0] / "best.json").is_file() else None
     if out is None and run is None:
         raise UserError("--out is required unless the model is a search run folder")
-    search = None if run is None else run / "search.json"
-    if search is not None and search.is_file() and json.loads(search.read_text()).get("task"):
+    if run is not None and SearchConfig.from_run(run).task:
         raise UserError(f"{run}: a task search; its students are classifiers for its task, "
                         f"not encoders to fine-tune on GLUE; name the models to compare")
     out = Path(out) if out is not None else run / "glue"

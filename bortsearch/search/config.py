@@ -4,6 +4,8 @@ and whose fields marked `fingerprint` a resumed run must match (`config.json`)."
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 from bortsearch.config import (
     fraction,
@@ -19,6 +21,7 @@ from bortsearch.deploy.latency import RUNTIMES
 from bortsearch.errors import UserError
 from bortsearch.model.encoder import INHERITS, INITS, LAYER_RULES
 from bortsearch.model.proxies import SCOPES, SIZE_PROXIES
+from bortsearch.runio import write_json
 from bortsearch.search.algorithm import ERRORS
 from bortsearch.train.fit import LoopConfig
 from bortsearch.train.teacher import TeacherConfig
@@ -145,3 +148,48 @@ class SearchConfig:
     @property
     def long_steps(self) -> int:
         return self.confirm_steps or 5 * self.steps
+
+    @classmethod
+    def from_run(cls, run: str | Path) -> SearchConfig:
+        """The resolved config a run folder's search ran with (its `search.json`)."""
+        return SearchRecord.read(Path(run)).config
+
+
+# What a run's search.json meant by a field it does not hold: it was written before the
+# field existed, when the search behaved so (candidates started from random weights).
+RECORDED_BEFORE: dict = {"init": "random"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRecord:
+    """A run's `search.json`: the resolved config (ε included), and what the search
+    resolved beside it.
+
+    Attributes:
+      config: the `SearchConfig`, as resolved (the ε it used).
+      teacher_path: the teacher folder it read (copied to the run's `teacher/`).
+      corpus_name: the corpus (or task rows) it trained on, in words.
+    """
+
+    config: SearchConfig
+    teacher_path: str | None = None
+    corpus_name: str | None = None
+
+    def write(self, run: Path) -> None:
+        write_json(run / "search.json", {**dataclasses.asdict(self.config),
+                                         "teacher_path": self.teacher_path,
+                                         "corpus_name": self.corpus_name})
+
+    @classmethod
+    def read(cls, run: Path) -> SearchRecord:
+        path = run / "search.json"
+        if not path.is_file():
+            raise UserError(f"{run}: no search.json, so the search's settings are unknown; "
+                            f"run `bortsearch search --run {run}` with the flags it was "
+                            f"started with to record them")
+        recorded = json.loads(path.read_text())
+        fields = {f.name for f in dataclasses.fields(SearchConfig)}
+        values = {**RECORDED_BEFORE, **{k: v for k, v in recorded.items() if k in fields}}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(SearchConfig(**values), recorded.get("teacher_path"),
+                   recorded.get("corpus_name"))

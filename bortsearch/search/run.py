@@ -43,7 +43,7 @@ from bortsearch.runio import (
 from bortsearch.search.algorithm import Result, algorithm1, confirm
 from bortsearch.search.audit import diagnose
 from bortsearch.search.candidates import HeldOut
-from bortsearch.search.config import INFERENCE_KINDS, SearchConfig
+from bortsearch.search.config import INFERENCE_KINDS, SearchConfig, SearchRecord
 from bortsearch.search.executors import LocalExecutor
 from bortsearch.search.journal import Event, Journal, JournalledEvaluator
 from bortsearch.search.latency import measure_speedup, search_proxies
@@ -247,9 +247,8 @@ def _run_locked(run: Path, cfg: SearchConfig, settings: dict, corpus, teacher, t
                   for e in Journal(run / "journal.jsonl").events())
     check_settings(run / "config.json", settings, f"the run in {run}",
                    "use the same flags to resume it, or another --run folder", started)
-    write_json(run / "search.json", {**dataclasses.asdict(cfg), "epsilon": epsilon,
-                                     "teacher_path": str(teacher_path),
-                                     "corpus_name": corpus.name})
+    SearchRecord(dataclasses.replace(cfg, epsilon=epsilon), str(teacher_path),
+                 corpus.name).write(run)
     if not (run / "teacher" / "config.json").is_file():
         with atomic_dir(run / "teacher") as tmp:  # a failed copy leaves nothing behind
             shutil.copytree(teacher_path, tmp, dirs_exist_ok=True)

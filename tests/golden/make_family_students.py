@@ -17,7 +17,7 @@ from make_classifier import WORDS
 
 from bortsearch.downstream.finetune import FinetuneConfig, finetune
 from bortsearch.search.run import SearchConfig, run_search
-from bortsearch.train.student import PretrainConfig, pretrain
+from bortsearch.search.student import PretrainConfig, pretrain
 
 HERE = Path(__file__).resolve().parent
 SPACE = 'name = "golden"\nlayers = [2]\nheads = [2]\nhidden = [{h}]\nintermediate = [24]\n'

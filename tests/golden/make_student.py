@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bortsearch.search.run import SearchConfig, run_search
-from bortsearch.train.student import PretrainConfig, pretrain
+from bortsearch.search.student import PretrainConfig, pretrain
 
 HERE = Path(__file__).resolve().parent
 SPACE = 'name = "golden"\nlayers = [2]\nheads = [2]\nhidden = [16]\nintermediate = [24]\n'

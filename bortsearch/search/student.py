@@ -32,6 +32,7 @@ from bortsearch.model.hf import (
 from bortsearch.model.proxies import effective_param_count, forward_flops, param_count
 from bortsearch.process import setup_process
 from bortsearch.runio import atomic_dir, check_settings, write_atomic, write_json
+from bortsearch.search.config import SearchConfig, SearchRecord
 from bortsearch.train.distributed import is_primary
 from bortsearch.train.fit import LoopConfig
 from bortsearch.train.step import LossConfig, OptimConfig, evaluate, mlm_quality, teacher_view
@@ -73,14 +74,12 @@ class PretrainConfig:
     def __post_init__(self):
         validate(self)
 
-def _run_files(run: Path) -> tuple[dict, dict]:
+def _run_files(run: Path) -> tuple[dict, SearchRecord]:
+    """A finished run's best.json and its search's record (search.json)."""
     if not (run / "best.json").is_file() or not (run / "teacher" / "config.json").is_file():
         raise UserError(f"{run}: not a finished search run (no best.json or teacher/); run "
                         f"`bortsearch search --run {run}` to the end first")
-    best = json.loads((run / "best.json").read_text())
-    path = run / "search.json"
-    search = json.loads(path.read_text()) if path.is_file() else {}
-    return best, search
+    return json.loads((run / "best.json").read_text()), SearchRecord.read(run)
 
 
 def student_arch(run: str | Path, size: tuple[int, int, int, int] | None = None) -> Arch:
@@ -100,20 +99,19 @@ def weights_dir(run: Path, arch: Arch) -> Path:
     return run / "pretrain" / "-".join(map(str, arch.size))
 
 
-def task_data(run: Path, search: dict, teacher: Model, spec: BatchSpec):
-    """A task run's batches (search.json's task, folder and fields) for `spec`, its labels
+def task_data(run: Path, search: SearchConfig, teacher: Model, spec: BatchSpec):
+    """A task run's batches (its search's task, folder and fields) for `spec`, its labels
     in the teacher's output order as the search had them."""
     from bortsearch.data.tasks import TaskData, load_task, teacher_label_order
 
-    task = load_task(search["task"], search["task_data"], search.get("text_fields"),
-                     search.get("label_field"))
+    task = load_task(search.task, search.task_data, search.text_fields, search.label_field)
     id2label = json.loads((run / "teacher" / "config.json").read_text()).get("id2label")
     order, _ = teacher_label_order(task, id2label)
     data = TaskData(task, teacher.tokenizer, spec, teacher.arch.type_vocab_size, order)
     recorded = json.loads((run / "config.json").read_text()).get("corpus") \
         if (run / "config.json").is_file() else None
     if recorded is not None and recorded != data.fingerprint():
-        raise UserError(f"{run}: the task's rows in {search['task_data']} are not the ones the "
+        raise UserError(f"{run}: the task's rows in {search.task_data} are not the ones the "
                         f"search distilled on (changed files, or a relative --data read from "
                         f"another folder); run from the search's folder with its files")
     return data
@@ -134,14 +132,14 @@ def _write_student(folder: Path, run: Path, arch: Arch, tokenizer, params, extra
 
 
 def _task_of(run: Path) -> str | None:
-    """The task of a task run (search.json's), else None."""
-    path = run / "search.json"
-    return json.loads(path.read_text()).get("task") if path.is_file() else None
+    """The task of a task run, else None."""
+    return SearchConfig.from_run(run).task
 
 
 def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
     """README.md of an export: what the student is and where it came from."""
-    best, search = _run_files(run)
+    best, record = _run_files(run)
+    search = record.config
     t = best["maximum_point"]
     row = {}
     if (run / "results.csv").is_file():
@@ -154,7 +152,7 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
     kind = best.get("inference_kind", "analytic")
     scope = best.get("inference_scope", "mlm")  # runs before the scope existed counted the head
     metric = best.get("error_metric", "ce")
-    flops = float(forward_flops(arch, 1, search.get("seq_len", 128), scope))
+    flops = float(forward_flops(arch, 1, search.seq_len, scope))
     unit = ("FLOPs per forward pass at batch 1" if kind == "analytic"
             else "seconds, measured in " + (best.get("runtime") or "xla"))
 
@@ -164,8 +162,8 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
     lines = [
         f"# bortsearch student {arch.label()}", "",
         f"A {'ALBERT' if arch.albert else arch.family.title}-family "
-        + (f"sequence classifier for the task {search['task']} (distilled from the "
-           f"fine-tuned teacher) " if search.get("task") else "masked-LM encoder ")
+        + (f"sequence classifier for the task {search.task} (distilled from the "
+           f"fine-tuned teacher) " if search.task else "masked-LM encoder ")
         + "found by bortsearch's "
         "implementation of the Bort FPTAS (de Wynter & Perry 2020), "
         + ("the W-optimum of its search." if chosen
@@ -178,12 +176,12 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
         f"{arch.embedding_size} | {arch.num_groups} | {arch.vocab_size} | "
         f"{arch.max_positions} |", "",
         "## Search provenance", "",
-        f"- space: `{search.get('space', '?')}`; ε = {best.get('epsilon')}, "
+        f"- space: `{search.space}`; ε = {best.get('epsilon')}, "
         f"s = {best.get('steps')}, Θ = {best.get('lrs')}",
         f"- teacher (maximum point T): {Arch.from_dict(t['arch']).label()}, "
-        f"from `{search.get('teacher_path') or search.get('teacher') or '?'}`; "
+        f"from `{record.teacher_path or search.teacher or '?'}`; "
         f"p̂(T) = {t['params']:,}, î(T) = {fmt(t['inference'])}",
-        f"- {'task' if search.get('task') else 'corpus'}: {search.get('corpus_name', '?')}",
+        f"- {'task' if search.task else 'corpus'}: {record.corpus_name or '?'}",
         f"- this student: p̂ = {param_count(arch):,} parameters "
         f"({effective_param_count(arch):,} non-embedding), "
         f"î = {fmt(row.get('inference', flops))} "
@@ -223,7 +221,7 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
                          + ("`AlbertForPreTraining` has it (`sop_classifier`)." if arch.albert
                             else "`BertForPreTraining` has its NSP head "
                                  "(`cls.seq_relationship`).")), ""]
-        auto = "AutoModelForSequenceClassification" if search.get("task") else \
+        auto = "AutoModelForSequenceClassification" if search.task else \
             "AutoModelForMaskedLM"
         lines += [f"Load it with `transformers.{auto}.from_pretrained(folder)` or "
                   "`bortsearch.load(folder)`.", ""]
@@ -345,11 +343,10 @@ def pretrain_many(run: str | Path, outs: dict, cfg: PretrainConfig = PretrainCon
 def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress: bool) -> dict:
     from bortsearch.train.fit import Member, fit_group
 
-    _, search = _run_files(run)
-    # the search scored students started as its candidates were (runs older than
-    # --init trained them from random weights)
-    cfg = dataclasses.replace(cfg, init=cfg.init or search.get("init", "random"))
-    task = search.get("task")
+    search = _run_files(run)[1].config
+    # the search scored students started as its candidates were
+    cfg = dataclasses.replace(cfg, init=cfg.init or search.init)
+    task = search.task
     teacher = load_checkpoint(run / "teacher", part="auto" if task else "mlm")
     for arch, _ in todo:
         check_seq_len(arch, cfg.seq_len)
@@ -365,9 +362,8 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         data = task_data(run, search, teacher, spec)
         fingerprint = data.fingerprint()
     else:
-        specs = corpus if corpus is not None else search.get("corpus")
-        corpus_obj = resolve_corpus(list(specs) if specs else None,
-                                    search.get("text_field", "text"))
+        specs = corpus if corpus is not None else search.corpus
+        corpus_obj = resolve_corpus(list(specs) if specs else None, search.text_field)
         fingerprint = corpus_obj.fingerprint()
         data = load_data(corpus_obj, teacher.tokenizer, spec, progress=progress, pairs=sop)
     for arch, _ in todo:
@@ -379,7 +375,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
                        f"re-run with the same flags, or remove {work} to start over")
     optim, loss = part(OptimConfig, cfg), part(LossConfig, cfg)
 
-    inherit = search.get("inherit", "first")
+    inherit = search.inherit
     source = teacher.params  # the units a student inherits: the run's --inherit
     if cfg.init == "teacher" and inherit == "importance":
         from bortsearch.train.importance import Importance, rewire
@@ -387,23 +383,22 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         imp = Importance.from_dict(json.loads((run / "importance.json").read_text()))
         source = rewire(teacher.arch, teacher.params, imp.orders())
 
-    rule = search.get("inherit_layers", "uniform")
+    rule = search.inherit_layers
 
     @functools.cache
     def measuring():  # the search's first training batch, which it measured on
         from bortsearch.train.step import teacher_logits
 
-        spec = BatchSpec(search["batch_size"], search["seq_len"], seed=search["seed"])
-        specs = search.get("corpus")
+        spec = BatchSpec(search.batch_size, search.seq_len, seed=search.seed)
         batch = (task_data(run, search, teacher, spec) if task else load_data(
-            resolve_corpus(list(specs) if specs else None, search.get("text_field", "text")),
+            resolve_corpus(list(search.corpus) if search.corpus else None, search.text_field),
             teacher.tokenizer, spec, progress=False)).train_batch(0)
         return batch, teacher_logits(teacher.arch, source, batch)
 
     def layers(arch):  # the teacher layers each student inherits: the run's rule
         from bortsearch.train.importance import inherited_layers
 
-        return inherited_layers(rule, arch, teacher.arch, source, measuring, search["seed"])
+        return inherited_layers(rule, arch, teacher.arch, source, measuring, search.seed)
 
     n = teacher.num_labels
 
