@@ -259,6 +259,14 @@ class Encoder(nn.Module):
           positions_BxP: if given, the head runs only at these positions (the
             masked ones), returning BxPxV; otherwise at every position, BxLxV.
           deterministic: False turns dropout on (needs a "dropout" RNG).
+
+        Returns:
+          What the attributes make of the one encoder, as transformers' classes do:
+          masked-LM logits BxLxV (BxPxV at `positions_BxP`), the default
+          (`*ForMaskedLM`); with `sop`, those and the sentence-order logits Bx2
+          (`AlbertForPreTraining`); with `num_labels`, classification logits
+          B x num_labels (`*ForSequenceClassification`); with `head=False`, the last
+          hidden states BxLxH (the bare `*Model`). Always float32.
         """
         arch, dt = self.arch, self.dtype
         rate = 0.0 if deterministic else self.dropout
