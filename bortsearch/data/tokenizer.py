@@ -32,7 +32,8 @@ CLASS_NAMES = {"bert": "BertTokenizerFast", "roberta": "RobertaTokenizerFast",
 # Model families with a tokenizer class of their own: (its special-token set, the class)
 FAMILY_TOKENIZERS = {"distilbert": ("bert", "DistilBertTokenizerFast"),
                      "electra": ("bert", "ElectraTokenizerFast"),
-                     "xlm-roberta": ("roberta", "XLMRobertaTokenizerFast")}
+                     "xlm-roberta": ("roberta", "XLMRobertaTokenizerFast"),
+                     "modernbert": ("bert", "PreTrainedTokenizerFast")}
 DEFAULT_VOCAB_SIZE = 4096
 
 

@@ -12,7 +12,8 @@ from typing import Literal
 
 from bortsearch.errors import UserError
 
-ModelType = Literal["bert", "roberta", "albert", "distilbert", "xlm-roberta", "electra"]
+ModelType = Literal["bert", "roberta", "albert", "distilbert", "xlm-roberta", "electra",
+                    "modernbert"]
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_new")  # exact (erf) GELU; tanh approximation
 
 
@@ -28,15 +29,24 @@ class Family:
       prefix: the base model's tensor-name prefix (`{prefix}.embeddings…`).
       layout: the layers' tensor names: "bert" (`encoder.layer.N.attention.self.query`),
         "distilbert" (`transformer.layer.N.attention.q_lin`) or "albert" (groups).
-      positions: "absolute" (0..L-1) or "padded" (RoBERTa's: counted from
-        pad_token_id + 1 over the non-padding tokens).
+      positions: "absolute" (a learned table, 0..L-1), "padded" (RoBERTa's: counted
+        from pad_token_id + 1 over the non-padding tokens) or "rotary" (no table: the
+        queries and keys rotated by position, ModernBERT's).
       classifier: the sequence-classification head on the first token: "pooler"
-        (act(pooler(x₀)) → classifier; BERT, ALBERT, DistilBERT's pre_classifier) or
-        "dense" (act(dense(x₀)) → out_proj; RoBERTa, ELECTRA).
+        (act(pooler(x₀)) → classifier; BERT, ALBERT, DistilBERT's pre_classifier),
+        "dense" (act(dense(x₀)) → out_proj; RoBERTa, ELECTRA) or "head"
+        (norm(act(dense(x₀))) → classifier; ModernBERT).
       classifier_act: that head's activation, "tanh", "relu" or "gelu".
       embedding: E as this family has it: "albert" (always projected, an axis),
         "electra" (a family setting: projected when E ≠ H) or "none" (E = H).
       token_types: whether it has a token-type table (DistilBERT has none).
+      norm: where the LayerNorms sit: "post" (BERT's, after each residual add) or "pre"
+        (before each sublayer, none before the first layer's attention, one after the
+        last layer; ModernBERT's).
+      ffn: the feed-forward block: "mlp" (act(x·W₁)·W₂) or "glu" (GeGLU:
+        (act(x·W_in) ⊙ x·W_gate)·W₂, ModernBERT's).
+      bias: whether the dense layers and LayerNorms have biases (ModernBERT's have
+        none; its decoder and classifier do).
     """
 
     name: str
@@ -49,6 +59,9 @@ class Family:
     classifier_act: str = "tanh"
     embedding: str = "none"
     token_types: bool = True
+    norm: str = "post"
+    ffn: str = "mlp"
+    bias: bool = True
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -61,8 +74,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            classifier="dense"),
     Family("electra", "ELECTRA", "Electra", "electra", classifier="dense",
            classifier_act="gelu", embedding="electra"),
+    Family("modernbert", "ModernBERT", "ModernBert", "model", layout="modernbert",
+           positions="rotary", classifier="head", classifier_act="gelu", token_types=False,
+           norm="pre", ffn="glu", bias=False),
 )}
 MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
+
+
+def family_of(model_type: str) -> Family:
+    return FAMILIES[model_type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +114,14 @@ class Arch:
         None means G = D, no sharing.
       activation: "gelu" (exact, BERT's) or "gelu_new" (tanh approximation,
         ALBERT's default), in the feed-forward layers and the masked-LM head.
+      rope_theta: the rotary base of the global-attention layers (a "rotary"
+        family's; ModernBERT's global_rope_theta).
+      local_rope_theta: the rotary base of the local-attention layers.
+      local_window: None (every layer attends globally), or the local layers' window:
+        a token attends to those at most local_window // 2 positions away
+        (ModernBERT's local_attention).
+      global_every: with a local window, layer i attends globally where
+        i % global_every == 0, locally otherwise (global_attn_every_n_layers).
     """
 
     layers: int
@@ -110,6 +138,10 @@ class Arch:
     embedding: int | None = None
     groups: int | None = None
     activation: str = "gelu"
+    rope_theta: float = 160000.0
+    local_rope_theta: float = 10000.0
+    local_window: int | None = None
+    global_every: int = 1
 
     def __post_init__(self):
         for name in ("layers", "heads", "hidden", "intermediate", "vocab_size", "max_positions"):
@@ -133,6 +165,13 @@ class Arch:
         if self.groups is not None and self.layers % self.groups:
             raise ValueError(f"groups must divide layers, got layers={self.layers}, "
                              f"groups={self.groups}")
+        if family_of(self.model_type).positions != "rotary" and \
+                (self.local_window is not None or self.global_every != 1):
+            raise ValueError(f"local attention is a rotary family's (ModernBERT); the "
+                             f"{self.model_type} family attends globally")
+        if self.global_every < 1 or (self.local_window is not None and self.local_window < 2):
+            raise ValueError(f"global_every must be >= 1 and local_window >= 2, got "
+                             f"{self.global_every=}, {self.local_window=}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation=}")
         family = FAMILIES[self.model_type]
@@ -144,6 +183,10 @@ class Arch:
             raise ValueError(f"ALBERT's factorised embedding and layer sharing are not "
                              f"available for the {self.model_type} family; use a bert "
                              f"family space")
+
+    def is_global(self, layer: int) -> bool:
+        """Whether layer `layer` attends over the whole input (else within its window)."""
+        return self.local_window is None or layer % self.global_every == 0
 
     @property
     def family(self) -> Family:
@@ -185,6 +228,10 @@ class Arch:
         return self.hidden // self.heads
 
     @property
+    def has_position_table(self) -> bool:
+        return self.family.positions != "rotary"
+
+    @property
     def max_seq_len(self) -> int:
         """The longest input the position table allows."""
         offset = self.pad_token_id + 1 if self.family.positions == "padded" else 0
@@ -212,10 +259,12 @@ class Arch:
                 f"I={self.intermediate}{extra}⟩")
 
     def to_dict(self) -> dict:
-        """As a dict; ALBERT's fields only where set, so the records of
-        architectures without them are as before."""
+        """As a dict; ALBERT's and the rotary families' fields only where set, so the
+        records of architectures without them are as before."""
         d = dataclasses.asdict(self)
-        for key, default in (("embedding", None), ("groups", None), ("activation", "gelu")):
+        for key, default in (("embedding", None), ("groups", None), ("activation", "gelu"),
+                             ("rope_theta", 160000.0), ("local_rope_theta", 10000.0),
+                             ("local_window", None), ("global_every", 1)):
             if d[key] == default:
                 del d[key]
         return d

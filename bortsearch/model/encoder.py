@@ -62,7 +62,7 @@ def _layer_norm(arch: Arch, name: str, dtype="float32") -> nn.LayerNorm:
     # Exact two-pass variance: matches PyTorch's LayerNorm to float32 precision.
     # Statistics are float32 (Flax's minimum) whatever `dtype` the output has.
     return nn.LayerNorm(epsilon=arch.layer_norm_eps, use_fast_variance=False, dtype=dtype,
-                        name=name)
+                        use_bias=arch.family.bias, name=name)
 
 
 @jax.custom_vjp
@@ -149,8 +149,8 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
-def _dense(features: int, name: str, dtype="float32") -> Dense:
-    return Dense(features, dtype=dtype, name=name)
+def _dense(features: int, name: str, dtype="float32", bias: bool = True) -> Dense:
+    return Dense(features, use_bias=bias, dtype=dtype, name=name)
 
 
 def _act(arch: Arch):
@@ -172,22 +172,45 @@ class _Part(nn.Module):
 class Attention(_Part):
 
     @nn.compact
-    def __call__(self, x_BxLxH, bias_Bx1x1xL):
+    def __call__(self, x_BxLxH, bias_Bx1x1xL, rope=None):
+        """`rope`: the rotary (cos, sin), each L x Dh, for a "rotary" family."""
         a, dh, dt = self.arch.heads, self.arch.head_dim, self.dtype
         b, l, h = x_BxLxH.shape
+        bias = self.arch.family.bias
 
         def split(t):  # BxLxH -> BxLxAxDh
             return t.reshape(b, l, a, dh)
 
-        q_BxLxAxDh = split(_dense(h, "query", dt)(x_BxLxH))
-        k_BxLxAxDh = split(_dense(h, "key", dt)(x_BxLxH))
-        v_BxLxAxDh = split(_dense(h, "value", dt)(x_BxLxH))
+        q_BxLxAxDh = split(_dense(h, "query", dt, bias)(x_BxLxH))
+        k_BxLxAxDh = split(_dense(h, "key", dt, bias)(x_BxLxH))
+        v_BxLxAxDh = split(_dense(h, "value", dt, bias)(x_BxLxH))
+        if rope is not None:
+            q_BxLxAxDh, k_BxLxAxDh = (rotate(t, *rope) for t in (q_BxLxAxDh, k_BxLxAxDh))
         scores_BxAxLxL = jnp.einsum("bqad,bkad->baqk", q_BxLxAxDh, k_BxLxAxDh) / np.sqrt(dh)
         probs_BxAxLxL = jax.nn.softmax(scores_BxAxLxL.astype(jnp.float32) + bias_Bx1x1xL,
                                        axis=-1).astype(dt)
         probs_BxAxLxL = nn.Dropout(self.dropout, deterministic=self.deterministic)(probs_BxAxLxL)
         ctx_BxLxAxDh = jnp.einsum("baqk,bkad->bqad", probs_BxAxLxL, v_BxLxAxDh)
-        return _dense(h, "out", dt)(ctx_BxLxAxDh.reshape(b, l, h))
+        return _dense(h, "out", dt, bias)(ctx_BxLxAxDh.reshape(b, l, h))
+
+
+def rope_tables(theta: float, head_dim: int, seq_len: int):
+    """Rotary (cos, sin), each L x Dh, for positions 0..L-1 at base `theta`: frequency
+    j of the first and second halves of a head is theta^(-2j/Dh) (transformers')."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    freqs = np.arange(seq_len, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)
+    angles = np.concatenate([freqs, freqs], axis=-1)
+    return jnp.asarray(np.cos(angles)), jnp.asarray(np.sin(angles))
+
+
+def rotate(x_BxLxAxDh, cos_LxDh, sin_LxDh):
+    """Rotary position embedding in float32: x·cos + rotate_half(x)·sin, where
+    rotate_half(x) = (−x₂, x₁) for the halves x₁, x₂ of each head."""
+    x = x_BxLxAxDh.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    half = jnp.concatenate([-x2, x1], axis=-1)
+    out = x * cos_LxDh[None, :, None] + half * sin_LxDh[None, :, None]
+    return out.astype(x_BxLxAxDh.dtype)
 
 
 class Embeddings(_Part):
@@ -197,9 +220,10 @@ class Embeddings(_Part):
         arch = self.arch
         h = arch.embedding_size  # E: H unless factorised
         x = nn.Embed(arch.vocab_size, h, embedding_init=_INIT, name="word")(input_ids_BxL)
-        x = x + nn.Embed(arch.max_positions, h, embedding_init=_INIT, name="position")(
-            position_ids(arch, input_ids_BxL)
-        )
+        if arch.has_position_table:
+            x = x + nn.Embed(arch.max_positions, h, embedding_init=_INIT, name="position")(
+                position_ids(arch, input_ids_BxL)
+            )
         if arch.type_vocab_size:
             x = x + nn.Embed(arch.type_vocab_size, h, embedding_init=_INIT, name="token_type")(
                 token_type_ids_BxL
@@ -280,6 +304,9 @@ class Encoder(nn.Module):
         # (added to float32 attention scores).
         neg = jnp.finfo(jnp.float32).min
         bias_Bx1x1xL = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, neg)
+        if arch.family.norm == "pre":  # ModernBERT: rotary, local windows, pre-LayerNorm
+            x_BxLxH = self._pre_norm_layers(x_BxLxH, attention_mask_BxL, rate, deterministic)
+            return self._outputs(x_BxLxH, positions_BxP, rate, deterministic)
         body = Layer
         if arch.groups is not None:
             # ALBERT's sharing: each of the G groups' parameters applied D/G times in a
@@ -295,6 +322,34 @@ class Encoder(nn.Module):
             unroll=arch.num_groups if self.unroll is None else self.unroll,
         )
         x_BxLxH, _ = layers(arch, rate, deterministic, dt, name="layers")(x_BxLxH, bias_Bx1x1xL)
+        return self._outputs(x_BxLxH, positions_BxP, rate, deterministic)
+
+    def _pre_norm_layers(self, x_BxLxH, attention_mask_BxL, rate, deterministic):
+        """The layers of a pre-LayerNorm rotary family, then its final LayerNorm. Each
+        layer gets its index (global or local attention, and layer 0's missing
+        attention norm) and both attentions' masks and rotary tables."""
+        arch, dt = self.arch, self.dtype
+        l = x_BxLxH.shape[1]
+        keep_Bx1x1xL = attention_mask_BxL[:, None, None, :] > 0
+        neg = jnp.finfo(jnp.float32).min
+        context = {"global": (jnp.where(keep_Bx1x1xL, 0.0, neg),
+                              rope_tables(arch.rope_theta, arch.head_dim, l))}
+        if arch.local_window is not None:
+            near_LxL = np.abs(np.arange(l)[:, None] - np.arange(l)[None, :]) \
+                <= arch.local_window // 2
+            context["local"] = (jnp.where(keep_Bx1x1xL & near_LxL[None, None], 0.0, neg),
+                                rope_tables(arch.local_rope_theta, arch.head_dim, l))
+        layers = nn.scan(
+            PreNormLayer, variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, 0),
+            length=arch.layers, unroll=arch.layers if self.unroll is None else self.unroll)
+        x_BxLxH, _ = layers(arch, rate, deterministic, dt, name="layers")(
+            x_BxLxH, context, jnp.arange(arch.layers))
+        return _layer_norm(arch, "final_ln", dt)(x_BxLxH)
+
+    def _outputs(self, x_BxLxH, positions_BxP, rate, deterministic):
+        """The head on the last hidden states: the attributes' form (`__call__`)."""
+        arch, dt = self.arch, self.dtype
         if self.num_labels:
             return classify(arch, self.num_labels, x_BxLxH, rate, deterministic, dt)
         if not self.head:
@@ -328,14 +383,42 @@ class Layer(_Part):
         return x_BxLxH, None
 
 
+class PreNormLayer(_Part):
+    """One pre-LayerNorm block (ModernBERT's): x + attn(norm(x)), then
+    x + ffn(norm(x)); layer 0 has no attention norm (its input is the embeddings'
+    LayerNorm), and a layer attends globally or within the local window by its index."""
+
+    @nn.compact
+    def __call__(self, x_BxLxH, context, index):
+        arch, dt = self.arch, self.dtype
+        drop = nn.Dropout(self.dropout, deterministic=self.deterministic)
+        attention = Attention(arch, self.dropout, self.deterministic, dt, name="attention")
+        normed = _layer_norm(arch, "attention_ln", dt)(x_BxLxH)
+        h_BxLxH = jnp.where(index == 0, x_BxLxH, normed)
+        bias, (cos, sin) = context["global"]
+        if "local" in context:  # the local layers' mask and rotary base
+            is_global = index % arch.global_every == 0
+            local_bias, (local_cos, local_sin) = context["local"]
+            bias = jnp.where(is_global, bias, local_bias)
+            cos, sin = jnp.where(is_global, cos, local_cos), jnp.where(is_global, sin, local_sin)
+        x_BxLxH = x_BxLxH + drop(attention(h_BxLxH, bias, (cos, sin)))
+        ffn = FFN(arch, dt, name="ffn")
+        return x_BxLxH + drop(ffn(_layer_norm(arch, "ffn_ln", dt)(x_BxLxH))), None
+
+
 class FFN(nn.Module):
+    """act(x·W_inner)·W_outer, or with a "glu" family (act(x·W_inner) ⊙ x·W_gate)·W_outer."""
+
     arch: Arch
     dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x_BxLxH):
-        inner_BxLxI = _act(self.arch)(_dense(self.arch.intermediate, "inner", self.dtype)(x_BxLxH))
-        return _dense(self.arch.hidden, "outer", self.dtype)(inner_BxLxI)
+        arch, dt, bias = self.arch, self.dtype, self.arch.family.bias
+        inner_BxLxI = _act(arch)(_dense(arch.intermediate, "inner", dt, bias)(x_BxLxH))
+        if arch.family.ffn == "glu":
+            inner_BxLxI = inner_BxLxI * _dense(arch.intermediate, "gate", dt, bias)(x_BxLxH)
+        return _dense(arch.hidden, "outer", dt, bias)(inner_BxLxI)
 
 
 class MLMHead(nn.Module):
@@ -345,7 +428,8 @@ class MLMHead(nn.Module):
     @nn.compact
     def __call__(self, x_BxPxH, word_embeddings):
         arch, dt = self.arch, self.dtype
-        x = _act(arch)(_dense(arch.embedding_size, "transform", dt)(x_BxPxH))  # H -> E
+        x = _act(arch)(_dense(arch.embedding_size, "transform", dt, arch.family.bias)(
+            x_BxPxH))  # H -> E
         x = _layer_norm(arch, "ln", dt)(x)
         if arch.tie_decoder:
             logits = matmul_t(_rows(x), word_embeddings["embedding"].astype(dt)).reshape(
@@ -363,11 +447,15 @@ def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: b
 
     "pooler" (BERT, ALBERT: tanh; DistilBERT's pre_classifier: relu):
     dropout(act(pooler(x₀))) → classifier. "dense" (RoBERTa: tanh; ELECTRA: gelu):
-    dropout(x₀) → act(classifier.dense) → dropout → classifier.out_proj.
+    dropout(x₀) → act(classifier.dense) → dropout → classifier.out_proj. "head"
+    (ModernBERT: gelu): norm(act(classifier.dense(x₀))) → dropout → classifier.out_proj.
     (Called inside `Encoder`'s compact scope, so the names are its own.)
     """
     drop = nn.Dropout(rate, deterministic=deterministic)
     x_BxH = x_BxLxH[:, 0]
+    if arch.family.classifier == "head":
+        return _NormedClassifier(arch, num_labels, dtype, name="classifier")(
+            x_BxH, drop).astype(jnp.float32)
     if arch.family.classifier == "pooler":
         return _dense(num_labels, "classifier", dtype)(drop(_pooled(arch, x_BxH, dtype))).astype(
             jnp.float32)
@@ -385,6 +473,20 @@ def _pooled(arch: Arch, x_BxH, dtype):
     pretrained, both read it)."""
     return CLASSIFIER_ACTS[arch.family.classifier_act](
         _dense(arch.hidden, "pooler", dtype)(x_BxH))
+
+
+class _NormedClassifier(nn.Module):
+    arch: Arch
+    num_labels: int
+    dtype: Any = "float32"
+
+    @nn.compact
+    def __call__(self, x_BxH, drop):
+        arch, dt = self.arch, self.dtype
+        x_BxH = CLASSIFIER_ACTS[arch.family.classifier_act](
+            _dense(arch.hidden, "dense", dt, arch.family.bias)(x_BxH))
+        x_BxH = drop(_layer_norm(arch, "ln", dt)(x_BxH))
+        return _dense(self.num_labels, "out_proj", dt)(x_BxH)
 
 
 class _DenseClassifier(nn.Module):

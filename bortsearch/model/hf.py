@@ -1,5 +1,5 @@
 """Hugging Face encoder checkpoints (BERT, RoBERTa, ALBERT, DistilBERT, XLM-RoBERTa,
-ELECTRA), read and written.
+ELECTRA, ModernBERT), read and written.
 
 Reading accepts a directory with `config.json` and `model.safetensors` or
 `pytorch_model.bin`. A `.bin` is a pickle; it is read by a restricted unpickler
@@ -49,6 +49,7 @@ _HEADS = {
                    "vocab_projector"),
     "electra": ("generator_predictions.dense", "generator_predictions.LayerNorm",
                 "generator_lm_head.bias", "generator_lm_head"),
+    "model": ("head.dense", "head.norm", "decoder.bias", "decoder"),  # ModernBERT
 }
 
 
@@ -99,7 +100,18 @@ _LAYOUTS = {
                 "attention.dense": ("attention", "out"),
                 "ffn": ("ffn", "inner"), "ffn_output": ("ffn", "outer")},
                {"attention.LayerNorm": ("attention_ln",), "full_layer_layer_norm": ("ffn_ln",)}),
+    # ModernBERT's fused Wqkv and Wi are split into these parts on reading (`_FUSED`)
+    "modernbert": ("{base}.layers.{i}",
+                   {"attn.Wqkv.q": ("attention", "query"), "attn.Wqkv.k": ("attention", "key"),
+                    "attn.Wqkv.v": ("attention", "value"), "attn.Wo": ("attention", "out"),
+                    "mlp.Wi.input": ("ffn", "inner"), "mlp.Wi.gate": ("ffn", "gate"),
+                    "mlp.Wo": ("ffn", "outer")},
+                   {"attn_norm": ("attention_ln",), "mlp_norm": ("ffn_ln",)}),
 }
+
+# Fused tensors of a layout: the tensor, the parts it is split into along its rows
+# (the output axis), in order.
+_FUSED = {"modernbert": (("attn.Wqkv", ("q", "k", "v")), ("mlp.Wi", ("input", "gate")))}
 
 
 def encoder_names(arch: Arch) -> Names:
@@ -111,26 +123,81 @@ def encoder_names(arch: Arch) -> Names:
     base = _base(arch)
     emb = f"{base}.embeddings"
     names: Names = {}
+    if arch.family.layout == "modernbert":  # no position or type table; no biases
+        names[f"{emb}.tok_embeddings.weight"] = (("embeddings", "word", "embedding"), None,
+                                                 False)
+        names[f"{emb}.norm.weight"] = (("embeddings", "ln", "scale"), None, False)
+        names[f"{base}.final_norm.weight"] = (("final_ln", "scale"), None, False)
+    else:
+        names.update(_bert_embedding_names(arch, emb))
+    if arch.embedding is not None:  # ALBERT's (E = H: written as an identity), ELECTRA's
+        mapping = ALBERT_MAP if arch.albert else f"{base}.embeddings_project"
+        names[f"{mapping}.weight"] = (("embedding_map", "kernel"), None, True)
+        names[f"{mapping}.bias"] = (("embedding_map", "bias"), None, False)
+    prefix, dense, norms = _LAYOUTS["albert" if arch.albert else arch.family.layout]
+    bias = arch.family.bias
+    for i in range(arch.num_groups):
+        layer = prefix.format(base=base, i=i)
+        for hf, ours in dense.items():
+            names[f"{layer}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
+            if bias:
+                names[f"{layer}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+        for hf, ours in norms.items():
+            if arch.family.norm == "pre" and i == 0 and ours == ("attention_ln",):
+                continue  # the first layer's input is already normalised: no norm
+            names[f"{layer}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
+            if bias:
+                names[f"{layer}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
+    return names
+
+
+def _bert_embedding_names(arch: Arch, emb: str) -> Names:
+    names: Names = {}
     for table in ("word", "position", "token_type"):
         if table != "token_type" or arch.type_vocab_size:
             names[f"{emb}.{table}_embeddings.weight"] = (("embeddings", table, "embedding"),
                                                         None, False)
     names[f"{emb}.LayerNorm.weight"] = (("embeddings", "ln", "scale"), None, False)
     names[f"{emb}.LayerNorm.bias"] = (("embeddings", "ln", "bias"), None, False)
-    if arch.embedding is not None:  # ALBERT's (E = H: written as an identity), ELECTRA's
-        mapping = ALBERT_MAP if arch.albert else f"{base}.embeddings_project"
-        names[f"{mapping}.weight"] = (("embedding_map", "kernel"), None, True)
-        names[f"{mapping}.bias"] = (("embedding_map", "bias"), None, False)
-    prefix, dense, norms = _LAYOUTS["albert" if arch.albert else arch.family.layout]
-    for i in range(arch.num_groups):
-        layer = prefix.format(base=base, i=i)
-        for hf, ours in dense.items():
-            names[f"{layer}.{hf}.weight"] = (("layers", *ours, "kernel"), i, True)
-            names[f"{layer}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
-        for hf, ours in norms.items():
-            names[f"{layer}.{hf}.weight"] = (("layers", *ours, "scale"), i, False)
-            names[f"{layer}.{hf}.bias"] = (("layers", *ours, "bias"), i, False)
     return names
+
+
+def _split_fused(arch: Arch, tensors: dict) -> dict:
+    """A layout's fused tensors (ModernBERT's Wqkv, Wi) as their parts' names."""
+    fused = _FUSED.get(arch.family.layout, ())
+    if not fused:
+        return tensors
+    out = dict(tensors)
+    prefix = _LAYOUTS[arch.family.layout][0]
+    for i in range(arch.num_groups):
+        layer = prefix.format(base=_base(arch), i=i)
+        for name, parts in fused:
+            for kind in ("weight", "bias"):
+                whole = out.pop(f"{layer}.{name}.{kind}", None)
+                if whole is None:
+                    continue
+                if len(whole) % len(parts):
+                    raise UserError(f"tensor {layer}.{name}.{kind} has {len(whole)} rows, not "
+                                    f"a multiple of {len(parts)}; the weights do not match "
+                                    f"config.json")
+                for part, piece in zip(parts, np.split(np.asarray(whole), len(parts))):
+                    out[f"{layer}.{name}.{part}.{kind}"] = piece
+    return out
+
+
+def _fuse(arch: Arch, tensors: dict) -> dict:
+    """The inverse of `_split_fused`: the parts written as the layout's fused tensors."""
+    fused = _FUSED.get(arch.family.layout, ())
+    prefix = _LAYOUTS[arch.family.layout][0] if fused else ""
+    for i in range(arch.num_groups if fused else 0):
+        layer = prefix.format(base=_base(arch), i=i)
+        for name, parts in fused:
+            for kind in ("weight", "bias"):
+                keys = [f"{layer}.{name}.{part}.{kind}" for part in parts]
+                if keys[0] in tensors:
+                    tensors[f"{layer}.{name}.{kind}"] = np.ascontiguousarray(
+                        np.concatenate([tensors.pop(k) for k in keys]))
+    return tensors
 
 
 def mlm_head_names(arch: Arch) -> Names:
@@ -142,6 +209,8 @@ def mlm_head_names(arch: Arch) -> Names:
         f"{head['ln']}.bias": (("head", "ln", "bias"), None, False),
         head["bias"]: (("head", "bias"), None, False),
     }
+    if not arch.family.bias:  # the transform and its norm have none; the output has one
+        del names[f"{head['transform.dense']}.bias"], names[f"{head['ln']}.bias"]
     if not arch.tie_decoder:
         names[f"{head['decoder']}.weight"] = (("head", "decoder", "kernel"), None, True)
     return names
@@ -169,6 +238,11 @@ def classifier_names(arch: Arch) -> Names:
         return {**pooler_names(arch),
                 "classifier.weight": (("classifier", "kernel"), None, True),
                 "classifier.bias": (("classifier", "bias"), None, False)}
+    if _family(arch).classifier == "head":  # ModernBERT: its prediction head, then a linear
+        return {"head.dense.weight": (("classifier", "dense", "kernel"), None, True),
+                "head.norm.weight": (("classifier", "ln", "scale"), None, False),
+                "classifier.weight": (("classifier", "out_proj", "kernel"), None, True),
+                "classifier.bias": (("classifier", "out_proj", "bias"), None, False)}
     return {f"classifier.{hf}.{w}": (("classifier", hf, ours), None, ours == "kernel")
             for hf in ("dense", "out_proj") for w, ours in (("weight", "kernel"), ("bias", "bias"))}
 
@@ -218,8 +292,52 @@ _DISTILBERT_KEYS = {"n_layers": "num_hidden_layers", "n_heads": "num_attention_h
                     "activation": "hidden_act"}
 
 # Families transformers knows that bortsearch does not read (yet): refused by name.
-UNSUPPORTED_FAMILIES = {"deberta": "DeBERTa", "deberta-v2": "DeBERTa-v2/v3",
-                        "modernbert": "ModernBERT"}
+UNSUPPORTED_FAMILIES = {"deberta": "DeBERTa", "deberta-v2": "DeBERTa-v2/v3"}
+
+# ModernBERT's config names for BERT's fields, and the settings every released
+# ModernBERT has that the model here supports alone (others are refused by name).
+_MODERNBERT_KEYS = {"norm_eps": "layer_norm_eps", "hidden_activation": "hidden_act"}
+_MODERNBERT_FIXED = {"norm_bias": False, "attention_bias": False, "mlp_bias": False,
+                     "classifier_bias": False, "decoder_bias": True,
+                     "classifier_pooling": "cls", "classifier_activation": "gelu",
+                     "hidden_activation": "gelu", "tie_word_embeddings": True}
+_MODERNBERT_THETAS = {"full_attention": ("global_rope_theta", 160000.0),
+                      "sliding_attention": ("local_rope_theta", 10000.0)}
+
+
+def _modernbert_config(config: dict, source: str) -> dict:
+    """A ModernBERT config in BERT's names, with its rotary bases, local window and
+    global-attention period as `Arch` fields (from transformers 5's `layer_types` and
+    `rope_parameters`, or the older `global_attn_every_n_layers` and `*_rope_theta`)."""
+    for key, value in _MODERNBERT_FIXED.items():
+        if config.get(key, value) != value:
+            raise UserError(f"{source}: {key} = {config[key]!r} is not supported for "
+                            f"ModernBERT; only {value!r} (as every released ModernBERT)")
+    layers = int(config.get("num_hidden_layers", 22))
+    types = config.get("layer_types")
+    every = int(config.get("global_attn_every_n_layers", 3))
+    if types is not None:
+        every = next((n for n in range(1, layers + 1) if types == [
+            "sliding_attention" if i % n else "full_attention" for i in range(layers)]), 0)
+        if not every:
+            raise UserError(f"{source}: layer_types {types} is not supported; only global "
+                            f"attention every N layers from the first, local between")
+    rope = config.get("rope_parameters") or {}
+    thetas = {}
+    for kind, (legacy, default) in _MODERNBERT_THETAS.items():
+        params = rope.get(kind) or {}
+        if params.get("rope_type", "default") != "default":
+            raise UserError(f"{source}: rope_type {params['rope_type']!r} is not supported "
+                            f"for ModernBERT; only 'default'")
+        thetas[kind] = float(params.get("rope_theta", config.get(legacy, default)))
+    local = every > 1 and layers > 1
+    standard = {_MODERNBERT_KEYS.get(k, k): v for k, v in config.items()}
+    standard.update(type_vocab_size=0, layer_norm_eps=config.get("norm_eps", 1e-5),
+                    rotary=dict(rope_theta=thetas["full_attention"],
+                                local_rope_theta=thetas["sliding_attention"],
+                                local_window=int(config.get("local_attention", 128))
+                                if local else None, global_every=every if local else 1))
+    return standard
 
 
 def _standard_config(config: dict, source: str) -> dict:
@@ -239,6 +357,8 @@ def _standard_config(config: dict, source: str) -> dict:
                             f"positions) is not supported; only learned position embeddings")
         config = {_DISTILBERT_KEYS.get(k, k): v for k, v in config.items()}
         config.update(type_vocab_size=0, layer_norm_eps=1e-12)  # transformers' fixed values
+    if model_type == "modernbert":
+        config = _modernbert_config(config, source)
     if model_type == "electra" and config.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"{source}: hidden_act {config['hidden_act']!r} is not supported for "
                         f"ELECTRA, whose heads use exact GELU whatever it says; only 'gelu'")
@@ -277,7 +397,8 @@ def arch_from_config(config: dict, source: str) -> Arch:
             layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
             pad_token_id=int(config.get("pad_token_id") or 0),
             tie_decoder=bool(config.get("tie_word_embeddings", True)),
-            model_type=model_type, activation=SUPPORTED_ACTIVATIONS[act], **albert)
+            model_type=model_type, activation=SUPPORTED_ACTIVATIONS[act], **albert,
+            **config.get("rotary", {}))
     except KeyError as e:
         raise UserError(f"{source}: config.json lacks {e.args[0]!r}; it must be a Hugging "
                         f"Face config of a supported family ({', '.join(MODEL_TYPES)})"
@@ -313,6 +434,8 @@ def config_from_arch(arch: Arch, tokenizer=None) -> dict:
             config["tokenizer_class"] = tokenizer.class_name
     if family == "electra":
         config["embedding_size"] = arch.embedding_size
+    if family == "modernbert":
+        return _modernbert_config_of(arch, config, tokenizer)
     if family == "distilbert":
         names = {v: k for k, v in _DISTILBERT_KEYS.items()}
         config = {names.get(k, k): v for k, v in config.items()
@@ -320,6 +443,22 @@ def config_from_arch(arch: Arch, tokenizer=None) -> dict:
                                "hidden_dropout_prob", "attention_probs_dropout_prob")}
         config.update(sinusoidal_pos_embds=False, dropout=0.1, attention_dropout=0.1,
                       seq_classif_dropout=0.2, qa_dropout=0.1)
+    return config
+
+
+def _modernbert_config_of(arch: Arch, bert: dict, tokenizer) -> dict:
+    """ModernBERT's config fields for `arch` (BERT's, renamed; its fixed settings; the
+    rotary bases, window and period in the form every transformers reads)."""
+    drop = ("type_vocab_size", "position_embedding_type", "layer_norm_eps", "hidden_act",
+            "hidden_dropout_prob", "attention_probs_dropout_prob")
+    config = {k: v for k, v in bert.items() if k not in drop}
+    config.update(_MODERNBERT_FIXED, norm_eps=arch.layer_norm_eps,
+                  global_rope_theta=arch.rope_theta, local_rope_theta=arch.local_rope_theta,
+                  global_attn_every_n_layers=arch.global_every if arch.local_window else 1,
+                  local_attention=arch.local_window or 128, attention_dropout=0.0,
+                  embedding_dropout=0.0, mlp_dropout=0.0, classifier_dropout=0.0)
+    if tokenizer is not None:
+        config.update(cls_token_id=tokenizer.cls_id, sep_token_id=tokenizer.sep_id)
     return config
 
 
@@ -334,8 +473,9 @@ def classifier_config(arch: Arch, tokenizer, label_names: tuple[str, ...] | None
         architectures=[f"{family}ForSequenceClassification"],
         id2label={str(i): n for i, n in enumerate(names)},
         label2id={n: i for i, n in enumerate(names)},
-        problem_type="regression" if label_names is None else "single_label_classification",
-        classifier_dropout=None)
+        problem_type="regression" if label_names is None else "single_label_classification")
+    if family != "ModernBert":  # its own classifier_dropout (a number) stays
+        config["classifier_dropout"] = None
     if task:
         config["finetuning_task"] = task
     return config
@@ -518,7 +658,8 @@ def _normalise(arch: Arch, tensors: dict) -> dict:
     base = _base(arch)
     if any(k.startswith(f"{base}.") for k in tensors):
         return tensors
-    bare = ("embeddings.", "encoder.", "pooler.", "transformer.", "embeddings_project.")
+    bare = ("embeddings.", "encoder.", "pooler.", "transformer.", "embeddings_project.",
+            "layers.", "final_norm.")
     return {(f"{base}.{k}" if k.startswith(bare) else k): v for k, v in tensors.items()}
 
 
@@ -541,7 +682,8 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
     """
     if part not in ("mlm", "encoder", "classifier") or (part == "classifier") != (num_labels > 0):
         raise ValueError(f"params_from_tensors: part {part!r} with {num_labels} labels")
-    tensors = _normalise(arch, {_legacy_rename(k): v for k, v in tensors.items()})
+    tensors = _split_fused(arch, _normalise(arch, {_legacy_rename(k): v
+                                                   for k, v in tensors.items()}))
     head = _head_names(arch)
     # The decoder's own bias is what the forward pass adds (transformers 5 keeps it
     # as a separate tensor, equal to the head bias in released checkpoints).
@@ -602,8 +744,9 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         if layer is None:
             node[path[-1]] = value
         else:
-            if path[-1] not in node:
-                node[path[-1]] = np.zeros((arch.num_groups, *shape), np.float32)
+            if path[-1] not in node:  # a layer without the tensor keeps 1 (a scale) or 0
+                node[path[-1]] = np.full((arch.num_groups, *shape),
+                                         1.0 if path[-1] == "scale" else 0.0, np.float32)
             node[path[-1]][layer] = value
     return {"params": params}
 
@@ -627,6 +770,7 @@ def export_tensors(model: Model, num_labels: int = 0) -> dict[str, np.ndarray]:
     if arch.albert and arch.embedding is None:  # ALBERT always maps E -> H
         out[f"{ALBERT_MAP}.weight"] = np.eye(arch.hidden, dtype=np.float32)
         out[f"{ALBERT_MAP}.bias"] = np.zeros(arch.hidden, np.float32)
+    out = _fuse(arch, out)
     if num_labels:
         return out
     head = _head_names(model.arch)

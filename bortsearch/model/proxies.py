@@ -8,7 +8,10 @@ ALBERT's axes (as `AlbertForMaskedLM` counts): E-wide embedding tables and
 LayerNorm, the E→H projection (always: an ALBERT folder has it even where E = H,
 as the identity `export` writes), G distinct layers (a shared layer counted once),
 a head transform H→E with its LayerNorm at E. p̂ is the size of what `export`
-writes, in every combination of E and G.
+writes, in every combination of E and G. A family's features change the terms as
+its transformers class has them (ModernBERT: no position or type table, no biases
+but the output's, a gated feed-forward block, no norm before the first layer's
+attention, a final norm).
 
 î is either `analytic` (forward FLOPs at a reference input: exact, cheap and the
 same on every machine) or `measured` (median wall-clock of the compiled forward
@@ -28,27 +31,38 @@ DEFAULT_BATCH = 1
 DEFAULT_SEQ_LEN = 128
 
 
+def ffn_matrices(arch: Arch) -> int:
+    """H x I matrices in a feed-forward block: 2, or 3 when gated (GeGLU)."""
+    return 3 if arch.family.ffn == "glu" else 2
+
+
 def layer_params(arch: Arch) -> int:
     """Parameters of one encoder layer."""
-    h, i = arch.hidden, arch.intermediate
-    attention = 4 * (h * h + h)  # query, key, value, out
-    ffn = (h * i + i) + (i * h + h)
-    layer_norms = 2 * 2 * h
+    h, i, b = arch.hidden, arch.intermediate, int(arch.family.bias)
+    attention = 4 * (h * h + b * h)  # query, key, value, out
+    m = ffn_matrices(arch)
+    ffn = m * h * i + b * ((m - 1) * i + h)
+    layer_norms = 2 * (1 + b) * h
     return attention + ffn + layer_norms
 
 
 def embedding_table_params(arch: Arch) -> int:
     """Word, position and token-type tables: the vocabulary- and length-sized part."""
-    return (arch.vocab_size + arch.max_positions + arch.type_vocab_size) * arch.embedding_size
+    positions = arch.max_positions if arch.has_position_table else 0
+    return (arch.vocab_size + positions + arch.type_vocab_size) * arch.embedding_size
 
 
 def param_count(arch: Arch) -> int:
     """p̂: trainable parameters, in Hugging Face `BertForMaskedLM` (or, with
-    ALBERT's axes, `AlbertForMaskedLM`) convention: each distinct parameter once."""
-    h, e, v = arch.hidden, arch.embedding_size, arch.vocab_size
-    embeddings = embedding_table_params(arch) + 2 * e
+    ALBERT's axes, `AlbertForMaskedLM`; the family's own class otherwise) convention:
+    each distinct parameter once."""
+    h, e, v, b = arch.hidden, arch.embedding_size, arch.vocab_size, int(arch.family.bias)
+    norm = (1 + b) * e  # a LayerNorm at E: its scale, and its bias where the family has one
+    embeddings = embedding_table_params(arch) + norm
     projection = (e * h + h) if arch.projected else 0  # E -> H
-    head = (h * e + e) + 2 * e + v + (0 if arch.tie_decoder else e * v)
+    head = (h * e + b * e) + norm + v + (0 if arch.tie_decoder else e * v)
+    # (pre-LayerNorm, ModernBERT: the first layer lacks its attention norm and a final
+    # norm follows the last layer, so the D layers' two norms each still count)
     return embeddings + projection + arch.num_groups * layer_params(arch) + head
 
 
@@ -87,7 +101,7 @@ def forward_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT
 
     Counts matrix products, 2 FLOPs per multiply-add: per layer the four
     attention projections (8·B·L·H²), scores and the softmax-weighted sum
-    (4·B·L²·H) and the feed-forward block (4·B·L·H·I), for each of the D layer
+    (4·B·L²·H) and the feed-forward block (4·B·L·H·I; 6·B·L·H·I gated), for each of the D layer
     applications (shared or not); with ALBERT's axes the E→H projection
     (2·B·L·E·H), which the exported ALBERT model runs even where E = H; with
     `scope="mlm"` also the head's transform (2·B·L·H·E) and decoder (2·B·L·E·V) at every position.
@@ -113,7 +127,8 @@ def weight_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_
     e = arch.embedding_size
     projection = 2 * b * l * e * h if arch.projected else 0
     head = 2 * b * l * h * e + 2 * b * l * e * v if scope == "mlm" else 0
-    return projection + arch.layers * (8 * b * l * h * h + 4 * b * l * h * i) + head
+    ffn = 2 * ffn_matrices(arch) * b * l * h * i
+    return projection + arch.layers * (8 * b * l * h * h + ffn) + head
 
 
 def attention_flops(arch: Arch, batch: int = DEFAULT_BATCH,

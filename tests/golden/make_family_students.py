@@ -1,5 +1,5 @@
-"""Students of the DistilBERT, XLM-RoBERTa and ELECTRA golden teachers, for the
-transformers round trip.
+"""Students of the DistilBERT, XLM-RoBERTa, ELECTRA and ModernBERT golden teachers,
+for the transformers round trip (`make_family_students.py [FAMILY ...]`: those named).
 
 Runs in bortsearch's own environment (`make golden` runs it after the first pass
 of make_golden_families.py, and make_golden_families.py --students then records
@@ -10,6 +10,7 @@ small synthetic sentence-pair task with 3 labels (student_{family}_cls/).
 """
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from bortsearch.search.student import PretrainConfig, pretrain
 HERE = Path(__file__).resolve().parent
 SPACE = 'name = "golden"\nlayers = [2]\nheads = [2]\nhidden = [{h}]\nintermediate = [24]\n'
 # H of each family's student: ELECTRA's 32 keeps the teacher's E = 16, projected
-FAMILIES = {"distilbert": 16, "xlmr": 16, "electra": 32}
+FAMILIES = {"distilbert": 16, "xlmr": 16, "electra": 32, "modernbert": 16}
 
 
 def pairs_task(n: int = 64) -> Path:
@@ -38,9 +39,12 @@ def pairs_task(n: int = 64) -> Path:
     return data
 
 
-def main():
+def main(families=None):
+    """Each family's students (those named, else every one)."""
     task = pairs_task()
     for family, hidden in FAMILIES.items():
+        if families and family not in families:
+            continue
         work = Path(tempfile.mkdtemp())
         (work / "space.toml").write_text(SPACE.format(h=hidden))
         cfg = SearchConfig(space=str(work / "space.toml"), teacher=str(HERE / f"{family}_tiny"),
@@ -65,4 +69,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
