@@ -101,6 +101,9 @@ def _jaxpr(arch, batch, seq_len, unroll=1, head=True):
     (Arch(6, 2, 64, 96, vocab_size=300, embedding=16, groups=2), 2, 8),  # ALBERT's axes
     (Arch(4, 2, 32, 64, vocab_size=300, groups=1, activation="gelu_new"), 1, 8),
     (Arch(3, 4, 64, 64, vocab_size=300, embedding=64, model_type="albert"), 1, 8),
+    # ModernBERT: gated feed-forward (three H x I products), local windows, no position table
+    (Arch(4, 4, 32, 48, vocab_size=300, max_positions=64, type_vocab_size=0,
+          model_type="modernbert", local_window=8, global_every=3), 2, 12),
 ])
 def test_flops_equal_independent_dot_and_softmax_count(arch, batch, seq_len):
     from bortsearch.model.proxies import SOFTMAX_FLOPS

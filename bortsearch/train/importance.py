@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
 
 Params = dict
@@ -114,9 +115,20 @@ def _batch_gates(arch: Arch, params, batch):
     return tuple(jnp.abs(x) for x in _gate_sums(arch, params, grads))
 
 
+def check_supported(arch: Arch) -> None:
+    """The gates and the rewiring here are those of post-LayerNorm blocks with an
+    ungated feed-forward block (BERT's); other families are refused by name."""
+    family = arch.family
+    if family.norm != "post" or family.ffn != "mlp" or not family.bias:
+        raise UserError(f"--inherit importance: the importances and the rewiring are "
+                        f"measured through BERT-style post-LayerNorm blocks, which the "
+                        f"{family.title} family does not have; use --inherit first")
+
+
 def importance(arch: Arch, params: Params, batches) -> Importance:
     """The teacher's importances on masked-LM `batches` (dicts as `BatchSpec` makes
     them), each |∂L/∂g| of its batch's mean cross-entropy, averaged over batches."""
+    check_supported(arch)
     batches = list(batches)
     if not batches:
         raise ValueError("importance needs at least one batch")

@@ -4,9 +4,9 @@ Needs torch and transformers (`make golden`). Run twice: first without arguments
 (the teachers), then, after `make_family_students.py modernbert` has exported
 bortsearch's students from them, with `--students`. Writes, next to this script:
 
-- modernbert_tiny/: a random `ModernBertForMaskedLM` of 4 layers (global attention in
-  layers 0 and 3, a local window of 8 in layers 1 and 2; the released models' rotary
-  bases), with a byte-level BPE tokenizer.json as ModernBERT's (special tokens
+- modernbert_tiny/: a random `ModernBertForMaskedLM` (queries and keys scaled up, so
+  that positions matter) of 4 layers (global attention in
+  layers 0 and 3, a local window of 8 in layers 1 and 2; rotary bases 1000 and 10), with a byte-level BPE tokenizer.json as ModernBERT's (special tokens
   [CLS] [SEP] [PAD] [MASK] [UNK], `[CLS] A [SEP] B [SEP]`), saved by transformers;
 - modernbert_cls/: a random `ModernBertForSequenceClassification` with 3 labels;
 - modernbert.npz: padded inputs of 12 tokens (longer than the window) and transformers'
@@ -37,7 +37,10 @@ NPZ = HERE / "modernbert.npz"
 SPECIAL = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 CONFIG = dict(num_hidden_layers=4, num_attention_heads=4, hidden_size=32,
               intermediate_size=48, max_position_embeddings=64, local_attention=8,
-              global_attn_every_n_layers=3, norm_eps=1e-5)
+              global_attn_every_n_layers=3, norm_eps=1e-5,
+              # rotary bases far apart (the released 160000 and 10000 differ little over
+              # a window this short), so that parity shows each layer takes its own
+              global_rope_theta=1000.0, local_rope_theta=10.0)
 
 
 def tokenizer(folder):
@@ -65,6 +68,16 @@ def config(vocab, tok, **extra):
     return ModernBertConfig(vocab_size=vocab, **CONFIG, **ids, **extra)
 
 
+def sharp(model):
+    """Queries and keys 10x the initialiser's, so that attention scores are O(1) and the
+    rotary rotation decides them (at the initialiser's scale every score is near 0 and
+    attention near uniform, whatever the positions)."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.attn.Wqkv.weight[:2 * model.config.hidden_size].mul_(10.0)
+    return model
+
+
 def teachers(out, rng):
     folder = HERE / "modernbert_tiny"
     shutil.rmtree(folder, ignore_errors=True)
@@ -80,8 +93,8 @@ def teachers(out, rng):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
             tokenizer(folder)
-        model = perturbed(auto.from_config(config(vocab, tok, **extra),
-                                           attn_implementation="eager"))
+        model = sharp(perturbed(auto.from_config(config(vocab, tok, **extra),
+                                                 attn_implementation="eager")))
         model.save_pretrained(folder)
         ids, mask = inputs(vocab, tok.pad_token_id, rng)
         out[f"modernbert_{kind}_ids"], out[f"modernbert_{kind}_mask"] = ids, mask
