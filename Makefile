@@ -112,8 +112,10 @@ golden: $(STAMP)
 	.golden-venv/bin/python tests/golden/make_golden_classifier.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_albert.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_families.py
+	cd tests/golden && ../../.golden-venv/bin/python make_golden_modernbert.py
 	cd tests/golden && ../../$(BIN)/python make_family_students.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_families.py --students
+	cd tests/golden && ../../.golden-venv/bin/python make_golden_modernbert.py --students
 
 clean:
 	rm -rf $(VENV) .golden-venv build *.egg-info .pytest_cache

@@ -154,6 +154,9 @@ def test_search_pretrain_export_and_finetune(tmp_path):
     assert config.layer_types == ["full_attention", "sliding_attention"]
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "s")
     assert tok("a transformer")["input_ids"] == student.tokenizer.hf.encode("a transformer").ids
+    # ONNX and its int8 form (parity: tests/test_onnx.py)
+    assert main(["onnx", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--int8"]) == 0
+    assert (tmp_path / "o" / "model_quantized.onnx").is_file()
     # --inherit importance measures through BERT's post-LayerNorm blocks: refused by name
     assert main(["search", "--space", str(tmp_path / "space.toml"), "--run",
                  str(tmp_path / "imp"), "--teacher", str(GOLDEN / "modernbert_tiny"),

@@ -35,7 +35,9 @@ def _inputs(arch, seed=0):
     "albert_groups",  # E < H and G < D
     "student_albert", "classifier_bert", "classifier_roberta",
     # DistilBERT (no token types; ReLU pre_classifier), XLM-RoBERTa, ELECTRA (E < H; GELU head)
-    "distilbert_tiny", "xlmr_tiny", "electra_tiny", "distilbert_cls", "xlmr_cls", "electra_cls"])
+    "distilbert_tiny", "xlmr_tiny", "electra_tiny", "distilbert_cls", "xlmr_cls", "electra_cls",
+    # ModernBERT: rotary, local windows (13 tokens > its 8), gated, pre-LayerNorm, no biases
+    "modernbert_tiny", "modernbert_cls", "student_modernbert"])
 def test_onnx_runtime_logits_equal_the_models(folder, tmp_path, capsys):
     assert main(["onnx", str(GOLDEN / folder), "--out", str(tmp_path / "o")]) == 0
     assert "model.onnx" in capsys.readouterr().out

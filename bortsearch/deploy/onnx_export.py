@@ -74,10 +74,20 @@ class _Graph:
         return y
 
     def layer_norm(self, x: str, ln, eps: float, hint: str = "ln") -> str:
+        bias = ([self.const(np.asarray(ln["bias"], np.float32), f"{hint}_bias")]
+                if "bias" in ln else [])  # a family without biases (ModernBERT)
         return self.op("LayerNormalization", x,
                        self.const(np.asarray(ln["scale"], np.float32), f"{hint}_scale"),
-                       self.const(np.asarray(ln["bias"], np.float32), f"{hint}_bias"),
-                       axis=-1, epsilon=float(eps))
+                       *bias, axis=-1, epsilon=float(eps))
+
+    def rotate(self, x: str, cos: str, sin: str, head_dim: int) -> str:
+        """Rotary embedding of B x A x L x Dh: x·cos + (−x₂, x₁)·sin, x₁ and x₂ the
+        halves of each head."""
+        x1, x2 = self.name("half"), self.name("half")
+        halves = self.const(np.array([head_dim // 2, head_dim // 2], np.int64))
+        self.nodes.append(self.helper.make_node("Split", [x, halves], [x1, x2], axis=-1))
+        half = self.op("Concat", self.op("Neg", x2), x1, axis=-1)
+        return self.op("Add", self.op("Mul", x, cos), self.op("Mul", half, sin))
 
     def gelu(self, x: str, approximate: bool) -> str:
         half = self.const(np.float32(0.5))
@@ -119,8 +129,9 @@ def onnx_graph(model: Model, head: bool = True):
     else:  # 0 .. L-1
         length = g.op("Gather", g.op("Shape", ids), g.const(np.int64(1)), axis=0)
         pos = g.op("Range", g.const(np.int64(0)), length, g.const(np.int64(1)))
-    x = g.op("Add", x, g.op("Gather", g.const(np.asarray(emb["position"]["embedding"],
-                                                         np.float32), "position"), pos))
+    if arch.has_position_table:
+        x = g.op("Add", x, g.op("Gather", g.const(np.asarray(emb["position"]["embedding"],
+                                                             np.float32), "position"), pos))
     if arch.type_vocab_size:
         x = g.op("Add", x, g.op("Gather", g.const(np.asarray(emb["token_type"]["embedding"],
                                                              np.float32), "token_type"), types))
@@ -129,9 +140,12 @@ def onnx_graph(model: Model, head: bool = True):
         x = g.dense(x, p["embedding_map"]["kernel"], p["embedding_map"]["bias"], "embedding_map")
     # the additive attention mask, B x 1 x 1 x L: 0 where attended, float32's min where padded
     keep = g.op("Cast", g.op("Greater", mask, g.const(np.int64(0))), to=onnx.TensorProto.BOOL)
-    bias = g.op("Where", keep, g.const(np.float32(0.0)),
-                g.const(np.float32(np.finfo(np.float32).min)))
-    bias = g.op("Unsqueeze", bias, g.const(np.array([1, 2], np.int64)))
+    zero, neg = g.const(np.float32(0.0)), g.const(np.float32(np.finfo(np.float32).min))
+    keep = g.op("Unsqueeze", keep, g.const(np.array([1, 2], np.int64)))
+    bias = g.op("Where", keep, zero, neg)
+    if arch.family.norm == "pre":  # ModernBERT's blocks: their own loop
+        x = _pre_norm_layers(g, arch, p, x, pos, keep, bias, zero, neg)
+        return _finish(g, model, arch, p, x, head)
     a, dh, h = arch.heads, arch.head_dim, arch.hidden
     heads_shape = g.const(np.array([0, 0, a, dh], np.int64), "heads_shape")
     hidden_shape = g.const(np.array([0, 0, h], np.int64), "hidden_shape")
@@ -139,11 +153,7 @@ def onnx_graph(model: Model, head: bool = True):
     layers = p["layers"]
     gelu_new = arch.activation == "gelu_new"
     for i in range(arch.layers):
-        grp = i * arch.num_groups // arch.layers  # ALBERT's contiguous blocks
-        lp = {part: {k: np.asarray(v[grp]) if not isinstance(v, dict)
-                     else {kk: np.asarray(vv[grp]) for kk, vv in v.items()}
-                     for k, v in tree.items()}
-              for part, tree in layers.items()}
+        lp = _layer_params(arch, layers, i)
         att = lp["attention"]
 
         def split(name, perm):
@@ -163,12 +173,90 @@ def onnx_graph(model: Model, head: bool = True):
                        gelu_new)
         out = g.dense(inner, ffn["outer"]["kernel"], ffn["outer"]["bias"], f"l{i}_outer")
         x = g.layer_norm(g.op("Add", x, out), lp["ffn_ln"], arch.layer_norm_eps)
+    return _finish(g, model, arch, p, x, head)
+
+
+def _layer_params(arch, layers, i: int) -> dict:
+    """Layer i's parameters (ALBERT: its group's) as NumPy arrays."""
+    grp = i * arch.num_groups // arch.layers  # ALBERT's contiguous blocks
+    return {part: {k: np.asarray(v[grp]) if not isinstance(v, dict)
+                   else {kk: np.asarray(vv[grp]) for kk, vv in v.items()}
+                   for k, v in tree.items()}
+            for part, tree in layers.items()}
+
+
+def _pre_norm_layers(g: _Graph, arch, p: dict, x: str, pos: str, keep: str, bias: str,
+                     zero: str, neg: str) -> str:
+    """ModernBERT's layers (as `encoder.PreNormLayer`): rotary queries and keys, the
+    local layers' window mask, the gated feed-forward block; then the final norm."""
+    from bortsearch.model.encoder import rope_tables
+
+    a, dh, h = arch.heads, arch.head_dim, arch.hidden
+    heads_shape = g.const(np.array([0, 0, a, dh], np.int64), "heads_shape")
+    hidden_shape = g.const(np.array([0, 0, h], np.int64), "hidden_shape")
+    scale = g.const(np.float32(1 / np.sqrt(dh)), "score_scale")
+    length = g.op("Unsqueeze", g.op("Gather", g.op("Shape", pos), g.const(np.int64(0)), axis=0),
+                  g.const(np.array([0], np.int64)))
+
+    def tables(theta):  # cos, sin: L x Dh, cut from the longest input's
+        return [g.op("Slice", g.const(np.asarray(t, np.float32)), g.const(np.array([0])),
+                     length, g.const(np.array([0])))
+                for t in rope_tables(theta, dh, arch.max_positions)]
+
+    rope = {True: tables(arch.rope_theta)}
+    masks = {True: bias}
+    if arch.local_window is not None:
+        rope[False] = tables(arch.local_rope_theta)
+        rows = g.op("Unsqueeze", pos, g.const(np.array([1], np.int64)))
+        cols = g.op("Unsqueeze", pos, g.const(np.array([0], np.int64)))
+        near = g.op("LessOrEqual", g.op("Abs", g.op("Sub", rows, cols)),
+                    g.const(np.int64(arch.local_window // 2)))  # L x L
+        masks[False] = g.op("Where", g.op("And", keep, near), zero, neg)
+    for i in range(arch.layers):
+        lp = _layer_params(arch, p["layers"], i)
+        att, ffn, glob = lp["attention"], lp["ffn"], arch.is_global(i)
+        y = x if i == 0 else g.layer_norm(x, lp["attention_ln"], arch.layer_norm_eps)
+
+        def split(name, src=y, at=att, layer=i):
+            t = g.dense(src, at[name]["kernel"], at[name].get("bias"), f"l{layer}_{name}")
+            return g.op("Transpose", g.op("Reshape", t, heads_shape), perm=[0, 2, 1, 3])
+
+        cos, sin = rope[glob]
+        q = g.rotate(split("query"), cos, sin, dh)
+        k = g.op("Transpose", g.rotate(split("key"), cos, sin, dh), perm=[0, 1, 3, 2])
+        scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), masks[glob])
+        ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), split("value"))
+        ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), hidden_shape)
+        x = g.op("Add", x, g.dense(ctx, att["out"]["kernel"], att["out"].get("bias"),
+                                   f"l{i}_out"))
+        y = g.layer_norm(x, lp["ffn_ln"], arch.layer_norm_eps)
+        inner = g.gelu(g.dense(y, ffn["inner"]["kernel"], ffn["inner"].get("bias"),
+                               f"l{i}_inner"), arch.activation == "gelu_new")
+        if "gate" in ffn:
+            inner = g.op("Mul", inner, g.dense(y, ffn["gate"]["kernel"],
+                                               ffn["gate"].get("bias"), f"l{i}_gate"))
+        x = g.op("Add", x, g.dense(inner, ffn["outer"]["kernel"], ffn["outer"].get("bias"),
+                                   f"l{i}_outer"))
+    return g.layer_norm(x, p["final_ln"], arch.layer_norm_eps, "final_ln")
+
+
+def _finish(g: _Graph, model: Model, arch, p: dict, x: str, head: bool):
+    """The head on the last hidden states, the graph's output, and the checked model."""
+    onnx = g.onnx
+    i64 = onnx.TensorProto.INT64
+    h, emb, gelu_new = arch.hidden, p["embeddings"], arch.activation == "gelu_new"
     if not head and not model.num_labels:
         logits, out_shape = x, ["batch", "sequence", h]
     elif model.num_labels:
         first = g.op("Gather", x, g.const(np.int64(0)), axis=1)  # B x H
         act = arch.family.classifier_act
-        if arch.family.classifier == "dense":
+        if arch.family.classifier == "head":  # ModernBERT: norm(act(dense(x₀))) → linear
+            c = p["classifier"]
+            y = g.activation(g.dense(first, c["dense"]["kernel"], c["dense"].get("bias"),
+                                     "cls_dense"), act)
+            y = g.layer_norm(y, c["ln"], arch.layer_norm_eps, "cls_ln")
+            logits = g.dense(y, c["out_proj"]["kernel"], c["out_proj"]["bias"], "cls_out")
+        elif arch.family.classifier == "dense":
             c = p["classifier"]
             y = g.activation(g.dense(first, c["dense"]["kernel"], c["dense"]["bias"],
                                      "cls_dense"), act)
@@ -180,7 +268,7 @@ def onnx_graph(model: Model, head: bool = True):
         out_shape = ["batch", model.num_labels]
     else:
         head = p["head"]
-        y = g.gelu(g.dense(x, head["transform"]["kernel"], head["transform"]["bias"],
+        y = g.gelu(g.dense(x, head["transform"]["kernel"], head["transform"].get("bias"),
                            "head_transform"), gelu_new)
         y = g.layer_norm(y, head["ln"], arch.layer_norm_eps, "head_ln")
         decoder = (np.asarray(emb["word"]["embedding"], np.float32).T if arch.tie_decoder
