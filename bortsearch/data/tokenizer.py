@@ -33,7 +33,8 @@ CLASS_NAMES = {"bert": "BertTokenizerFast", "roberta": "RobertaTokenizerFast",
 FAMILY_TOKENIZERS = {"distilbert": ("bert", "DistilBertTokenizerFast"),
                      "electra": ("bert", "ElectraTokenizerFast"),
                      "xlm-roberta": ("roberta", "XLMRobertaTokenizerFast"),
-                     "modernbert": ("bert", "PreTrainedTokenizerFast")}
+                     "modernbert": ("bert", "PreTrainedTokenizerFast"),
+                     "deberta-v2": ("bert", "DebertaV2TokenizerFast")}
 DEFAULT_VOCAB_SIZE = 4096
 
 

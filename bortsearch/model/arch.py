@@ -30,8 +30,10 @@ class Family:
       layout: the layers' tensor names: "bert" (`encoder.layer.N.attention.self.query`),
         "distilbert" (`transformer.layer.N.attention.q_lin`) or "albert" (groups).
       positions: "absolute" (a learned table, 0..L-1), "padded" (RoBERTa's: counted
-        from pad_token_id + 1 over the non-padding tokens) or "rotary" (no table: the
-        queries and keys rotated by position, ModernBERT's).
+        from pad_token_id + 1 over the non-padding tokens), "rotary" (no table: the
+        queries and keys rotated by position, ModernBERT's) or "relative" (no table:
+        DeBERTa's disentangled attention, content-to-position and position-to-content
+        scores from a table of bucketed relative positions).
       classifier: the sequence-classification head on the first token: "pooler"
         (act(pooler(x₀)) → classifier; BERT, ALBERT, DistilBERT's pre_classifier),
         "dense" (act(dense(x₀)) → out_proj; RoBERTa, ELECTRA) or "head"
@@ -74,6 +76,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            classifier="dense"),
     Family("electra", "ELECTRA", "Electra", "electra", classifier="dense",
            classifier_act="gelu", embedding="electra"),
+    Family("deberta-v2", "DeBERTa-v2/v3", "DebertaV2", "deberta", layout="deberta",
+           positions="relative", classifier_act="gelu"),
     Family("modernbert", "ModernBERT", "ModernBert", "model", layout="modernbert",
            positions="rotary", classifier="head", classifier_act="gelu", token_types=False,
            norm="pre", ffn="glu", bias=False),
@@ -122,6 +126,9 @@ class Arch:
         (ModernBERT's local_attention).
       global_every: with a local window, layer i attends globally where
         i % global_every == 0, locally otherwise (global_attn_every_n_layers).
+      relative_buckets: a "relative" family's position buckets (DeBERTa's
+        position_buckets; 0: none, every distance up to max_relative its own).
+      max_relative: the largest relative distance (max_relative_positions).
     """
 
     layers: int
@@ -142,6 +149,8 @@ class Arch:
     local_rope_theta: float = 10000.0
     local_window: int | None = None
     global_every: int = 1
+    relative_buckets: int = 0
+    max_relative: int = 0
 
     def __post_init__(self):
         for name in ("layers", "heads", "hidden", "intermediate", "vocab_size", "max_positions"):
@@ -169,6 +178,11 @@ class Arch:
                 (self.local_window is not None or self.global_every != 1):
             raise ValueError(f"local attention is a rotary family's (ModernBERT); the "
                              f"{self.model_type} family attends globally")
+        relative = family_of(self.model_type).positions == "relative"
+        if relative != (self.max_relative > 0) or self.relative_buckets < 0:
+            raise ValueError(f"max_relative must be >= 1 for a relative-position family and 0 "
+                             f"otherwise, and relative_buckets >= 0; got {self.model_type=}, "
+                             f"{self.max_relative=}, {self.relative_buckets=}")
         if self.global_every < 1 or (self.local_window is not None and self.local_window < 2):
             raise ValueError(f"global_every must be >= 1 and local_window >= 2, got "
                              f"{self.global_every=}, {self.local_window=}")
@@ -229,7 +243,12 @@ class Arch:
 
     @property
     def has_position_table(self) -> bool:
-        return self.family.positions != "rotary"
+        return self.family.positions not in ("rotary", "relative")
+
+    @property
+    def relative_span(self) -> int:
+        """k: the relative-position table has 2k rows (DeBERTa's pos_ebd_size)."""
+        return self.relative_buckets or self.max_relative
 
     @property
     def max_seq_len(self) -> int:
@@ -264,7 +283,8 @@ class Arch:
         d = dataclasses.asdict(self)
         for key, default in (("embedding", None), ("groups", None), ("activation", "gelu"),
                              ("rope_theta", 160000.0), ("local_rope_theta", 10000.0),
-                             ("local_window", None), ("global_every", 1)):
+                             ("local_window", None), ("global_every", 1),
+                             ("relative_buckets", 0), ("max_relative", 0)):
             if d[key] == default:
                 del d[key]
         return d

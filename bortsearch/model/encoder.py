@@ -173,25 +173,68 @@ class Attention(_Part):
 
     @nn.compact
     def __call__(self, x_BxLxH, bias_Bx1x1xL, rope=None):
-        """`rope`: the rotary (cos, sin), each L x Dh, for a "rotary" family."""
+        """`rope`: the rotary (cos, sin), each L x Dh, for a "rotary" family. For a
+        "relative" family `bias_Bx1x1xL` is (the mask's bias, the normalised relative
+        table 2k x H, the L x L index into it)."""
         a, dh, dt = self.arch.heads, self.arch.head_dim, self.dtype
         b, l, h = x_BxLxH.shape
         bias = self.arch.family.bias
+        relative = None
+        if isinstance(bias_Bx1x1xL, tuple):
+            bias_Bx1x1xL, *relative = bias_Bx1x1xL
 
-        def split(t):  # BxLxH -> BxLxAxDh
-            return t.reshape(b, l, a, dh)
+        def split(t):  # ...xH -> ...xAxDh
+            return t.reshape(*t.shape[:-1], a, dh)
 
-        q_BxLxAxDh = split(_dense(h, "query", dt, bias)(x_BxLxH))
-        k_BxLxAxDh = split(_dense(h, "key", dt, bias)(x_BxLxH))
+        query, key = _dense(h, "query", dt, bias), _dense(h, "key", dt, bias)
+        q_BxLxAxDh, k_BxLxAxDh = split(query(x_BxLxH)), split(key(x_BxLxH))
         v_BxLxAxDh = split(_dense(h, "value", dt, bias)(x_BxLxH))
         if rope is not None:
             q_BxLxAxDh, k_BxLxAxDh = (rotate(t, *rope) for t in (q_BxLxAxDh, k_BxLxAxDh))
-        scores_BxAxLxL = jnp.einsum("bqad,bkad->baqk", q_BxLxAxDh, k_BxLxAxDh) / np.sqrt(dh)
+        scores_BxAxLxL = jnp.einsum("bqad,bkad->baqk", q_BxLxAxDh, k_BxLxAxDh)
+        if relative is None:
+            scores_BxAxLxL = scores_BxAxLxL / np.sqrt(dh)
+        else:  # DeBERTa: + content→position + position→content, all over √(3·Dh)
+            table_2KxH, index_LxL = relative
+            pos_k_2KxAxDh, pos_q_2KxAxDh = split(key(table_2KxH)), split(query(table_2KxH))
+            scores_BxAxLxL = (scores_BxAxLxL + disentangled(
+                q_BxLxAxDh, k_BxLxAxDh, pos_q_2KxAxDh, pos_k_2KxAxDh, index_LxL)) \
+                / np.sqrt(3 * dh)
         probs_BxAxLxL = jax.nn.softmax(scores_BxAxLxL.astype(jnp.float32) + bias_Bx1x1xL,
                                        axis=-1).astype(dt)
         probs_BxAxLxL = nn.Dropout(self.dropout, deterministic=self.deterministic)(probs_BxAxLxL)
         ctx_BxLxAxDh = jnp.einsum("baqk,bkad->bqad", probs_BxAxLxL, v_BxLxAxDh)
         return _dense(h, "out", dt, bias)(ctx_BxLxAxDh.reshape(b, l, h))
+
+
+def disentangled(q_BxLxAxDh, k_BxLxAxDh, pos_q_2KxAxDh, pos_k_2KxAxDh, index_LxL):
+    """DeBERTa's relative scores (unscaled): c2p[i, j] = q_i · pos_k[δ(i, j)] and
+    p2c[i, j] = k_j · pos_q[δ(i, j)], δ(i, j) = the bucket of i − j, shifted by k into
+    the table's 2k rows (`relative_index`); their sum, B x A x L x L."""
+    b, l, a, _ = q_BxLxAxDh.shape
+    index = jnp.broadcast_to(index_LxL, (b, a, l, l))
+    c2p_BxAxLx2K = jnp.einsum("bqad,rad->baqr", q_BxLxAxDh, pos_k_2KxAxDh)
+    p2c_BxAxLx2K = jnp.einsum("bkad,rad->bakr", k_BxLxAxDh, pos_q_2KxAxDh)
+    c2p = jnp.take_along_axis(c2p_BxAxLx2K, index, axis=-1)
+    # p2c[i, j] = p2c_BxAxLx2K[j, δ(i, j)]: gathered along j's rows, then transposed
+    p2c = jnp.take_along_axis(p2c_BxAxLx2K, jnp.swapaxes(index, -1, -2), axis=-1)
+    return c2p + jnp.swapaxes(p2c, -1, -2)
+
+
+def relative_index(arch: Arch, seq_len: int) -> np.ndarray:
+    """L x L rows of the relative table: the bucket of i − j (DeBERTa's log buckets
+    beyond half the bucket count, in float32 as transformers computes them) plus k,
+    clipped to [0, 2k)."""
+    rel = np.arange(seq_len)[:, None] - np.arange(seq_len)[None, :]
+    if arch.relative_buckets > 0:
+        mid, top = arch.relative_buckets // 2, arch.max_relative
+        sign = np.sign(rel)
+        abs_pos = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel)).astype(np.float32)
+        log_pos = np.ceil(np.log(abs_pos / np.float32(mid)) / np.log(np.float32((top - 1) / mid))
+                          * np.float32(mid - 1)) + np.float32(mid)
+        rel = np.where(abs_pos <= mid, rel, log_pos * sign).astype(np.int64)
+    k = arch.relative_span
+    return np.clip(rel + k, 0, 2 * k - 1).astype(np.int32)
 
 
 def rope_tables(theta: float, head_dim: int, seq_len: int):
@@ -307,6 +350,11 @@ class Encoder(nn.Module):
         if arch.family.norm == "pre":  # ModernBERT: rotary, local windows, pre-LayerNorm
             x_BxLxH = self._pre_norm_layers(x_BxLxH, attention_mask_BxL, rate, deterministic)
             return self._outputs(x_BxLxH, positions_BxP, rate, deterministic)
+        if arch.family.positions == "relative":  # the layers' shared relative table
+            table = self.param("relative_embedding", _INIT, (2 * arch.relative_span, arch.hidden))
+            table = _layer_norm(arch, "relative_ln", dt)(table.astype(dt))
+            bias_Bx1x1xL = (bias_Bx1x1xL, table,
+                            jnp.asarray(relative_index(arch, input_ids_BxL.shape[1])))
         body = Layer
         if arch.groups is not None:
             # ALBERT's sharing: each of the G groups' parameters applied D/G times in a

@@ -1,5 +1,5 @@
 """Hugging Face encoder checkpoints (BERT, RoBERTa, ALBERT, DistilBERT, XLM-RoBERTa,
-ELECTRA, ModernBERT), read and written.
+ELECTRA, ModernBERT, DeBERTa-v2/v3), read and written.
 
 Reading accepts a directory with `config.json` and `model.safetensors` or
 `pytorch_model.bin`. A `.bin` is a pickle; it is read by a restricted unpickler
@@ -32,6 +32,9 @@ SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_t
 # Tensors a checkpoint may hold that the masked-LM model does not use.
 UNUSED_SUFFIXES = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids",
                    "cls.seq_relationship.weight", "cls.seq_relationship.bias")
+# Heads a checkpoint may carry that no class here uses (DeBERTa-v3's replaced-token
+# detection head, saved beside its masked-LM head).
+UNUSED_PREFIXES = ("mask_predictions.",)
 
 Part = Literal["mlm", "encoder", "auto"]  # what `load_checkpoint` reads of a folder
 TokenizerNeed = Literal["required", "if-present", "none"]
@@ -50,7 +53,14 @@ _HEADS = {
     "electra": ("generator_predictions.dense", "generator_predictions.LayerNorm",
                 "generator_lm_head.bias", "generator_lm_head"),
     "model": ("head.dense", "head.norm", "decoder.bias", "decoder"),  # ModernBERT
+    # DeBERTa-v2/v3 as transformers' default (`legacy`) head; the original checkpoints'
+    # `lm_predictions.lm_head` names are read as these (`_DEBERTA_HEAD`)
+    "deberta": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                "cls.predictions.bias", "cls.predictions.decoder"),
 }
+_DEBERTA_HEAD = {"lm_predictions.lm_head.dense.": "cls.predictions.transform.dense.",
+                 "lm_predictions.lm_head.LayerNorm.": "cls.predictions.transform.LayerNorm.",
+                 "lm_predictions.lm_head.bias": "cls.predictions.bias"}
 
 
 def _head_names(arch: Arch) -> dict[str, str]:
@@ -100,6 +110,14 @@ _LAYOUTS = {
                 "attention.dense": ("attention", "out"),
                 "ffn": ("ffn", "inner"), "ffn_output": ("ffn", "outer")},
                {"attention.LayerNorm": ("attention_ln",), "full_layer_layer_norm": ("ffn_ln",)}),
+    "deberta": ("{base}.encoder.layer.{i}",
+                {"attention.self.query_proj": ("attention", "query"),
+                 "attention.self.key_proj": ("attention", "key"),
+                 "attention.self.value_proj": ("attention", "value"),
+                 "attention.output.dense": ("attention", "out"),
+                 "intermediate.dense": ("ffn", "inner"), "output.dense": ("ffn", "outer")},
+                {"attention.output.LayerNorm": ("attention_ln",),
+                 "output.LayerNorm": ("ffn_ln",)}),
     # ModernBERT's fused Wqkv and Wi are split into these parts on reading (`_FUSED`)
     "modernbert": ("{base}.layers.{i}",
                    {"attn.Wqkv.q": ("attention", "query"), "attn.Wqkv.k": ("attention", "key"),
@@ -130,6 +148,10 @@ def encoder_names(arch: Arch) -> Names:
         names[f"{base}.final_norm.weight"] = (("final_ln", "scale"), None, False)
     else:
         names.update(_bert_embedding_names(arch, emb))
+    if arch.family.positions == "relative":  # DeBERTa's table, shared by the layers
+        names[f"{base}.encoder.rel_embeddings.weight"] = (("relative_embedding",), None, False)
+        names[f"{base}.encoder.LayerNorm.weight"] = (("relative_ln", "scale"), None, False)
+        names[f"{base}.encoder.LayerNorm.bias"] = (("relative_ln", "bias"), None, False)
     if arch.embedding is not None:  # ALBERT's (E = H: written as an identity), ELECTRA's
         mapping = ALBERT_MAP if arch.albert else f"{base}.embeddings_project"
         names[f"{mapping}.weight"] = (("embedding_map", "kernel"), None, True)
@@ -154,7 +176,8 @@ def encoder_names(arch: Arch) -> Names:
 def _bert_embedding_names(arch: Arch, emb: str) -> Names:
     names: Names = {}
     for table in ("word", "position", "token_type"):
-        if table != "token_type" or arch.type_vocab_size:
+        if (table != "token_type" or arch.type_vocab_size) and \
+                (table != "position" or arch.has_position_table):
             names[f"{emb}.{table}_embeddings.weight"] = (("embeddings", table, "embedding"),
                                                         None, False)
     names[f"{emb}.LayerNorm.weight"] = (("embeddings", "ln", "scale"), None, False)
@@ -218,7 +241,7 @@ def mlm_head_names(arch: Arch) -> Names:
 
 # The pooler of the families whose classifier reads one ("pooler" classifiers)
 _POOLERS = {"albert": "albert.pooler", "bert": "bert.pooler.dense",
-            "distilbert": "pre_classifier"}
+            "distilbert": "pre_classifier", "deberta-v2": "pooler.dense"}
 
 
 def pooler_names(arch: Arch) -> Names:
@@ -292,7 +315,36 @@ _DISTILBERT_KEYS = {"n_layers": "num_hidden_layers", "n_heads": "num_attention_h
                     "activation": "hidden_act"}
 
 # Families transformers knows that bortsearch does not read (yet): refused by name.
-UNSUPPORTED_FAMILIES = {"deberta": "DeBERTa", "deberta-v2": "DeBERTa-v2/v3"}
+UNSUPPORTED_FAMILIES = {"deberta": "DeBERTa (v1)"}
+
+# DeBERTa-v2/v3: the settings every v3 checkpoint has that the model here supports alone
+# (others are refused by name), and the relative positions as `Arch` fields.
+_DEBERTA_FIXED = {"relative_attention": True, "position_biased_input": False,
+                  "share_att_key": True, "norm_rel_ebd": "layer_norm", "conv_kernel_size": 0,
+                  "pooler_hidden_act": "gelu", "hidden_act": "gelu"}
+
+
+def _deberta_config(config: dict, source: str) -> dict:
+    """A DeBERTa-v2 config with its relative positions as `Arch` fields."""
+    for key, value in _DEBERTA_FIXED.items():
+        if config.get(key, value) != value:
+            raise UserError(f"{source}: {key} = {config[key]!r} is not supported for "
+                            f"DeBERTa-v2/v3; only {value!r} (as DeBERTa-v3's checkpoints)")
+    kinds = config.get("pos_att_type") or []
+    kinds = [k.strip() for k in kinds.lower().split("|")] if isinstance(kinds, str) else kinds
+    if sorted(kinds) != ["c2p", "p2c"]:
+        raise UserError(f"{source}: pos_att_type {config.get('pos_att_type')!r} is not "
+                        f"supported; only both c2p and p2c (as DeBERTa-v3's checkpoints)")
+    h = config.get("hidden_size")
+    if config.get("embedding_size", h) != h or config.get("pooler_hidden_size", h) != h:
+        raise UserError(f"{source}: embedding_size or pooler_hidden_size other than "
+                        f"hidden_size is not supported for DeBERTa-v2/v3")
+    top = int(config.get("max_relative_positions", -1))
+    top = top if top >= 1 else int(config.get("max_position_embeddings", 512))
+    return {**config, "type_vocab_size": config.get("type_vocab_size", 0),
+            "layer_norm_eps": config.get("layer_norm_eps", 1e-7),
+            "rotary": dict(relative_buckets=max(int(config.get("position_buckets", -1)), 0),
+                           max_relative=top)}
 
 # ModernBERT's config names for BERT's fields, and the settings every released
 # ModernBERT has that the model here supports alone (others are refused by name).
@@ -359,6 +411,8 @@ def _standard_config(config: dict, source: str) -> dict:
         config.update(type_vocab_size=0, layer_norm_eps=1e-12)  # transformers' fixed values
     if model_type == "modernbert":
         config = _modernbert_config(config, source)
+    if model_type == "deberta-v2":
+        config = _deberta_config(config, source)
     if model_type == "electra" and config.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"{source}: hidden_act {config['hidden_act']!r} is not supported for "
                         f"ELECTRA, whose heads use exact GELU whatever it says; only 'gelu'")
@@ -436,6 +490,15 @@ def config_from_arch(arch: Arch, tokenizer=None) -> dict:
         config["embedding_size"] = arch.embedding_size
     if family == "modernbert":
         return _modernbert_config_of(arch, config, tokenizer)
+    if family == "deberta-v2":
+        drop = ("position_embedding_type", "hidden_act")
+        config = {k: v for k, v in config.items() if k not in drop}
+        config.update(_DEBERTA_FIXED, pos_att_type=["p2c", "c2p"], legacy=True,
+                      position_buckets=arch.relative_buckets or -1,
+                      max_relative_positions=arch.max_relative, pooler_dropout=0.0,
+                      pooler_hidden_size=arch.hidden)
+        del config["conv_kernel_size"]
+        return config
     if family == "distilbert":
         names = {v: k for k, v in _DISTILBERT_KEYS.items()}
         config = {names.get(k, k): v for k, v in config.items()
@@ -663,6 +726,13 @@ def _normalise(arch: Arch, tensors: dict) -> dict:
     return {(f"{base}.{k}" if k.startswith(bare) else k): v for k, v in tensors.items()}
 
 
+def _deberta_head_name(name: str) -> str:
+    for old, new in _DEBERTA_HEAD.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
 def has_mlm_head(arch: Arch, tensors: dict) -> bool:
     head = _head_names(arch)
     return f"{head['transform.dense']}.weight" in tensors
@@ -684,6 +754,8 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         raise ValueError(f"params_from_tensors: part {part!r} with {num_labels} labels")
     tensors = _split_fused(arch, _normalise(arch, {_legacy_rename(k): v
                                                    for k, v in tensors.items()}))
+    if arch.family.layout == "deberta":  # the original checkpoints' head names
+        tensors = {_deberta_head_name(k): v for k, v in tensors.items()}
     head = _head_names(arch)
     # The decoder's own bias is what the forward pass adds (transformers 5 keeps it
     # as a separate tensor, equal to the head bias in released checkpoints).
@@ -715,7 +787,8 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
                 f"and a teacher needs one; give it one on your corpus with `bortsearch "
                 f"teacher --init-from {source} --out TEACHER --corpus TEXT`, then use "
                 f"--teacher TEACHER")
-        extra = [n for n in tensors if n not in names and not n.endswith(UNUSED_SUFFIXES)]
+        extra = [n for n in tensors if n not in names and not n.endswith(UNUSED_SUFFIXES)
+                 and not n.startswith(UNUSED_PREFIXES)]
     missing = [n for n in names if n not in tensors]
     if missing:
         raise UserError(f"{source}: missing tensors: {', '.join(missing[:5])}"

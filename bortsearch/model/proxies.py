@@ -61,9 +61,10 @@ def param_count(arch: Arch) -> int:
     embeddings = embedding_table_params(arch) + norm
     projection = (e * h + h) if arch.projected else 0  # E -> H
     head = (h * e + b * e) + norm + v + (0 if arch.tie_decoder else e * v)
-    # (pre-LayerNorm, ModernBERT: the first layer lacks its attention norm and a final
+    # (DeBERTa: the relative table, 2k x H, and its LayerNorm; pre-LayerNorm, ModernBERT: the first layer lacks its attention norm and a final
     # norm follows the last layer, so the D layers' two norms each still count)
-    return embeddings + projection + arch.num_groups * layer_params(arch) + head
+    relative = (2 * arch.relative_span + 2) * h if arch.family.positions == "relative" else 0
+    return embeddings + projection + arch.num_groups * layer_params(arch) + head + relative
 
 
 def effective_param_count(arch: Arch) -> int:
@@ -128,14 +129,18 @@ def weight_flops(arch: Arch, batch: int = DEFAULT_BATCH, seq_len: int = DEFAULT_
     projection = 2 * b * l * e * h if arch.projected else 0
     head = 2 * b * l * h * e + 2 * b * l * e * v if scope == "mlm" else 0
     ffn = 2 * ffn_matrices(arch) * b * l * h * i
-    return projection + arch.layers * (8 * b * l * h * h + ffn) + head
+    # DeBERTa: each layer projects the relative table (2k x H) by its query and key
+    relative = 2 * 2 * (2 * arch.relative_span) * h * h if arch.relative_span else 0
+    return projection + arch.layers * (8 * b * l * h * h + ffn + relative) + head
 
 
 def attention_flops(arch: Arch, batch: int = DEFAULT_BATCH,
                     seq_len: int = DEFAULT_SEQ_LEN) -> int:
     """The part of `forward_flops` in the attention's scores and softmax-weighted sum
     (4·B·L²·H a layer application)."""
-    return arch.layers * 4 * batch * seq_len * seq_len * arch.hidden
+    # DeBERTa: and the content→position and position→content products with the table
+    relative = 2 * 2 * batch * seq_len * 2 * arch.relative_span * arch.hidden
+    return arch.layers * (4 * batch * seq_len * seq_len * arch.hidden + relative)
 
 
 def attention_scores(arch: Arch, batch: int = DEFAULT_BATCH,

@@ -1,4 +1,4 @@
-"""Students of the DistilBERT, XLM-RoBERTa, ELECTRA and ModernBERT golden teachers,
+"""Students of the DistilBERT, XLM-RoBERTa, ELECTRA, ModernBERT and DeBERTa golden teachers,
 for the transformers round trip (`make_family_students.py [FAMILY ...]`: those named).
 
 Runs in bortsearch's own environment (`make golden` runs it after the first pass
@@ -23,7 +23,7 @@ from bortsearch.search.student import PretrainConfig, pretrain
 HERE = Path(__file__).resolve().parent
 SPACE = 'name = "golden"\nlayers = [2]\nheads = [2]\nhidden = [{h}]\nintermediate = [24]\n'
 # H of each family's student: ELECTRA's 32 keeps the teacher's E = 16, projected
-FAMILIES = {"distilbert": 16, "xlmr": 16, "electra": 32, "modernbert": 16}
+FAMILIES = {"distilbert": 16, "xlmr": 16, "electra": 32, "modernbert": 16, "deberta": 16}
 
 
 def pairs_task(n: int = 64) -> Path:
