@@ -113,9 +113,11 @@ golden: $(STAMP)
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_albert.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_families.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_modernbert.py
+	cd tests/golden && ../../.golden-venv/bin/python make_golden_deberta.py
 	cd tests/golden && ../../$(BIN)/python make_family_students.py
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_families.py --students
 	cd tests/golden && ../../.golden-venv/bin/python make_golden_modernbert.py --students
+	cd tests/golden && ../../.golden-venv/bin/python make_golden_deberta.py --students
 
 clean:
 	rm -rf $(VENV) .golden-venv build *.egg-info .pytest_cache

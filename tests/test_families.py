@@ -134,7 +134,7 @@ def _config(tmp_path, **fields):
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(model_type="deberta-v2"), "DeBERTa-v2/v3 .*not supported yet"),
+    (dict(model_type="deberta"), "DeBERTa \\(v1\\) .*not supported yet"),
     (dict(model_type="distilbert", sinusoidal_pos_embds=True), "sinusoidal_pos_embds"),
     (dict(model_type="electra", hidden_act="gelu_new"), "ELECTRA, whose heads use exact GELU"),
     (dict(model_type="distilbert", activation="relu"), "hidden_act 'relu' is not supported"),

@@ -16,6 +16,9 @@ KINDS = {
                                     type_vocab_size=1, max_positions=34),
     "albert, factorised and shared": dict(model_type="albert", embedding=6, groups=1),
     "albert, two groups, E = H": dict(model_type="albert", embedding=16, groups=2),
+    # DeBERTa: the relative table is read by the query and key rows
+    "deberta-v2": dict(model_type="deberta-v2", type_vocab_size=0, relative_buckets=8,
+                       max_relative=32),
 }
 
 

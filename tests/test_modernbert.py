@@ -37,8 +37,10 @@ def _assert_logits(model, golden, key):
 @pytest.mark.parametrize("kind", ["tiny", "cls"])
 def test_checkpoints_give_transformers_logits(golden, kind):
     """Masked-LM and sequence-classification forms, padding included; the inputs are
-    longer than the local window, so local and global layers differ."""
+    longer than the local window, so local and global layers differ. The classifier pools
+    the mean of the unpadded tokens, as the released models are configured."""
     model = load(GOLDEN / f"modernbert_{kind}")
+    assert model.arch.pooling == ("mean" if kind == "cls" else "cls")
     assert model.arch.model_type == "modernbert" and model.num_labels == (3 if kind == "cls"
                                                                          else 0)
     _assert_logits(model, golden, f"modernbert_{kind}")
@@ -118,7 +120,8 @@ def _config(tmp_path, **fields):
 
 @pytest.mark.parametrize("fields, message", [
     (dict(norm_bias=True), "norm_bias = True is not supported for ModernBERT"),
-    (dict(classifier_pooling="mean"), "classifier_pooling = 'mean' is not supported"),
+    (dict(classifier_pooling="max"), "pooling must be 'cls', or 'mean'"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling .* not supported"),
     (dict(hidden_activation="silu"), "hidden_activation = 'silu'"),
     (dict(layer_types=["full_attention", "full_attention", "sliding_attention",
                        "full_attention"]), "layer_types .* is not supported"),
@@ -163,3 +166,31 @@ def test_search_pretrain_export_and_finetune(tmp_path):
                  "--inherit", "importance", "--steps", "2", "--batch-size", "8",
                  "--seq-len", "32", "--quiet"]) == 2
     assert not (tmp_path / "imp" / "results.csv").exists()
+
+
+def test_inheritance_that_changes_a_layers_attention_or_head_size_is_warned():
+    from bortsearch.search.config import SearchConfig
+    from bortsearch.search.run import rotary_inheritance_warnings
+
+    teacher = load_checkpoint(GOLDEN / "modernbert_tiny").arch  # layers 0, 3 global
+    space = [teacher.with_size(2, 2, 16, 24), teacher.with_size(2, 4, 16, 24)]
+    uniform = rotary_inheritance_warnings(teacher, space, SearchConfig(space="s"))
+    # uniform map: student layer 0 (global) <- teacher layer 1 (local); H/A = 4 < 8
+    assert len(uniform) == 2 and "2 candidate(s) inherit" in uniform[0]
+    assert "1 candidate(s) have a head size" in uniform[1]
+    assert rotary_inheritance_warnings(
+        teacher, space[:1], SearchConfig(space="s", inherit_layers="first")) == []
+
+
+def test_fine_tuning_starts_from_the_trained_prediction_head():
+    """As transformers' ModernBertForSequenceClassification loads a masked-LM checkpoint:
+    its classifier's dense and norm are the trained prediction head's; only the output
+    layer is new."""
+    from bortsearch.downstream.finetune import initial_params
+
+    mlm = load_checkpoint(GOLDEN / "modernbert_tiny").params["params"]["head"]
+    encoder = load_checkpoint(GOLDEN / "modernbert_tiny", part="encoder")
+    head = initial_params(encoder, 3, seed=0)["params"]["classifier"]
+    np.testing.assert_array_equal(head["dense"]["kernel"], mlm["transform"]["kernel"])
+    np.testing.assert_array_equal(head["ln"]["scale"], mlm["ln"]["scale"])
+    assert head["out_proj"]["kernel"].shape == (32, 3)

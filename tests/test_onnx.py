@@ -37,7 +37,9 @@ def _inputs(arch, seed=0):
     # DistilBERT (no token types; ReLU pre_classifier), XLM-RoBERTa, ELECTRA (E < H; GELU head)
     "distilbert_tiny", "xlmr_tiny", "electra_tiny", "distilbert_cls", "xlmr_cls", "electra_cls",
     # ModernBERT: rotary, local windows (13 tokens > its 8), gated, pre-LayerNorm, no biases
-    "modernbert_tiny", "modernbert_cls", "student_modernbert"])
+    "modernbert_tiny", "modernbert_cls", "student_modernbert",
+    # DeBERTa-v2/v3: disentangled attention over bucketed relative positions
+    "deberta_tiny", "deberta_cls", "student_deberta"])
 def test_onnx_runtime_logits_equal_the_models(folder, tmp_path, capsys):
     assert main(["onnx", str(GOLDEN / folder), "--out", str(tmp_path / "o")]) == 0
     assert "model.onnx" in capsys.readouterr().out

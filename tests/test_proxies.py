@@ -104,6 +104,9 @@ def _jaxpr(arch, batch, seq_len, unroll=1, head=True):
     # ModernBERT: gated feed-forward (three H x I products), local windows, no position table
     (Arch(4, 4, 32, 48, vocab_size=300, max_positions=64, type_vocab_size=0,
           model_type="modernbert", local_window=8, global_every=3), 2, 12),
+    # DeBERTa: the relative table's projections and the c2p and p2c products
+    (Arch(3, 4, 32, 48, vocab_size=300, max_positions=64, type_vocab_size=0,
+          model_type="deberta-v2", relative_buckets=8, max_relative=64), 2, 12),
 ])
 def test_flops_equal_independent_dot_and_softmax_count(arch, batch, seq_len):
     from bortsearch.model.proxies import SOFTMAX_FLOPS

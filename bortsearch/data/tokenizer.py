@@ -138,6 +138,10 @@ def load_tokenizer(directory: str | Path, model_type: str) -> Tokenizer:
     lowercase = _lowercase(d)
     files = tokenizer_files(d)
     try:
+        if files is None and (d / "spm.model").is_file():
+            raise UserError(f"{d}: spm.model (DeBERTa's SentencePiece model) alone is not "
+                            f"read; write tokenizer.json beside it once with transformers: "
+                            f"AutoTokenizer.from_pretrained(folder).save_pretrained(folder)")
         if files is None:
             raise UserError(f"{d}: no tokenizer files (tokenizer.json, vocab.txt, "
                             f"vocab.json + merges.txt, or spiece.model); copy the teacher's "

@@ -149,7 +149,12 @@ def onnx_graph(model: Model, head: bool = True):
     a, dh, h = arch.heads, arch.head_dim, arch.hidden
     heads_shape = g.const(np.array([0, 0, a, dh], np.int64), "heads_shape")
     hidden_shape = g.const(np.array([0, 0, h], np.int64), "hidden_shape")
-    scale = g.const(np.float32(1 / np.sqrt(dh)), "score_scale")
+    relative = None
+    if arch.family.positions == "relative":
+        scale = g.const(np.float32(1 / np.sqrt(3 * dh)), "score_scale")
+        relative = _relative_parts(g, arch, p, ids)
+    else:
+        scale = g.const(np.float32(1 / np.sqrt(dh)), "score_scale")
     layers = p["layers"]
     gelu_new = arch.activation == "gelu_new"
     for i in range(arch.layers):
@@ -163,7 +168,10 @@ def onnx_graph(model: Model, head: bool = True):
         q = split("query", [0, 2, 1, 3])  # B x A x L x Dh
         k = split("key", [0, 2, 3, 1])  # B x A x Dh x L
         v = split("value", [0, 2, 1, 3])
-        scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), bias)
+        scores = g.op("MatMul", q, k)
+        if relative is not None:  # DeBERTa: + c2p + p2c, all over √(3·Dh)
+            scores = g.op("Add", scores, _disentangled(g, arch, att, relative, q, k, scores))
+        scores = g.op("Add", g.op("Mul", scores, scale), bias)
         ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
         ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), hidden_shape)
         out = g.dense(ctx, att["out"]["kernel"], att["out"]["bias"], f"l{i}_out")
@@ -174,6 +182,44 @@ def onnx_graph(model: Model, head: bool = True):
         out = g.dense(inner, ffn["outer"]["kernel"], ffn["outer"]["bias"], f"l{i}_outer")
         x = g.layer_norm(g.op("Add", x, out), lp["ffn_ln"], arch.layer_norm_eps)
     return _finish(g, model, arch, p, x, head)
+
+
+def _relative_parts(g: _Graph, arch, p: dict, ids: str):
+    """DeBERTa's normalised relative table (a constant, NumPy) and the L x L index into
+    it, cut from the longest input's (the index depends on i − j alone)."""
+    from bortsearch.model.encoder import relative_index
+
+    table = np.asarray(p["relative_embedding"], np.float64)
+    ln = p["relative_ln"]
+    mean, var = table.mean(-1, keepdims=True), table.var(-1, keepdims=True)
+    table = (table - mean) / np.sqrt(var + arch.layer_norm_eps) * ln["scale"] + ln["bias"]
+    length = g.op("Unsqueeze", g.op("Gather", g.op("Shape", ids), g.const(np.int64(1)), axis=0),
+                  g.const(np.array([0], np.int64)))
+    zeros = g.const(np.array([0, 0], np.int64))
+    ends = g.op("Concat", length, length, axis=0)
+    index = relative_index(arch, arch.max_positions).astype(np.int64)
+    index = g.op("Slice", g.const(index, "relative_index"), zeros, ends,
+                 g.const(np.array([0, 1], np.int64)))
+    return table.astype(np.float32), index
+
+
+def _disentangled(g: _Graph, arch, att: dict, relative, q: str, k: str, like: str) -> str:
+    """c2p + p2c (unscaled) for one layer, B x A x L x L (`encoder.disentangled`):
+    the table's keys and queries are constants of the layer's weights."""
+    table, index = relative
+    a, dh = arch.heads, arch.head_dim
+
+    def heads(kind):  # A x Dh x 2k: the table through the layer's query or key
+        t = table @ np.asarray(att[kind]["kernel"]) + np.asarray(att[kind]["bias"])
+        return g.const(t.reshape(-1, a, dh).transpose(1, 2, 0).astype(np.float32), kind)
+
+    shape = g.op("Shape", like)
+    c2p_index = g.op("Expand", index, shape)
+    p2c_index = g.op("Expand", g.op("Transpose", index, perm=[1, 0]), shape)
+    c2p = g.op("GatherElements", g.op("MatMul", q, heads("key")), c2p_index, axis=3)
+    keys = g.op("Transpose", k, perm=[0, 1, 3, 2])  # B x A x L x Dh
+    p2c = g.op("GatherElements", g.op("MatMul", keys, heads("query")), p2c_index, axis=3)
+    return g.op("Add", c2p, g.op("Transpose", p2c, perm=[0, 1, 3, 2]))
 
 
 def _layer_params(arch, layers, i: int) -> dict:
@@ -251,6 +297,12 @@ def _finish(g: _Graph, model: Model, arch, p: dict, x: str, head: bool):
         first = g.op("Gather", x, g.const(np.int64(0)), axis=1)  # B x H
         act = arch.family.classifier_act
         if arch.family.classifier == "head":  # ModernBERT: norm(act(dense(x₀))) → linear
+            if arch.pooling == "mean":  # the unpadded tokens' mean instead of the first's
+                m = g.op("Unsqueeze", g.op("Cast", INPUTS[1], to=onnx.TensorProto.FLOAT),
+                         g.const(np.array([2], np.int64)))
+                first = g.op("Div", g.op("ReduceSum", g.op("Mul", x, m),
+                                         g.const(np.array([1], np.int64)), keepdims=0),
+                             g.op("ReduceSum", m, g.const(np.array([1], np.int64)), keepdims=0))
             c = p["classifier"]
             y = g.activation(g.dense(first, c["dense"]["kernel"], c["dense"].get("bias"),
                                      "cls_dense"), act)

@@ -173,10 +173,13 @@ def evaluate(task: Task, arch: Arch, params, devs: dict[str, Encoded], max_lengt
 
 
 def initial_params(encoder: Model, num_labels: int, seed: int):
-    """The head from Normal(0, 0.02) for `seed`; embeddings, layers (and BERT's
-    pooler, when the checkpoint has a trained one) from the checkpoint."""
-    params = init_params(encoder.arch, seed, num_labels)
-    return {"params": {**params["params"], **encoder.params["params"]}}
+    """The head from Normal(0, 0.02) for `seed`; embeddings, layers and what of the head
+    the checkpoint has trained (BERT's pooler; ModernBERT's prediction head, which its
+    classifier reads before the output layer) from the checkpoint."""
+    fresh = init_params(encoder.arch, seed, num_labels)["params"]
+    trained = encoder.params["params"]
+    return {"params": {**fresh, **trained, "classifier": {
+        **fresh["classifier"], **trained.get("classifier", {})}}}
 
 
 def _trial_dir(out: Path, lr: float, seed: int) -> Path:

@@ -129,6 +129,8 @@ class Arch:
       relative_buckets: a "relative" family's position buckets (DeBERTa's
         position_buckets; 0: none, every distance up to max_relative its own).
       max_relative: the largest relative distance (max_relative_positions).
+      pooling: what a "head" classifier reads: the first token ("cls") or the mean
+        of the unpadded tokens ("mean"; ModernBERT's classifier_pooling).
     """
 
     layers: int
@@ -151,6 +153,7 @@ class Arch:
     global_every: int = 1
     relative_buckets: int = 0
     max_relative: int = 0
+    pooling: str = "cls"
 
     def __post_init__(self):
         for name in ("layers", "heads", "hidden", "intermediate", "vocab_size", "max_positions"):
@@ -183,6 +186,10 @@ class Arch:
             raise ValueError(f"max_relative must be >= 1 for a relative-position family and 0 "
                              f"otherwise, and relative_buckets >= 0; got {self.model_type=}, "
                              f"{self.max_relative=}, {self.relative_buckets=}")
+        if self.pooling not in ("cls", "mean") or (
+                self.pooling == "mean" and family_of(self.model_type).classifier != "head"):
+            raise ValueError(f"pooling must be 'cls', or 'mean' for a family whose classifier "
+                             f"pools (ModernBERT); got {self.pooling=} for {self.model_type}")
         if self.global_every < 1 or (self.local_window is not None and self.local_window < 2):
             raise ValueError(f"global_every must be >= 1 and local_window >= 2, got "
                              f"{self.global_every=}, {self.local_window=}")
@@ -284,7 +291,8 @@ class Arch:
         for key, default in (("embedding", None), ("groups", None), ("activation", "gelu"),
                              ("rope_theta", 160000.0), ("local_rope_theta", 10000.0),
                              ("local_window", None), ("global_every", 1),
-                             ("relative_buckets", 0), ("max_relative", 0)):
+                             ("relative_buckets", 0), ("max_relative", 0),
+                             ("pooling", "cls")):
             if d[key] == default:
                 del d[key]
         return d

@@ -349,7 +349,7 @@ class Encoder(nn.Module):
         bias_Bx1x1xL = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, neg)
         if arch.family.norm == "pre":  # ModernBERT: rotary, local windows, pre-LayerNorm
             x_BxLxH = self._pre_norm_layers(x_BxLxH, attention_mask_BxL, rate, deterministic)
-            return self._outputs(x_BxLxH, positions_BxP, rate, deterministic)
+            return self._outputs(x_BxLxH, attention_mask_BxL, positions_BxP, rate, deterministic)
         if arch.family.positions == "relative":  # the layers' shared relative table
             table = self.param("relative_embedding", _INIT, (2 * arch.relative_span, arch.hidden))
             table = _layer_norm(arch, "relative_ln", dt)(table.astype(dt))
@@ -370,7 +370,7 @@ class Encoder(nn.Module):
             unroll=arch.num_groups if self.unroll is None else self.unroll,
         )
         x_BxLxH, _ = layers(arch, rate, deterministic, dt, name="layers")(x_BxLxH, bias_Bx1x1xL)
-        return self._outputs(x_BxLxH, positions_BxP, rate, deterministic)
+        return self._outputs(x_BxLxH, attention_mask_BxL, positions_BxP, rate, deterministic)
 
     def _pre_norm_layers(self, x_BxLxH, attention_mask_BxL, rate, deterministic):
         """The layers of a pre-LayerNorm rotary family, then its final LayerNorm. Each
@@ -395,11 +395,12 @@ class Encoder(nn.Module):
             x_BxLxH, context, jnp.arange(arch.layers))
         return _layer_norm(arch, "final_ln", dt)(x_BxLxH)
 
-    def _outputs(self, x_BxLxH, positions_BxP, rate, deterministic):
+    def _outputs(self, x_BxLxH, attention_mask_BxL, positions_BxP, rate, deterministic):
         """The head on the last hidden states: the attributes' form (`__call__`)."""
         arch, dt = self.arch, self.dtype
         if self.num_labels:
-            return classify(arch, self.num_labels, x_BxLxH, rate, deterministic, dt)
+            return classify(arch, self.num_labels, x_BxLxH, rate, deterministic, dt,
+                            attention_mask_BxL)
         if not self.head:
             return x_BxLxH.astype(jnp.float32)
         first_BxH = x_BxLxH[:, 0]
@@ -489,19 +490,25 @@ class MLMHead(nn.Module):
 
 
 def classify(arch: Arch, num_labels: int, x_BxLxH, rate: float, deterministic: bool,
-             dtype="float32"):
+             dtype="float32", attention_mask_BxL=None):
     """The sequence-classification head on the first token, as Hugging Face has it,
     by the family's `classifier` form and activation:
 
     "pooler" (BERT, ALBERT: tanh; DistilBERT's pre_classifier: relu):
     dropout(act(pooler(x₀))) → classifier. "dense" (RoBERTa: tanh; ELECTRA: gelu):
     dropout(x₀) → act(classifier.dense) → dropout → classifier.out_proj. "head"
-    (ModernBERT: gelu): norm(act(classifier.dense(x₀))) → dropout → classifier.out_proj.
+    (ModernBERT: gelu): norm(act(classifier.dense(x₀))) → dropout → classifier.out_proj,
+    x₀ the first token's state, or with `arch.pooling` "mean" the mean of the unpadded
+    tokens' states.
     (Called inside `Encoder`'s compact scope, so the names are its own.)
     """
     drop = nn.Dropout(rate, deterministic=deterministic)
     x_BxH = x_BxLxH[:, 0]
     if arch.family.classifier == "head":
+        if arch.pooling == "mean":
+            m_BxL = (jnp.ones(x_BxLxH.shape[:2]) if attention_mask_BxL is None
+                     else attention_mask_BxL).astype(x_BxLxH.dtype)
+            x_BxH = (x_BxLxH * m_BxL[..., None]).sum(1) / m_BxL.sum(1, keepdims=True)
         return _NormedClassifier(arch, num_labels, dtype, name="classifier")(
             x_BxH, drop).astype(jnp.float32)
     if arch.family.classifier == "pooler":

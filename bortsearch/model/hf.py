@@ -351,7 +351,7 @@ def _deberta_config(config: dict, source: str) -> dict:
 _MODERNBERT_KEYS = {"norm_eps": "layer_norm_eps", "hidden_activation": "hidden_act"}
 _MODERNBERT_FIXED = {"norm_bias": False, "attention_bias": False, "mlp_bias": False,
                      "classifier_bias": False, "decoder_bias": True,
-                     "classifier_pooling": "cls", "classifier_activation": "gelu",
+                     "classifier_activation": "gelu",
                      "hidden_activation": "gelu", "tie_word_embeddings": True}
 _MODERNBERT_THETAS = {"full_attention": ("global_rope_theta", 160000.0),
                       "sliding_attention": ("local_rope_theta", 10000.0)}
@@ -361,6 +361,9 @@ def _modernbert_config(config: dict, source: str) -> dict:
     """A ModernBERT config in BERT's names, with its rotary bases, local window and
     global-attention period as `Arch` fields (from transformers 5's `layer_types` and
     `rope_parameters`, or the older `global_attn_every_n_layers` and `*_rope_theta`)."""
+    if config.get("rope_scaling"):
+        raise UserError(f"{source}: rope_scaling {config['rope_scaling']!r} is not supported "
+                        f"for ModernBERT; only unscaled rotary positions")
     for key, value in _MODERNBERT_FIXED.items():
         if config.get(key, value) != value:
             raise UserError(f"{source}: {key} = {config[key]!r} is not supported for "
@@ -388,7 +391,8 @@ def _modernbert_config(config: dict, source: str) -> dict:
                     rotary=dict(rope_theta=thetas["full_attention"],
                                 local_rope_theta=thetas["sliding_attention"],
                                 local_window=int(config.get("local_attention", 128))
-                                if local else None, global_every=every if local else 1))
+                                if local else None, global_every=every if local else 1,
+                                pooling=config.get("classifier_pooling", "cls")))
     return standard
 
 
@@ -516,6 +520,7 @@ def _modernbert_config_of(arch: Arch, bert: dict, tokenizer) -> dict:
             "hidden_dropout_prob", "attention_probs_dropout_prob")
     config = {k: v for k, v in bert.items() if k not in drop}
     config.update(_MODERNBERT_FIXED, norm_eps=arch.layer_norm_eps,
+                  classifier_pooling=arch.pooling,
                   global_rope_theta=arch.rope_theta, local_rope_theta=arch.local_rope_theta,
                   global_attn_every_n_layers=arch.global_every if arch.local_window else 1,
                   local_attention=arch.local_window or 128, attention_dropout=0.0,
@@ -773,6 +778,11 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         pooler = pooler_names(arch)
         if all(n in tensors for n in pooler):
             names.update(pooler)
+        if _family(arch).classifier == "head":  # ModernBERT: its trained prediction head,
+            trained = {n: v for n, v in classifier_names(arch).items()  # which the
+                       if n.startswith("head.") and n in tensors}  # classifier reads
+            if len(trained) == 2:
+                names.update(trained)
         base = f"{_base(arch)}."
         extra = [n for n in tensors if n.startswith(base) and n not in names
                  and not n.endswith(UNUSED_SUFFIXES)]

@@ -61,8 +61,9 @@ def param_count(arch: Arch) -> int:
     embeddings = embedding_table_params(arch) + norm
     projection = (e * h + h) if arch.projected else 0  # E -> H
     head = (h * e + b * e) + norm + v + (0 if arch.tie_decoder else e * v)
-    # (DeBERTa: the relative table, 2k x H, and its LayerNorm; pre-LayerNorm, ModernBERT: the first layer lacks its attention norm and a final
-    # norm follows the last layer, so the D layers' two norms each still count)
+    # DeBERTa adds its relative table (2k x H) and its LayerNorm. (Pre-LayerNorm,
+    # ModernBERT: the first layer lacks its attention norm and a final norm follows the
+    # last layer, so the D layers' two norms each still count.)
     relative = (2 * arch.relative_span + 2) * h if arch.family.positions == "relative" else 0
     return embeddings + projection + arch.num_groups * layer_params(arch) + head + relative
 

@@ -36,8 +36,8 @@ class SearchConfig:
     space: str = option(None, "a search-space TOML file", required=True)
     teacher: str | None = option(
         None, "a Hugging Face checkpoint folder (BERT, RoBERTa, ALBERT, DistilBERT, "
-        "XLM-RoBERTa, ELECTRA, ModernBERT): a masked-LM model, or a fine-tuned sequence classifier "
-        "with --task", default_text="train the space's "
+        "XLM-RoBERTa, ELECTRA, ModernBERT, DeBERTa-v2/v3): a masked-LM model, or a "
+        "fine-tuned sequence classifier with --task", default_text="train the space's "
         "maximum point (cached)")
     corpus: tuple[str, ...] | None = option(
         None, "a text file, folder, glob or .jsonl file; repeat for more", metavar="PATH",

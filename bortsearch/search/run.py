@@ -30,6 +30,8 @@ from bortsearch.data.corpus import resolve_corpus
 from bortsearch.data.tasks import TaskData, load_task, teacher_label_order
 from bortsearch.data.tokenizer import train_tokenizer
 from bortsearch.errors import UserError
+from bortsearch.model.arch import Arch
+from bortsearch.model.encoder import layer_map
 from bortsearch.model.hf import load_checkpoint, weights_sha256
 from bortsearch.process import setup_process
 from bortsearch.runio import (
@@ -121,6 +123,31 @@ def teacher_importance(teacher, teacher_path, corpus, data, batches: int, log) -
 TASK_LR = 3e-4
 
 
+def rotary_inheritance_warnings(T: Arch, xi: list[Arch], cfg: SearchConfig) -> list[str]:
+    """What inheriting from a rotary teacher with local windows (ModernBERT) cannot carry
+    over: a student layer of the other attention type than the teacher layer it inherits
+    (its window and rotary base), and a head size other than the teacher's (the rotary
+    frequencies of the inherited queries and keys)."""
+    if cfg.init != "teacher" or T.family.positions != "rotary":
+        return []
+    out = []
+    if T.local_window is not None and cfg.inherit_layers != "measured":
+        mixed = [a for a in xi if any(
+            a.is_global(m) != T.is_global(t)
+            for m, t in enumerate(layer_map(cfg.inherit_layers, a.layers, T.layers)))]
+        if mixed:
+            out.append(f"{len(mixed)} candidate(s) inherit, under --inherit-layers "
+                       f"{cfg.inherit_layers}, teacher layers of the other attention type "
+                       f"(global or the local window, and its rotary base) than their own; "
+                       f"--inherit-layers first keeps every layer's type")
+    heads = [a for a in xi if a.head_dim != T.head_dim]
+    if heads:
+        out.append(f"{len(heads)} candidate(s) have a head size H/A other than the teacher's "
+                   f"{T.head_dim}: the rotary frequencies of their inherited queries and keys "
+                   f"change; spaces with H/A = {T.head_dim} keep them")
+    return out
+
+
 def task_lr_warning(cfg: SearchConfig) -> str | None:
     """What to consider when a task search's candidates, which inherit a fine-tuned
     classifier, would train only at rates above the one `pretrain` distils at: in the
@@ -196,6 +223,8 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
             f"transformers' ELECTRA has no E→H projection: they inherit the teacher's "
             f"embeddings without its projection (a worse start than the others')")
     if (message := task_lr_warning(cfg)) is not None:
+        log(f"warning: {message}")
+    for message in rotary_inheritance_warnings(T, xi, cfg):
         log(f"warning: {message}")
     epsilon = cfg.epsilon or math.ceil(len(xi) / 12)
     if not 1 <= epsilon <= len(xi):

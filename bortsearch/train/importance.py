@@ -201,6 +201,10 @@ def rewire(arch: Arch, params: Params, orders: Orders) -> Params:
             if "decoder" in head:
                 put(("head", "decoder", "kernel"), head["decoder"]["kernel"][h, :])
         put(("head", "transform", "kernel"), kernel)
+    if "relative_embedding" in p:  # DeBERTa's table, read by the (permuted) query and key rows
+        put(("relative_embedding",), p["relative_embedding"][:, h])
+        for key in ("scale", "bias"):
+            put(("relative_ln", key), p["relative_ln"][key][h])
     for reader in (("pooler",), ("classifier", "dense")):  # read the first token's state
         if _has(p, reader + ("kernel",)):
             put(reader + ("kernel",), _get(p, reader + ("kernel",))[h, :])

@@ -459,8 +459,13 @@ def forward_flops_per_token(arch: Arch, seq_len: int, predictions: int) -> float
 def train_flops_per_token(arch: Arch, seq_len: int, predictions: int) -> float:
     """Model FLOPs of one training step per input token: 3 × the forward
     (forward + backward), with the head only at the masked positions."""
+    from bortsearch.model.proxies import ffn_matrices
+
     h, i, v, l, e = arch.hidden, arch.intermediate, arch.vocab_size, seq_len, arch.embedding_size
-    per_layer = 8 * h * h + 4 * l * h + 4 * h * i
+    # a gated block's third H x I product; DeBERTa's c2p and p2c products with its table
+    # (the table's own projections, once a batch, are left out)
+    relative = 2 * 2 * 2 * arch.relative_span * h
+    per_layer = 8 * h * h + 4 * l * h + 2 * ffn_matrices(arch) * h * i + relative
     projection = 2 * e * h if arch.embedding is not None else 0
     head = (2 * h * e + 2 * e * v) * predictions / seq_len
     return 3.0 * (projection + arch.layers * per_layer + head)

@@ -8,7 +8,8 @@ bortsearch's students from them, with `--students`. Writes, next to this script:
   that positions matter) of 4 layers (global attention in
   layers 0 and 3, a local window of 8 in layers 1 and 2; rotary bases 1000 and 10), with a byte-level BPE tokenizer.json as ModernBERT's (special tokens
   [CLS] [SEP] [PAD] [MASK] [UNK], `[CLS] A [SEP] B [SEP]`), saved by transformers;
-- modernbert_cls/: a random `ModernBertForSequenceClassification` with 3 labels;
+- modernbert_cls/: a random `ModernBertForSequenceClassification` with 3 labels, pooling
+  the mean of the tokens (the released models' setting; the students pool [CLS]);
 - modernbert.npz: padded inputs of 12 tokens (longer than the window) and transformers'
   logits for each (eager attention), the ids transformers' tokenizer gives for single
   and paired texts; with `--students`, also transformers' logits for
@@ -87,7 +88,8 @@ def teachers(out, rng):
     for kind, auto, extra in (("tiny", AutoModelForMaskedLM, {}),
                               ("cls", AutoModelForSequenceClassification,
                                dict(num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
-                                    label2id={"neg": 0, "neu": 1, "pos": 2}))):
+                                    label2id={"neg": 0, "neu": 1, "pos": 2},
+                                    classifier_pooling="mean"))):
         folder = HERE / f"modernbert_{kind}"
         if kind != "tiny":
             shutil.rmtree(folder, ignore_errors=True)
