@@ -30,7 +30,11 @@ With `--compile`, the candidate and inference rows also time the transformers mo
 under torch.compile (inductor; the optimiser step eager), and print jax's speed-up
 over it.
 
+With `--family modernbert` or `--family deberta-v2`, the candidate rows are that
+family's models on both sides (transformers' from the config bortsearch writes).
+
     python bench/torch_bench.py [--gpu] [--only candidate,infer] [--rounds 10] [--compile]
+        [--family bert|modernbert|deberta-v2]
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ def parse():
                    help=f"comma-separated workloads among {', '.join(WORKLOADS)}")
     p.add_argument("--rounds", type=int, default=10, help="measured rounds per side (median)")
     p.add_argument("--quick", action="store_true", help="fewer shapes (vocabulary 4096 only)")
+    p.add_argument("--family", default="bert",
+                   help="the encoder family of the candidate workload (bert, modernbert, "
+                        "deberta-v2): the same step, each side's model of that family")
     p.add_argument("--compile", action="store_true",
                    help="a third side: the same transformers model under torch.compile "
                         "(inductor; the optimiser step stays eager)")
@@ -233,10 +240,14 @@ def torch_layer(arch: Arch):
 
 
 def torch_mlm_logits(model, t):
-    """Logits at the masked positions only, as bortsearch computes them."""
-    hidden = model.bert(input_ids=t["input_ids"], attention_mask=t["attention_mask"])[0]
+    """Logits at the masked positions only, as bortsearch computes them (the family's
+    base model, then its head on the picked states)."""
+    base = getattr(model, "bert", None) or getattr(model, "deberta", None) or model.model
+    hidden = base(input_ids=t["input_ids"], attention_mask=t["attention_mask"])[0]
     picked = torch.gather(hidden, 1, t["positions"][..., None].expand(-1, -1, hidden.shape[-1]))
-    return model.cls(picked)
+    if hasattr(model, "cls"):  # BERT, DeBERTa (transformers' default head)
+        return model.cls(picked)
+    return model.decoder(model.head(picked))  # ModernBERT
 
 
 def maybe_compiled(module, compiled: bool):
@@ -244,10 +255,36 @@ def maybe_compiled(module, compiled: bool):
     return torch.compile(module) if compiled else module
 
 
+def family_model(arch: Arch):
+    """transformers' masked-LM model of `arch`'s family, from the config bortsearch writes
+    for it (eager attention)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, BertForMaskedLM
+
+    from bortsearch.model.hf import config_from_arch
+
+    if arch.model_type == "bert":
+        return BertForMaskedLM(bert_config(arch))
+    config = dict(config_from_arch(arch))
+    config = AutoConfig.for_model(config.pop("model_type"), **config)
+    config._attn_implementation = "eager"
+    return AutoModelForMaskedLM.from_config(config)
+
+
+def family_arch(size, vocab: int) -> Arch:
+    """A candidate of `--family` (its family settings as the goldens' and the released
+    models' have them: ModernBERT's window 128 and period 3; DeBERTa-v3's 256 buckets)."""
+    extra = {"bert": {},
+             "modernbert": dict(type_vocab_size=0, local_window=128, global_every=3,
+                                layer_norm_eps=1e-5),
+             "deberta-v2": dict(type_vocab_size=0, relative_buckets=256, max_relative=512,
+                                layer_norm_eps=1e-7)}[ARGS.family]
+    return Arch(*size, vocab_size=vocab, model_type=ARGS.family, **extra)
+
+
 def torch_distill(arch: Arch, batch, teacher: Arch | None, teacher_out=None, compiled=False):
     from transformers import BertForMaskedLM
 
-    model = BertForMaskedLM(bert_config(arch)).to(DEVICE).train()
+    model = family_model(arch).to(DEVICE).train()
     opt, sched = adamw(model, 1e-3, 1e-6, 1000, 50)
     forward = maybe_compiled(lambda t: torch_mlm_logits(model, t), compiled)
     t = tensors(batch)
@@ -335,10 +372,11 @@ def cases(rng):
     if "candidate" in only:
         for vocab in (4096,) if ARGS.quick else (4096, 30522):
             for size in ((2, 2, 64, 128), (2, 4, 128, 512), (4, 8, 256, 1024), (4, 8, 512, 768)):
-                arch = Arch(*size, vocab_size=vocab)
+                arch = family_arch(size, vocab)
                 batch = mlm_batch(rng, vocab, B, L)
                 t_out = rng.standard_normal((B, predictions(L), vocab)).astype(np.float32)
-                yield ("candidate", f"{size} V{vocab}", 3, B * L,
+                name = "" if ARGS.family == "bert" else f" {ARGS.family}"
+                yield ("candidate", f"{size} V{vocab}{name}", 3, B * L,
                        step_flops(arch, B * L, L, predictions(L)),
                        lambda a=arch, b=batch, t=t_out: jax_distill(a, b, None, t),
                        lambda a=arch, b=batch, t=t_out, c=False: torch_distill(a, b, None, t, c))

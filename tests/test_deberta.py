@@ -155,3 +155,57 @@ def test_a_sentencepiece_model_alone_is_refused_with_the_fix(tmp_path):
     (folder / "spm.model").write_bytes(b"not read")
     with pytest.raises(UserError, match="spm.model .* alone is not read.*save_pretrained"):
         load_checkpoint(folder)
+
+
+def test_embedding_rows_past_the_tokenizer_are_read_as_deberta_v3_ships_them(tmp_path):
+    """DeBERTa-v3's embedding table has 128,100 rows for 128,001 tokens: a table longer
+    than the tokenizer loads (other families refuse it: tests/test_hf.py)."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "m"
+    shutil.copytree(GOLDEN / "deberta_tiny", folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    for name in ("deberta.embeddings.word_embeddings.weight", "cls.predictions.bias",
+                 "cls.predictions.decoder.bias", "cls.predictions.decoder.weight"):
+        if name in tensors:
+            t = tensors[name]
+            tensors[name] = np.concatenate([t, np.zeros((8, *t.shape[1:]), t.dtype)])
+    save_file(tensors, str(folder / "model.safetensors"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 128}))
+    model = load_checkpoint(folder)
+    assert (model.arch.vocab_size, model.tokenizer.vocab_size) == (128, 120)
+
+
+@pytest.mark.parametrize("folder, prefix, head", [
+    ("deberta_tiny", "deberta.", ("cls.", "lm_predictions.")),
+    ("modernbert_tiny", "model.", ("head.", "decoder.")),
+])
+def test_a_bare_encoder_folder_reads_as_the_encoder(tmp_path, folder, prefix, head):
+    """A bare `DebertaV2Model` / `ModernBertModel` export (no prefix, no head), as
+    sentence-embedding folders ship them: refused as a teacher with the fix, read as the
+    encoder (`teacher --init-from`, fine-tuning) with the masked-LM model's weights."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    bare = tmp_path / "bare"
+    shutil.copytree(GOLDEN / folder, bare)
+    tensors = load_file(str(bare / "model.safetensors"))
+    save_file({k.removeprefix(prefix): v for k, v in tensors.items() if not k.startswith(head)},
+              str(bare / "model.safetensors"))
+    with pytest.raises(UserError, match="no masked-LM head.*teacher --init-from"):
+        load_checkpoint(bare)
+    encoder = load_checkpoint(bare, part="encoder").params["params"]
+    full = load_checkpoint(GOLDEN / folder).params["params"]
+    for key in ("embeddings", "layers"):
+        for a, b in zip(jax_leaves(encoder[key]), jax_leaves(full[key])):
+            np.testing.assert_array_equal(a, b)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)

@@ -49,6 +49,8 @@ class Family:
         (act(x·W_in) ⊙ x·W_gate)·W₂, ModernBERT's).
       bias: whether the dense layers and LayerNorms have biases (ModernBERT's have
         none; its decoder and classifier do).
+      padded_vocab: whether released checkpoints have embedding rows past their
+        tokenizer's last token (DeBERTa-v3: 128,100 rows, 128,001 tokens).
     """
 
     name: str
@@ -64,6 +66,7 @@ class Family:
     norm: str = "post"
     ffn: str = "mlp"
     bias: bool = True
+    padded_vocab: bool = False
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -77,7 +80,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("electra", "ELECTRA", "Electra", "electra", classifier="dense",
            classifier_act="gelu", embedding="electra"),
     Family("deberta-v2", "DeBERTa-v2/v3", "DebertaV2", "deberta", layout="deberta",
-           positions="relative", classifier_act="gelu"),
+           positions="relative", classifier_act="gelu", padded_vocab=True),
     Family("modernbert", "ModernBERT", "ModernBert", "model", layout="modernbert",
            positions="rotary", classifier="head", classifier_act="gelu", token_types=False,
            norm="pre", ffn="glu", bias=False),

@@ -711,7 +711,8 @@ def load_checkpoint(directory: str | Path, tokenizer: TokenizerNeed = "required"
         from bortsearch.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(d, arch.model_type)
-        if tok.vocab_size != arch.vocab_size:
+        short = tok.vocab_size < arch.vocab_size and arch.family.padded_vocab
+        if tok.vocab_size != arch.vocab_size and not short:
             raise UserError(
                 f"{d}: the tokenizer has {tok.vocab_size} tokens but the checkpoint's "
                 f"vocabulary is {arch.vocab_size}; use the tokenizer files that came with "
