@@ -209,3 +209,13 @@ def jax_leaves(tree):
     import jax
 
     return jax.tree.leaves(tree)
+
+
+def test_a_left_out_setting_is_taken_at_transformers_default_and_refused_by_name(tmp_path):
+    config = json.loads((GOLDEN / "deberta_tiny" / "config.json").read_text())
+    del config["share_att_key"]  # transformers: unshared position keys
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="share_att_key = False \\(transformers default\\)"):
+        load_checkpoint(folder)

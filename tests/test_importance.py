@@ -257,7 +257,7 @@ def test_search_with_measured_layers_and_pretrain_following_it(space, teacher, t
     assert summary["inherit_layers"] == "measured" and summary["inherit"] == "first"
 
 
-@pytest.mark.parametrize("kind", ["bert", "albert, factorised and shared"])
+@pytest.mark.parametrize("kind", ["bert", "albert, factorised and shared", "deberta-v2"])
 def test_gate_derivatives_match_finite_differences(kind):
     """Each importance is |∂L/∂g| of a gate g that scales a unit's parameters: the
     one-backward-pass sums equal the loss's finite differences in g, for a head, a
@@ -301,5 +301,7 @@ def test_gate_derivatives_match_finite_differences(kind):
                    if arch.embedding is None else
                    [(("embedding_map", "kernel"), (slice(None), k)),
                     (("embedding_map", "bias"), (k,))])
+        if "relative_ln" in params["params"]:  # DeBERTa: the unit's column of the table
+            stream += [(("relative_ln", key), (k,)) for key in ("scale", "bias")]
         assert derivative(stream) == pytest.approx(hidden[k], rel=2e-2, abs=1e-7)
         assert abs(heads[0, 1]) > 1e-6 and abs(ffn[-1, 5]) > 1e-6 and abs(hidden[k]) > 1e-6

@@ -322,14 +322,20 @@ UNSUPPORTED_FAMILIES = {"deberta": "DeBERTa (v1)"}
 _DEBERTA_FIXED = {"relative_attention": True, "position_biased_input": False,
                   "share_att_key": True, "norm_rel_ebd": "layer_norm", "conv_kernel_size": 0,
                   "pooler_hidden_act": "gelu", "hidden_act": "gelu"}
+# what transformers takes for each when a config leaves it out
+_DEBERTA_DEFAULTS = {"relative_attention": False, "position_biased_input": True,
+                     "share_att_key": False, "norm_rel_ebd": "none", "conv_kernel_size": 0,
+                     "pooler_hidden_act": "gelu", "hidden_act": "gelu"}
 
 
 def _deberta_config(config: dict, source: str) -> dict:
     """A DeBERTa-v2 config with its relative positions as `Arch` fields."""
     for key, value in _DEBERTA_FIXED.items():
-        if config.get(key, value) != value:
-            raise UserError(f"{source}: {key} = {config[key]!r} is not supported for "
-                            f"DeBERTa-v2/v3; only {value!r} (as DeBERTa-v3's checkpoints)")
+        if (given := config.get(key, _DEBERTA_DEFAULTS[key])) != value:
+            raise UserError(f"{source}: {key} = {given!r}"
+                            f"{'' if key in config else ' (transformers default)'} is not "
+                            f"supported for DeBERTa-v2/v3; only {value!r} (as DeBERTa-v3's "
+                            f"checkpoints)")
     kinds = config.get("pos_att_type") or []
     kinds = [k.strip() for k in kinds.lower().split("|")] if isinstance(kinds, str) else kinds
     if sorted(kinds) != ["c2p", "p2c"]:
@@ -760,8 +766,9 @@ def params_from_tensors(arch: Arch, tensors: dict, source: Path, part: str = "ml
         raise ValueError(f"params_from_tensors: part {part!r} with {num_labels} labels")
     tensors = _split_fused(arch, _normalise(arch, {_legacy_rename(k): v
                                                    for k, v in tensors.items()}))
-    if arch.family.layout == "deberta":  # the original checkpoints' head names
-        tensors = {_deberta_head_name(k): v for k, v in tensors.items()}
+    if arch.family.layout == "deberta":  # the original checkpoints' head names; a
+        tensors = {_deberta_head_name(k): v for k, v in tensors.items()}  # position table
+        tensors.pop(f"{_base(arch)}.embeddings.position_embeddings.weight", None)  # unused
     head = _head_names(arch)
     # The decoder's own bias is what the forward pass adds (transformers 5 keeps it
     # as a separate tensor, equal to the head bias in released checkpoints).

@@ -78,7 +78,9 @@ def effective_param_count(arch: Arch) -> int:
     runs: the FLOPs proxy counts every application).
     """
     output = arch.vocab_size * (1 if arch.tie_decoder else 1 + arch.embedding_size)
-    return param_count(arch) - embedding_table_params(arch) - output
+    # DeBERTa's relative-position table is a position table too (its LayerNorm stays)
+    relative = 2 * arch.relative_span * arch.hidden if arch.family.positions == "relative" else 0
+    return param_count(arch) - embedding_table_params(arch) - output - relative
 
 
 SIZE_PROXIES = ("params", "non-embedding")

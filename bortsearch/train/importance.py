@@ -93,6 +93,8 @@ def _gate_sums(arch: Arch, params: Params, grads: Params) -> tuple:
     ffn = pg(*lay, "ffn", "outer", "kernel").sum(-1)  # G x I
     hidden = sum(pg(*lay, ln, k).sum(0) for ln in ("attention_ln", "ffn_ln")
                  for k in ("scale", "bias"))
+    if "relative_ln" in p:  # DeBERTa: a unit's column of the relative table, read by c2p/p2c
+        hidden = hidden + pg("relative_ln", "scale") + pg("relative_ln", "bias")
     if arch.embedding is None:
         hidden = hidden + pg("embeddings", "ln", "scale") + pg("embeddings", "ln", "bias")
     else:
