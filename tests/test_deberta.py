@@ -6,34 +6,22 @@ position buckets, content→position and position→content scores."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from family_checks import GOLDEN, assert_logits, assert_tokenizer_ids, assert_written_again
 from safetensors.numpy import load_file
 
 from bortsearch import load
 from bortsearch.errors import UserError
 from bortsearch.model.encoder import Model, relative_index
-from bortsearch.model.hf import arch_from_config, load_checkpoint, write_hf_folder
+from bortsearch.model.hf import arch_from_config, load_checkpoint
 from bortsearch.model.proxies import param_count
-
-GOLDEN = Path(__file__).resolve().parent / "golden"
-PAIRS = [("the quick brown fox", "jumps over the lazy dog"),
-         ("a small student", "a large teacher, distilled")]
 
 
 @pytest.fixture(scope="module")
 def golden():
     return dict(np.load(GOLDEN / "deberta.npz"))
-
-
-def _assert_logits(model, golden, key, inputs=None):
-    ids, mask = golden[f"{inputs or key}_ids"], golden[f"{inputs or key}_mask"]
-    got, want = np.asarray(model.logits(ids, mask)), golden[f"{key}_logits"]
-    assert got.shape == want.shape
-    keep = mask.astype(bool) if got.ndim == 3 else slice(None)  # padded rows: no target
-    np.testing.assert_allclose(got[keep], want[keep], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["tiny", "cls", "lm"])
@@ -43,7 +31,7 @@ def test_checkpoints_give_transformers_logits(golden, kind):
     model = load(GOLDEN / f"deberta_{kind}")
     assert model.arch.model_type == "deberta-v2"
     assert model.num_labels == (3 if kind == "cls" else 0)
-    _assert_logits(model, golden, f"deberta_{kind}", "deberta_tiny" if kind == "lm" else None)
+    assert_logits(model, golden, f"deberta_{kind}", "deberta_tiny" if kind == "lm" else None)
 
 
 def test_relative_positions_are_read_and_change_the_logits(golden):
@@ -66,9 +54,7 @@ def test_relative_positions_are_read_and_change_the_logits(golden):
 def test_tokenizer_gives_transformers_ids(golden):
     tok = load_checkpoint(GOLDEN / "deberta_tiny").tokenizer
     assert tok.class_name == "DebertaV2TokenizerFast"
-    for i, (a, b) in enumerate(PAIRS):
-        assert tok.hf.encode(a).ids == golden[f"deberta_single{i}"].tolist()
-        assert tok.hf.encode(a, b).ids == golden[f"deberta_pair{i}"].tolist()
+    assert_tokenizer_ids(tok, golden, "deberta")
 
 
 def test_param_count_is_transformers_num_parameters():
@@ -85,18 +71,8 @@ def test_students_load_in_transformers_with_the_same_logits(golden, suffix, tmp_
     assert model.arch.model_type == "deberta-v2" and model.arch.size == (2, 2, 16, 24)
     head = "ForSequenceClassification" if suffix else "ForMaskedLM"
     assert str(golden[f"{key}_class"]) == "DebertaV2" + head
-    _assert_logits(model, golden, key)
-    config = json.loads((GOLDEN / key / "config.json").read_text())
-    labels = tuple(config["id2label"][str(i)] for i in range(len(config["id2label"]))) \
-        if suffix else None
-    write_hf_folder(tmp_path, model.arch, model.tokenizer, model.params, labels=labels,
-                    task=config.get("finetuning_task", ""))
-    mine, theirs = load_file(str(tmp_path / "model.safetensors")), \
-        load_file(str(GOLDEN / key / "model.safetensors"))
-    assert mine.keys() == theirs.keys() and "deberta.encoder.rel_embeddings.weight" in mine
-    for k in theirs:
-        np.testing.assert_array_equal(mine[k], theirs[k])
-    assert json.loads((tmp_path / "config.json").read_text()) == config
+    assert_logits(model, golden, key)
+    assert "deberta.encoder.rel_embeddings.weight" in assert_written_again(model, key, tmp_path)
 
 
 def _config(tmp_path, **fields):

@@ -3,10 +3,10 @@ transformers has them (goldens: tests/golden/make_golden_families.py, with the
 students of tests/golden/make_family_students.py)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from family_checks import GOLDEN, assert_logits, assert_tokenizer_ids, assert_written_again
 from safetensors.numpy import load_file
 
 from bortsearch import load
@@ -21,23 +21,12 @@ from bortsearch.model.hf import (
 )
 from bortsearch.model.proxies import param_count
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
 FAMILY = {"distilbert": "distilbert", "xlmr": "xlm-roberta", "electra": "electra"}
-PAIRS = [("the quick brown fox", "jumps over the lazy dog"),
-         ("a small student", "a large teacher, distilled")]
 
 
 @pytest.fixture(scope="module")
 def golden():
     return dict(np.load(GOLDEN / "families.npz"))
-
-
-def _assert_logits(model, golden, key):
-    ids, mask = golden[f"{key}_ids"], golden[f"{key}_mask"]
-    got, want = np.asarray(model.logits(ids, mask)), golden[f"{key}_logits"]
-    assert got.shape == want.shape
-    keep = mask.astype(bool) if got.ndim == 3 else slice(None)  # padded rows: no target
-    np.testing.assert_allclose(got[keep], want[keep], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["distilbert", "xlmr", "electra"])
@@ -47,7 +36,7 @@ def test_checkpoints_give_transformers_logits(golden, name, kind):
     model = load(GOLDEN / f"{name}_{kind}")
     assert model.arch.model_type == FAMILY[name]
     assert model.num_labels == (3 if kind == "cls" else 0)
-    _assert_logits(model, golden, f"{name}_{kind}")
+    assert_logits(model, golden, f"{name}_{kind}")
 
 
 def test_family_features_are_read_from_the_config():
@@ -62,10 +51,7 @@ def test_family_features_are_read_from_the_config():
 
 @pytest.mark.parametrize("name", ["distilbert", "xlmr", "electra"])
 def test_tokenizers_give_transformers_ids(golden, name):
-    tok = load_checkpoint(GOLDEN / f"{name}_tiny").tokenizer
-    for i, (a, b) in enumerate(PAIRS):
-        assert tok.hf.encode(a).ids == golden[f"{name}_single{i}"].tolist()
-        assert tok.hf.encode(a, b).ids == golden[f"{name}_pair{i}"].tolist()
+    assert_tokenizer_ids(load_checkpoint(GOLDEN / f"{name}_tiny").tokenizer, golden, name)
 
 
 def test_electra_discriminator_is_an_encoder(golden, tmp_path):
@@ -109,18 +95,8 @@ def test_students_load_in_transformers_with_the_same_logits(golden, name, suffix
         assert model.arch.embedding == 16
     head = "ForSequenceClassification" if suffix else "ForMaskedLM"
     assert str(golden[f"{key}_class"]) == FAMILY_CLASSES[name] + head
-    _assert_logits(model, golden, key)
-    config = json.loads((GOLDEN / key / "config.json").read_text())
-    labels = tuple(config["id2label"][str(i)] for i in range(len(config["id2label"]))) \
-        if suffix else None
-    write_hf_folder(tmp_path, model.arch, model.tokenizer, model.params, labels=labels,
-                    task=config.get("finetuning_task", ""))
-    mine, theirs = load_file(str(tmp_path / "model.safetensors")), \
-        load_file(str(GOLDEN / key / "model.safetensors"))
-    assert mine.keys() == theirs.keys()
-    for k in theirs:
-        np.testing.assert_array_equal(mine[k], theirs[k])
-    assert json.loads((tmp_path / "config.json").read_text()) == config
+    assert_logits(model, golden, key)
+    assert_written_again(model, key, tmp_path)
 
 
 FAMILY_CLASSES = {name: FAMILIES[t].classes for name, t in FAMILY.items()}

@@ -5,33 +5,20 @@ encoder: pre-LayerNorm blocks, rotary positions, global attention every third la
 a local window between, a gated feed-forward block, no biases but the output's."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from family_checks import GOLDEN, assert_logits, assert_tokenizer_ids, assert_written_again
 
 from bortsearch import load
 from bortsearch.errors import UserError
-from bortsearch.model.hf import arch_from_config, load_checkpoint, write_hf_folder
+from bortsearch.model.hf import arch_from_config, load_checkpoint
 from bortsearch.model.proxies import param_count
-
-GOLDEN = Path(__file__).resolve().parent / "golden"
-PAIRS = [("the quick brown fox", "jumps over the lazy dog"),
-         ("a small student", "a large teacher, distilled")]
 
 
 @pytest.fixture(scope="module")
 def golden():
     return dict(np.load(GOLDEN / "modernbert.npz"))
-
-
-def _assert_logits(model, golden, key):
-    ids, mask = golden[f"{key}_ids"], golden[f"{key}_mask"]
-    got, want = np.asarray(model.logits(ids, mask)), golden[f"{key}_logits"]
-    assert got.shape == want.shape
-    keep = mask.astype(bool) if got.ndim == 3 else slice(None)  # padded rows: no target
-    np.testing.assert_allclose(got[keep], want[keep], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["tiny", "cls"])
@@ -43,7 +30,7 @@ def test_checkpoints_give_transformers_logits(golden, kind):
     assert model.arch.pooling == ("mean" if kind == "cls" else "cls")
     assert model.arch.model_type == "modernbert" and model.num_labels == (3 if kind == "cls"
                                                                          else 0)
-    _assert_logits(model, golden, f"modernbert_{kind}")
+    assert_logits(model, golden, f"modernbert_{kind}")
 
 
 def test_the_window_and_the_rotary_bases_are_read_and_change_the_logits(golden):
@@ -72,10 +59,8 @@ def test_the_window_and_the_rotary_bases_are_read_and_change_the_logits(golden):
 
 
 def test_tokenizer_gives_transformers_ids(golden):
-    tok = load_checkpoint(GOLDEN / "modernbert_tiny").tokenizer
-    for i, (a, b) in enumerate(PAIRS):
-        assert tok.hf.encode(a).ids == golden[f"modernbert_single{i}"].tolist()
-        assert tok.hf.encode(a, b).ids == golden[f"modernbert_pair{i}"].tolist()
+    assert_tokenizer_ids(load_checkpoint(GOLDEN / "modernbert_tiny").tokenizer, golden,
+                         "modernbert")
 
 
 def test_param_count_is_transformers_num_parameters():
@@ -95,19 +80,10 @@ def test_students_load_in_transformers_with_the_same_logits(golden, suffix, tmp_
     assert model.arch.model_type == "modernbert" and model.arch.size == (2, 2, 16, 24)
     head = "ForSequenceClassification" if suffix else "ForMaskedLM"
     assert str(golden[f"{key}_class"]) == "ModernBert" + head
-    _assert_logits(model, golden, key)
-    config = json.loads((GOLDEN / key / "config.json").read_text())
-    labels = tuple(config["id2label"][str(i)] for i in range(len(config["id2label"]))) \
-        if suffix else None
-    write_hf_folder(tmp_path, model.arch, model.tokenizer, model.params, labels=labels,
-                    task=config.get("finetuning_task", ""))
-    mine, theirs = load_file(str(tmp_path / "model.safetensors")), \
-        load_file(str(GOLDEN / key / "model.safetensors"))
-    assert mine.keys() == theirs.keys() and "model.layers.0.attn.Wqkv.weight" in mine
+    assert_logits(model, golden, key)
+    mine = assert_written_again(model, key, tmp_path)
+    assert "model.layers.0.attn.Wqkv.weight" in mine  # fused, as transformers names it
     assert "model.layers.0.attn_norm.weight" not in mine  # layer 0 has none
-    for k in theirs:
-        np.testing.assert_array_equal(mine[k], theirs[k])
-    assert json.loads((tmp_path / "config.json").read_text()) == config
 
 
 def _config(tmp_path, **fields):

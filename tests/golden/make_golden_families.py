@@ -193,6 +193,21 @@ def counts(rng):
     (HERE / "families_counts.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def golden_main(npz, teachers, students, counts):
+    """A family golden script's two passes: `teachers` (with `counts`) into a new `npz`,
+    or with `--students` the students' logits added to it."""
+    torch.manual_seed(0)
+    if "--students" in sys.argv[1:]:
+        out = dict(np.load(npz))
+        students(out, np.random.default_rng(1))
+    else:
+        out = {}
+        teachers(out, np.random.default_rng(0))
+        counts(np.random.default_rng(2))
+    np.savez_compressed(npz, **out)
+    print("wrote", npz.name, sorted({k.rsplit("_", 1)[0] for k in out}))
+
+
 def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

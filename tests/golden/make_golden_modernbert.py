@@ -19,12 +19,11 @@ bortsearch's students from them, with `--students`. Writes, next to this script:
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import torch
 from make_golden import HERE, TEXT, inputs
-from make_golden_families import PAIRS, perturbed, run
+from make_golden_families import PAIRS, golden_main, perturbed, run
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForMaskedLM,
@@ -131,16 +130,7 @@ def counts(rng):
 
 
 def main():
-    torch.manual_seed(0)
-    if "--students" in sys.argv[1:]:
-        out = dict(np.load(NPZ))
-        students(out, np.random.default_rng(1))
-    else:
-        out = {}
-        teachers(out, np.random.default_rng(0))
-        counts(np.random.default_rng(2))
-    np.savez_compressed(NPZ, **out)
-    print("wrote", NPZ.name, sorted({k.rsplit("_", 1)[0] for k in out}))
+    golden_main(NPZ, teachers, students, counts)
 
 
 if __name__ == "__main__":
