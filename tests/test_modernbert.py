@@ -144,18 +144,27 @@ def test_search_pretrain_export_and_finetune(tmp_path):
     assert not (tmp_path / "imp" / "results.csv").exists()
 
 
-def test_inheritance_that_changes_a_layers_attention_or_head_size_is_warned():
+def test_inherited_layers_keep_their_attention_type_and_the_rest_is_warned():
+    """A fixed layer map takes, for each student layer, a teacher layer of its attention
+    type (the uniform map's pick moved to the nearest such); what inheritance cannot
+    carry over is warned: a measured map's types, a head size other than the teacher's."""
     from bortsearch.search.config import SearchConfig
     from bortsearch.search.run import rotary_inheritance_warnings
+    from bortsearch.train.importance import inherited_layers
 
-    teacher = load_checkpoint(GOLDEN / "modernbert_tiny").arch  # layers 0, 3 global
-    space = [teacher.with_size(2, 2, 16, 24), teacher.with_size(2, 4, 16, 24)]
-    uniform = rotary_inheritance_warnings(teacher, space, SearchConfig(space="s"))
-    # uniform map: student layer 0 (global) <- teacher layer 1 (local); H/A = 4 < 8
-    assert len(uniform) == 2 and "2 candidate(s) inherit" in uniform[0]
-    assert "1 candidate(s) have a head size" in uniform[1]
-    assert rotary_inheritance_warnings(
-        teacher, space[:1], SearchConfig(space="s", inherit_layers="first")) == []
+    teacher = load_checkpoint(GOLDEN / "modernbert_tiny").arch  # layers 0 and 3 global
+    student = teacher.with_size(2, 2, 16, 24)  # layer 0 global, layer 1 local
+    # uniform picks [1, 3]: 1 is local, 3 global; moved to the nearest of each type
+    assert inherited_layers("uniform", student, teacher, None, None) == [0, 2]
+    assert inherited_layers("first", student, teacher, None, None) == [0, 1]
+    deep = teacher.with_size(4, 2, 16, 24)  # as deep: every layer its own
+    assert inherited_layers("uniform", deep, teacher, None, None) == [0, 1, 2, 3]
+    space = [student, teacher.with_size(2, 4, 16, 24)]
+    (heads,) = rotary_inheritance_warnings(teacher, space, SearchConfig(space="s"))
+    assert "1 candidate(s) have a head size" in heads
+    measured = rotary_inheritance_warnings(teacher, space[:1], SearchConfig(
+        space="s", inherit_layers="measured"))
+    assert len(measured) == 1 and "other attention type" in measured[0]
 
 
 def test_fine_tuning_starts_from_the_trained_prediction_head():

@@ -605,6 +605,22 @@ def layer_map(rule: str, student_layers: int, teacher_layers_: int) -> list[int]
     raise ValueError(f"no fixed layer map {rule!r}: use one of uniform, first, alternate")
 
 
+def typed_layer_map(picks: list[int], arch: Arch, teacher_arch: Arch) -> list[int]:
+    """`picks` with each student layer's pick moved, where its attention type (global, or
+    ModernBERT's local window with its own rotary base) differs from the student
+    layer's, to the nearest teacher layer of the student layer's type (the earlier of two
+    as near), so that every inherited layer attends as it was trained to."""
+    if teacher_arch.local_window is None or arch.local_window is None:
+        return list(picks)
+    out = []
+    for m, t in enumerate(picks):
+        want = arch.is_global(m)
+        same = [k for k in range(teacher_arch.layers) if teacher_arch.is_global(k) == want]
+        out.append(t if teacher_arch.is_global(t) == want or not same
+                   else min(same, key=lambda k: (abs(k - t), k)))
+    return out
+
+
 INITS = ("random", "teacher")  # how a student starts: `init_params` or `inherit_params`
 # which of the teacher's units a student inherits: its leading ones as trained, or the
 # leading ones once the teacher is rewired into importance order (train/importance.py)

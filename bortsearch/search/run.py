@@ -31,7 +31,6 @@ from bortsearch.data.tasks import TaskData, load_task, teacher_label_order
 from bortsearch.data.tokenizer import train_tokenizer
 from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import layer_map
 from bortsearch.model.hf import load_checkpoint, weights_sha256
 from bortsearch.process import setup_process
 from bortsearch.runio import (
@@ -131,15 +130,10 @@ def rotary_inheritance_warnings(T: Arch, xi: list[Arch], cfg: SearchConfig) -> l
     if cfg.init != "teacher" or T.family.positions != "rotary":
         return []
     out = []
-    if T.local_window is not None and cfg.inherit_layers != "measured":
-        mixed = [a for a in xi if any(
-            a.is_global(m) != T.is_global(t)
-            for m, t in enumerate(layer_map(cfg.inherit_layers, a.layers, T.layers)))]
-        if mixed:
-            out.append(f"{len(mixed)} candidate(s) inherit, under --inherit-layers "
-                       f"{cfg.inherit_layers}, teacher layers of the other attention type "
-                       f"(global or the local window, and its rotary base) than their own; "
-                       f"--inherit-layers first keeps every layer's type")
+    if T.local_window is not None and cfg.inherit_layers == "measured":
+        out.append("--inherit-layers measured may give a student layer a teacher layer of "
+                   "the other attention type (global or the local window, and its rotary "
+                   "base); the fixed maps (uniform, first, alternate) keep every layer's type")
     heads = [a for a in xi if a.head_dim != T.head_dim]
     if heads:
         out.append(f"{len(heads)} candidate(s) have a head size H/A other than the teacher's "

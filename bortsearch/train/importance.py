@@ -270,8 +270,9 @@ def inherited_layers(rule: str, arch: Arch, teacher_arch: Arch, teacher_params: 
     """The teacher layers `arch` inherits by `rule` (encoder.LAYER_RULES); for
     "measured", `measuring()` gives the batch and the teacher's logits on it (called
     only then, so callers can compute it once for all students)."""
-    from bortsearch.model.encoder import layer_map
+    from bortsearch.model.encoder import layer_map, typed_layer_map
 
-    if rule != "measured":
-        return layer_map(rule, arch.num_groups, teacher_arch.num_groups)
+    if rule != "measured":  # a fixed map, each pick of the student layer's attention type
+        return typed_layer_map(layer_map(rule, arch.num_groups, teacher_arch.num_groups),
+                               arch, teacher_arch)
     return measured_layers(arch, teacher_arch, teacher_params, *measuring(), seed)[0]
