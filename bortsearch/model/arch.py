@@ -288,21 +288,23 @@ class Arch:
                 f"I={self.intermediate}{extra}⟩")
 
     def to_dict(self) -> dict:
-        """As a dict; ALBERT's and the rotary families' fields only where set, so the
-        records of architectures without them are as before."""
-        d = dataclasses.asdict(self)
-        for key, default in (("embedding", None), ("groups", None), ("activation", "gelu"),
-                             ("rope_theta", 160000.0), ("local_rope_theta", 10000.0),
-                             ("local_window", None), ("global_every", 1),
-                             ("relative_buckets", 0), ("max_relative", 0),
-                             ("pooling", "cls")):
-            if d[key] == default:
-                del d[key]
-        return d
+        """As a dict; ALBERT's and the later families' fields (`OPTIONAL_FIELDS`) only where
+        they differ from their defaults, so the records of architectures without them are
+        as before."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in OPTIONAL_FIELDS or v != defaults[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Arch:
         return cls(**d)
+
+
+# Fields a record leaves out at their defaults (`Arch.to_dict`): those added after the
+# first records were written, so that those records and their fingerprints stay valid.
+OPTIONAL_FIELDS = ("embedding", "groups", "activation", "rope_theta", "local_rope_theta",
+                   "local_window", "global_every", "relative_buckets", "max_relative",
+                   "pooling")
 
 
 def parse_size(text: str) -> tuple[int, ...]:

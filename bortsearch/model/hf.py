@@ -349,7 +349,7 @@ def _deberta_config(config: dict, source: str) -> dict:
     top = top if top >= 1 else int(config.get("max_position_embeddings", 512))
     return {**config, "type_vocab_size": config.get("type_vocab_size", 0),
             "layer_norm_eps": config.get("layer_norm_eps", 1e-7),
-            "rotary": dict(relative_buckets=max(int(config.get("position_buckets", -1)), 0),
+            "arch_fields": dict(relative_buckets=max(int(config.get("position_buckets", -1)), 0),
                            max_relative=top)}
 
 # ModernBERT's config names for BERT's fields, and the settings every released
@@ -394,11 +394,11 @@ def _modernbert_config(config: dict, source: str) -> dict:
     local = every > 1 and layers > 1
     standard = {_MODERNBERT_KEYS.get(k, k): v for k, v in config.items()}
     standard.update(type_vocab_size=0, layer_norm_eps=config.get("norm_eps", 1e-5),
-                    rotary=dict(rope_theta=thetas["full_attention"],
-                                local_rope_theta=thetas["sliding_attention"],
-                                local_window=int(config.get("local_attention", 128))
-                                if local else None, global_every=every if local else 1,
-                                pooling=config.get("classifier_pooling", "cls")))
+                    arch_fields=dict(rope_theta=thetas["full_attention"],
+                                     local_rope_theta=thetas["sliding_attention"],
+                                     local_window=int(config.get("local_attention", 128))
+                                     if local else None, global_every=every if local else 1,
+                                     pooling=config.get("classifier_pooling", "cls")))
     return standard
 
 
@@ -462,7 +462,7 @@ def arch_from_config(config: dict, source: str) -> Arch:
             pad_token_id=int(config.get("pad_token_id") or 0),
             tie_decoder=bool(config.get("tie_word_embeddings", True)),
             model_type=model_type, activation=SUPPORTED_ACTIVATIONS[act], **albert,
-            **config.get("rotary", {}))
+            **config.get("arch_fields", {}))  # a family's own settings, as `Arch` fields
     except KeyError as e:
         raise UserError(f"{source}: config.json lacks {e.args[0]!r}; it must be a Hugging "
                         f"Face config of a supported family ({', '.join(MODEL_TYPES)})"

@@ -52,6 +52,11 @@ def embedding_table_params(arch: Arch) -> int:
     return (arch.vocab_size + positions + arch.type_vocab_size) * arch.embedding_size
 
 
+def relative_table_params(arch: Arch) -> int:
+    """DeBERTa's relative-position table, 2k x H (0 for the other families)."""
+    return 2 * arch.relative_span * arch.hidden
+
+
 def param_count(arch: Arch) -> int:
     """p̂: trainable parameters, in Hugging Face `BertForMaskedLM` (or, with
     ALBERT's axes, `AlbertForMaskedLM`; the family's own class otherwise) convention:
@@ -64,7 +69,7 @@ def param_count(arch: Arch) -> int:
     # DeBERTa adds its relative table (2k x H) and its LayerNorm. (Pre-LayerNorm,
     # ModernBERT: the first layer lacks its attention norm and a final norm follows the
     # last layer, so the D layers' two norms each still count.)
-    relative = (2 * arch.relative_span + 2) * h if arch.family.positions == "relative" else 0
+    relative = relative_table_params(arch) + (2 * h if arch.relative_span else 0)  # and its norm
     return embeddings + projection + arch.num_groups * layer_params(arch) + head + relative
 
 
@@ -79,8 +84,7 @@ def effective_param_count(arch: Arch) -> int:
     """
     output = arch.vocab_size * (1 if arch.tie_decoder else 1 + arch.embedding_size)
     # DeBERTa's relative-position table is a position table too (its LayerNorm stays)
-    relative = 2 * arch.relative_span * arch.hidden if arch.family.positions == "relative" else 0
-    return param_count(arch) - embedding_table_params(arch) - output - relative
+    return param_count(arch) - embedding_table_params(arch) - output - relative_table_params(arch)
 
 
 SIZE_PROXIES = ("params", "non-embedding")

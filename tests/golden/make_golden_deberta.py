@@ -26,7 +26,7 @@ import shutil
 import numpy as np
 import torch
 from make_golden import HERE, inputs
-from make_golden_families import PAIRS, golden_main, perturbed, run, unigram_vocab
+from make_golden_families import PAIRS, family_students, golden_main, perturbed, run, unigram_vocab
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForMaskedLM,
@@ -116,14 +116,7 @@ def teachers(out, rng):
 
 
 def students(out, rng):
-    for suffix, auto in (("", AutoModelForMaskedLM), ("_cls", AutoModelForSequenceClassification)):
-        folder = HERE / f"student_deberta{suffix}"
-        model = auto.from_pretrained(folder)
-        ids, mask = inputs(model.config.vocab_size, model.config.pad_token_id, rng)
-        key = f"student_deberta{suffix}"
-        out[f"{key}_ids"], out[f"{key}_mask"] = ids, mask
-        out[f"{key}_logits"] = run(model, ids, mask)
-        out[f"{key}_class"] = np.asarray(type(model).__name__)
+    family_students(out, "deberta", rng)
 
 
 def counts(rng):

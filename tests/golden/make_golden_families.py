@@ -150,18 +150,21 @@ def teachers(out, rng):
     out["electra_disc_hidden"] = run(AutoModel.from_pretrained(folder), ids, mask, hidden=True)
 
 
+def family_students(out, family, rng, **load):
+    """transformers' logits for student_{family}/ and student_{family}_cls/ (loaded with
+    `load`) on padded inputs, and the class each loads as."""
+    for suffix, auto in (("", AutoModelForMaskedLM), ("_cls", AutoModelForSequenceClassification)):
+        model = auto.from_pretrained(HERE / f"student_{family}{suffix}", **load)
+        ids, mask = inputs(model.config.vocab_size, model.config.pad_token_id, rng)
+        key = f"student_{family}{suffix}"
+        out[f"{key}_ids"], out[f"{key}_mask"] = ids, mask
+        out[f"{key}_logits"] = run(model, ids, mask)
+        out[f"{key}_class"] = np.asarray(type(model).__name__)
+
+
 def students(out, rng):
     for family in configs():
-        for suffix, auto in (("", AutoModelForMaskedLM),
-                             ("_cls", AutoModelForSequenceClassification)):
-            folder = HERE / f"student_{family}{suffix}"
-            model = auto.from_pretrained(folder)
-            pad = model.config.pad_token_id
-            ids, mask = inputs(model.config.vocab_size, pad, rng)
-            key = f"student_{family}{suffix}"
-            out[f"{key}_ids"], out[f"{key}_mask"] = ids, mask
-            out[f"{key}_logits"] = run(model, ids, mask)
-            out[f"{key}_class"] = np.asarray(type(model).__name__)
+        family_students(out, family, rng)
 
 
 def counts(rng):

@@ -6,7 +6,8 @@ bortsearch's students from them, with `--students`. Writes, next to this script:
 
 - modernbert_tiny/: a random `ModernBertForMaskedLM` (queries and keys scaled up, so
   that positions matter) of 4 layers (global attention in
-  layers 0 and 3, a local window of 8 in layers 1 and 2; rotary bases 1000 and 10), with a byte-level BPE tokenizer.json as ModernBERT's (special tokens
+  layers 0 and 3, a local window of 8 in layers 1 and 2; rotary bases 1000 and 10), with
+  a byte-level BPE tokenizer.json as ModernBERT's (special tokens
   [CLS] [SEP] [PAD] [MASK] [UNK], `[CLS] A [SEP] B [SEP]`), saved by transformers;
 - modernbert_cls/: a random `ModernBertForSequenceClassification` with 3 labels, pooling
   the mean of the tokens (the released models' setting; the students pool [CLS]);
@@ -23,7 +24,7 @@ import shutil
 import numpy as np
 import torch
 from make_golden import HERE, TEXT, inputs
-from make_golden_families import PAIRS, golden_main, perturbed, run
+from make_golden_families import PAIRS, family_students, golden_main, perturbed, run
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForMaskedLM,
@@ -106,14 +107,7 @@ def teachers(out, rng):
 
 
 def students(out, rng):
-    for suffix, auto in (("", AutoModelForMaskedLM), ("_cls", AutoModelForSequenceClassification)):
-        folder = HERE / f"student_modernbert{suffix}"
-        model = auto.from_pretrained(folder, attn_implementation="eager")
-        ids, mask = inputs(model.config.vocab_size, model.config.pad_token_id, rng)
-        key = f"student_modernbert{suffix}"
-        out[f"{key}_ids"], out[f"{key}_mask"] = ids, mask
-        out[f"{key}_logits"] = run(model, ids, mask)
-        out[f"{key}_class"] = np.asarray(type(model).__name__)
+    family_students(out, "modernbert", rng, attn_implementation="eager")
 
 
 def counts(rng):
