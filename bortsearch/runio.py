@@ -91,7 +91,7 @@ def atomic_dir(target: str | Path):
 
 # Settings added after runs were first recorded, with what a record without them meant.
 LATER_SETTINGS = {"dtype": "float32", "objective": "mlm", "sop_weight": 1.0, "halving": None,
-                  "inherit": "first", "inherit_layers": "uniform"}
+                  "inherit": "first", "inherit_layers": "uniform", "hidden_weight": 0.0}
 
 
 def check_settings(path: str | Path, settings: dict, what: str, fix: str,

@@ -361,11 +361,13 @@ class Encoder(nn.Module):
             # row, by an inner scan that broadcasts them.
             repeats = arch.layers // arch.groups
             body = nn.scan(
-                Layer, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+                Layer, variable_broadcast="params", variable_axes={"intermediates": 0},
+                split_rngs={"params": False, "dropout": True},
                 in_axes=nn.broadcast, length=repeats,
                 unroll=repeats if self.unroll is None else 1)
         layers = nn.scan(
-            body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            body, variable_axes={"params": 0, "intermediates": 0},
+            split_rngs={"params": True, "dropout": True},
             in_axes=nn.broadcast, length=arch.num_groups,
             unroll=arch.num_groups if self.unroll is None else self.unroll,
         )
@@ -388,7 +390,7 @@ class Encoder(nn.Module):
             context["local"] = (jnp.where(keep_Bx1x1xL & near_LxL[None, None], 0.0, neg),
                                 rope_tables(arch.local_rope_theta, arch.head_dim, l))
         layers = nn.scan(
-            PreNormLayer, variable_axes={"params": 0},
+            PreNormLayer, variable_axes={"params": 0, "intermediates": 0},
             split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, 0),
             length=arch.layers, unroll=arch.layers if self.unroll is None else self.unroll)
         x_BxLxH, _ = layers(arch, rate, deterministic, dt, name="layers")(
@@ -429,6 +431,7 @@ class Layer(_Part):
             x_BxLxH + drop(attention(x_BxLxH, bias_Bx1x1xL)))
         x_BxLxH = _layer_norm(arch, "ffn_ln", dt)(
             x_BxLxH + drop(FFN(arch, dt, name="ffn")(x_BxLxH)))
+        self.sow("intermediates", "hidden", x_BxLxH)  # `layer_hidden_states`
         return x_BxLxH, None
 
 
@@ -452,7 +455,9 @@ class PreNormLayer(_Part):
             cos, sin = jnp.where(is_global, cos, local_cos), jnp.where(is_global, sin, local_sin)
         x_BxLxH = x_BxLxH + drop(attention(h_BxLxH, bias, (cos, sin)))
         ffn = FFN(arch, dt, name="ffn")
-        return x_BxLxH + drop(ffn(_layer_norm(arch, "ffn_ln", dt)(x_BxLxH))), None
+        x_BxLxH = x_BxLxH + drop(ffn(_layer_norm(arch, "ffn_ln", dt)(x_BxLxH)))
+        self.sow("intermediates", "hidden", x_BxLxH)  # `layer_hidden_states`
+        return x_BxLxH, None
 
 
 class FFN(nn.Module):
@@ -748,6 +753,15 @@ def classifier_outputs(params: Params) -> int:
     if head is None:
         return 0
     return (head["out_proj"] if "out_proj" in head else head)["kernel"].shape[-1]
+
+
+def with_hidden_states(encoder: Encoder, params, *args):
+    """`encoder.apply(params, *args)` and every layer's output hidden states, D x B x L x
+    H float32 (ALBERT's: each application of a shared group; ModernBERT's: before its
+    final norm), which the layers `sow` when asked for them."""
+    out, state = encoder.apply(params, *args, mutable=["intermediates"])
+    (hidden,) = state["intermediates"]["layers"]["hidden"]
+    return out, hidden.reshape(-1, *hidden.shape[-3:]).astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)

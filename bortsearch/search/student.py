@@ -70,6 +70,7 @@ class PretrainConfig:
         "sentence-order prediction on pairs of consecutive segments, learnt from their "
         "labels", choices=OBJECTIVES)
     sop_weight: float = same_option(LossConfig, "sop_weight")
+    hidden_weight: float = same_option(LossConfig, "hidden_weight")
 
     def __post_init__(self):
         validate(self)
@@ -409,7 +410,10 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
 
     members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}")
                for arch, _ in todo]
-    results = fit_group(members, data, optim, cfg.lr, teacher=teacher, loss_cfg=loss,
+    # the hidden-state term compares the units a student inherited with the same units of
+    # the teacher: the rewired teacher's (the same function, its units in that order)
+    distiller = dataclasses.replace(teacher, params=source) if loss.hidden_weight > 0 else teacher
+    results = fit_group(members, data, optim, cfg.lr, teacher=distiller, loss_cfg=loss,
                         eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                         progress=progress, dtype=cfg.dtype)
     heldout = [teacher_view(b) for b in data.heldout_batches()]

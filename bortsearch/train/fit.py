@@ -305,7 +305,7 @@ def fit_group(members: list[Member], data, optim: OptimConfig, lr: float, *, tea
         targets = None
         if teacher is not None:
             targets = teacher_targets(teacher.arch, t_params, batch, loss_cfg.temperature,
-                                      dtype)
+                                      dtype, loss_cfg.hidden_weight > 0)
             teacher_steps += 1
         for t in due(k + 1):
             t.state, t.metrics = train_step(

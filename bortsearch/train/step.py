@@ -21,7 +21,13 @@ from jax.flatten_util import ravel_pytree
 
 from bortsearch.config import fraction, non_negative_float, option, positive_float
 from bortsearch.model.arch import Arch
-from bortsearch.model.encoder import Encoder, classifier_outputs, param_size
+from bortsearch.model.encoder import (
+    Encoder,
+    classifier_outputs,
+    param_size,
+    teacher_layers,
+    with_hidden_states,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,11 @@ class LossConfig:
     # + sop_weight · CE(sentence order), on batches of pairs
     sop_weight: float = option(1.0, "weight of the sentence-order loss",
                                type=non_negative_float)
+    # + hidden_weight · MSE(hidden states), TinyBERT's intermediate-layer term (`hidden_mse`)
+    hidden_weight: float = option(
+        0.0, "weight of the hidden-state term: the mean squared difference between each "
+        "student layer's outputs and its teacher layer's (TinyBERT's uniform map), on the "
+        "hidden units the student inherited", type=non_negative_float)
 
 
 class TrainState(NamedTuple):
@@ -157,21 +168,27 @@ def from_legacy(old: TrainState, cfg: OptimConfig) -> TrainState:
     return old._replace(opt_state=jax.tree.map(lambda _: next(values), new))
 
 
-def student_logits(arch: Arch, params, batch, dtype: str = "float32"):
+def student_logits(arch: Arch, params, batch, dtype: str = "float32", hidden: bool = False):
     """Logits at the masked positions: B x P x V, float32 (computed in `dtype`);
     on a batch of sentence-order pairs (`sop_labels`), (those, the order head's B x 2).
     On a task's batch (no `positions`: `bortsearch.data.tasks.TaskData`) a sequence
     classifier's logits as one prediction a row, B x 1 x C, so that the losses and
     sums below serve a classifier teacher unchanged: CE on the labels, KL to the
-    teacher's class distribution."""
+    teacher's class distribution. With `hidden`: (those, every layer's hidden states
+    D x B x L x H)."""
+    inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
     if "positions" not in batch:
-        logits_BxC = Encoder(arch, dtype=dtype, num_labels=classifier_outputs(params)).apply(
-            params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        return logits_BxC[:, None, :]
-    sop = "sop_labels" in batch
-    return Encoder(arch, dtype=dtype, sop=sop).apply(
-        params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-        batch["positions"])
+        model = Encoder(arch, dtype=dtype, num_labels=classifier_outputs(params))
+    else:
+        model = Encoder(arch, dtype=dtype, sop="sop_labels" in batch)
+        inputs += (batch["positions"],)
+    if hidden:
+        out, hidden_DxBxLxH = with_hidden_states(model, params, *inputs)
+    else:
+        out = model.apply(params, *inputs)
+    if "positions" not in batch:
+        out = out[:, None, :]
+    return (out, hidden_DxBxLxH) if hidden else out
 
 
 def teacher_view(batch):
@@ -198,21 +215,37 @@ class Targets(NamedTuple):
 
     probs_BxPxV: jax.Array
     neg_entropy_BxP: jax.Array
+    hidden_DxBxLxH: jax.Array | None = None  # its layers' outputs, for `hidden_mse`
 
 
-def distill_targets(teacher_BxPxV, temperature: float) -> Targets:
+def distill_targets(teacher_BxPxV, temperature: float, hidden_DxBxLxH=None) -> Targets:
     """The teacher's `Targets` at temperature τ from its logits."""
     logp = jax.nn.log_softmax(jnp.asarray(teacher_BxPxV) / temperature)
     p = jnp.exp(logp)
-    return Targets(p, (p * logp).sum(-1))
+    return Targets(p, (p * logp).sum(-1), hidden_DxBxLxH)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
 def teacher_targets(arch: Arch, params, batch, temperature: float,
-                    dtype: str = "float32") -> Targets:
+                    dtype: str = "float32", hidden: bool = False) -> Targets:
     """The frozen teacher's `Targets` on a batch: its forward (in `dtype`) and its
-    float32 softmax in one program."""
-    return distill_targets(student_logits(arch, params, teacher_view(batch), dtype), temperature)
+    float32 softmax in one program; with `hidden`, its layers' outputs too."""
+    out = student_logits(arch, params, teacher_view(batch), dtype, hidden)
+    if hidden:
+        return distill_targets(out[0], temperature, out[1])
+    return distill_targets(out, temperature)
+
+
+def hidden_mse(student_DxBxLxH, teacher_DxBxLxH, attention_mask_BxL):
+    """TinyBERT's intermediate-layer term without its learnt projection: student layer m
+    against teacher layer ⌊(m+1)·D_T/D_S⌋ − 1 (`teacher_layers`, the uniform map, whatever
+    layers the student inherited), on the hidden units both have (the leading ones, the
+    ones an inheriting student took), squared differences averaged over those units, the
+    mapped layers and the real tokens."""
+    picks = teacher_layers(student_DxBxLxH.shape[0], teacher_DxBxLxH.shape[0])
+    h = min(student_DxBxLxH.shape[-1], teacher_DxBxLxH.shape[-1])
+    diff = student_DxBxLxH[:len(picks), ..., :h] - teacher_DxBxLxH[np.asarray(picks), ..., :h]
+    return _weighted_mean(jnp.square(diff).mean((0, 3)), attention_mask_BxL.astype(jnp.float32))
 
 
 def _true_and_max(logits_BxPxV, labels_BxP):
@@ -245,8 +278,16 @@ def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
     student's logits, z = s/τ and the teacher's `Targets` (p, Σ p log p),
     CE = lse(s) − s_label and KL(p ‖ softmax z) = Σ p log p − Σ p·z + lse(z).
     One row max serves both log-sum-exps and the accuracy. The model computes in
-    `dtype`; its logits, and everything here, are float32."""
-    logits_BxPxV = student_logits(arch, params, batch, dtype)
+    `dtype`; its logits, and everything here, are float32. With `hidden_weight` and the
+    teacher's hidden states in `targets`, plus the weighted `hidden_mse`."""
+    hidden = (targets is not None and targets.hidden_DxBxLxH is not None
+              and loss_cfg.hidden_weight > 0)
+    logits_BxPxV = student_logits(arch, params, batch, dtype, hidden)
+    hidden_term = 0.0
+    if hidden:
+        logits_BxPxV, student_DxBxLxH = logits_BxPxV
+        mse = hidden_mse(student_DxBxLxH, targets.hidden_DxBxLxH, batch["attention_mask"])
+        hidden_term = loss_cfg.hidden_weight * mse
     sop_term, metrics = 0.0, {}
     if "sop_labels" in batch:  # ALBERT's sentence-order prediction, from its labels
         logits_BxPxV, order_Bx2 = logits_BxPxV
@@ -266,7 +307,9 @@ def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
               + _logsumexp(z_BxPxV, max_BxP / tau))
     kl = _weighted_mean(kl_BxP, w_BxP) * tau**2
     metrics["kl"] = kl
-    return loss_cfg.ce_weight * ce + loss_cfg.kd_weight * kl + sop_term, metrics
+    if hidden:
+        metrics["hidden_mse"] = mse
+    return loss_cfg.ce_weight * ce + loss_cfg.kd_weight * kl + sop_term + hidden_term, metrics
 
 
 def _order_loss(order_Bx2, labels_B):
