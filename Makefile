@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test test-fast bench bench-signal bench-dtype bench-bort bench-task teacher-reference teacher-minilm golden clean
+.PHONY: demo test test-slow bench bench-signal bench-dtype bench-bort bench-task teacher-reference teacher-minilm golden clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bortsearch needs Python 3.11+, found " + sys.version.split()[0] + "; set PYTHON=python3.11")'
@@ -35,15 +35,17 @@ $(DEMO_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 demo: $(DEMO_STAMP)
 	$(BIN)/bortsearch search --space search_spaces/demo.toml --run runs/demo --epsilon 6
 
-# Lint and import order (ruff, configured in pyproject.toml), then one pytest worker per
-# core (pytest-xdist), each test file on one worker: the
-# suite is mostly compiles and subprocesses, so two cores halve it.
+# Lint and import order (ruff, configured in pyproject.toml), then the suite with one
+# pytest worker per core (pytest-xdist), each test file on one worker: the suite is
+# mostly compiles and subprocesses, so two cores halve it. The few end-to-end tests
+# marked `slow` (killed and resumed processes, Ray clusters, the benchmarks' toy
+# profiles) run apart, in `make test-slow`; CI runs both (.ci/run).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
-
-test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m slow
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py

@@ -186,17 +186,22 @@ def test_the_task_must_be_the_teachers(tmp_path, teacher):
 
 
 def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(task_run, tmp_path):
-    """`pretrain RUN` on a task run: the pick distilled on the task's rows, written as a
-    sequence classifier with the teacher's labels that loads back with the same logits,
-    and as ONNX with them; a second call finds the export done."""
+    """`pretrain RUN` on a task run: the pick distilled on the task's rows (with the
+    hidden-state term, which the journal shows), written as a sequence classifier with
+    the teacher's labels that loads back with the same logits, and as ONNX with them; a
+    second call finds the export done."""
     from bortsearch import PretrainConfig, pretrain
     from bortsearch.deploy.onnx_export import run_logits, session
     from bortsearch.model.hf import read_tensors
 
     run, result = _copy(task_run, tmp_path), task_run[2]
-    cfg = PretrainConfig(steps=8, batch_size=8, seq_len=32, eval_every=4, checkpoint_every=4)
+    cfg = PretrainConfig(steps=8, batch_size=8, seq_len=32, eval_every=4, checkpoint_every=4,
+                         hidden_weight=1.0)  # with the hidden-state term
     summary = pretrain(run, tmp_path / "student", cfg=cfg, progress=False)
     assert summary["task"] == "mine" and 0 <= summary["heldout_accuracy"] <= 1
+    assert summary["loss"]["hidden_weight"] == 1.0
+    journal = (run / "pretrain" / "-".join(map(str, result.best.arch.size)) / "metrics.jsonl")
+    assert all(json.loads(line)["hidden_mse"] > 0 for line in journal.read_text().splitlines())
     assert summary["heldout_kd_ce"] > 0 and summary["steps_run"] == 8
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     teacher_config = json.loads((TEACHER / "config.json").read_text())

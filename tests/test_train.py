@@ -321,3 +321,73 @@ def test_bfloat16_step_learns_with_float32_state():
         assert half[0][key] == pytest.approx(full[0][key], rel=2e-2)
         assert half[0][key] != full[0][key]
     assert half[-1]["loss"] == pytest.approx(full[-1]["loss"], rel=2e-2)
+
+
+
+def _layer_outputs(arch, params, batch):
+    """Every layer's output computed independently of `with_hidden_states`: layer k's is
+    the last hidden state of the model cut to its first k+1 layers."""
+    from bortsearch.model.encoder import Encoder
+
+    outs = []
+    for k in range(arch.layers):
+        cut = {"params": {**params["params"], "layers": jax.tree.map(
+            lambda a, k=k: a[:k + 1], params["params"]["layers"])}}
+        model = Encoder(arch.with_size(k + 1, arch.heads, arch.hidden, arch.intermediate),
+                        head=False)
+        outs.append(np.asarray(model.apply(cut, batch["input_ids"], batch["attention_mask"])))
+    return np.stack(outs)
+
+
+def test_hidden_states_are_each_layers_output():
+    from bortsearch.model.encoder import Encoder, with_hidden_states
+
+    arch = ARCH.with_size(3, 2, 16, 32)
+    params, batch = init_params(arch, 3), _batch(seed=2)
+    batch["attention_mask"][:, -4:] = 0
+    logits, hidden = with_hidden_states(Encoder(arch), params, batch["input_ids"],
+                                        batch["attention_mask"])
+    np.testing.assert_allclose(hidden, _layer_outputs(arch, params, batch), atol=1e-5)
+    # asking for them changes nothing else
+    np.testing.assert_array_equal(logits, Encoder(arch).apply(params, batch["input_ids"],
+                                                              batch["attention_mask"]))
+    # ALBERT's shared groups: every application of a group, in order
+    albert = Arch(4, 2, 16, 32, vocab_size=50, max_positions=16, groups=2, embedding=8)
+    params = init_params(albert, 3)
+    _, hidden = with_hidden_states(Encoder(albert), params, batch["input_ids"],
+                                   batch["attention_mask"])
+    assert hidden.shape[0] == 4
+    np.testing.assert_allclose(hidden[-1], Encoder(albert, head=False).apply(
+        params, batch["input_ids"], batch["attention_mask"]), atol=1e-6)
+    assert np.abs(hidden[0] - hidden[1]).max() > 1e-3
+
+
+def test_hidden_term_against_numpy():
+    """`hidden_mse`: student layer m against the teacher's uniformly mapped layer, on the
+    student's (leading) units, over real tokens; the loss adds it at its weight, and at
+    weight 0 has no such term."""
+    import dataclasses
+
+    from bortsearch.train.step import hidden_mse, teacher_targets
+
+    teacher_arch = ARCH.with_size(4, 2, 32, 64)
+    student, teacher_params = init_params(ARCH, 0), init_params(teacher_arch, 1)
+    batch = _batch(seed=4)
+    batch["attention_mask"][:2, -5:] = 0
+    mask = batch["attention_mask"].astype(bool)
+    s = _layer_outputs(ARCH, student, batch)  # 2 x B x L x 16
+    t = _layer_outputs(teacher_arch, teacher_params, batch)  # 4 x B x L x 32
+    want = np.mean([((s[m] - t[tl][..., :16]) ** 2).mean(-1)[mask].mean()
+                    for m, tl in enumerate([1, 3])])  # ⌊(m+1)·4/2⌋ − 1
+    assert float(hidden_mse(s, t, batch["attention_mask"])) == pytest.approx(want, rel=1e-5)
+
+    cfg, on_cfg = LossConfig(), dataclasses.replace(LossConfig(), hidden_weight=2.0)
+    targets = teacher_targets(teacher_arch, teacher_params, batch, cfg.temperature, "float32",
+                              True)
+    np.testing.assert_allclose(targets.hidden_DxBxLxH, t, atol=1e-5)
+    loss = jax.jit(loss_and_metrics, static_argnums=(1, 4))
+    off, m0 = loss(student, ARCH, batch, targets, cfg)  # weight 0: today's loss, no term
+    on, m1 = loss(student, ARCH, batch, targets, on_cfg)
+    assert "hidden_mse" not in m0 and float(m0["kl"]) == pytest.approx(float(m1["kl"]))
+    assert float(m1["hidden_mse"]) == pytest.approx(want, rel=1e-4)
+    assert float(on) == pytest.approx(float(off) + 2.0 * want, rel=1e-5)
