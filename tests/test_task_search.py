@@ -199,7 +199,13 @@ def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(task_run
                          hidden_weight=1.0)  # with the hidden-state term
     summary = pretrain(run, tmp_path / "student", cfg=cfg, progress=False)
     assert summary["task"] == "mine" and 0 <= summary["heldout_accuracy"] <= 1
+    # the term matches each student layer with the teacher layer it inherited
+    from bortsearch.model.encoder import teacher_layers
+
+    inherited = teacher_layers(result.best.arch.layers,
+                               load_checkpoint(TEACHER, part="auto").arch.layers)
     assert summary["loss"]["hidden_weight"] == 1.0
+    assert summary["loss"]["hidden_layers"] == inherited
     journal = (run / "pretrain" / "-".join(map(str, result.best.arch.size)) / "metrics.jsonl")
     assert all(json.loads(line)["hidden_mse"] > 0 for line in journal.read_text().splitlines())
     assert summary["heldout_kd_ce"] > 0 and summary["steps_run"] == 8
@@ -217,8 +223,10 @@ def test_pretrain_distils_the_pick_on_the_task_and_exports_a_classifier(task_run
     b = data.heldout_batches()[0]
     logits = student.logits(b["input_ids"], b["attention_mask"], b["token_type_ids"])
     assert logits.shape == (8, 2) and np.isfinite(logits).all()
-    assert "sequence classifier for the task mine" in (tmp_path / "student" / "README.md") \
-        .read_text()
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "sequence classifier for the task mine" in card
+    assert f"hidden-state MSE (student layers against teacher layers " \
+           f"{', '.join(map(str, inherited))})" in card
     pytest.importorskip("onnxruntime")
     from bortsearch.search.student import export
 

@@ -323,18 +323,18 @@ def test_bfloat16_step_learns_with_float32_state():
     assert half[-1]["loss"] == pytest.approx(full[-1]["loss"], rel=2e-2)
 
 
-
 def _layer_outputs(arch, params, batch):
     """Every layer's output computed independently of `with_hidden_states`: layer k's is
     the last hidden state of the model cut to its first k+1 layers."""
+    import dataclasses
+
     from bortsearch.model.encoder import Encoder
 
     outs = []
     for k in range(arch.layers):
         cut = {"params": {**params["params"], "layers": jax.tree.map(
             lambda a, k=k: a[:k + 1], params["params"]["layers"])}}
-        model = Encoder(arch.with_size(k + 1, arch.heads, arch.hidden, arch.intermediate),
-                        head=False)
+        model = Encoder(dataclasses.replace(arch, layers=k + 1), head=False)
         outs.append(np.asarray(model.apply(cut, batch["input_ids"], batch["attention_mask"])))
     return np.stack(outs)
 
@@ -356,10 +356,11 @@ def test_hidden_states_are_each_layers_output():
     params = init_params(albert, 3)
     _, hidden = with_hidden_states(Encoder(albert), params, batch["input_ids"],
                                    batch["attention_mask"])
-    assert hidden.shape[0] == 4
-    np.testing.assert_allclose(hidden[-1], Encoder(albert, head=False).apply(
-        params, batch["input_ids"], batch["attention_mask"]), atol=1e-6)
-    assert np.abs(hidden[0] - hidden[1]).max() > 1e-3
+    # the same as four unshared layers holding groups 0, 0, 1, 1, layer by layer
+    unshared = Arch(4, 2, 16, 32, vocab_size=50, max_positions=16, embedding=8)
+    repeated = {"params": {**params["params"], "layers": jax.tree.map(
+        lambda a: np.repeat(a, 2, axis=0), params["params"]["layers"])}}
+    np.testing.assert_allclose(hidden, _layer_outputs(unshared, repeated, batch), atol=1e-5)
 
 
 def test_hidden_term_against_numpy():
@@ -380,6 +381,11 @@ def test_hidden_term_against_numpy():
     want = np.mean([((s[m] - t[tl][..., :16]) ** 2).mean(-1)[mask].mean()
                     for m, tl in enumerate([1, 3])])  # ⌊(m+1)·4/2⌋ − 1
     assert float(hidden_mse(s, t, batch["attention_mask"])) == pytest.approx(want, rel=1e-5)
+    # a student's own map (the layers it inherited), here teacher layers 0 and 2
+    own = np.mean([((s[m] - t[tl][..., :16]) ** 2).mean(-1)[mask].mean()
+                   for m, tl in enumerate([0, 2])])
+    assert float(hidden_mse(s, t, batch["attention_mask"], (0, 2))) == \
+        pytest.approx(own, rel=1e-5)
 
     cfg, on_cfg = LossConfig(), dataclasses.replace(LossConfig(), hidden_weight=2.0)
     targets = teacher_targets(teacher_arch, teacher_params, batch, cfg.temperature, "float32",
@@ -388,6 +394,9 @@ def test_hidden_term_against_numpy():
     loss = jax.jit(loss_and_metrics, static_argnums=(1, 4))
     off, m0 = loss(student, ARCH, batch, targets, cfg)  # weight 0: today's loss, no term
     on, m1 = loss(student, ARCH, batch, targets, on_cfg)
+    _, m2 = loss(student, ARCH, batch, targets, dataclasses.replace(on_cfg,
+                                                                     hidden_layers=(0, 2)))
+    assert float(m2["hidden_mse"]) == pytest.approx(own, rel=1e-4)
     assert "hidden_mse" not in m0 and float(m0["kl"]) == pytest.approx(float(m1["kl"]))
     assert float(m1["hidden_mse"]) == pytest.approx(want, rel=1e-4)
     assert float(on) == pytest.approx(float(off) + 2.0 * want, rel=1e-5)

@@ -236,9 +236,23 @@ def model_card(run: Path, arch: Arch, summary: dict | None) -> str:
 
 def _loss_text(loss: dict | None) -> str:
     """The distillation loss as the summary records it (older summaries: the defaults)."""
-    loss = loss or dataclasses.asdict(LossConfig())
-    return (f"{loss['ce_weight']:g} · CE + {loss['kd_weight']:g} · τ² · KL, "
-            f"τ = {loss['temperature']:g}")
+    loss = loss or _loss_record(LossConfig())
+    hidden = loss.get("hidden_weight", 0.0)
+    matched = loss.get("hidden_layers")
+    return (f"{loss['ce_weight']:g} · CE + {loss['kd_weight']:g} · τ² · KL"
+            + (f" + {hidden:g} · hidden-state MSE (student layers against teacher layers "
+               f"{', '.join(map(str, matched)) if matched else 'by the uniform map'})"
+               if hidden else "")
+            + f", τ = {loss['temperature']:g}")
+
+
+def _loss_record(loss: LossConfig, hidden_layers: tuple[int, ...] | None = None) -> dict:
+    """The loss as a summary records it: its settings, and the hidden-state term's layer
+    map where a student has its own."""
+    record = {k: v for k, v in dataclasses.asdict(loss).items() if k != "hidden_layers"}
+    if hidden_layers is not None:
+        record["hidden_layers"] = list(hidden_layers)
+    return record
 
 
 def export(run: str | Path, out: str | Path, size=None, params=None,
@@ -396,6 +410,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
             teacher.tokenizer, spec, progress=False)).train_batch(0)
         return batch, teacher_logits(teacher.arch, source, batch)
 
+    @functools.cache
     def layers(arch):  # the teacher layers each student inherits: the run's rule
         from bortsearch.train.importance import inherited_layers
 
@@ -408,8 +423,15 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
                                layers=layers(arch), num_labels=n)
                 if cfg.init == "teacher" else init_params(arch, cfg.seed, n, sop=sop))
 
-    members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}")
-               for arch, _ in todo]
+    def matched(arch):  # the hidden-state term's map: the layers the student inherited
+        if loss.hidden_weight == 0 or cfg.init != "teacher" or arch.groups is not None \
+                or teacher.arch.groups is not None:
+            return None  # the uniform map (for ALBERT's groups: over layer applications)
+        return tuple(layers(arch))
+
+    members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}",
+                      matched(arch)) for arch, _ in todo]
+    loss_of = {m.arch: _loss_record(loss, m.hidden_layers) for m in members}
     # the hidden-state term compares the units a student inherited with the same units of
     # the teacher: the rewired teacher's (the same function, its units in that order)
     distiller = dataclasses.replace(teacher, params=source) if loss.hidden_weight > 0 else teacher
@@ -426,7 +448,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
             summary = {"steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "task": task,
                        **({"inherit": inherit, "inherit_layers": rule}
                           if cfg.init == "teacher" else {}),
-                       "loss": dataclasses.asdict(loss),
+                       "loss": loss_of[arch],
                        "heldout_accuracy": result.heldout["accuracy"],
                        "heldout_ce": result.heldout["mlm_ce"],
                        "heldout_kd_ce": result.heldout["kd_ce"],
@@ -441,7 +463,7 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         summary = {
             "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "objective": cfg.objective,
             **({"inherit": inherit, "inherit_layers": rule} if cfg.init == "teacher" else {}),
-            "loss": dataclasses.asdict(loss),
+            "loss": loss_of[arch],
             **({"heldout_sop_accuracy": result.heldout["sop_accuracy"]} if sop else {}),
             "heldout_accuracy": result.heldout["accuracy"],
             "heldout_mlm_ce": result.heldout["mlm_ce"],

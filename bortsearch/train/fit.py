@@ -161,6 +161,9 @@ class Member:
     params: object
     workdir: Path
     desc: str = "training"
+    # the teacher layer each of its layers is matched with by the hidden-state term
+    # (`LossConfig.hidden_layers`); None: the group's loss as given
+    hidden_layers: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +258,7 @@ class _Trainee:
     """A member's live state in `fit_group`: its train state, checkpoints and log."""
 
     def __init__(self, m: Member, data, optim: OptimConfig, lr: float, replicated,
-                 primary: bool):
+                 primary: bool, loss_cfg: LossConfig | None):
         if jax.process_count() > 1:
             _check_processes_agree(m.params, data, 0)
         self.member = m
@@ -268,6 +271,8 @@ class _Trainee:
             * data.tokens_per_batch()
         self.last_eval: dict = {}
         self.metrics: dict = {}
+        self.loss_cfg = loss_cfg if loss_cfg is None or m.hidden_layers is None else \
+            dataclasses.replace(loss_cfg, hidden_layers=m.hidden_layers)
 
 
 def fit_group(members: list[Member], data, optim: OptimConfig, lr: float, *, teacher=None,
@@ -283,7 +288,7 @@ def fit_group(members: list[Member], data, optim: OptimConfig, lr: float, *, tea
 
     batch_sharding, replicated = data_mesh(data.spec.batch_size)
     primary = is_primary()  # the one process of a multi-process job that logs
-    group = [_Trainee(m, data, optim, lr, replicated, primary) for m in members]
+    group = [_Trainee(m, data, optim, lr, replicated, primary, loss_cfg) for m in members]
     t_params = place(teacher.params, replicated) if teacher is not None else None
     heldout = [place(b, batch_sharding) for b in data.heldout_batches()]
     heldout_teacher = ([teacher_logits(teacher.arch, t_params, b) for b in heldout]
@@ -310,7 +315,7 @@ def fit_group(members: list[Member], data, optim: OptimConfig, lr: float, *, tea
         for t in due(k + 1):
             t.state, t.metrics = train_step(
                 t.state, batch, targets, arch=t.member.arch, cfg=optim,
-                loss_cfg=loss_cfg if teacher is not None else None, dtype=dtype)
+                loss_cfg=t.loss_cfg if teacher is not None else None, dtype=dtype)
         return [t.metrics["loss"] for t in due(k + 1)]
 
     def evaluate_all(done: int) -> None:

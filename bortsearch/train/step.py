@@ -73,6 +73,9 @@ class LossConfig:
         0.0, "weight of the hidden-state term: the mean squared difference between each "
         "student layer's outputs and its teacher layer's (TinyBERT's uniform map), on the "
         "hidden units the student inherited", type=non_negative_float)
+    # The teacher layer each student layer is matched with by that term; None: TinyBERT's
+    # uniform map. `pretrain` sets it per student to the layers the student inherited.
+    hidden_layers: tuple[int, ...] | None = None
 
 
 class TrainState(NamedTuple):
@@ -236,13 +239,15 @@ def teacher_targets(arch: Arch, params, batch, temperature: float,
     return distill_targets(out, temperature)
 
 
-def hidden_mse(student_DxBxLxH, teacher_DxBxLxH, attention_mask_BxL):
+def hidden_mse(student_DxBxLxH, teacher_DxBxLxH, attention_mask_BxL,
+               layers: tuple[int, ...] | None = None):
     """TinyBERT's intermediate-layer term without its learnt projection: student layer m
-    against teacher layer ⌊(m+1)·D_T/D_S⌋ − 1 (`teacher_layers`, the uniform map, whatever
-    layers the student inherited), on the hidden units both have (the leading ones, the
-    ones an inheriting student took), squared differences averaged over those units, the
-    mapped layers and the real tokens."""
-    picks = teacher_layers(student_DxBxLxH.shape[0], teacher_DxBxLxH.shape[0])
+    against teacher layer `layers[m]` (None: ⌊(m+1)·D_T/D_S⌋ − 1, `teacher_layers`' uniform
+    map; a student deeper than the teacher matches its first D_T layers), on the hidden
+    units both have (the leading ones, the ones an inheriting student took), squared
+    differences averaged over those units, the matched layers and the real tokens."""
+    picks = list(layers) if layers is not None else teacher_layers(
+        student_DxBxLxH.shape[0], teacher_DxBxLxH.shape[0])
     h = min(student_DxBxLxH.shape[-1], teacher_DxBxLxH.shape[-1])
     diff = student_DxBxLxH[:len(picks), ..., :h] - teacher_DxBxLxH[np.asarray(picks), ..., :h]
     return _weighted_mean(jnp.square(diff).mean((0, 3)), attention_mask_BxL.astype(jnp.float32))
@@ -286,7 +291,8 @@ def loss_and_metrics(params, arch: Arch, batch, targets: Targets | None,
     hidden_term = 0.0
     if hidden:
         logits_BxPxV, student_DxBxLxH = logits_BxPxV
-        mse = hidden_mse(student_DxBxLxH, targets.hidden_DxBxLxH, batch["attention_mask"])
+        mse = hidden_mse(student_DxBxLxH, targets.hidden_DxBxLxH, batch["attention_mask"],
+                         loss_cfg.hidden_layers)
         hidden_term = loss_cfg.hidden_weight * mse
     sop_term, metrics = 0.0, {}
     if "sop_labels" in batch:  # ALBERT's sentence-order prediction, from its labels
