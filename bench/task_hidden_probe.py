@@ -84,7 +84,7 @@ def reading(rows: pd.DataFrame) -> list[str]:
              "before it ran. Raw rows: `hidden-probe.csv`. The pick ⟨2,2,128,512⟩ of "
              "bench-task's CPU run, 300 steps, 5 seeds; SST-2 dev accuracy (%).", "",
              "| hidden weight | dev accuracy, mean (95% interval of the seeds) | held-out KD CE "
-             "| margin over w = 0 (95% interval) | helps |", "|---|---|---|---|---|"]
+             "| margin over w = 0 (95% interval) | verdict |", "|---|---|---|---|---|"]
     helping = {}
     for w in WEIGHTS:
         a = arm_name(w)
@@ -95,7 +95,7 @@ def reading(rows: pd.DataFrame) -> list[str]:
         else:
             d = protocol.decide(trials[a], trials[control])
             margin = f"{d['margin']:+.2f} ({d['lo']:+.2f} to {d['hi']:+.2f})"
-            helps = "yes" if d["lo"] > 0 else "no"
+            helps = {"wins": "helps", "loses": "hurts"}.get(d["verdict"], "cannot tell")
             if d["lo"] > 0:
                 helping[w] = score["mean"]
         lines.append(f"| {w:g} | {score['mean']:.2f} ({score['lo']:.2f} to {score['hi']:.2f}) "
