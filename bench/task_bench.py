@@ -58,6 +58,20 @@ PROFILES = {
 }
 
 
+def probe_work() -> Path | None:
+    """bench-task's CPU work folder, for a probe that reuses its run (the process set up
+    first), or None, said on stderr, where that run is not there."""
+    from bortsearch.process import setup_process
+    from bortsearch.runio import cache_dir
+
+    setup_process()
+    work = cache_dir() / "task-cpu"
+    if not (work / "run" / "best.json").is_file():
+        print(f"{work}/run: not there; run `python bench/task_bench.py` first", file=sys.stderr)
+        return None
+    return work
+
+
 # ---------------------------------------------------------------- 1. rows, teacher
 
 

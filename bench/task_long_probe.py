@@ -38,7 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocol  # noqa: E402
-from task_bench import LR, PROFILES, dev_accuracy  # noqa: E402
+from task_bench import LR, PROFILES, dev_accuracy, probe_work  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "task-cpu"
 STEPS = 1000
@@ -90,13 +90,10 @@ def reading(rows: pd.DataFrame) -> list[str]:
 
 
 def main() -> int:
-    from bortsearch.process import setup_process
-    from bortsearch.runio import cache_dir, write_atomic
+    from bortsearch.runio import write_atomic
 
-    setup_process()
-    work = cache_dir() / "task-cpu"
-    if not (work / "run" / "best.json").is_file():
-        print(f"{work}/run: not there; run `python bench/task_bench.py` first", file=sys.stderr)
+    work = probe_work()
+    if work is None:
         return 2
     rows = pd.read_csv(RESULTS / "lr-probe.csv")
     table = pd.read_csv(work / "run" / "results.csv")
