@@ -4,7 +4,7 @@ distillation raise the pick's accuracy?
 Why: in `results/task-cpu/` the pick ⟨2,2,128,512⟩ distilled on SST-2 for 300 steps
 (0.1 · CE + 0.5 · τ² · KL, τ = 2) scored 76.4% on dev, and the same student trained on the
 labels alone 76.5%: the logits alone carried nothing measurable. TinyBERT's task
-distillation adds a term on the layers' hidden states; the issue asks whether one helps,
+distillation adds a term on the layers' hidden states; whether one helps here is to be
 measured, not assumed.
 
 Protocol, written before this probe ran (2026-12-06):

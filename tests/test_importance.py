@@ -19,6 +19,10 @@ KINDS = {
     # DeBERTa: the relative table is read by the query and key rows
     "deberta-v2": dict(model_type="deberta-v2", type_vocab_size=0, relative_buckets=8,
                        max_relative=32),
+    # ModernBERT: pre-LayerNorm, rotary heads, a gated feed-forward block, no biases, and
+    # layers of two attention types (the local window)
+    "modernbert": dict(model_type="modernbert", type_vocab_size=0, local_window=4,
+                       global_every=2),
 }
 
 
@@ -89,7 +93,7 @@ def _batches(arch, n=2, seed=3):
     return out
 
 
-@pytest.mark.parametrize("kind", ["bert", "albert, two groups, E = H"])
+@pytest.mark.parametrize("kind", ["bert", "albert, two groups, E = H", "modernbert"])
 def test_importances_move_with_the_units(kind):
     """The rewired model's importances are the original's, permuted: so after
     rewiring into importance order every axis is sorted, most important first."""
@@ -257,12 +261,13 @@ def test_search_with_measured_layers_and_pretrain_following_it(space, teacher, t
     assert summary["inherit_layers"] == "measured" and summary["inherit"] == "first"
 
 
-@pytest.mark.parametrize("kind", ["bert", "albert, factorised and shared", "deberta-v2"])
+@pytest.mark.parametrize("kind", ["bert", "albert, factorised and shared", "deberta-v2",
+                                  "modernbert"])
 def test_gate_derivatives_match_finite_differences(kind):
     """Each importance is |∂L/∂g| of a gate g that scales a unit's parameters: the
     one-backward-pass sums equal the loss's finite differences in g, for a head, a
     feed-forward unit and a hidden unit (LayerNorm outputs everywhere, or ALBERT's
-    E→H map), shared layers included."""
+    E→H map, or a pre-LayerNorm family's residual writes), shared layers included."""
     import jax
 
     from bortsearch.train.importance import _gate_sums
@@ -289,18 +294,24 @@ def test_gate_derivatives_match_finite_differences(kind):
             return (loss(scaled(1 + d, edits)) - loss(scaled(1 - d, edits))) / (2 * d)
 
         dh = arch.head_dim  # head 1 of group 0: its columns of the value projection
-        head = [(("layers", "attention", "value", "kernel"), (0, slice(None), slice(dh, 2 * dh))),
-                (("layers", "attention", "value", "bias"), (0, slice(dh, 2 * dh)))]
+        head = [(("layers", "attention", "value", "kernel"), (0, slice(None), slice(dh, 2 * dh)))]
+        if arch.family.bias:
+            head += [(("layers", "attention", "value", "bias"), (0, slice(dh, 2 * dh)))]
         assert derivative(head) == pytest.approx(heads[0, 1], rel=2e-2, abs=1e-7)
         unit = [(("layers", "ffn", "outer", "kernel"), (arch.num_groups - 1, 5, slice(None)))]
         assert derivative(unit) == pytest.approx(ffn[-1, 5], rel=2e-2, abs=1e-7)
         k = 3
-        stream = [(("layers", ln, key), (slice(None), k)) for ln in ("attention_ln", "ffn_ln")
-                  for key in ("scale", "bias")]
-        stream += ([(("embeddings", "ln", key), (k,)) for key in ("scale", "bias")]
-                   if arch.embedding is None else
-                   [(("embedding_map", "kernel"), (slice(None), k)),
-                    (("embedding_map", "bias"), (k,))])
+        if arch.family.norm == "pre":  # the embeddings' norm and every residual write
+            stream = [(("embeddings", "ln", "scale"), (k,))] + [
+                (("layers", *part, "kernel"), (slice(None), slice(None), k))
+                for part in (("attention", "out"), ("ffn", "outer"))]
+        else:
+            stream = [(("layers", ln, key), (slice(None), k))
+                      for ln in ("attention_ln", "ffn_ln") for key in ("scale", "bias")]
+            stream += ([(("embeddings", "ln", key), (k,)) for key in ("scale", "bias")]
+                       if arch.embedding is None else
+                       [(("embedding_map", "kernel"), (slice(None), k)),
+                        (("embedding_map", "bias"), (k,))])
         if "relative_ln" in params["params"]:  # DeBERTa: the unit's column of the table
             stream += [(("relative_ln", key), (k,)) for key in ("scale", "bias")]
         assert derivative(stream) == pytest.approx(hidden[k], rel=2e-2, abs=1e-7)

@@ -112,7 +112,8 @@ def test_features_not_supported_are_refused_by_name(tmp_path, fields, message):
 @pytest.mark.slow
 def test_search_pretrain_export_and_finetune(tmp_path):
     """A ModernBERT teacher through search, pretrain and fine-tuning: the student is a
-    ModernBERT (window and period kept) that transformers reads with its tokenizer."""
+    ModernBERT (window and period kept) that transformers reads with its tokenizer; a
+    search inheriting by importance."""
     from bortsearch.cli import main
 
     (tmp_path / "space.toml").write_text(
@@ -136,12 +137,15 @@ def test_search_pretrain_export_and_finetune(tmp_path):
     # ONNX and its int8 form (parity: tests/test_onnx.py)
     assert main(["onnx", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--int8"]) == 0
     assert (tmp_path / "o" / "model_quantized.onnx").is_file()
-    # --inherit importance measures through BERT's post-LayerNorm blocks: refused by name
+    # --inherit importance: the teacher's importances measured through its pre-LayerNorm
+    # blocks, and the candidates inherit from it rewired (tests/test_importance.py)
     assert main(["search", "--space", str(tmp_path / "space.toml"), "--run",
                  str(tmp_path / "imp"), "--teacher", str(GOLDEN / "modernbert_tiny"),
-                 "--inherit", "importance", "--steps", "2", "--batch-size", "8",
-                 "--seq-len", "32", "--quiet"]) == 2
-    assert not (tmp_path / "imp" / "results.csv").exists()
+                 "--inherit", "importance", "--epsilon", "1", "--steps", "2", "--seeds", "1",
+                 "--lr", "1e-3", "--batch-size", "8", "--seq-len", "32", "--quiet"]) == 0
+    imp = json.loads((tmp_path / "imp" / "importance.json").read_text())
+    assert np.shape(imp["heads"]) == (4, 4) and np.shape(imp["hidden"]) == (32,)
+    assert (tmp_path / "imp" / "results.csv").is_file()
 
 
 def test_inherited_layers_keep_their_attention_type_and_the_rest_is_warned():

@@ -56,7 +56,7 @@ from bortsearch.search.records import (
     write_results,
 )
 from bortsearch.search.space import load_space
-from bortsearch.train.importance import Importance, check_supported, importance, rewire
+from bortsearch.train.importance import Importance, importance, rewire
 from bortsearch.train.teacher import TeacherConfig, check_seq_len, train_teacher
 
 __all__ = ["INFERENCE_KINDS", "RESULT_COLUMNS", "SearchConfig", "prepare_teacher",
@@ -208,8 +208,6 @@ def run_search(run_dir: str | Path, cfg: SearchConfig, progress: bool = True,
         raise UserError(f"--space {cfg.space}: ALBERT's axes (embedding, groups) cannot be "
                         f"written as a {T.family.title} model, the teacher's family; remove "
                         f"them from the space, or use a BERT or ALBERT teacher")
-    if cfg.inherit == "importance" and cfg.init == "teacher":
-        check_supported(T)
     xi = [T.with_size(*a.size) for a in space.architectures()]
     lost = [a for a in xi if T.projected and a.family.embedding == "electra" and not a.projected]
     if lost and cfg.init == "teacher":

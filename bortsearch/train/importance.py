@@ -22,8 +22,15 @@ batches. The gates need no change to the model: a gate scaling parameters θ has
 - **A hidden unit**: the residual stream is shared by every layer, so a hidden unit
   has one order for the whole model. Its gate switches it off wherever the stream is
   written: at the output of every LayerNorm (the embeddings' and each layer's two,
-  whose scale and bias it scales) and, with factorised embeddings, at the E→H map.
-  That is what a narrower student loses when the unit is cut from every tensor.
+  whose scale and bias it scales) and, with factorised embeddings, at the E→H map; in
+  pre-LayerNorm blocks (ModernBERT's), at the embeddings' LayerNorm and at every
+  block's two residual writes (its columns of the attention output and feed-forward
+  output projections). That is what a narrower student loses when the unit is cut from
+  every tensor.
+
+Heads are permuted whole, so rotary positions (which rotate pairs inside a head) and
+gated feed-forward blocks (a unit's inner and gate columns move together) are rewired
+as the rest.
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bortsearch.errors import UserError
 from bortsearch.model.arch import Arch
 
 Params = dict
@@ -85,18 +91,25 @@ class Orders:
 def _gate_sums(arch: Arch, params: Params, grads: Params) -> tuple:
     """∂L/∂g for every gate of one batch: (G x A, G x I, H)."""
     p, g = params["params"], grads["params"]
-    pg = lambda *path: _get(p, path) * _get(g, path)  # noqa: E731
+    pg = lambda *path: (_get(p, path) * _get(g, path) if _has(p, path)  # noqa: E731
+                        else 0.0)  # a family without biases has no such term
     lay = ("layers",)
     value_cols = (pg(*lay, "attention", "value", "kernel").sum(1)
                   + pg(*lay, "attention", "value", "bias"))  # G x H
     heads = value_cols.reshape(arch.num_groups, arch.heads, arch.head_dim).sum(-1)
     ffn = pg(*lay, "ffn", "outer", "kernel").sum(-1)  # G x I
+    embeddings = pg("embeddings", "ln", "scale") + pg("embeddings", "ln", "bias")
+    if arch.family.norm == "pre":  # the stream is written by the blocks' projections
+        writes = [pg(*lay, *part, leaf) for part in (("attention", "out"), ("ffn", "outer"))
+                  for leaf in ("kernel", "bias")]  # G x H x H, G x H (or no bias: 0)
+        return heads, ffn, embeddings + sum(
+            jnp.reshape(w, (-1, arch.hidden)).sum(0) for w in writes if jnp.ndim(w))
     hidden = sum(pg(*lay, ln, k).sum(0) for ln in ("attention_ln", "ffn_ln")
                  for k in ("scale", "bias"))
     if "relative_ln" in p:  # DeBERTa: a unit's column of the relative table, read by c2p/p2c
         hidden = hidden + pg("relative_ln", "scale") + pg("relative_ln", "bias")
     if arch.embedding is None:
-        hidden = hidden + pg("embeddings", "ln", "scale") + pg("embeddings", "ln", "bias")
+        hidden = hidden + embeddings
     else:
         hidden = (hidden + pg("embedding_map", "kernel").sum(0)
                   + pg("embedding_map", "bias"))
@@ -117,20 +130,9 @@ def _batch_gates(arch: Arch, params, batch):
     return tuple(jnp.abs(x) for x in _gate_sums(arch, params, grads))
 
 
-def check_supported(arch: Arch) -> None:
-    """The gates and the rewiring here are those of post-LayerNorm blocks with an
-    ungated feed-forward block (BERT's); other families are refused by name."""
-    family = arch.family
-    if family.norm != "post" or family.ffn != "mlp" or not family.bias:
-        raise UserError(f"--inherit importance: the importances and the rewiring are "
-                        f"measured through BERT-style post-LayerNorm blocks, which the "
-                        f"{family.title} family does not have; use --inherit first")
-
-
 def importance(arch: Arch, params: Params, batches) -> Importance:
     """The teacher's importances on masked-LM `batches` (dicts as `BatchSpec` makes
     them), each |∂L/∂g| of its batch's mean cross-entropy, averaged over batches."""
-    check_supported(arch)
     batches = list(batches)
     if not batches:
         raise ValueError("importance needs at least one batch")
@@ -166,22 +168,28 @@ def rewire(arch: Arch, params: Params, orders: Orders) -> Params:
 
     L = ("layers",)
     att, f = L + ("attention",), L + ("ffn",)
+    def put_if(path, value):  # a family without biases (ModernBERT) has no such leaf
+        if _has(p, path):
+            put(path, value(_get(p, path)))
+
     for name in ("query", "key", "value"):
         k = _get(p, att + (name, "kernel"))  # G x H x H: rows read the stream
         put(att + (name, "kernel"), per_group(k[:, h, :], cols, 1))
-        put(att + (name, "bias"), per_group(_get(p, att + (name, "bias")), cols, 0))
+        put_if(att + (name, "bias"), lambda b: per_group(b, cols, 0))
     k = _get(p, att + ("out", "kernel"))  # G x H(heads) x H(stream)
     put(att + ("out", "kernel"), per_group(k, cols, 0)[:, :, h])
-    put(att + ("out", "bias"), _get(p, att + ("out", "bias"))[:, h])
-    k = _get(p, f + ("inner", "kernel"))  # G x H x I
-    put(f + ("inner", "kernel"), per_group(k[:, h, :], ffn, 1))
-    put(f + ("inner", "bias"), per_group(_get(p, f + ("inner", "bias")), ffn, 0))
+    put_if(att + ("out", "bias"), lambda b: b[:, h])
+    for name in ("inner", "gate"):  # a gated block's two I-wide projections move together
+        put_if(f + (name, "kernel"), lambda k: per_group(k[:, h, :], ffn, 1))  # G x H x I
+        put_if(f + (name, "bias"), lambda b: per_group(b, ffn, 0))
     k = _get(p, f + ("outer", "kernel"))  # G x I x H
     put(f + ("outer", "kernel"), per_group(k, ffn, 0)[:, :, h])
-    put(f + ("outer", "bias"), _get(p, f + ("outer", "bias"))[:, h])
+    put_if(f + ("outer", "bias"), lambda b: b[:, h])
     for ln in ("attention_ln", "ffn_ln"):
         for key in ("scale", "bias"):
-            put(L + (ln, key), _get(p, L + (ln, key))[:, h])
+            put_if(L + (ln, key), lambda x: x[:, h])
+    for key in ("scale", "bias"):  # a pre-LayerNorm family's last norm
+        put_if(("final_ln", key), lambda x: x[h])
     factorised = arch.embedding is not None
     if factorised:  # the stream starts at the E→H map; the E-wide tables stay
         put(("embedding_map", "kernel"), p["embedding_map"]["kernel"][:, h])
@@ -191,15 +199,15 @@ def rewire(arch: Arch, params: Params, orders: Orders) -> Params:
             if table in p["embeddings"]:
                 put(("embeddings", table, "embedding"), p["embeddings"][table]["embedding"][:, h])
         for key in ("scale", "bias"):
-            put(("embeddings", "ln", key), p["embeddings"]["ln"][key][h])
+            put_if(("embeddings", "ln", key), lambda x: x[h])
     if "head" in p:  # H -> E, LayerNorm at E, decoder: E is H unless factorised
         head = p["head"]
         kernel = head["transform"]["kernel"][h, :]
         if not factorised:  # its output meets the (permuted) word table
             kernel = kernel[:, h]
-            put(("head", "transform", "bias"), head["transform"]["bias"][h])
+            put_if(("head", "transform", "bias"), lambda b: b[h])
             for key in ("scale", "bias"):
-                put(("head", "ln", key), head["ln"][key][h])
+                put_if(("head", "ln", key), lambda x: x[h])
             if "decoder" in head:
                 put(("head", "decoder", "kernel"), head["decoder"]["kernel"][h, :])
         put(("head", "transform", "kernel"), kernel)

@@ -71,8 +71,9 @@ class LossConfig:
     # + hidden_weight · MSE(hidden states), TinyBERT's intermediate-layer term (`hidden_mse`)
     hidden_weight: float = option(
         0.0, "weight of the hidden-state term: the mean squared difference between each "
-        "student layer's outputs and its teacher layer's (TinyBERT's uniform map), on the "
-        "hidden units the student inherited", type=non_negative_float)
+        "student layer's outputs and those of the teacher layer it inherited (TinyBERT's "
+        "uniform map with --init random or ALBERT's groups), on the student's leading hidden "
+        "units", type=non_negative_float)
     # The teacher layer each student layer is matched with by that term; None: TinyBERT's
     # uniform map. `pretrain` sets it per student to the layers the student inherited.
     hidden_layers: tuple[int, ...] | None = None
