@@ -19,10 +19,12 @@ KINDS = {
     # DeBERTa: the relative table is read by the query and key rows
     "deberta-v2": dict(model_type="deberta-v2", type_vocab_size=0, relative_buckets=8,
                        max_relative=32),
-    # ModernBERT: pre-LayerNorm, rotary heads, a gated feed-forward block, no biases, and
-    # layers of two attention types (the local window)
+    # ModernBERT: pre-LayerNorm, rotary heads, a gated feed-forward block, no biases,
+    # layers of two attention types (the local window) and mean pooling
     "modernbert": dict(model_type="modernbert", type_vocab_size=0, local_window=4,
-                       global_every=2),
+                       global_every=2, pooling="mean"),
+    "distilbert": dict(model_type="distilbert", type_vocab_size=0),
+    "electra, E < H": dict(model_type="electra", embedding=8),  # the E→H projection
 }
 
 
@@ -301,10 +303,22 @@ def test_gate_derivatives_match_finite_differences(kind):
         unit = [(("layers", "ffn", "outer", "kernel"), (arch.num_groups - 1, 5, slice(None)))]
         assert derivative(unit) == pytest.approx(ffn[-1, 5], rel=2e-2, abs=1e-7)
         k = 3
-        if arch.family.norm == "pre":  # the embeddings' norm and every residual write
-            stream = [(("embeddings", "ln", "scale"), (k,))] + [
-                (("layers", *part, "kernel"), (slice(None), slice(None), k))
-                for part in (("attention", "out"), ("ffn", "outer"))]
+        if arch.family.norm == "pre":  # its writes, and the norms that read the stream
+            stream = [(("embeddings", "ln", "scale"), (k,)), (("final_ln", "scale"), (k,))]
+            stream += [(("layers", *part, "kernel"), (slice(None), slice(None), k))
+                       for part in (("attention", "out"), ("ffn", "outer"))]
+            stream += [(("layers", ln, "scale"), (slice(None), k))
+                       for ln in ("attention_ln", "ffn_ln")]
+            # at g = 0 the unit is off: 0 in the stream after every layer and in the final
+            # norm's output (an independent check of the set)
+            from bortsearch.model.encoder import Encoder, with_hidden_states
+
+            off = jax.tree.map(lambda x: x.astype(np.float32), scaled(0.0, stream))
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            _, states = with_hidden_states(Encoder(arch, head=False), off, ids, mask)
+            assert np.abs(np.asarray(states)[..., k]).max() == 0
+            last = Encoder(arch, head=False).apply(off, ids, mask)
+            assert np.abs(np.asarray(last)[..., k]).max() == 0
         else:
             stream = [(("layers", ln, key), (slice(None), k))
                       for ln in ("attention_ln", "ffn_ln") for key in ("scale", "bias")]

@@ -23,10 +23,12 @@ batches. The gates need no change to the model: a gate scaling parameters θ has
   has one order for the whole model. Its gate switches it off wherever the stream is
   written: at the output of every LayerNorm (the embeddings' and each layer's two,
   whose scale and bias it scales) and, with factorised embeddings, at the E→H map; in
-  pre-LayerNorm blocks (ModernBERT's), at the embeddings' LayerNorm and at every
-  block's two residual writes (its columns of the attention output and feed-forward
-  output projections). That is what a narrower student loses when the unit is cut from
-  every tensor.
+  pre-LayerNorm blocks (ModernBERT's), where the stream is written (the embeddings'
+  LayerNorm and every block's two residual writes: its columns of the attention output
+  and feed-forward output projections) and where it is read (the output of every block's
+  two LayerNorms and of the final one, which would otherwise give the zeroed unit
+  −μ/σ·γ). That is what a narrower student loses when the unit is cut from every tensor
+  (up to the LayerNorms' statistics, which still count the unit, at 0).
 
 Heads are permuted whole, so rotary positions (which rotate pairs inside a head) and
 gated feed-forward blocks (a unit's inner and gate columns move together) are rewired
@@ -99,11 +101,13 @@ def _gate_sums(arch: Arch, params: Params, grads: Params) -> tuple:
     heads = value_cols.reshape(arch.num_groups, arch.heads, arch.head_dim).sum(-1)
     ffn = pg(*lay, "ffn", "outer", "kernel").sum(-1)  # G x I
     embeddings = pg("embeddings", "ln", "scale") + pg("embeddings", "ln", "bias")
-    if arch.family.norm == "pre":  # the stream is written by the blocks' projections
-        writes = [pg(*lay, *part, leaf) for part in (("attention", "out"), ("ffn", "outer"))
-                  for leaf in ("kernel", "bias")]  # G x H x H, G x H (or no bias: 0)
+    if arch.family.norm == "pre":  # written by the blocks' projections, read through norms
+        terms = [pg(*lay, *part, leaf) for part in (("attention", "out"), ("ffn", "outer"))
+                 for leaf in ("kernel", "bias")]  # G x H x H, G x H (or no bias: 0)
+        terms += [pg(*lay, ln, k) for ln in ("attention_ln", "ffn_ln") for k in ("scale", "bias")]
+        terms += [pg("final_ln", k) for k in ("scale", "bias")]
         return heads, ffn, embeddings + sum(
-            jnp.reshape(w, (-1, arch.hidden)).sum(0) for w in writes if jnp.ndim(w))
+            jnp.reshape(t, (-1, arch.hidden)).sum(0) for t in terms if jnp.ndim(t))
     hidden = sum(pg(*lay, ln, k).sum(0) for ln in ("attention_ln", "ffn_ln")
                  for k in ("scale", "bias"))
     if "relative_ln" in p:  # DeBERTa: a unit's column of the relative table, read by c2p/p2c
