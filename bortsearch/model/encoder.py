@@ -431,7 +431,7 @@ class Layer(_Part):
             x_BxLxH + drop(attention(x_BxLxH, bias_Bx1x1xL)))
         x_BxLxH = _layer_norm(arch, "ffn_ln", dt)(
             x_BxLxH + drop(FFN(arch, dt, name="ffn")(x_BxLxH)))
-        self.sow("intermediates", "hidden", x_BxLxH)  # `layer_hidden_states`
+        self.sow("intermediates", "hidden", x_BxLxH)  # read by `with_hidden_states`
         return x_BxLxH, None
 
 
@@ -456,7 +456,7 @@ class PreNormLayer(_Part):
         x_BxLxH = x_BxLxH + drop(attention(h_BxLxH, bias, (cos, sin)))
         ffn = FFN(arch, dt, name="ffn")
         x_BxLxH = x_BxLxH + drop(ffn(_layer_norm(arch, "ffn_ln", dt)(x_BxLxH)))
-        self.sow("intermediates", "hidden", x_BxLxH)  # `layer_hidden_states`
+        self.sow("intermediates", "hidden", x_BxLxH)  # read by `with_hidden_states`
         return x_BxLxH, None
 
 

@@ -172,6 +172,7 @@ def rewire(arch: Arch, params: Params, orders: Orders) -> Params:
 
     L = ("layers",)
     att, f = L + ("attention",), L + ("ffn",)
+
     def put_if(path, value):  # a family without biases (ModernBERT) has no such leaf
         if _has(p, path):
             put(path, value(_get(p, path)))
