@@ -134,9 +134,18 @@ def _batch_gates(arch: Arch, params, batch):
     return tuple(jnp.abs(x) for x in _gate_sums(arch, params, grads))
 
 
+def _check_blocks(arch: Arch) -> None:
+    """The gates and the rewiring know post- and pre-LayerNorm blocks with a plain or a
+    gated feed-forward block; a family with another block must teach them first."""
+    if arch.family.norm not in ("post", "pre") or arch.family.ffn not in ("mlp", "glu"):
+        raise ValueError(f"importance and rewire know no {arch.family.norm!r} norm or "
+                         f"{arch.family.ffn!r} feed-forward block ({arch.family.title})")
+
+
 def importance(arch: Arch, params: Params, batches) -> Importance:
     """The teacher's importances on masked-LM `batches` (dicts as `BatchSpec` makes
     them), each |∂L/∂g| of its batch's mean cross-entropy, averaged over batches."""
+    _check_blocks(arch)
     batches = list(batches)
     if not batches:
         raise ValueError("importance needs at least one batch")
@@ -155,6 +164,7 @@ def rewire(arch: Arch, params: Params, orders: Orders) -> Params:
     the function is unchanged (to float rounding). Works on masked-LM, classifier
     and sentence-order parameter trees of every family (tied or untied decoders,
     factorised embeddings, shared layer groups)."""
+    _check_blocks(arch)
     p = jax.tree.map(np.asarray, params["params"])
     h = np.asarray(orders.hidden)
     cols = np.stack([(o[:, None] * arch.head_dim + np.arange(arch.head_dim)).ravel()
