@@ -246,13 +246,12 @@ def _loss_text(loss: dict | None) -> str:
             + f", τ = {loss['temperature']:g}")
 
 
-def _loss_record(loss: LossConfig, hidden_layers: tuple[int, ...] | None = None) -> dict:
-    """The loss as a summary records it: its settings, and the hidden-state term's layer
-    map where a student has its own."""
-    record = {k: v for k, v in dataclasses.asdict(loss).items() if k != "hidden_layers"}
-    if hidden_layers is not None:
-        record["hidden_layers"] = list(hidden_layers)
-    return record
+def _loss_record(loss: LossConfig) -> dict:
+    """The loss as a summary records it: its settings, the hidden-state term's layer map
+    only where a student has its own."""
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(loss).items()
+            if not (k == "hidden_layers" and v is None)}
 
 
 def export(run: str | Path, out: str | Path, size=None, params=None,
@@ -430,8 +429,9 @@ def _pretrain_group(run: Path, todo: list, cfg: PretrainConfig, corpus, progress
         return tuple(layers(arch))
 
     members = [Member(arch, start(arch), weights_dir(run, arch), f"pretrain {arch.label()}",
-                      matched(arch)) for arch, _ in todo]
-    loss_of = {m.arch: _loss_record(loss, m.hidden_layers) for m in members}
+                      dataclasses.replace(loss, hidden_layers=matched(arch)))
+               for arch, _ in todo]
+    loss_of = {m.arch: _loss_record(m.loss_cfg) for m in members}
     # the hidden-state term compares the units a student inherited with the same units of
     # the teacher: the rewired teacher's (the same function, its units in that order)
     distiller = dataclasses.replace(teacher, params=source) if loss.hidden_weight > 0 else teacher

@@ -161,9 +161,7 @@ class Member:
     params: object
     workdir: Path
     desc: str = "training"
-    # the teacher layer each of its layers is matched with by the hidden-state term
-    # (`LossConfig.hidden_layers`); None: the group's loss as given
-    hidden_layers: tuple[int, ...] | None = None
+    loss_cfg: LossConfig | None = None  # its own distillation loss; None: the group's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +269,7 @@ class _Trainee:
             * data.tokens_per_batch()
         self.last_eval: dict = {}
         self.metrics: dict = {}
-        self.loss_cfg = loss_cfg if loss_cfg is None or m.hidden_layers is None else \
-            dataclasses.replace(loss_cfg, hidden_layers=m.hidden_layers)
+        self.loss_cfg = m.loss_cfg or loss_cfg
 
 
 def fit_group(members: list[Member], data, optim: OptimConfig, lr: float, *, teacher=None,
