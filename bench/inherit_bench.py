@@ -31,8 +31,8 @@ must give each of their KLs to 1e-4 relative (else the pairing is broken and fir
 must be run again before anything is compared). The same statistics, and the pick, are
 reported. The rule cannot make importance/uniform the default from this space alone (it
 already raised two demo candidates beyond 2 s.e.); it says whether a teacher that knows
-English changes the picture. Left for a later run: the measured layer maps here, s against 5·s, and the pick's
-pretrained KL and GLUE score under each setting.
+English changes the picture. Left for a later run: the measured layer maps here, s against
+5·s, and the pick's pretrained KL and GLUE score under each setting.
 
 Usage: python bench/inherit_bench.py [demo] [narrow] [bort_minilm] [--epsilon 6]
 """
