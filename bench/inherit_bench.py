@@ -110,7 +110,7 @@ def committed_reproduces(cfg, out: Path) -> dict:
                 started.append(tuple(e["arch"]))
             elif e.get("event") == "done":
                 done.append(e)
-        return done if done and len(done) == len(started) else None
+        return done if done and len(done) == len(set(started)) else None  # resumed: again
 
     if first_group() is None:
         child = multiprocessing.get_context("spawn").Process(target=_search, args=(d, cfg),
