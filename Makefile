@@ -30,7 +30,7 @@ $(DEMO_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 # The real search on the embedded default: trains the demo space's maximum point as
 # the teacher (cached), then Algorithm 1 with ε = 6 (6 of the 36 architectures
 # trained; the default ε would train 12) and the default s, Θ and seeds, so that the
-# first answer comes in about 4 minutes. Re-running resumes (and finishes at once
+# first answer comes in a few minutes (2 to 7 on 2 cores: README). Re-running resumes (and finishes at once
 # when the run is complete).
 demo: $(DEMO_STAMP)
 	$(BIN)/bortsearch search --space search_spaces/demo.toml --run runs/demo --epsilon 6

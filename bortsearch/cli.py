@@ -449,9 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bortsearch.data.tasks import GLUE
 
-    p = sub.add_parser("finetune", help="fine-tune a BERT/RoBERTa folder on a GLUE or "
+    p = sub.add_parser("finetune", help="fine-tune a Hugging Face encoder folder on a GLUE or "
                        "custom task; writes a Hugging Face classifier and metrics.json")
-    p.add_argument("model", help="a Hugging Face BERT/RoBERTa folder (masked-LM head or none)")
+    p.add_argument("model", help="a Hugging Face folder of a family bortsearch reads (BERT, "
+                   "RoBERTa, ALBERT, DistilBERT, ELECTRA, DeBERTa-v2, ModernBERT; masked-LM "
+                   "head or none)")
     p.add_argument("--task", required=True, help=f"a GLUE task ({', '.join(GLUE)}), or a "
                    "name for your own task (with --text-fields and --label-field)")
     p.add_argument("--data", required=True, help="the task's folder (train.tsv, dev.tsv) or "

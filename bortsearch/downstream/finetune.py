@@ -378,7 +378,7 @@ def finetune(model: str | Path, task: str, data: str | Path, out: str | Path,
              cfg: FinetuneConfig = FinetuneConfig(), text_fields: str | None = None,
              label_field: str | None = None, regression: bool = False,
              progress: bool = True, int8: bool = False, executor=None) -> dict:
-    """Fine-tune `model` (a Hugging Face BERT/RoBERTa folder, with or without a
+    """Fine-tune `model` (a Hugging Face folder of any family read, with or without a
     masked-LM head) on `task` and export the best trial to `out`.
 
     Returns the metrics written to `out/metrics.json`: `dev` (the chosen trial's
