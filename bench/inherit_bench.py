@@ -86,6 +86,23 @@ def candidate_rows(d: Path, space: str, inherit: str, layers: str, cost: dict) -
             for r in pd.read_csv(d / "results.csv").itertuples() if r.status == "done"]
 
 
+def first_group_done(journal: Path) -> list[dict] | None:
+    """The `done` events of a search's first group of candidates (they train together),
+    once every candidate it started is done; None before that. A resumed search journals
+    its candidates' `start` again: each counts once."""
+    from bortsearch.search.journal import Journal
+
+    started, done = set(), []
+    for e in Journal(journal).events():
+        if e.get("event") == "start":
+            if done:  # a later group began: the first is complete
+                break
+            started.add(tuple(e["arch"]))
+        elif e.get("event") == "done":
+            done.append(e)
+    return done if done and len(done) == len(started) else None
+
+
 def committed_reproduces(cfg, out: Path) -> dict:
     """The committed first/uniform search run again at this commit until its first group
     of candidates (they train together) is done, in a child process stopped there: each
@@ -95,23 +112,10 @@ def committed_reproduces(cfg, out: Path) -> dict:
     import pandas as pd
 
     from bortsearch.search.algorithm import summarise as best_of
-    from bortsearch.search.journal import Journal, from_json_num
+    from bortsearch.search.journal import from_json_num
 
     d = out / "bort_minilm-first-uniform-check"
-
-    def first_group():
-        """The done events of the first group, once every candidate it started is done."""
-        events = Journal(d / "journal.jsonl").events() if (d / "journal.jsonl").is_file() else []
-        started, done = [], []
-        for e in events:
-            if e.get("event") == "start":
-                if done:  # a later group began: the first is complete
-                    break
-                started.append(tuple(e["arch"]))
-            elif e.get("event") == "done":
-                done.append(e)
-        return done if done and len(done) == len(set(started)) else None  # resumed: again
-
+    first_group = lambda: first_group_done(d / "journal.jsonl")  # noqa: E731
     if first_group() is None:
         child = multiprocessing.get_context("spawn").Process(target=_search, args=(d, cfg),
                                                              daemon=True)
