@@ -62,6 +62,7 @@ def measure(work: Path, progress: bool) -> list[dict]:
                          seq_len=p.pretrain_seq_len, lr=p.pretrain_lr,
                          eval_every=max(1, p.pretrain_steps // 4),
                          checkpoint_every=max(1, p.pretrain_steps // 4), init="teacher")
+    work.mkdir(parents=True, exist_ok=True)
     held, final = task_folders(work, ("sst2",), p)
     rows = []
     for setting, run in runs().items():
