@@ -208,6 +208,23 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def verdicts(summary: list[dict]) -> list[str]:
+    """One line a setting: on which spaces it met the rule, and whether it qualifies."""
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in summary if r["setting"] != "first/uniform"):
+        cells = []
+        for r in (r for r in summary if r["setting"] == setting):
+            lower = r["mean_diff"] < -2 * r["mean_diff_se"]
+            cells.append((r["space"], lower and r["worse"] == 0,
+                          f"{r['space']}: {'lower' if lower else 'not lower'}, "
+                          f"{r['worse']} raised"))
+        ok = all(c[1] for c in cells)
+        out.append(f"- {setting}: {'; '.join(c[2] for c in cells)}: "
+                   f"{'qualifies' if ok else 'does not qualify'}"
+                   f"{'' if ok else ' (' + ', '.join(c[0] for c in cells if not c[1]) + ')'}.")
+    return out
+
+
 def report(summary: list[dict], rows: list[dict]) -> str:
     """inherit.md: the summary table, then each candidate's KL against the default's."""
     lines = ["# What a candidate inherits (`bench/inherit_bench.py`)", "",
@@ -221,9 +238,10 @@ def report(summary: list[dict], rows: list[dict]) -> str:
              "spread this far in KL says little; its permutation p-value is given. On bench-bort's "
              "space (`bort_minilm`, its MiniLM teacher adapted to the books, ε = 4) first/uniform "
              "is bench-bort's committed search (bench/results/bort_small-cpu), its reproduction "
-             "at this commit checked on its first candidate "
-             "(`inherit-bort_minilm-check.json`), and only importance/uniform was run beside it; "
-             "the protocol is the script's docstring.", "",
+             "checked at this commit on the first group of candidates it trains (four, each KL "
+             "the same to the last digit: `inherit-bort_minilm-check.json`), and only "
+             "importance/uniform was run beside it; the protocol is the script's docstring.",
+             "",
              "| space | setting | candidates | mean KL | Δ against first/uniform (s.e.) | "
              "better / worse beyond 2 s.e. | Spearman with first/uniform (p) | pick |",
              "|---|---|---|---|---|---|---|---|"]
@@ -234,6 +252,9 @@ def report(summary: list[dict], rows: list[dict]) -> str:
                      f"{r['pick']} |")
     base = {(r["space"], r["arch"]): r["kl"] for r in rows
             if (r["inherit"], r["layers"]) == ("first", "uniform")}
+    lines += ["", "By the rule stated before the runs (a setting becomes the default only where "
+              "it lowers the mean KL beyond 2 standard errors on every space measured and "
+              "raises no candidate's beyond 2):", ""] + verdicts(summary)
     lines += ["", "Each candidate's KL, and the change against first/uniform:", "",
               "| space | candidate | " + " | ".join(f"{i}/{l}" for i, l in SETTINGS) + " |",
               "|---|---|" + "---|" * len(SETTINGS)]
