@@ -238,8 +238,9 @@ def report(summary: list[dict], rows: list[dict]) -> str:
              "spread this far in KL says little; its permutation p-value is given. On bench-bort's "
              "space (`bort_minilm`, its MiniLM teacher adapted to the books, ε = 4) first/uniform "
              "is bench-bort's committed search (bench/results/bort_small-cpu), its reproduction "
-             "checked at this commit on the first group of candidates it trains (four, each KL "
-             "the same to the last digit: `inherit-bort_minilm-check.json`), and only "
+             "checked at 1eb1f91, the commit the importance search ran from, on the first group "
+             "of candidates it trains (four of the 11, each KL the same to the last digit: "
+             "`inherit-bort_minilm-check.json`; the other seven were not rerun), and only "
              "importance/uniform was run beside it; the protocol is the script's docstring.",
              "",
              "| space | setting | candidates | mean KL | Δ against first/uniform (s.e.) | "
