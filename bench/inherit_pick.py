@@ -131,7 +131,7 @@ def report(rows: list[dict]) -> str:
         now = sorted(first.dev.round(6))
         same = now == sorted(was.dev.round(6))
         lines.append(f"- Reproduction: first/uniform's pick {pick} scored "
-                     f"{'the same' if same else 'differently from'} bench-bort's committed "
+                     f"{'the same as' if same else 'differently from'} bench-bort's committed "
                      f"run, trial for trial ({first.dev.mean():.2f} against "
                      f"{was.dev.mean():.2f}).")
     return "\n".join(lines) + "\n"
