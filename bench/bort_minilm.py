@@ -194,15 +194,22 @@ def students(run: Path, best: dict, p: Profile):
     return pick, roles, near, T
 
 
+def pretrain_config(p: Profile):
+    """The profile's pretraining: its budget, from the teacher's weights, seed 0."""
+    from bortsearch.search.student import PretrainConfig
+
+    return PretrainConfig(steps=p.pretrain_steps, batch_size=p.pretrain_batch,
+                          seq_len=p.pretrain_seq_len, lr=p.pretrain_lr,
+                          eval_every=max(1, p.pretrain_steps // 4),
+                          checkpoint_every=max(1, p.pretrain_steps // 4), init="teacher")
+
+
 def pretrain_all(run: Path, out: Path, roles: dict, pick, rivals: list, p: Profile,
                  progress: bool) -> dict:
     """{(size, variant): export folder}; variant "seed0", "seed1" or "random"."""
-    from bortsearch.search.student import PretrainConfig, pretrain_many
+    from bortsearch.search.student import pretrain_many
 
-    cfg = PretrainConfig(steps=p.pretrain_steps, batch_size=p.pretrain_batch,
-                         seq_len=p.pretrain_seq_len, lr=p.pretrain_lr,
-                         eval_every=max(1, p.pretrain_steps // 4),
-                         checkpoint_every=max(1, p.pretrain_steps // 4), init="teacher")
+    cfg = pretrain_config(p)
     second = sorted(roles) if p.second_seed_for_all else sorted({pick.size, *rivals})
     groups = {"seed0": (run, sorted(roles), cfg),
               "seed1": (out / "run-seed1", second, dataclasses.replace(cfg, seed=1)),

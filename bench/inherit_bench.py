@@ -68,10 +68,26 @@ def measure(space: str, epsilon: int | None, out: Path) -> list[dict]:
         t0, c0 = time.time(), time.process_time()
         d = run(space, "teacher", 200, 2, epsilon, out, (1e-3, 3e-3), halving=0.5,
                 inherit=inherit, inherit_layers=layers)
-        rows += candidate_rows(d, space, inherit, layers, {
-            "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0,
-            "load_average": os.getloadavg()[0]})
+        rows += candidate_rows(d, space, inherit, layers, cost_since(t0, c0))
     return rows
+
+
+def cost_since(t0: float, c0: float) -> dict:
+    """A run's cost since wall time `t0` and CPU time `c0`, with the load average."""
+    return {"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0,
+            "load_average": os.getloadavg()[0]}
+
+
+def default_out() -> Path:
+    """Where the searches of this benchmark run (`--out`)."""
+    from bortsearch.runio import cache_dir
+
+    return cache_dir() / "bench" / "inherit"
+
+
+def bort_dir(out: Path, inherit: str, layers: str) -> Path:
+    """The run folder of a setting's search on bench-bort's space."""
+    return out / f"{BORT_SPACE}-{inherit}-{layers}"
 
 
 def candidate_rows(d: Path, space: str, inherit: str, layers: str, cost: dict) -> list[dict]:
@@ -109,12 +125,10 @@ def committed_reproduces(cfg, out: Path) -> dict:
     of their KLs against the committed one."""
     import multiprocessing
 
-    import pandas as pd
-
     from bortsearch.search.algorithm import summarise as best_of
     from bortsearch.search.journal import from_json_num
 
-    d = out / "bort_minilm-first-uniform-check"
+    d = bort_dir(out, "first", "uniform-check")
     first_group = lambda: first_group_done(d / "journal.jsonl")  # noqa: E731
     if first_group() is None:
         child = multiprocessing.get_context("spawn").Process(target=_search, args=(d, cfg),
@@ -129,10 +143,8 @@ def committed_reproduces(cfg, out: Path) -> dict:
     group = first_group()
     if group is None:
         sys.exit(f"the reproduction search in {d} stopped before its first group was done")
-    table = pd.read_csv(BORT_RESULTS / "results.csv")
-    table["arch"] = [f"{r.layers}-{r.heads}-{r.hidden}-{r.intermediate}"
-                     for r in table.itertuples()]
-    committed = table.set_index("arch").error
+    committed = {r["arch"]: r["kl"] for r in candidate_rows(BORT_RESULTS, BORT_SPACE, "first",
+                                                             "uniform", {})}
     candidates = []
     for e in group:
         arch = "-".join(map(str, e["arch"]))
@@ -175,12 +187,10 @@ def measure_bort(out: Path) -> list[dict]:
     rows = candidate_rows(BORT_RESULTS, BORT_SPACE, "first", "uniform",
                           {"wall_s": nan, "cpu_s": nan, "load_average": nan})
     t0, c0 = time.time(), time.process_time()
-    d = out / "bort_minilm-importance-uniform"
+    d = bort_dir(out, "importance", "uniform")
     run_search(d, dataclasses.replace(cfg, inherit="importance", inherit_layers="uniform"),
                progress=True, log=lambda *a: print(*a, file=sys.stderr, flush=True))
-    return rows + candidate_rows(d, BORT_SPACE, "importance", "uniform", {
-        "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0,
-        "load_average": os.getloadavg()[0]})
+    return rows + candidate_rows(d, BORT_SPACE, "importance", "uniform", cost_since(t0, c0))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -280,12 +290,10 @@ def main() -> None:
     setup_process()  # before the first JAX computation
     import pandas as pd
 
-    from bortsearch.runio import cache_dir
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spaces", nargs="*", default=["demo"])
     ap.add_argument("--epsilon", type=int, default=6)
-    ap.add_argument("--out", type=Path, default=cache_dir() / "bench" / "inherit")
+    ap.add_argument("--out", type=Path, default=default_out())
     ap.add_argument("--report-only", action="store_true",
                     help="remake inherit.md from the committed inherit-SPACE.csv files")
     args = ap.parse_args()

@@ -40,7 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocol  # noqa: E402
-from bort_minilm import PROFILES, finetune_model, name_of, task_folders  # noqa: E402
+from bort_minilm import PROFILES, finetune_model, name_of, pretrain_config, task_folders  # noqa: E402
+from inherit_bench import bort_dir, default_out  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -51,17 +52,14 @@ def runs() -> dict[str, Path]:
 
     c = cache_dir()
     return {"first/uniform": c / "bort-minilm-cpu" / "run",
-            "importance/uniform": c / "bench" / "inherit" / "bort_minilm-importance-uniform"}
+            "importance/uniform": bort_dir(default_out(), "importance", "uniform")}
 
 
 def measure(work: Path, progress: bool) -> list[dict]:
-    from bortsearch.search.student import PretrainConfig, pretrain_many
+    from bortsearch.search.student import pretrain_many
 
     p = PROFILES["cpu"]
-    cfg = PretrainConfig(steps=p.pretrain_steps, batch_size=p.pretrain_batch,
-                         seq_len=p.pretrain_seq_len, lr=p.pretrain_lr,
-                         eval_every=max(1, p.pretrain_steps // 4),
-                         checkpoint_every=max(1, p.pretrain_steps // 4), init="teacher")
+    cfg = pretrain_config(p)
     work.mkdir(parents=True, exist_ok=True)
     held, final = task_folders(work, ("sst2",), p)
     rows = []
